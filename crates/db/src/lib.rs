@@ -1,0 +1,100 @@
+//! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
+//! schema migrations ([`MIGRATOR`]) and the transactional outbox ([`outbox`]).
+
+pub mod outbox;
+
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::migrate::{MigrateDatabase, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres};
+
+/// The schema, from the workspace's top-level `migrations/` directory.
+pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
+
+/// Database settings, flattened into each binary's command line.
+#[derive(Debug, Clone, Args)]
+pub struct DbConfig {
+    /// Postgres connection URL. The database is created if it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/orderbridge",
+        value_parser = secret,
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: SecretString,
+    /// Most connections this process keeps open.
+    #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
+    pub db_max_connections: u32,
+    /// How long a request waits for a free connection before giving up (answering 503 in the
+    /// API), so an unreachable database fails fast instead of hanging every request.
+    #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
+    pub db_acquire_timeout: Duration,
+    /// Server-side limit on any one statement.
+    #[arg(long, env = "DB_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub db_statement_timeout: Duration,
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
+/// Why the database could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    // The URL may hold a password: never echo it.
+    #[error("DATABASE_URL is not a valid Postgres URL")]
+    InvalidUrl(#[source] sqlx::Error),
+    #[error("cannot create the database: {0}")]
+    Create(#[source] sqlx::Error),
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl DbConfig {
+    /// Builds a pool (creating the database if needed). Connections are opened lazily, checked
+    /// before use (`test_before_acquire`) and recycled after `max_lifetime`, so connections that
+    /// died in a network glitch or a Postgres restart are not handed out again.
+    pub async fn connect(&self, application_name: &str) -> Result<PgPool, DbError> {
+        let url = self.database_url.expose_secret();
+        let options: PgConnectOptions = url.parse().map_err(DbError::InvalidUrl)?;
+        ensure_database(url).await?;
+        let statement_timeout = self.db_statement_timeout.as_millis().to_string();
+        let options = options
+            .application_name(application_name)
+            .options([("statement_timeout", statement_timeout.as_str())]);
+        Ok(PgPoolOptions::new()
+            .max_connections(self.db_max_connections)
+            .acquire_timeout(self.db_acquire_timeout)
+            .test_before_acquire(true)
+            .max_lifetime(Duration::from_secs(30 * 60))
+            .idle_timeout(Duration::from_secs(10 * 60))
+            .connect_lazy_with(options))
+    }
+}
+
+async fn ensure_database(url: &str) -> Result<(), DbError> {
+    if Postgres::database_exists(url).await.map_err(DbError::Create)? {
+        return Ok(());
+    }
+    match Postgres::create_database(url).await {
+        Ok(()) => {
+            tracing::info!("created the database");
+            Ok(())
+        }
+        // Another process created it between our check and our CREATE.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        Err(e) => Err(DbError::Create(e)),
+    }
+}
+
+/// Applies pending migrations. Safe to run from several processes at once: sqlx takes an
+/// advisory lock around them.
+pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
+    MIGRATOR.run(pool).await?;
+    Ok(())
+}

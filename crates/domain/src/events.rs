@@ -1,0 +1,109 @@
+//! Versioned message schemas.
+//!
+//! Every message on the broker and every outbox row is an [`Envelope`]: a stable header (`id`,
+//! `type`, `version`, `occurred_at`, `correlation_id`) around a `data` payload whose shape is fixed
+//! by (`type`, `version`). A reader decodes with [`OrderEvent::decode`], which names what it does not
+//! understand instead of guessing, so such messages can be dead-lettered with the reason.
+//! Unknown fields are ignored on read, so a writer may add fields without a version bump; removing or
+//! changing a field needs a new version.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::order::Order;
+
+/// Event type of [`OrderEvent::Submitted`].
+pub const ORDER_SUBMITTED: &str = "order.submitted";
+
+/// The header every message carries, around a typed payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Unique per event; consumers deduplicate on it (it is also the AMQP `message_id`).
+    pub id: Uuid,
+    /// Event type, also the routing key: `order.submitted`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Schema version of `data` for this type.
+    pub version: u32,
+    pub occurred_at: DateTime<Utc>,
+    /// The id of the request that caused the event, for tracing across processes.
+    pub correlation_id: Option<String>,
+    pub data: T,
+}
+
+/// The events orderbridge knows how to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrderEvent {
+    /// `order.submitted` v1: the full order as accepted.
+    Submitted(Box<Order>),
+}
+
+impl OrderEvent {
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Self::Submitted(_) => ORDER_SUBMITTED,
+        }
+    }
+
+    pub fn version(&self) -> u32 {
+        match self {
+            Self::Submitted(_) => 1,
+        }
+    }
+
+    /// Wraps the event in a new envelope with a fresh, time-ordered id.
+    pub fn into_envelope(
+        self,
+        occurred_at: DateTime<Utc>,
+        correlation_id: Option<String>,
+    ) -> Envelope<serde_json::Value> {
+        let (event_type, version) = (self.event_type(), self.version());
+        let data = match self {
+            // Serializing plain data structs to a Value cannot fail (no maps with non-string keys).
+            Self::Submitted(order) => serde_json::to_value(order).unwrap_or_default(),
+        };
+        Envelope {
+            id: Uuid::now_v7(),
+            event_type: event_type.to_owned(),
+            version,
+            occurred_at,
+            correlation_id,
+            data,
+        }
+    }
+
+    /// Reads an envelope from JSON bytes and decodes its payload by (`type`, `version`).
+    pub fn decode(bytes: &[u8]) -> Result<Envelope<OrderEvent>, DecodeError> {
+        let raw: Envelope<serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        let event = match (raw.event_type.as_str(), raw.version) {
+            (ORDER_SUBMITTED, 1) => OrderEvent::Submitted(Box::new(
+                serde_json::from_value(raw.data).map_err(DecodeError::Malformed)?,
+            )),
+            (t, v) => {
+                return Err(DecodeError::Unsupported {
+                    event_type: t.to_owned(),
+                    version: v,
+                });
+            }
+        };
+        Ok(Envelope {
+            id: raw.id,
+            event_type: raw.event_type,
+            version: raw.version,
+            occurred_at: raw.occurred_at,
+            correlation_id: raw.correlation_id,
+            data: event,
+        })
+    }
+}
+
+/// Why a message could not be read; the reason a dead letter carries.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("malformed message: {0}")]
+    Malformed(serde_json::Error),
+    #[error("unsupported event `{event_type}` version {version}")]
+    Unsupported { event_type: String, version: u32 },
+}

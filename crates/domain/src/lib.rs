@@ -1,0 +1,22 @@
+//! The orderbridge domain: the order model and the versioned message schemas every binary shares.
+//!
+//! This crate depends on no web framework, database driver or broker client (axum, sqlx, lapin):
+//! it is plain data and the rules about it, so every process agrees on them.
+//!
+//! ```text
+//! NewOrderRequest ──NewOrder::parse──► NewOrder ──into_order──► Order ──OrderEvent──► Envelope (JSON)
+//!   (as sent)          (all rules)       (valid)                 (stored, returned)      (outbox, broker)
+//! ```
+
+pub mod currency;
+pub mod events;
+pub mod order;
+pub mod validation;
+
+pub use currency::Currency;
+pub use events::{DecodeError, Envelope, OrderEvent};
+pub use order::{
+    Address, Customer, LineInput, NewLine, NewOrder, NewOrderRequest, Order, OrderLine, SyncError,
+    SyncInfo, SyncState,
+};
+pub use validation::{FieldError, Violations};
