@@ -42,6 +42,19 @@ CREATE TABLE orders (
     CONSTRAINT orders_client_ref_key UNIQUE (client_id, client_ref)
 );
 
+-- Every change to an order bumps its version and updated_at, whoever makes it: the ETag and the
+-- "stale event" check rely on it, so the database enforces it rather than each writer.
+CREATE FUNCTION orders_bump_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := OLD.version + 1;
+    NEW.updated_at := now();
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER orders_bump_version BEFORE UPDATE ON orders
+    FOR EACH ROW WHEN (OLD.* IS DISTINCT FROM NEW.*) EXECUTE FUNCTION orders_bump_version();
+
 -- Ids are UUIDv7, so `id DESC` is newest first: listing and cursor paging use these.
 CREATE INDEX orders_client_id_idx ON orders (client_id, id DESC);
 CREATE INDEX orders_client_sync_state_idx ON orders (client_id, sync_state, id DESC);
@@ -64,7 +77,8 @@ CREATE TABLE idempotency_keys (
     key              text NOT NULL,
     request_hash     bytea NOT NULL,
     response_status  smallint NOT NULL,
-    response_body    jsonb NOT NULL,
+    -- The exact bytes first sent, so a replay is byte-for-byte the original response.
+    response_body    bytea NOT NULL,
     order_id         uuid NOT NULL REFERENCES orders (id) ON DELETE CASCADE,
     created_at       timestamptz NOT NULL DEFAULT now(),
     expires_at       timestamptz NOT NULL,

@@ -1,1 +1,126 @@
-fn main() {}
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use order_api::{ApiConfig, AppState};
+use orderbridge_db::DbConfig;
+use orderbridge_runtime::{LogConfig, shutdown_signal};
+
+/// The orderbridge order intake API.
+///
+/// Every option can also be set through the environment variable shown with it.
+#[derive(Debug, Parser)]
+#[command(name = "order-api", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    api: ApiConfig,
+    #[command(flatten)]
+    db: DbConfig,
+    #[command(flatten)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply migrations and serve the API (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Create an API key for a named client (created if new) and print it once.
+    CreateApiKey {
+        /// The client's name, e.g. `portal`.
+        #[arg(long)]
+        name: String,
+    },
+    /// Print the OpenAPI document (the content of openapi/openapi.json).
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli.log.init() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "order-api failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Openapi => {
+            print!("{}", order_api::openapi::json());
+            Ok(())
+        }
+        Command::Migrate => {
+            let pool = cli.db.connect("order-api").await?;
+            orderbridge_db::migrate(&pool).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::CreateApiKey { name } => {
+            let name = name.trim();
+            anyhow::ensure!(
+                (1..=100).contains(&name.chars().count()),
+                "--name must be 1 to 100 characters"
+            );
+            let pool = cli.db.connect("order-api").await?;
+            orderbridge_db::migrate(&pool).await?;
+            let created = order_api::auth::create_api_key(&pool, name)
+                .await
+                .context("cannot create the API key")?;
+            eprintln!(
+                "API key for client `{}` (shown once; store it now):",
+                created.client.name
+            );
+            println!("{}", created.key);
+            Ok(())
+        }
+        Command::Serve => serve(cli.api, cli.db).await,
+    }
+}
+
+async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
+    let pool = db.connect("order-api").await?;
+    orderbridge_db::migrate(&pool)
+        .await
+        .context("is Postgres running and DATABASE_URL right?")?;
+    let listener = tokio::net::TcpListener::bind(api.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", api.addr))?;
+    let grace = api.shutdown_grace;
+    let state = AppState::new(pool.clone(), api);
+    let housekeeping = order_api::spawn_housekeeping(state.clone());
+    tracing::info!(addr = %listener.local_addr()?, "order-api listening");
+
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, order_api::app(state)).with_graceful_shutdown(async {
+        shutdown_signal().await;
+        let _ = stopping_tx.send(());
+    });
+    // In-flight requests get `grace` to finish after the signal; then we exit regardless.
+    let deadline = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = server => result.context("server error")?,
+        () = deadline => tracing::warn!("shutdown grace period expired with requests in flight"),
+    }
+    housekeeping.abort();
+    pool.close().await;
+    tracing::info!("order-api stopped");
+    Ok(())
+}

@@ -1,0 +1,100 @@
+#![allow(clippy::unwrap_used)]
+//! The message schema: round trips, tolerance of unknown fields, and refusal of what a reader
+//! does not understand.
+
+use orderbridge_domain::events::ORDER_SUBMITTED;
+use orderbridge_domain::{DecodeError, NewOrder, NewOrderRequest, Order, OrderEvent};
+use serde_json::json;
+
+fn order() -> Order {
+    let req: NewOrderRequest = serde_json::from_value(json!({
+        "client_ref": "PO-9",
+        "customer": {"external_id": "C-9", "name": "Nine", "email": "n@nine.example"},
+        "currency": "USD",
+        "lines": [{"sku": "A", "name": "a", "quantity": 2, "unit_price": "0.10"}]
+    }))
+    .unwrap();
+    NewOrder::parse(req)
+        .unwrap()
+        .into_order(uuid::Uuid::now_v7(), chrono::Utc::now())
+}
+
+#[test]
+fn order_submitted_round_trips() {
+    let order = order();
+    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+        .into_envelope(order.created_at, Some("req-1".into()));
+    assert_eq!(envelope.event_type, ORDER_SUBMITTED);
+    assert_eq!(envelope.version, 1);
+    let bytes = serde_json::to_vec(&envelope).unwrap();
+    let decoded = OrderEvent::decode(&bytes).unwrap();
+    assert_eq!(decoded.id, envelope.id);
+    assert_eq!(decoded.correlation_id.as_deref(), Some("req-1"));
+    assert_eq!(decoded.occurred_at, envelope.occurred_at);
+    assert_eq!(decoded.data, OrderEvent::Submitted(Box::new(order)));
+}
+
+#[test]
+fn money_travels_as_exact_strings() {
+    let order = order();
+    let envelope = OrderEvent::Submitted(Box::new(order)).into_envelope(chrono::Utc::now(), None);
+    assert_eq!(envelope.data["total"], json!("0.20"));
+    assert_eq!(envelope.data["lines"][0]["unit_price"], json!("0.10"));
+}
+
+#[test]
+fn unknown_fields_are_tolerated_on_read() {
+    let order = order();
+    let envelope =
+        OrderEvent::Submitted(Box::new(order.clone())).into_envelope(chrono::Utc::now(), None);
+    let mut value = serde_json::to_value(&envelope).unwrap();
+    value["producer"] = json!("a newer writer");
+    value["data"]["loyalty_tier"] = json!("gold");
+    value["data"]["customer"]["vat_id"] = json!("DE123");
+    value["data"]["lines"][0]["discount"] = json!("0.01");
+    let decoded = OrderEvent::decode(&serde_json::to_vec(&value).unwrap()).unwrap();
+    assert_eq!(decoded.data, OrderEvent::Submitted(Box::new(order)));
+}
+
+#[test]
+fn unknown_type_or_version_is_named_not_guessed() {
+    let envelope = OrderEvent::Submitted(Box::new(order())).into_envelope(chrono::Utc::now(), None);
+    let mut value = serde_json::to_value(&envelope).unwrap();
+    value["version"] = json!(2);
+    match OrderEvent::decode(&serde_json::to_vec(&value).unwrap()) {
+        Err(DecodeError::Unsupported {
+            event_type,
+            version,
+        }) => {
+            assert_eq!((event_type.as_str(), version), (ORDER_SUBMITTED, 2));
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    value["version"] = json!(1);
+    value["type"] = json!("order.exploded");
+    assert!(matches!(
+        OrderEvent::decode(&serde_json::to_vec(&value).unwrap()),
+        Err(DecodeError::Unsupported { .. })
+    ));
+}
+
+#[test]
+fn malformed_messages_are_reported() {
+    for bad in [
+        &b"not json"[..],
+        b"{}",
+        br#"{"id":"x","type":"order.submitted","version":1}"#,
+    ] {
+        assert!(matches!(
+            OrderEvent::decode(bad),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+    let envelope = OrderEvent::Submitted(Box::new(order())).into_envelope(chrono::Utc::now(), None);
+    let mut value = serde_json::to_value(&envelope).unwrap();
+    value["data"]["lines"] = json!("not a list");
+    assert!(matches!(
+        OrderEvent::decode(&serde_json::to_vec(&value).unwrap()),
+        Err(DecodeError::Malformed(_))
+    ));
+}

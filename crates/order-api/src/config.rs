@@ -1,0 +1,48 @@
+//! The order API's settings: every one a flag and an environment variable with a default.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use clap::Args;
+
+/// HTTP server settings for `order-api serve`.
+#[derive(Debug, Clone, Args)]
+pub struct ApiConfig {
+    /// Address the API listens on.
+    #[arg(long, env = "ORDER_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub addr: SocketAddr,
+    /// Largest accepted request body, in bytes (larger ones get 413).
+    #[arg(long, env = "ORDER_API_BODY_LIMIT", default_value_t = 1024 * 1024)]
+    pub body_limit: usize,
+    /// Longest a whole request may take before the API answers 503.
+    #[arg(long, env = "ORDER_API_REQUEST_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest the client may take to send the request body (slow senders get 408).
+    #[arg(long, env = "ORDER_API_BODY_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Requests per second each API client may make, sustained.
+    #[arg(long, env = "ORDER_API_RATE_LIMIT", default_value = "1000")]
+    pub rate_limit: NonZeroU32,
+    /// Requests each API client may make in a burst above the sustained rate.
+    #[arg(long, env = "ORDER_API_RATE_BURST", default_value = "2000")]
+    pub rate_burst: NonZeroU32,
+    /// How long an Idempotency-Key is remembered; a reuse after that creates a new order.
+    #[arg(long, env = "ORDER_API_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub idempotency_ttl: Duration,
+    /// How long in-flight requests may finish after SIGTERM before the server exits anyway.
+    #[arg(long, env = "ORDER_API_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        // The same defaults the command line documents, for tests and embedding.
+        #[derive(clap::Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            api: ApiConfig,
+        }
+        <Wrapper as clap::Parser>::parse_from(["order-api"]).api
+    }
+}

@@ -1,0 +1,145 @@
+//! The orderbridge order intake API.
+//!
+//! ```text
+//! client ──HTTP──► request id ─► trace ─► timeouts/limits ─► auth + rate limit ─► handler
+//!                                                                                  │
+//!                              one transaction: order + lines + outbox event + idempotency key
+//!                                                                                  ▼
+//!                                                                               Postgres
+//! ```
+//!
+//! [`app`] builds the router apart from [`serve`], so tests drive it with `oneshot` and a
+//! per-test database.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod openapi;
+pub mod orders;
+pub mod rate_limit;
+pub mod request_id;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use sqlx::PgPool;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::RequestBodyTimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+use utoipa::OpenApi;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use config::ApiConfig;
+use error::ApiError;
+use rate_limit::RateLimiter;
+use request_id::RequestId;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub config: Arc<ApiConfig>,
+    pub rate_limiter: RateLimiter,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool, config: ApiConfig) -> Self {
+        Self {
+            rate_limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
+            config: Arc::new(config),
+            pool,
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let config = state.config.clone();
+    Router::new()
+        .route(
+            "/v1/orders",
+            axum::routing::post(orders::create_order).get(orders::list_orders),
+        )
+        .route("/v1/orders/{id}", get(orders::get_order))
+        .route("/health/live", get(health::live))
+        .route("/health/ready", get(health::ready))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .fallback(|| async { ApiError::NotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(config.body_limit))
+        .layer(RequestBodyTimeoutLayer::new(config.body_timeout))
+        .layer(middleware::from_fn_with_state(
+            config.request_timeout,
+            request_timeout,
+        ))
+        .layer(CatchPanicLayer::custom(|_| {
+            ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
+        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    let request_id = req
+                        .extensions()
+                        .get::<RequestId>()
+                        .map(|r| r.0.as_str())
+                        .unwrap_or_default();
+                    tracing::info_span!(
+                        "request",
+                        method = %req.method(),
+                        path = %req.uri().path(),
+                        request_id,
+                        client = tracing::field::Empty,
+                    )
+                })
+                .on_response(DefaultOnResponse::new().level(Level::INFO)),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
+        .layer(middleware::from_fn(request_id::assign))
+}
+
+async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Timeout.into_response(),
+    }
+}
+
+/// Periodic clean-up: expired idempotency keys and idle rate-limit entries. Runs until the
+/// returned task is aborted.
+pub fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            state.rate_limiter.housekeeping();
+            // Small batches until none are left, so no delete holds locks for long.
+            loop {
+                match store::purge_expired_idempotency_keys(&state.pool, 1000).await {
+                    Ok(1000) => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::debug!(deleted = n, "purged expired idempotency keys");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot purge expired idempotency keys");
+                        break;
+                    }
+                }
+            }
+        }
+    })
+}

@@ -1,0 +1,453 @@
+//! `/v1/orders`: create, read and list orders.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH, LOCATION};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, SubsecRound, Utc};
+use orderbridge_db::outbox;
+use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent, SyncState};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::auth::Client;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, OrderId, QueryParams};
+use crate::request_id::RequestId;
+use crate::store::{self, ListFilter};
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 200;
+
+/// Create an order.
+///
+/// Validates the order, stores it with its `order.submitted` event in one transaction, and
+/// answers 201 with the stored order. Send an `Idempotency-Key` to retry safely: the same key with
+/// the same body replays the first response (with `Idempotent-Replayed: true`), the same key with a
+/// different body is rejected with 422, and a key whose first request is still running gets 409.
+/// Keys are remembered for 24 hours by default (`ORDER_API_IDEMPOTENCY_TTL`).
+#[utoipa::path(
+    post,
+    path = "/v1/orders",
+    tag = "orders",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Client-chosen key (1-255 printable ASCII characters) that makes retries safe."),
+        ("X-Request-Id" = Option<String>, Header, description = "Correlation id; generated when absent and echoed back."),
+    ),
+    request_body(content = NewOrderRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Order created (or replayed for a repeated Idempotency-Key).", body = Order,
+            headers(
+                ("Location" = String, description = "URL of the new order"),
+                ("ETag" = String, description = "Entity tag of the order"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is a stored response replayed for a repeated Idempotency-Key"),
+            )),
+        (status = 400, description = "Malformed JSON or Idempotency-Key.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body was not received in time.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Duplicate `client_ref`, or a request with this Idempotency-Key is in flight.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than the limit.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not JSON.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Validation failed (field-level `errors`), or Idempotency-Key reused with another body.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected error.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or request timed out; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn create_order(
+    State(state): State<AppState>,
+    client: Client,
+    RequestId(request_id): RequestId,
+    headers: HeaderMap,
+    body: JsonBody<NewOrderRequest>,
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_key(&headers)?;
+    let new_order = NewOrder::parse(body.value)?;
+    let idempotency = idempotency.map(|key| Idempotency {
+        fingerprint: fingerprint(&body.document),
+        key,
+        expires_at: Utc::now()
+            + chrono::Duration::from_std(state.config.idempotency_ttl)
+                .unwrap_or(chrono::Duration::MAX),
+    });
+    // Postgres keeps microseconds: truncate so the response equals what a later GET returns.
+    let now = Utc::now().trunc_subsecs(6);
+    let order = new_order.into_order(Uuid::now_v7(), now);
+
+    // The transaction runs in its own task: if the client disconnects or the request times
+    // out, it still commits or rolls back as a whole, never abandoned mid-BEGIN (sqlx #4393).
+    let task = tokio::spawn(create_in_transaction(
+        state.pool.clone(),
+        client.id,
+        idempotency,
+        order,
+        request_id,
+    ));
+    let created = task
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("order creation task failed: {e}")))??;
+
+    match created {
+        Created::New { order, body } => {
+            tracing::info!(order_id = %order.id, client_ref = %order.client_ref, "order accepted");
+            let headers = [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (LOCATION, location(order.id)),
+                (ETAG, etag(order.version)),
+            ];
+            Ok((StatusCode::CREATED, headers, body).into_response())
+        }
+        Created::Replayed(stored) => {
+            let status = u16::try_from(stored.response_status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::CREATED);
+            let headers = [
+                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (LOCATION, location(stored.order_id)),
+                (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+            ];
+            Ok((status, headers, stored.response_body).into_response())
+        }
+    }
+}
+
+struct Idempotency {
+    key: String,
+    fingerprint: [u8; 32],
+    expires_at: DateTime<Utc>,
+}
+
+enum Created {
+    /// The new order and its serialized response body (the bytes an Idempotency-Key replays).
+    New {
+        order: Box<Order>,
+        body: Vec<u8>,
+    },
+    Replayed(store::StoredResponse),
+}
+
+async fn create_in_transaction(
+    pool: PgPool,
+    client_id: Uuid,
+    idempotency: Option<Idempotency>,
+    order: Order,
+    correlation_id: String,
+) -> Result<Created, ApiError> {
+    let mut tx = pool.begin().await?;
+    if let Some(idem) = &idempotency {
+        // Held until commit; a concurrent request with the same key fails to take it: 409.
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(format!("idempotency:{client_id}:{}", idem.key))
+                .fetch_one(&mut *tx)
+                .await?;
+        if !locked {
+            return Err(ApiError::IdempotencyKeyInFlight);
+        }
+        if let Some(stored) = store::take_idempotent_response(&mut tx, client_id, &idem.key).await?
+        {
+            return if stored.request_hash == idem.fingerprint {
+                Ok(Created::Replayed(stored))
+            } else {
+                Err(ApiError::IdempotencyKeyReused)
+            };
+        }
+    }
+
+    if let Err(e) = store::insert_order(&mut tx, client_id, &order).await {
+        if is_constraint(&e, "orders_client_ref_key") {
+            tx.rollback().await?;
+            let existing = store::find_by_client_ref(&pool, client_id, &order.client_ref).await?;
+            return Err(ApiError::DuplicateClientRef {
+                client_ref: order.client_ref,
+                existing,
+            });
+        }
+        return Err(e.into());
+    }
+    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+        .into_envelope(order.created_at, Some(correlation_id));
+    outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
+    let body = serde_json::to_vec(&order).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Some(idem) = &idempotency {
+        store::store_idempotent_response(
+            &mut *tx,
+            client_id,
+            &idem.key,
+            &idem.fingerprint,
+            (StatusCode::CREATED.as_u16(), &body),
+            order.id,
+            idem.expires_at,
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(Created::New {
+        order: Box::new(order),
+        body,
+    })
+}
+
+fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some(name))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            (1..=MAX_IDEMPOTENCY_KEY_LEN).contains(&k.len())
+                && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_owned()))
+}
+
+/// SHA-256 of the body in canonical form (object keys sorted, no insignificant whitespace), so
+/// the same order sent with its keys in another order is still "the same request".
+fn fingerprint(document: &serde_json::Value) -> [u8; 32] {
+    fn write(v: &serde_json::Value, h: &mut Sha256) {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                h.update(b"{");
+                for k in keys {
+                    write(&serde_json::Value::String(k.clone()), h);
+                    h.update(b":");
+                    write(&map[k], h);
+                    h.update(b",");
+                }
+                h.update(b"}");
+            }
+            serde_json::Value::Array(items) => {
+                h.update(b"[");
+                for item in items {
+                    write(item, h);
+                    h.update(b",");
+                }
+                h.update(b"]");
+            }
+            scalar => h.update(scalar.to_string().as_bytes()),
+        }
+    }
+    let mut h = Sha256::new();
+    write(document, &mut h);
+    h.finalize().into()
+}
+
+fn location(id: Uuid) -> HeaderValue {
+    // A hyphenated UUID is always a valid header value.
+    HeaderValue::from_str(&format!("/v1/orders/{id}"))
+        .unwrap_or(HeaderValue::from_static("/v1/orders"))
+}
+
+fn etag(version: i64) -> HeaderValue {
+    HeaderValue::from_str(&format!("\"v{version}\"")).unwrap_or(HeaderValue::from_static("\"\""))
+}
+
+/// RFC 9110 If-None-Match: a list of tags or `*`; comparison is weak (a `W/` prefix is ignored).
+fn etag_matches(if_none_match: &HeaderValue, version: i64) -> bool {
+    let current = format!("\"v{version}\"");
+    if_none_match.to_str().is_ok_and(|v| {
+        v.split(',')
+            .map(str::trim)
+            .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == current)
+    })
+}
+
+/// Get an order.
+///
+/// Returns the order with its sync state. Send the `ETag` back as `If-None-Match` to poll
+/// cheaply: while nothing changed the answer is 304 with no body. Another client's order is 404.
+#[utoipa::path(
+    get,
+    path = "/v1/orders/{id}",
+    tag = "orders",
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("If-None-Match" = Option<String>, Header, description = "ETag from an earlier response"),
+    ),
+    responses(
+        (status = 200, description = "The order.", body = Order, headers(("ETag" = String, description = "Entity tag of the order"))),
+        (status = 304, description = "Not modified since the given ETag."),
+        (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order for this client.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected error.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn get_order(
+    State(state): State<AppState>,
+    client: Client,
+    OrderId(id): OrderId,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let no_cache = (CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    if let Some(inm) = headers.get(IF_NONE_MATCH) {
+        // The cheap path for pollers: one indexed lookup of a single column.
+        let version = store::order_version(&state.pool, client.id, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        if etag_matches(inm, version) {
+            return Ok(
+                (StatusCode::NOT_MODIFIED, [(ETAG, etag(version)), no_cache]).into_response(),
+            );
+        }
+    }
+    let mut conn = state.pool.acquire().await?;
+    let order = store::get_order(&mut conn, client.id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    Ok(([(ETAG, etag(order.version)), no_cache], Json(order)).into_response())
+}
+
+/// Filters and paging for listing orders.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    /// Only orders in this sync state.
+    sync_state: Option<SyncState>,
+    /// Only the order with this client reference.
+    client_ref: Option<String>,
+    /// Only orders created after this instant (RFC 3339).
+    created_after: Option<DateTime<Utc>>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
+    limit: Option<u32>,
+    /// `next_cursor` from the previous page.
+    cursor: Option<String>,
+}
+
+/// A page of orders, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OrderPage {
+    pub items: Vec<Order>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// List orders.
+///
+/// The client's orders, newest first, filtered and paged with an opaque cursor.
+#[utoipa::path(
+    get,
+    path = "/v1/orders",
+    tag = "orders",
+    params(ListParams),
+    responses(
+        (status = 200, description = "A page of orders.", body = OrderPage),
+        (status = 400, description = "Invalid filter, limit or cursor.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected error.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn list_orders(
+    State(state): State<AppState>,
+    client: Client,
+    QueryParams(params): QueryParams<ListParams>,
+) -> Result<Json<OrderPage>, ApiError> {
+    let limit = params.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}"
+        )));
+    }
+    let before = params.cursor.as_deref().map(decode_cursor).transpose()?;
+    let filter = ListFilter {
+        sync_state: params.sync_state,
+        client_ref: params.client_ref,
+        created_after: params.created_after,
+        before,
+    };
+    let mut conn = state.pool.acquire().await?;
+    // One extra row tells whether another page exists.
+    let mut items = store::list_orders(&mut conn, client.id, &filter, i64::from(limit) + 1).await?;
+    let next_cursor = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|o| encode_cursor(o.id))
+    } else {
+        None
+    };
+    Ok(Json(OrderPage { items, next_cursor }))
+}
+
+// Cursors are opaque to clients; a version byte leaves room to change what they hold.
+const CURSOR_V1: u8 = 1;
+
+fn encode_cursor(id: Uuid) -> String {
+    let mut raw = Vec::with_capacity(17);
+    raw.push(CURSOR_V1);
+    raw.extend_from_slice(id.as_bytes());
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
+    let invalid = || ApiError::BadRequest("cursor is not a valid next_cursor value".into());
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+    match raw.split_first() {
+        Some((&CURSOR_V1, id)) => Uuid::from_slice(id).map_err(|_| invalid()),
+        _ => Err(invalid()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_rejects_garbage() {
+        let id = Uuid::now_v7();
+        assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
+        assert!(decode_cursor("not base64!").is_err());
+        assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([9u8; 17])).is_err());
+        assert!(decode_cursor("").is_err());
+    }
+
+    #[test]
+    fn fingerprint_ignores_key_order_but_not_values() {
+        let a = serde_json::json!({"a": 1, "b": {"c": [1, 2], "d": "x"}});
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"b": {"d": "x", "c": [1, 2]}, "a": 1}"#).unwrap_or_default();
+        let c = serde_json::json!({"a": 1, "b": {"c": [2, 1], "d": "x"}});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+
+    #[test]
+    fn if_none_match_accepts_lists_weak_tags_and_star() {
+        let m = |s: &'static str| etag_matches(&HeaderValue::from_static(s), 3);
+        assert!(m("\"v3\""));
+        assert!(m("W/\"v3\""));
+        assert!(m("\"v1\", \"v3\""));
+        assert!(m("*"));
+        assert!(!m("\"v2\""));
+        assert!(!m("v3"));
+    }
+}
