@@ -41,7 +41,8 @@ pub struct InvalidLogFilter {
 }
 
 impl LogConfig {
-    /// Installs the global subscriber. Call once, first thing in `main`.
+    /// Installs the global subscriber. Call once, first thing in `main`. Logs go to stderr, so
+    /// a command's real output on stdout (an API key, a document) can be piped cleanly.
     pub fn init(&self) -> Result<(), InvalidLogFilter> {
         let filter = EnvFilter::try_new(&self.log_filter).map_err(|source| InvalidLogFilter {
             filter: self.log_filter.clone(),
@@ -53,13 +54,16 @@ impl LogConfig {
             LogFormat::Json => registry
                 .with(
                     tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
                         .json()
                         .flatten_event(true)
                         .with_current_span(true)
                         .with_span_list(false),
                 )
                 .try_init(),
-            LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init(),
+            LogFormat::Pretty => registry
+                .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+                .try_init(),
         };
         Ok(())
     }
