@@ -73,11 +73,28 @@ pub struct LineInput {
     #[schema(example = "Red mug", min_length = 1, max_length = 255)]
     pub name: String,
     #[schema(example = 2, minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "json_integer")]
     pub quantity: i64,
     /// Decimal string, at least 0, with no more decimals than the currency has minor units.
     /// A string, not a JSON number, so no float ever touches money.
     #[schema(example = "12.50", pattern = r"^\d{1,12}(\.\d{1,4})?$")]
     pub unit_price: String,
+}
+
+/// Reads a JSON integer. JSON Schema counts `2.0` as the integer 2, so integral floats are
+/// accepted too; `2.5` is not.
+fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    use serde::de::{Error, Unexpected};
+    match serde_json::Number::deserialize(d)? {
+        n if n.is_i64() => n
+            .as_i64()
+            .ok_or_else(|| D::Error::custom("integer out of range")),
+        n => match n.as_f64() {
+            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+            Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), &"an integer")),
+            None => Err(D::Error::custom("integer out of range")),
+        },
+    }
 }
 
 /// The body of `POST /v1/orders`.

@@ -185,6 +185,17 @@ fn line_count_rules() {
 }
 
 #[test]
+fn integral_float_quantities_are_integers() {
+    // JSON Schema counts 2.0 as an integer; 2.5 is a type error, not a rule violation.
+    let mut v = valid();
+    v["lines"][0]["quantity"] = json!(2.0);
+    assert_eq!(parse(v).unwrap().lines[0].quantity, 2);
+    let mut v = valid();
+    v["lines"][0]["quantity"] = json!(2.5);
+    assert!(serde_json::from_value::<NewOrderRequest>(v).is_err());
+}
+
+#[test]
 fn line_rules() {
     assert_eq!(
         violation(|v| v["lines"][1]["sku"] = json!("")),

@@ -338,7 +338,8 @@ pub struct ListParams {
     /// Page size, 1 to 200 (default 50).
     #[param(minimum = 1, maximum = 200)]
     limit: Option<u32>,
-    /// `next_cursor` from the previous page.
+    /// `next_cursor` from the previous page (opaque).
+    #[param(pattern = "^AQ[A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$")]
     cursor: Option<String>,
 }
 
@@ -424,7 +425,14 @@ mod tests {
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
         let id = Uuid::now_v7();
-        assert_eq!(decode_cursor(&encode_cursor(id)).ok(), Some(id));
+        let cursor = encode_cursor(id);
+        assert_eq!(decode_cursor(&cursor).ok(), Some(id));
+        // The pattern published in the OpenAPI document: AQ (version 1), 20 free characters,
+        // and a last character whose two low bits are zero (17 bytes in 23 base64 characters).
+        assert_eq!(cursor.len(), 23);
+        assert!(cursor.starts_with("AQ"));
+        assert!("AEIMQUYcgkosw048".contains(&cursor[22..]));
+        assert!(decode_cursor(&format!("AQ{}w", "_".repeat(20))).is_ok());
         assert!(decode_cursor("not base64!").is_err());
         assert!(decode_cursor(&URL_SAFE_NO_PAD.encode([9u8; 17])).is_err());
         assert!(decode_cursor("").is_err());
