@@ -41,7 +41,8 @@ const MAX_PAGE: u32 = 200;
     path = "/v1/orders",
     tag = "orders",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Client-chosen key (1-255 printable ASCII characters) that makes retries safe."),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, pattern = "^[ -~]{1,255}$",
+            description = "Client-chosen key (1-255 printable ASCII characters) that makes retries safe."),
         ("X-Request-Id" = Option<String>, Header, description = "Correlation id; generated when absent and echoed back."),
     ),
     request_body(content = NewOrderRequest, content_type = "application/json"),
@@ -379,6 +380,18 @@ pub async fn list_orders(
         return Err(ApiError::BadRequest(format!(
             "limit must be between 1 and {MAX_PAGE}"
         )));
+    }
+    if params
+        .client_ref
+        .as_deref()
+        .is_some_and(|r| r.chars().any(char::is_control))
+    {
+        // No stored client_ref has one (validation refuses them), and Postgres would reject
+        // a NUL: the filter simply matches nothing.
+        return Ok(Json(OrderPage {
+            items: Vec::new(),
+            next_cursor: None,
+        }));
     }
     let before = params.cursor.as_deref().map(decode_cursor).transpose()?;
     let filter = ListFilter {

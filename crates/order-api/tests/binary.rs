@@ -1,52 +1,20 @@
 #![allow(clippy::unwrap_used)]
 //! The real `order-api` binary, as a user runs it: a fresh database created on first start,
-//! `create-api-key`, `serve`, the README's curl walk-through done with an HTTP client, and a
-//! clean exit on SIGTERM.
+//! `create-api-key`, `serve`, the README's curl walk-through done with an HTTP client, a clean
+//! exit on SIGTERM; then schemathesis, a public tool, fuzzing it from its OpenAPI document.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use orderbridge_testkit::{ChildGuard, FreshDatabase, free_port, python_tool};
 use serde_json::json;
 
 const BIN: &str = env!("CARGO_BIN_EXE_order-api");
 
-fn server_url() -> String {
-    std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/orderbridge".into())
-}
-
-/// A database URL on the same server with a unique, not yet existing database.
-fn fresh_database_url() -> (String, String) {
-    let name = format!("orderbridge_bin_{}", uuid::Uuid::new_v4().simple());
-    let base = server_url();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    (format!("{server}/{name}"), name)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test]
-async fn walk_through_as_in_the_readme() {
-    let (database_url, db_name) = fresh_database_url();
-
+fn create_key(db: &FreshDatabase, client: &str) -> String {
     let out = Command::new(BIN)
-        .args(["create-api-key", "--name", "portal"])
-        .env("DATABASE_URL", &database_url)
+        .args(["create-api-key", "--name", client])
+        .env("DATABASE_URL", &db.url)
         .output()
         .unwrap();
     assert!(
@@ -59,11 +27,15 @@ async fn walk_through_as_in_the_readme() {
         key.starts_with("obk_"),
         "stdout must hold only the key, got {key:?}"
     );
+    key
+}
 
-    let port = free_port();
-    let mut server = Server(
+/// Starts `order-api` on a free port and waits until it is ready.
+async fn start_server(db: &FreshDatabase) -> (ChildGuard, String) {
+    let port = free_port().unwrap();
+    let server = ChildGuard(
         Command::new(BIN)
-            .env("DATABASE_URL", &database_url)
+            .env("DATABASE_URL", &db.url)
             .env("ORDER_API_ADDR", format!("127.0.0.1:{port}"))
             .env("LOG_FORMAT", "json")
             .stdout(Stdio::null())
@@ -74,17 +46,27 @@ async fn walk_through_as_in_the_readme() {
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    while http
-        .get(format!("{base}/health/ready"))
-        .send()
-        .await
-        .map(|r| r.status())
-        .ok()
-        != Some(reqwest::StatusCode::OK)
-    {
+    loop {
+        let status = http
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .map(|r| r.status());
+        if status.ok() == Some(reqwest::StatusCode::OK) {
+            break;
+        }
         assert!(Instant::now() < deadline, "server did not become ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (server, base)
+}
+
+#[tokio::test]
+async fn walk_through_as_in_the_readme() {
+    let db = FreshDatabase::new("orderbridge_bin");
+    let key = create_key(&db, "portal");
+    let (mut server, base) = start_server(&db).await;
+    let http = reqwest::Client::new();
 
     let order = json!({
         "client_ref": "PO-1001",
@@ -143,19 +125,42 @@ async fn walk_through_as_in_the_readme() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
-
-    drop_database(&db_name).await;
 }
 
-async fn drop_database(name: &str) {
-    use sqlx::Connection;
-    let base = server_url();
-    let (server, _) = base.rsplit_once('/').unwrap();
-    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
+/// Schemathesis generates valid and invalid requests from the served OpenAPI document and checks
+/// every answer: no 5xx, status codes and content types as documented, bodies matching their
+/// schemas, invalid input rejected. `positive_data_acceptance` is excluded because the API's
+/// business rules (active ISO 4217 codes, email shape, no control characters) are deliberately
+/// stricter than a JSON schema can say.
+#[tokio::test]
+async fn schemathesis_finds_no_failure() {
+    let schemathesis = tokio::task::spawn_blocking(|| python_tool("schemathesis"))
+        .await
+        .unwrap()
+        .expect("cannot install the pinned Python test tools (tools/requirements-test.txt)");
+    let db = FreshDatabase::new("orderbridge_st");
+    let key = create_key(&db, "schemathesis");
+    let (_server, base) = start_server(&db).await;
+
+    let out = tokio::process::Command::new(schemathesis)
+        .args(["run", &format!("{base}/openapi.json"), "--url", &base])
+        .args(["-H", &format!("Authorization: Bearer {key}")])
+        .args([
+            "--checks",
+            "all",
+            "--exclude-checks",
+            "positive_data_acceptance",
+        ])
+        .args(["--max-examples", "40", "--seed", "20261124", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .output()
         .await
         .unwrap();
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains("passed"), "{report}");
 }

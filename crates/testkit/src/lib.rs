@@ -1,0 +1,127 @@
+//! Test-only helpers shared by orderbridge's integration tests. Never a dependency of a binary.
+//!
+//! - [`FreshDatabase`]: a uniquely named database on the test Postgres server, dropped afterwards
+//!   (for tests that start our binaries, where `#[sqlx::test]`'s pool cannot be handed over).
+//! - [`free_port`], [`ChildGuard`]: run our binaries as a user would, and always clean them up.
+//! - [`python_tool`]: public tools that test us better than we could (schemathesis,
+//!   simple-salesforce), installed on demand into a virtualenv pinned by
+//!   `tools/requirements-test.txt`, so `cargo test` stays the only command to run.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+
+use sha2::{Digest, Sha256};
+use sqlx::Connection;
+
+/// The workspace root (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `DATABASE_URL` (set for tests by `.cargo/config.toml`), or the documented default.
+pub fn server_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/orderbridge".into())
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (server, _) = url.rsplit_once('/').unwrap_or((url, ""));
+    format!("{server}/{name}")
+}
+
+/// A database that does not exist yet; our binaries create it on start. Dropped (forcibly) when
+/// this value is dropped, also when the test panics.
+pub struct FreshDatabase {
+    pub name: String,
+    pub url: String,
+}
+
+impl FreshDatabase {
+    pub fn new(prefix: &str) -> Self {
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let url = with_database(&server_database_url(), &name);
+        Self { name, url }
+    }
+}
+
+impl Drop for FreshDatabase {
+    fn drop(&mut self) {
+        let admin = with_database(&server_database_url(), "postgres");
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        // Drop runs outside any async context; a small runtime of its own does the work.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&admin).await.ok()?;
+                sqlx::query(&sql).execute(&mut conn).await.ok()
+            })
+        })
+        .join();
+    }
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Kills and reaps the child when dropped, so a failing test leaves no process behind.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Path to an executable of the pinned Python test tools (`schemathesis`, …), creating or
+/// updating the virtualenv `target/py-venv` first when `tools/requirements-test.txt` changed.
+/// Concurrent tests wait on a file lock, so the environment is built once.
+pub fn python_tool(name: &str) -> io::Result<PathBuf> {
+    let root = workspace_root();
+    let requirements = root.join("tools/requirements-test.txt");
+    let venv = root.join("target/py-venv");
+    fs::create_dir_all(root.join("target"))?;
+    let lock = File::create(root.join("target/py-venv.lock"))?;
+    lock.lock()?;
+
+    let wanted = hex(&Sha256::digest(fs::read(&requirements)?));
+    let stamp = venv.join(".requirements-sha256");
+    if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+            .arg(&requirements))?;
+        fs::write(&stamp, &wanted)?;
+    }
+    lock.unlock()?;
+    Ok(venv.join("bin").join(name))
+}
+
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
