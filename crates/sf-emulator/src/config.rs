@@ -71,6 +71,25 @@ pub struct EmulatorConfig {
     /// Idle time after which an access token stops working, as a session timeout does.
     #[arg(long, env = "SF_EMULATOR_SESSION_TIMEOUT", default_value = "2h", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key-file`).
+    #[arg(long, env = "SF_EMULATOR_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `--tls-cert-file`.
+    #[arg(long, env = "SF_EMULATOR_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve HTTPS with a local CA and server certificate generated at start (for localhost,
+    /// 127.0.0.1, ::1 and the instance URL's host).
+    #[arg(
+        long,
+        env = "SF_EMULATOR_TLS_SELF_SIGNED",
+        default_value_t = false,
+        conflicts_with = "tls_cert_file"
+    )]
+    pub tls_self_signed: bool,
+    /// Where to write the generated CA certificate (PEM), for clients to trust
+    /// (e.g. `REQUESTS_CA_BUNDLE`, `SSL_CERT_FILE`).
+    #[arg(long, env = "SF_EMULATOR_TLS_CA_OUT", requires = "tls_self_signed")]
+    pub tls_ca_out: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -89,6 +108,10 @@ impl Default for EmulatorConfig {
             seed_file: None,
             daily_api_limit: 15_000,
             session_timeout: Duration::from_secs(2 * 3600),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_self_signed: false,
+            tls_ca_out: None,
         }
     }
 }

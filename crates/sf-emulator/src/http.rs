@@ -112,7 +112,7 @@ async fn versions(State(s): State<AppState>) -> Response {
     to_response(Reply::json(200, api::versions()), None)
 }
 
-async fn token(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
+async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
@@ -122,11 +122,34 @@ async fn token(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
             .into_iter()
             .collect();
     form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    // Client authentication may come as HTTP Basic (RFC 6749 §2.3.1), as simple-salesforce
+    // sends it for client credentials.
+    if let Some((id, secret)) = basic_credentials(&headers) {
+        form.entry("client_id".into()).or_insert(id);
+        form.entry("client_secret".into()).or_insert(secret);
+    }
     let reply = {
         let mut inner = s.lock();
         auth::token(&s, &mut inner, &form)
     };
     to_response(reply, None)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((
+        api::percent_decode(id, true),
+        api::percent_decode(secret, true),
+    ))
 }
 
 fn batch_size(headers: &HeaderMap) -> Option<usize> {
