@@ -293,7 +293,7 @@ fn resources(ctx: &Ctx<'_>) -> Reply {
 
 fn limits(ctx: &Ctx<'_>, inner: &Inner) -> Reply {
     let max = ctx.shared.config.daily_api_limit;
-    let remaining = max.saturating_sub(inner.usage);
+    let remaining = max.saturating_sub(inner.usage.used());
     Reply::json(
         200,
         json!({

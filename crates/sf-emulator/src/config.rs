@@ -64,6 +64,10 @@ pub struct EmulatorConfig {
     /// Seed JSON file (same body as `POST /__admin/seed`), applied at start and on reset.
     #[arg(long, env = "SF_EMULATOR_SEED_FILE")]
     pub seed_file: Option<PathBuf>,
+    /// JSON file holding the org's records: loaded at start when it exists, written (atomically)
+    /// within a second of each change and at shutdown. Without it, records live in memory only.
+    #[arg(long, env = "SF_EMULATOR_DATA_FILE")]
+    pub data_file: Option<PathBuf>,
     /// Daily API request allocation reported in `/limits` and `Sforce-Limit-Info`
     /// (15,000 is a Developer Edition org).
     #[arg(long, env = "SF_EMULATOR_DAILY_API_LIMIT", default_value_t = 15_000)]
@@ -106,6 +110,7 @@ impl Default for EmulatorConfig {
             jwt_public_key_file: None,
             schema_file: None,
             seed_file: None,
+            data_file: None,
             daily_api_limit: 15_000,
             session_timeout: Duration::from_secs(2 * 3600),
             tls_cert_file: None,

@@ -152,6 +152,16 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     ))
 }
 
+/// `Sforce-Call-Options: client=<name>`, which Salesforce records as the change origin.
+fn call_options_client(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("Sforce-Call-Options")?.to_str().ok()?;
+    v.split(',')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("client"))
+        .map(|(_, name)| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
 fn batch_size(headers: &HeaderMap) -> Option<usize> {
     let v = headers.get("Sforce-Query-Options")?.to_str().ok()?;
     v.split(',')
@@ -203,23 +213,29 @@ async fn data(
             .or_default() += 1;
         return to_response(Reply::invalid_session(), None);
     }
-    if inner.usage >= max {
+    if inner.usage.used() >= max {
         *inner
             .stats
             .rejected
             .entry("REQUEST_LIMIT_EXCEEDED".into())
             .or_default() += 1;
-        let used = inner.usage;
+        let used = inner.usage.used();
         return to_response(fault_reply("REQUEST_LIMIT_EXCEEDED"), limit_info(used));
     }
-    inner.usage += 1;
+    inner.usage.record();
     inner.stats.api_calls_total += 1;
     *inner
         .stats
         .api_calls_by_route
         .entry(route.label(&method_name))
         .or_default() += 1;
-    let used = inner.usage;
+    let used = inner.usage.used();
+    if !matches!(method, Method::GET | Method::HEAD) {
+        inner.dirty = true;
+    }
+    if let Some(client) = call_options_client(&headers) {
+        *inner.stats.api_calls_by_client.entry(client).or_default() += 1;
+    }
 
     if let Some(code) = pick_fault(&mut inner.faults) {
         *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;

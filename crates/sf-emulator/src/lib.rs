@@ -55,6 +55,8 @@ pub enum StartError {
     Key(#[from] jwt::KeyError),
     #[error("seed file {path}: {message}")]
     Seed { path: String, message: String },
+    #[error("data file {path}: {message}")]
+    Data { path: String, message: String },
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     #[error("TLS needs both a certificate and a key file")]
@@ -93,6 +95,17 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         }
         None => None,
     };
+    let saved = match &config.data_file {
+        Some(path) if path.exists() => {
+            let err = |message: String| StartError::Data {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            Some(serde_json::from_str::<store::StoreData>(&text).map_err(|e| err(e.to_string()))?)
+        }
+        _ => None,
+    };
     let seed_path = config.seed_file.clone();
     let shared = Arc::new(state::Shared::new(
         config,
@@ -101,7 +114,11 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         Arc::new(schema),
         seed.clone(),
     ));
-    if let (Some(seed), Some(path)) = (seed, seed_path) {
+    if let Some(data) = saved {
+        // Saved data already holds whatever was seeded the first time.
+        let mut inner = shared.lock();
+        inner.store = store::Store::with_data(Arc::clone(&shared.schema), data);
+    } else if let (Some(seed), Some(path)) = (seed, seed_path) {
         let err = |message: String| StartError::Seed {
             path: path.display().to_string(),
             message,
@@ -220,7 +237,63 @@ fn url_host(url: &str) -> Option<String> {
     (!host.is_empty()).then(|| host.to_owned())
 }
 
+/// Writes the records to the data file if they changed (temp file + rename, so a crash never
+/// leaves a half-written file).
+async fn flush(state: &AppState, path: &std::path::Path) -> Result<(), std::io::Error> {
+    let data = {
+        let mut inner = state.lock();
+        if !inner.dirty {
+            return Ok(());
+        }
+        inner.dirty = false;
+        inner.store.snapshot()
+    };
+    let path = path.to_owned();
+    let written = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
+        let json = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    if written.is_err() {
+        // Try again on the next tick.
+        state.lock().dirty = true;
+    }
+    written
+}
+
 async fn run(
+    bound: Bound,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let router = app(Arc::clone(&state));
+    let flusher = state.config.data_file.clone().map(|path| {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                if let Err(e) = flush(&state, &path).await {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the data file");
+                }
+            }
+        })
+    });
+    let served = serve_on(bound, router, shutdown).await;
+    if let Some(f) = flusher {
+        f.abort();
+    }
+    if let Some(path) = &state.config.data_file {
+        flush(&state, path).await?;
+    }
+    served
+}
+
+async fn serve_on(
     bound: Bound,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -246,8 +319,7 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, StartError
     let (addr, base_url) = (bound.addr, bound.url.clone());
     let state = build_state(config, base_url.clone())?;
     let (tx, rx) = oneshot::channel::<()>();
-    let router = app(Arc::clone(&state));
-    let task = tokio::spawn(run(bound, router, async {
+    let task = tokio::spawn(run(bound, Arc::clone(&state), async {
         let _ = rx.await;
     }));
     Ok(RunningEmulator {
@@ -267,7 +339,6 @@ pub async fn serve(
     let bound = bind(&config).await?;
     let state = build_state(config, bound.url.clone())?;
     tracing::info!(addr = %bound.addr, instance_url = %bound.url, tls = bound.tls.is_some(), "sf-emulator listening");
-    let router = app(state);
-    run(bound, router, shutdown).await?;
+    run(bound, state, shutdown).await?;
     Ok(())
 }

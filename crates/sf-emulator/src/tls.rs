@@ -73,9 +73,37 @@ pub fn from_files(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError
     server_config(chain, key_der)
 }
 
-/// Generates a local CA and a server certificate for `hosts` (names or IP addresses); returns
-/// the server config and the CA certificate PEM, which clients add to their trust store.
-pub fn self_signed(hosts: &[String]) -> Result<(Arc<ServerConfig>, String), TlsError> {
+/// A generated local CA and server certificate, in PEM.
+pub struct Generated {
+    /// The CA certificate clients trust.
+    pub ca_pem: String,
+    /// Server certificate followed by the CA certificate.
+    pub chain_pem: String,
+    /// The server's PKCS#8 private key.
+    pub key_pem: String,
+}
+
+/// Generates a local CA and a server certificate for `hosts` (names or IP addresses), e.g. to
+/// write `--tls-cert-file`/`--tls-key-file` once and reuse them.
+pub fn generate(hosts: &[String]) -> Result<Generated, TlsError> {
+    let (ca, cert, key) = generate_parts(hosts)?;
+    Ok(Generated {
+        ca_pem: ca.pem(),
+        chain_pem: format!("{}{}", cert.pem(), ca.pem()),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn generate_parts(
+    hosts: &[String],
+) -> Result<
+    (
+        CertifiedIssuer<'static, KeyPair>,
+        rcgen::Certificate,
+        KeyPair,
+    ),
+    TlsError,
+> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -98,6 +126,13 @@ pub fn self_signed(hosts: &[String]) -> Result<(Arc<ServerConfig>, String), TlsE
     ];
     leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let cert = leaf.signed_by(&leaf_key, &ca)?;
+    Ok((ca, cert, leaf_key))
+}
+
+/// Generates a local CA and a server certificate for `hosts` (names or IP addresses); returns
+/// the server config and the CA certificate PEM, which clients add to their trust store.
+pub fn self_signed(hosts: &[String]) -> Result<(Arc<ServerConfig>, String), TlsError> {
+    let (ca, cert, leaf_key) = generate_parts(hosts)?;
     let chain = vec![cert.der().clone(), ca.der().clone()];
     let key = PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into());
     Ok((server_config(chain, key)?, ca.pem()))
