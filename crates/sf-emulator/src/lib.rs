@@ -271,24 +271,32 @@ async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), std::io::Error> {
     let router = app(Arc::clone(&state));
+    // The flusher writes changes every second and once more when told to stop; awaiting it
+    // guarantees no write is still in flight when `run` returns.
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let flusher = state.config.data_file.clone().map(|path| {
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
             loop {
-                tick.tick().await;
-                if let Err(e) = flush(&state, &path).await {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = &mut stop_rx => true,
+                };
+                let written = flush(&state, &path).await;
+                if let Err(e) = &written {
                     tracing::warn!(path = %path.display(), error = %e, "cannot write the data file");
+                }
+                if stopping {
+                    return written;
                 }
             }
         })
     });
     let served = serve_on(bound, router, shutdown).await;
+    let _ = stop_tx.send(());
     if let Some(f) = flusher {
-        f.abort();
-    }
-    if let Some(path) = &state.config.data_file {
-        flush(&state, path).await?;
+        f.await.map_err(std::io::Error::other)??;
     }
     served
 }
