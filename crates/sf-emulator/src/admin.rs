@@ -185,15 +185,16 @@ pub async fn seed(State(s): State<AppState>, body: Bytes) -> Response {
         Err(e) => return bad_request(format!("invalid seed body: {e}")),
     };
     let mut inner = s.lock();
-    let snapshot = inner.store.snapshot();
+    let savepoint = inner.store.begin();
     match seed::apply(&mut inner.store, &seed) {
         Ok(created) => {
+            inner.store.commit(savepoint);
             inner.dirty = true;
             to_response(Reply::json(201, created), None)
         }
         Err(e) => {
             // A seed applies whole or not at all.
-            inner.store.restore(snapshot);
+            inner.store.rollback(savepoint);
             to_response(e.into_reply(), None)
         }
     }
