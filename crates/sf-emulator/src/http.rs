@@ -87,7 +87,7 @@ async fn preflight(s: &AppState) -> Option<Reply> {
         } else {
             0
         };
-        tokio::time::sleep(Duration::from_millis(latency + extra)).await;
+        tokio::time::sleep(Duration::from_millis(latency.saturating_add(extra))).await;
     }
     if outage {
         let mut inner = s.lock();
