@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::{any, get, post};
@@ -25,6 +26,9 @@ use crate::api::{self, Ctx, Req, Route};
 use crate::auth;
 use crate::reply::{Reply, fault_reply};
 use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
 pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
@@ -68,6 +72,8 @@ pub fn app(state: AppState) -> Router {
         .route("/__admin/reset", post(admin::reset))
         .route("/__admin/seed", post(admin::seed))
         .fallback(|| async { to_response(Reply::not_found(), None) })
+        // Composite with five full Collections of wide records fits comfortably.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -175,11 +181,24 @@ async fn data(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return to_response(
+                Reply::error(
+                    e.status().as_u16(),
+                    "JSON_PARSER_ERROR",
+                    format!("Cannot read the request body: {e}"),
+                ),
+                None,
+            );
+        }
+    };
     let rest = uri
         .path()
         .strip_prefix("/services/data/")
