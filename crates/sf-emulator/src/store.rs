@@ -884,8 +884,13 @@ impl Store {
         }
     }
 
-    /// Values derived from other records (OrderItem.Product2Id from its price book entry).
+    /// Values derived from other records or fields (OrderItem.Product2Id from its price book
+    /// entry, OrderItem.TotalPrice = Quantity × UnitPrice).
     fn derive(&self, def: &ObjectDef, rec: &mut Record) -> Result<(), RecordError> {
+        if def.name == "OrderItem" && def.field("TotalPrice").is_some() {
+            let total = line_total(rec);
+            rec.insert("TotalPrice".into(), json!(total));
+        }
         if def.name == "OrderItem"
             && let Some(pbe) = rec.get("PricebookEntryId").and_then(Value::as_str)
             && let Ok((_, entry)) = self.get(Some("PricebookEntry"), pbe)
@@ -959,7 +964,49 @@ impl Store {
             *counter += 1;
             rec.insert(f.name.clone(), json!(format!("{:08}", *counter)));
         }
-        Ok(self.insert_raw(&def.name, rec))
+        let total = line_total(&rec);
+        let order = rec
+            .get("OrderId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let id = self.insert_raw(&def.name, rec);
+        if def.name == "OrderItem"
+            && let Some(order) = order
+        {
+            self.add_to_order_total(&order, total);
+        }
+        Ok(id)
+    }
+
+    /// Keeps `Order.TotalAmount` equal to the sum of its lines' `TotalPrice`, as Salesforce's
+    /// roll-up does; incremental, so bulk loads stay linear.
+    fn add_to_order_total(&mut self, order_id: &str, delta: f64) {
+        if delta == 0.0
+            || self
+                .schema
+                .object("Order")
+                .and_then(|o| o.field("TotalAmount"))
+                .is_none()
+        {
+            return;
+        }
+        let Some(mut order) = self
+            .data
+            .tables
+            .get("Order")
+            .and_then(|t| t.get(order_id))
+            .cloned()
+        else {
+            return;
+        };
+        let current = order
+            .get("TotalAmount")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        // Currency: keep cents exact despite binary floating point.
+        let total = ((current + delta) * 100.0).round() / 100.0;
+        order.insert("TotalAmount".into(), json!(total));
+        self.put("Order", order_id, order);
     }
 
     /// Updates a record from a request body.
@@ -1002,12 +1049,23 @@ impl Store {
         for (k, v) in &changes {
             rec.insert(k.clone(), v.clone());
         }
+        self.derive(def, &mut rec)?;
         self.validate(def, Some(&id), &rec, &changes, Mode::Update)?;
         Self::check_lock(locks, &Self::lock_keys(def, &id, Some(&current)), &id)?;
         let now = json!(sf_datetime(Utc::now()));
         rec.insert("LastModifiedDate".into(), now.clone());
         rec.insert("SystemModstamp".into(), now);
+        let delta = line_total(&rec) - line_total(&current);
+        let order = rec
+            .get("OrderId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         self.put(&def.name, &id, rec);
+        if def.name == "OrderItem"
+            && let Some(order) = order
+        {
+            self.add_to_order_total(&order, delta);
+        }
         Ok(id)
     }
 
@@ -1110,9 +1168,43 @@ impl Store {
                 "the standard price book cannot be deleted",
             ));
         }
+        let old = self
+            .data
+            .tables
+            .get(&def_name)
+            .and_then(|t| t.get(&id))
+            .cloned();
         self.remove(&def_name, &id);
+        match def_name.as_str() {
+            "OrderItem" => {
+                if let Some(old) = old
+                    && let Some(order) = old.get("OrderId").and_then(Value::as_str)
+                {
+                    self.add_to_order_total(order, -line_total(&old));
+                }
+            }
+            // Order products are details of their order: deleting the order deletes them.
+            "Order" => {
+                let lines: Vec<String> = self
+                    .records("OrderItem")
+                    .filter(|(_, r)| r.get("OrderId").and_then(Value::as_str) == Some(id.as_str()))
+                    .map(|(line, _)| line.clone())
+                    .collect();
+                for line in lines {
+                    self.remove("OrderItem", &line);
+                }
+            }
+            _ => {}
+        }
         Ok(id)
     }
+}
+
+/// Quantity × UnitPrice of an order line, in cents-exact currency.
+fn line_total(rec: &Record) -> f64 {
+    let q = rec.get("Quantity").and_then(Value::as_f64).unwrap_or(0.0);
+    let p = rec.get("UnitPrice").and_then(Value::as_f64).unwrap_or(0.0);
+    ((q * p) * 100.0).round() / 100.0
 }
 
 fn not_writable(field: &FieldDef) -> RecordError {
