@@ -270,6 +270,37 @@ async fn jwt_bearer_flow_verifies_signature_and_claims() {
 }
 
 #[tokio::test]
+async fn jwt_flow_accepts_a_connected_app_certificate() {
+    // The file users upload to a connected app is an X.509 certificate, not a bare key.
+    let key = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+    let pkcs8 = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, LineEnding::LF).unwrap();
+    let signer =
+        rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["orderbridge-dev".to_owned()])
+        .unwrap()
+        .self_signed(&signer)
+        .unwrap();
+    let path = temp_file("cert.pem", &cert.pem());
+    let org = Org::start_with(EmulatorConfig {
+        jwt_public_key_file: Some(path.clone()),
+        ..EmulatorConfig::ephemeral()
+    })
+    .await;
+    let claims = json!({"iss": DEV_CLIENT_ID, "sub": DEV_USERNAME, "aud": org.base(), "exp": chrono::Utc::now().timestamp() + 60});
+    let r = org
+        .token_request(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+            ),
+            ("assertion", sign(&key, &claims)),
+        ])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[tokio::test]
 async fn invalid_key_file_refuses_to_start() {
     let path = temp_file(
         "bad.pem",
