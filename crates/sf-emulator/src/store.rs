@@ -471,7 +471,7 @@ impl Store {
     }
 
     /// Converts a JSON value to what `field` stores, with Salesforce's errors.
-    fn coerce(&self, obj: &ObjectDef, field: &FieldDef, v: &Value) -> Result<Value, RecordError> {
+    fn coerce(&self, field: &FieldDef, v: &Value) -> Result<Value, RecordError> {
         if v.is_null() {
             return Ok(match field.ty {
                 FieldType::Boolean => Value::Bool(false),
@@ -571,19 +571,14 @@ impl Store {
             }
             FieldType::Reference => {
                 let s = v.as_str().ok_or_else(|| parse_error("reference", v))?;
-                self.check_reference(obj, field, s)
+                self.check_reference(field, s)
             }
             FieldType::Id | FieldType::Autonumber => Err(not_writable(field)),
         }
     }
 
     /// Checks a lookup id: well formed, of the right object, existing.
-    fn check_reference(
-        &self,
-        obj: &ObjectDef,
-        field: &FieldDef,
-        s: &str,
-    ) -> Result<Value, RecordError> {
+    fn check_reference(&self, field: &FieldDef, s: &str) -> Result<Value, RecordError> {
         let target = field.reference_to.as_deref().unwrap_or_default();
         let label = field.relationship_name.as_deref().unwrap_or(&field.name);
         let Some(id) = ids::normalize(s) else {
@@ -602,7 +597,6 @@ impl Store {
             .with_fields(vec![field.name.clone()]));
         }
         if target_def.is_some() && self.get(Some(target), &id).is_err() {
-            let _ = obj;
             let code = if self.data.deleted.contains_key(&id) {
                 "ENTITY_IS_DELETED"
             } else {
@@ -713,7 +707,7 @@ impl Store {
                 if !writable {
                     return Err(not_writable(field));
                 }
-                let value = self.coerce(def, field, v)?;
+                let value = self.coerce(field, v)?;
                 out.push((field.name.clone(), value));
             } else if let Some(field) = def.relationship(key) {
                 if v.is_object() {
