@@ -53,10 +53,6 @@ pub fn token(shared: &Shared, inner: &mut Inner, form: &HashMap<String, String>)
         "client_credentials" => client_credentials(shared, form),
         "refresh_token" => refresh(shared, form),
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => jwt_bearer(shared, form),
-        "" => Err(oauth_error(
-            "unsupported_grant_type",
-            "grant type not supported",
-        )),
         _ => Err(oauth_error(
             "unsupported_grant_type",
             "grant type not supported",
