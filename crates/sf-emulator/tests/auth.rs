@@ -197,7 +197,15 @@ async fn jwt_bearer_flow_verifies_signature_and_claims() {
             .await;
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert!(ok.body.get("refresh_token").is_none());
-        // The real login host is an accepted audience too.
+        // localhost names the emulator too, and the real login host is an accepted audience.
+        let localhost = base.replace("127.0.0.1", "localhost");
+        let ok = org
+            .token_request(&grant(sign(
+                &key,
+                &claims(DEV_CLIENT_ID, DEV_USERNAME, &localhost, now + 120),
+            )))
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
         let ok = org
             .token_request(&grant(sign(
                 &key,
