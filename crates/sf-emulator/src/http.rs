@@ -290,6 +290,7 @@ async fn data(
     };
     let reply = api::execute(&ctx, &mut inner, &route, &req);
     drop(inner);
+    tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
     if method == Method::HEAD {
         return to_response(
             Reply {
