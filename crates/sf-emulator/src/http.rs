@@ -58,6 +58,7 @@ pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/services/oauth2/token", post(token))
+        .route("/services/oauth2/revoke", post(revoke))
         .route("/services/data", get(versions))
         .route("/services/data/", get(versions))
         .route("/services/data/{*rest}", any(data))
@@ -139,6 +140,33 @@ async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: By
         auth::token(&s, &mut inner, &form)
     };
     to_response(reply, None)
+}
+
+/// `POST /services/oauth2/revoke` (`token=` in the form or query): ends that session. Like
+/// Salesforce, an unknown token is a 400 `unsupported_token_type`.
+async fn revoke(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    if let Some(r) = preflight(&s).await {
+        return to_response(r, None);
+    }
+    let mut form = api::query_pairs(uri.query().unwrap_or_default());
+    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    let token = form
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let removed = s.lock().sessions.remove(&token).is_some();
+    if removed {
+        to_response(Reply::empty(200), None)
+    } else {
+        to_response(
+            Reply::json(
+                400,
+                serde_json::json!({"error": "unsupported_token_type", "error_description": "this token type is not supported"}),
+            ),
+            None,
+        )
+    }
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {

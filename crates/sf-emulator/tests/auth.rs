@@ -367,3 +367,22 @@ async fn sessions_time_out_when_idle() {
         assert!(Instant::now() < deadline, "session never expired");
     }
 }
+
+#[tokio::test]
+async fn revoke_ends_a_session() {
+    let org = Org::start().await;
+    assert_eq!(org.get("/limits").await.status, 200);
+    let revoke = |token: String| {
+        org.http
+            .post(format!("{}/services/oauth2/revoke", org.base()))
+            .form(&[("token", token)])
+            .send()
+    };
+    assert_eq!(revoke(org.token.clone()).await.unwrap().status(), 200);
+    assert_eq!(org.get("/limits").await.status, 401);
+    let again = to_resp(revoke(org.token.clone()).await.unwrap()).await;
+    assert_eq!(
+        (again.status, again.body["error"].clone()),
+        (400, json!("unsupported_token_type"))
+    );
+}
