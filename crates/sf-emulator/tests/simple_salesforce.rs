@@ -2,9 +2,9 @@
 //! HTTPS with a generated CA, the password, client-credentials and JWT flows, CRUD, upsert,
 //! relationship references, queries with paging, Composite, errors and session renewal.
 //!
-//! Opt-in (needs Python): `cargo test -p sf-emulator --features python-tests --test simple_salesforce`
-//! with `SF_EMULATOR_PYTHON` pointing at a Python that has `simple-salesforce` installed
-//! (default: `python3`).
+//! simple-salesforce comes pinned from `tools/requirements-test.txt`, installed on first use into
+//! `target/py-venv` by orderbridge-testkit; `SF_EMULATOR_PYTHON` may point at another Python that
+//! has it.
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Command, Stdio};
@@ -52,7 +52,13 @@ async fn simple_salesforce_talks_to_the_emulator() {
         emu.base_url
     );
 
-    let python = std::env::var("SF_EMULATOR_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let python = match std::env::var_os("SF_EMULATOR_PYTHON") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => tokio::task::spawn_blocking(|| orderbridge_testkit::python_tool("python"))
+            .await
+            .unwrap()
+            .expect("cannot install the pinned Python test tools (tools/requirements-test.txt)"),
+    };
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/simple_salesforce/test_emulator.py"
@@ -68,11 +74,7 @@ async fn simple_salesforce_talks_to_the_emulator() {
         .stdout(Stdio::inherit())
         .stderr(Stdio::inherit())
         .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {python}: {e}. Install: python3 -m venv .venv && .venv/bin/pip install simple-salesforce cryptography, then set SF_EMULATOR_PYTHON=.venv/bin/python"
-            )
-        });
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
     // Wait on a blocking thread so the emulator keeps serving; kill the script at the deadline.
     let status = tokio::task::spawn_blocking(move || {
         let start = Instant::now();
