@@ -96,37 +96,52 @@ async fn published_ids(pool: &PgPool) -> HashSet<Uuid> {
         .collect()
 }
 
+/// 5,000 rows in ONE batch: SIGTERM arrives once the first messages reach the queue and before
+/// the batch is marked, i.e. mid-batch. The relay stops sending, collects the confirms of what it
+/// sent, marks only those, and exits 0; a second relay publishes the rest.
 #[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
 async fn sigterm_mid_batch_marks_only_confirmed_rows(
     pool_opts: PgPoolOptions,
     opts: PgConnectOptions,
 ) {
+    const ROWS: usize = 5000;
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();
-    let client = api_client(&pool).await;
-    let mut written = Vec::new();
-    for _ in 0..1500 {
-        written.push(create_order(&pool, client).await.1);
-    }
+    let queue = format!("{ns}.sf-sync");
+    let written: Vec<Uuid> = sqlx::query_scalar(
+        "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload)
+         SELECT gen_random_uuid(), 'order', gen_random_uuid(), 'order.submitted',
+                jsonb_build_object('n', n)
+         FROM generate_series(1, $1) n
+         RETURNING event_id",
+    )
+    .bind(ROWS as i32)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
 
     let port = free_port();
-    let mut child = spawn_relay(&opts, &ns, port, 250);
+    let mut child = spawn_relay(&opts, &ns, port, ROWS as u32);
     eventually(WAIT, "admin endpoint up", || async {
         get(port, "/health/live").is_some_and(|(s, b)| s == 200 && b == "ok")
     })
     .await;
-    // Stop as soon as publishing has begun: the backlog is six batches long.
-    eventually(WAIT, "publishing started", || async {
-        published_count(&pool).await > 0
+    eventually(WAIT, "first messages on the queue", || async {
+        queue_len_if_exists(&queue).await.is_some_and(|n| n > 0)
     })
     .await;
     sigterm(&child);
     let status = wait_exit(&mut child).await;
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
 
-    // Everything marked published is on the queue; nothing unconfirmed was marked.
+    // Stopped mid-batch: not everything went out.
     let marked = published_ids(&pool).await;
-    let queue = format!("{ns}.sf-sync");
+    eprintln!("SIGTERM: {} of {ROWS} rows marked published", marked.len());
+    assert!(
+        marked.len() < ROWS,
+        "SIGTERM should have landed mid-batch, but all {ROWS} rows were published"
+    );
+    // Everything marked published is on the queue; nothing unconfirmed was marked.
     let first = drain_covering(&queue, &marked, WAIT).await;
     let on_queue: HashSet<Uuid> = first.iter().map(|r| r.message_id).collect();
     assert!(
@@ -135,9 +150,9 @@ async fn sigterm_mid_batch_marks_only_confirmed_rows(
     );
 
     // A new relay publishes the rest; admin endpoints report it.
-    let mut child = spawn_relay(&opts, &ns, port, 250);
+    let mut child = spawn_relay(&opts, &ns, port, 500);
     eventually(WAIT, "rest published", || async {
-        published_count(&pool).await == 1500
+        published_count(&pool).await == ROWS as i64
     })
     .await;
     eventually(WAIT, "ready", || async {

@@ -336,12 +336,17 @@ pub async fn cleanup(namespace: &str) {
 
 /// Messages ready in a queue.
 pub async fn queue_len(queue: &str) -> u32 {
+    queue_len_if_exists(queue).await.unwrap()
+}
+
+/// Messages ready in a queue, or None if it does not exist (yet) or the broker is unreachable.
+pub async fn queue_len_if_exists(queue: &str) -> Option<u32> {
     use orderbridge_broker::lapin::options::QueueDeclareOptions;
     use orderbridge_broker::lapin::types::FieldTable;
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
-        .unwrap();
-    let channel = conn.create_channel().await.unwrap();
+        .ok()?;
+    let channel = conn.create_channel().await.ok()?;
     let q = channel
         .queue_declare(
             queue.into(),
@@ -351,8 +356,7 @@ pub async fn queue_len(queue: &str) -> u32 {
             },
             FieldTable::default(),
         )
-        .await
-        .unwrap();
+        .await;
     let _ = conn.close(200, "bye".into()).await;
-    q.message_count()
+    q.ok().map(|q| q.message_count())
 }
