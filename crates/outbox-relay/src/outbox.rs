@@ -32,6 +32,14 @@ pub async fn try_lock_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Erro
         .await
 }
 
+/// Gives up leadership without closing the connection.
+pub async fn unlock_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_advisory_unlock($1)")
+        .bind(LEADER_LOCK_KEY)
+        .fetch_one(conn)
+        .await
+}
+
 /// The oldest unpublished rows, by position.
 ///
 /// No "after position N" cursor: every call reads all unpublished rows visible now, so a row

@@ -141,6 +141,12 @@ impl Relay {
             // 1. A healthy broker session in confirm mode.
             if !session.as_ref().is_some_and(Session::is_healthy) {
                 m.broker_up.store(false, Ordering::Relaxed);
+                if is_leader {
+                    // Hand publishing to a standby that may still reach the broker.
+                    is_leader = false;
+                    m.leader.store(false, Ordering::Relaxed);
+                    self.release_lead(&mut db).await;
+                }
                 if let Some(old) = session.take() {
                     m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
                     supervisor.session_lost();
@@ -264,6 +270,19 @@ impl Relay {
             return Ok(false);
         };
         db_op(self.db_timeout, outbox::try_lock_leader(conn)).await
+    }
+
+    /// Gives up the leader lock but keeps the connection (or drops it if it is broken, which
+    /// releases the lock too).
+    async fn release_lead(&self, db: &mut Option<PgConnection>) {
+        if let Some(conn) = db.as_mut()
+            && db_op(self.db_timeout, outbox::unlock_leader(conn))
+                .await
+                .is_err()
+        {
+            *db = None;
+        }
+        tracing::info!("released the leader lock while the broker is unreachable");
     }
 
     async fn batch(
