@@ -83,7 +83,7 @@ pub struct BrokerConfig {
         global = true
     )]
     pub broker_delivery_limit: u32,
-    /// Delayed-retry tiers, shortest first (comma-separated durations). Each becomes a queue
+    /// Delayed-retry tiers (comma-separated durations, any order). Each becomes a queue
     /// whose messages expire back into the work queue after that long.
     #[arg(long, env = "BROKER_RETRY_TIERS", default_value = "5s,1m,10m", value_parser = humantime::parse_duration, value_delimiter = ',', global = true)]
     pub broker_retry_tiers: Vec<Duration>,

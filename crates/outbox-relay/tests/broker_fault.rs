@@ -43,8 +43,21 @@ async fn broker_connections_closed_mid_stream_lose_nothing(
     let mut config = relay_config(app);
     // Small batches, so the fault lands between and inside batches.
     config.batch_size = 20;
-    let relay = RunningRelay::start(config, broker_config(&ns), pool_named(&opts, app));
+    let relay = RunningRelay::start(config.clone(), broker_config(&ns), pool_named(&opts, app));
     eventually(WAIT, "relay ready", || async { relay.metrics.ready() }).await;
+    // A hot standby, which loses its broker connection too; leadership may move.
+    let standby = RunningRelay::start(config, broker_config(&ns), pool_named(&opts, app));
+    eventually(WAIT, "standby ready", || async { standby.metrics.ready() }).await;
+    let reconnects = || {
+        relay
+            .metrics
+            .broker_reconnects_total
+            .load(Ordering::Relaxed)
+            + standby
+                .metrics
+                .broker_reconnects_total
+                .load(Ordering::Relaxed)
+    };
 
     // A steady writer: 300 orders.
     let writer = {
@@ -63,13 +76,8 @@ async fn broker_connections_closed_mid_stream_lose_nothing(
     })
     .await;
     close_all_connections();
-    eventually(WAIT, "reconnected", || async {
-        relay
-            .metrics
-            .broker_reconnects_total
-            .load(Ordering::Relaxed)
-            >= 1
-            && relay.metrics.ready()
+    eventually(WAIT, "both reconnected", || async {
+        reconnects() >= 2 && relay.metrics.ready() && standby.metrics.ready()
     })
     .await;
     // Once more, while the backlog may still be draining.
@@ -87,14 +95,16 @@ async fn broker_connections_closed_mid_stream_lose_nothing(
     for id in &written {
         assert!(ids.contains(id), "event {id} lost");
     }
-    assert!(
-        relay
-            .metrics
-            .broker_reconnects_total
-            .load(Ordering::Relaxed)
-            >= 2
-    );
-    assert!(relay.metrics.ready());
+    assert!(reconnects() >= 4, "reconnects: {}", reconnects());
+    // Exactly one leader again, both ready.
+    eventually(WAIT, "exactly one leader, both ready", || async {
+        relay.metrics.ready()
+            && standby.metrics.ready()
+            && (relay.metrics.leader.load(Ordering::Relaxed)
+                ^ standby.metrics.leader.load(Ordering::Relaxed))
+    })
+    .await;
     relay.stop().await;
+    standby.stop().await;
     cleanup(&ns).await;
 }
