@@ -46,16 +46,22 @@ pub async fn unlock_leader(conn: &mut PgConnection) -> Result<bool, sqlx::Error>
 /// whose transaction took its position early but committed late is read as soon as it commits
 /// (in commit order, at batch granularity) instead of being skipped. The partial index
 /// `outbox_unpublished_idx` keeps this cheap however long the table is.
+///
+/// Rows of the aggregates in `skip` (parked after the broker refused one of their rows) are left
+/// out.
 pub async fn read_batch(
     conn: &mut PgConnection,
     limit: u32,
+    skip: &[Uuid],
 ) -> Result<Vec<OutboxRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT position, event_id, aggregate_type, aggregate_id, event_type,
                 payload::text AS payload, headers, created_at
-         FROM outbox WHERE published_at IS NULL ORDER BY position LIMIT $1",
+         FROM outbox WHERE published_at IS NULL AND NOT (aggregate_id = ANY($2))
+         ORDER BY position LIMIT $1",
     )
     .bind(i64::from(limit))
+    .bind(skip)
     .fetch_all(conn)
     .await
 }

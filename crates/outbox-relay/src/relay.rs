@@ -12,7 +12,7 @@
 //!            └──── NOTIFY / poll interval / more rows waiting ◄────────────────┘
 //! ```
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -27,6 +27,7 @@ use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
+use uuid::Uuid;
 
 use crate::config::RelayConfig;
 use crate::metrics::{FailureReason, Metrics};
@@ -135,6 +136,10 @@ impl Relay {
         // The connection that holds (or keeps trying for) the leader lock.
         let mut db: Option<PgConnection> = None;
         let mut is_leader = false;
+        // Aggregates whose oldest unpublished row the broker refused, until when: their rows are
+        // left out of reads meanwhile, so refused rows neither spin nor block other orders (even
+        // a whole batch of them), while later events of the same order keep waiting behind.
+        let mut parked: HashMap<Uuid, Instant> = HashMap::new();
         let mut db_backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
         while !*shutdown.borrow() {
@@ -198,7 +203,7 @@ impl Relay {
             };
 
             // 3. One batch.
-            match self.batch(conn, s, &exchange, &shutdown).await {
+            match self.batch(conn, s, &exchange, &mut parked, &shutdown).await {
                 Ok(outcome) => {
                     m.db_up.store(true, Ordering::Relaxed);
                     if outcome.published > 0 {
@@ -215,19 +220,16 @@ impl Relay {
                         }
                         continue;
                     }
+                    // Every row read was published, parked or deferred, so going again at once
+                    // always makes progress.
                     let full = outcome.read >= self.config.batch_size as usize;
-                    if outcome.deferred > 0 || (full && outcome.published > 0) {
+                    if outcome.deferred > 0 || full {
                         continue; // more is waiting
                     }
-                    if outcome.failed > 0 {
-                        // Refused rows are retried after a pause, not in a hot loop.
-                        sleep_or_shutdown(self.config.poll_interval, &mut shutdown).await;
-                    } else {
-                        tokio::select! {
-                            () = wake.notified() => {}
-                            () = tokio::time::sleep(self.config.poll_interval) => {}
-                            () = wait_shutdown(&mut shutdown) => {}
-                        }
+                    tokio::select! {
+                        () = wake.notified() => {}
+                        () = tokio::time::sleep(self.config.poll_interval) => {}
+                        () = wait_shutdown(&mut shutdown) => {}
                     }
                 }
                 Err(e) => {
@@ -290,14 +292,19 @@ impl Relay {
         conn: &mut PgConnection,
         session: &Session,
         exchange: &str,
+        parked: &mut HashMap<Uuid, Instant>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Outcome, DbFault> {
         let m = &self.metrics;
+        let now = Instant::now();
+        parked.retain(|_, until| *until > now);
+        let skip: Vec<Uuid> = parked.keys().copied().collect();
         let rows = db_op(
             self.db_timeout,
-            outbox::read_batch(conn, self.config.batch_size),
+            outbox::read_batch(conn, self.config.batch_size, &skip),
         )
         .await?;
+        let park_until = now + self.config.poll_interval;
         let mut outcome = Outcome {
             read: rows.len(),
             ..Outcome::default()
@@ -327,6 +334,7 @@ impl Relay {
                     tracing::error!(position = row.position, event_id = %row.event_id, why, "outbox row cannot be published");
                     m.failure(FailureReason::InvalidRow, 1);
                     outcome.failed += 1;
+                    parked.insert(row.aggregate_id, park_until);
                     continue;
                 }
             };
@@ -395,11 +403,13 @@ impl Relay {
                     );
                     m.failure(FailureReason::Unroutable, 1);
                     outcome.failed += 1;
+                    parked.insert(row.aggregate_id, park_until);
                 }
                 Ok(Confirmation::Nack(_)) => {
                     tracing::warn!(position = row.position, event_id = %row.event_id, "broker nacked the message; it stays unpublished");
                     m.failure(FailureReason::Nack, 1);
                     outcome.failed += 1;
+                    parked.insert(row.aggregate_id, park_until);
                 }
                 Ok(Confirmation::NotRequested) => {
                     tracing::error!("channel is not in confirm mode; reconnecting");

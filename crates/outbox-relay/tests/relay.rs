@@ -319,23 +319,36 @@ async fn unroutable_message_stays_unpublished_until_routable(
     let client = api_client(&pool).await;
     let mut config = relay_config("relay-unroutable");
     config.poll_interval = Duration::from_millis(200);
+    // Fewer rows per batch than refused rows at the head of the outbox: refused rows must not
+    // block the orders behind them.
+    config.batch_size = 5;
     let relay = RunningRelay::start(config, broker_config(&ns), pool.clone());
     eventually(WAIT, "relay ready", || async { relay.metrics.ready() }).await;
 
-    let (order, _) = create_order(&pool, client).await;
-    // Nothing binds `invoice.#`.
+    let (order, first) = create_order(&pool, client).await;
+    eventually(WAIT, "first row published", || is_published(&pool, first)).await;
+    // Nothing binds `invoice.#`. The order's next event (routable) must wait behind its stray.
     let stray = add_event(&pool, order, "invoice.created").await;
+    let after_stray = add_event(&pool, order, "order.updated").await;
+    let mut strays = vec![stray];
+    for _ in 0..7 {
+        let (o, _) = create_order(&pool, client).await;
+        strays.push(add_event(&pool, o, "invoice.created").await);
+    }
     let (_, routable) = create_order(&pool, client).await;
-    eventually(WAIT, "routable row published", || {
+    eventually(WAIT, "routable row behind the strays published", || {
         is_published(&pool, routable)
     })
     .await;
-    // Retried, refused again, still unpublished.
-    eventually(WAIT, "unroutable counted twice", || async {
-        relay.metrics.failures(FailureReason::Unroutable) >= 2
+    // Retried, refused again, still unpublished; the order's later event waits behind it.
+    eventually(WAIT, "unroutable counted repeatedly", || async {
+        relay.metrics.failures(FailureReason::Unroutable) >= 16
     })
     .await;
-    assert!(!is_published(&pool, stray).await);
+    for s in &strays {
+        assert!(!is_published(&pool, *s).await);
+    }
+    assert!(!is_published(&pool, after_stray).await);
     assert!(
         relay
             .metrics
@@ -343,7 +356,8 @@ async fn unroutable_message_stays_unpublished_until_routable(
             .contains("outbox_relay_publish_failures_total{reason=\"unroutable\"}")
     );
 
-    // Another system binds a queue for invoices: the row goes out.
+    // Another system binds a queue for invoices: the rows go out, and the order's later event
+    // right after its stray.
     let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
         .await
         .unwrap();
@@ -365,9 +379,24 @@ async fn unroutable_message_stays_unpublished_until_routable(
     )
     .await
     .unwrap();
-    eventually(WAIT, "stray row published", || is_published(&pool, stray)).await;
-    let got = drain(&q, 1, WAIT).await;
-    assert_eq!(got[0].message_id, stray);
+    eventually(WAIT, "order's later event published", || {
+        is_published(&pool, after_stray)
+    })
+    .await;
+    let need: std::collections::HashSet<Uuid> = strays.iter().copied().collect();
+    let got = drain_covering(&q, &need, WAIT).await;
+    assert_eq!(got.len(), strays.len());
+    let (stray_at, after_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as(
+            "SELECT (SELECT published_at FROM outbox WHERE event_id = $1),
+                    (SELECT published_at FROM outbox WHERE event_id = $2)",
+        )
+        .bind(stray)
+        .bind(after_stray)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(stray_at <= after_at);
     ch.queue_delete(q.as_str().into(), Default::default())
         .await
         .unwrap();
@@ -376,9 +405,6 @@ async fn unroutable_message_stays_unpublished_until_routable(
     cleanup(&ns).await;
 }
 
-/// Every Postgres connection of the relay is terminated mid-stream: the relay reconnects, takes
-/// the lock again, re-LISTENs, and nothing is lost. The fallback poll is set to a minute, so rows
-/// written after the fault are published promptly only if LISTEN came back.
 #[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
 async fn terminated_postgres_connections_are_recovered(
     pool_opts: PgPoolOptions,
