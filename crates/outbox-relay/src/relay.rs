@@ -155,7 +155,7 @@ impl Relay {
                 if let Some(old) = session.take() {
                     m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
                     supervisor.session_lost();
-                    old.close(&self.broker).await;
+                    self.discard(old);
                 }
                 let s = tokio::select! {
                     s = supervisor.connect() => s,
@@ -216,7 +216,7 @@ impl Relay {
                             m.broker_up.store(false, Ordering::Relaxed);
                             m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
                             supervisor.session_lost();
-                            old.close(&self.broker).await;
+                            self.discard(old);
                         }
                         continue;
                     }
@@ -272,6 +272,13 @@ impl Relay {
             return Ok(false);
         };
         db_op(self.db_timeout, outbox::try_lock_leader(conn)).await
+    }
+
+    /// Closes a failed session in the background: on a wedged connection the close itself can
+    /// take the whole operation timeout, which must not delay the reconnect.
+    fn discard(&self, session: Session) {
+        let config = self.broker.clone();
+        tokio::spawn(async move { session.close(&config).await });
     }
 
     /// Gives up the leader lock but keeps the connection (or drops it if it is broken, which
