@@ -173,7 +173,11 @@ impl Relay {
 
             // 2. Leadership: only the holder of the advisory lock publishes.
             if !is_leader {
-                match self.try_lead(&mut db).await {
+                let attempt = tokio::select! {
+                    r = self.try_lead(&mut db) => r,
+                    () = wait_shutdown(&mut shutdown) => break,
+                };
+                match attempt {
                     Ok(true) => {
                         is_leader = true;
                         m.leader.store(true, Ordering::Relaxed);
