@@ -141,7 +141,6 @@ async fn main() {
 
     let _ = conn.close(200, "bye".into()).await;
     relay.stop().await;
-    common::cleanup(&ns).await;
     pool.close().await;
     let _ = admin
         .execute(format!("DROP DATABASE {db} WITH (FORCE)").as_str())

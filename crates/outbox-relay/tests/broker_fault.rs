@@ -106,5 +106,4 @@ async fn broker_connections_closed_mid_stream_lose_nothing(
     .await;
     relay.stop().await;
     standby.stop().await;
-    cleanup(&ns).await;
 }

@@ -87,7 +87,6 @@ async fn publishes_with_confirms_and_message_properties(_: PgPoolOptions, opts: 
     assert!(text.contains("outbox_relay_commit_to_confirm_lag_seconds_count 1"));
 
     relay.stop().await;
-    cleanup(&ns).await;
 }
 
 #[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
@@ -120,7 +119,6 @@ async fn marking_published_never_moves_an_order_back(_: PgPoolOptions, opts: PgC
         .unwrap();
     assert_eq!(state, "synced");
     relay.stop().await;
-    cleanup(&ns).await;
 }
 
 /// A transaction takes its outbox position first but commits last, while other writers commit
@@ -206,7 +204,6 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit(
         assert!(ids.contains(id));
     }
     relay.stop().await;
-    cleanup(&ns).await;
 }
 
 /// Two relays at once: one leads, the other stands by; every row is published once, and the
@@ -304,7 +301,6 @@ async fn two_relays_publish_each_row_once_in_order_per_order(
     eventually(WAIT, "standby took over", || is_published(&pool, next)).await;
     assert!(standby.metrics.leader.load(Ordering::Relaxed));
     standby.stop().await;
-    cleanup(&ns).await;
 }
 
 /// A row whose routing key no queue is bound for comes back as basic.return: it stays
@@ -402,7 +398,6 @@ async fn unroutable_message_stays_unpublished_until_routable(
         .unwrap();
     let _ = conn.close(200, "bye".into()).await;
     relay.stop().await;
-    cleanup(&ns).await;
 }
 
 #[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
@@ -465,7 +460,6 @@ async fn terminated_postgres_connections_are_recovered(
         assert!(ids.contains(e), "event {e} lost");
     }
     relay.stop().await;
-    cleanup(&ns).await;
 }
 
 #[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]

@@ -187,7 +187,6 @@ async fn sigterm_mid_batch_marks_only_confirmed_rows(
     for id in &written {
         assert!(all.contains(id), "event {id} lost");
     }
-    cleanup(&ns).await;
 }
 
 /// Deterministically mid-batch: the broker's confirms are held back by a proxy, so the whole
@@ -260,5 +259,4 @@ async fn sigterm_with_confirms_outstanding_marks_nothing(
     let got = drain_covering(&queue, &written, WAIT).await;
     let ids: HashSet<Uuid> = got.iter().map(|r| r.message_id).collect();
     assert_eq!(ids, written);
-    cleanup(&ns).await;
 }

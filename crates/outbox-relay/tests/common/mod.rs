@@ -28,9 +28,42 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.to_owned())
 }
 
-/// A fresh namespace per test, so tests never share exchanges or queues.
-pub fn namespace() -> String {
-    format!("test-{}", Uuid::new_v4())
+/// A fresh namespace per test, so tests never share exchanges or queues. Its exchanges and
+/// queues are deleted when the returned guard drops, also when the test fails.
+pub fn namespace() -> Namespace {
+    Namespace(format!("test-{}", Uuid::new_v4()))
+}
+
+pub struct Namespace(pub String);
+
+impl std::ops::Deref for Namespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Namespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run inside the test's runtime: clean up on a thread with
+        // a runtime of its own.
+        let ns = self.0.clone();
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                rt.block_on(cleanup(&ns));
+            }
+        })
+        .join();
+    }
 }
 
 pub fn broker_config(namespace: &str) -> BrokerConfig {
