@@ -507,3 +507,89 @@ async fn retention_deletes_only_old_published_rows_in_batches(pool: PgPool) {
         .unwrap();
     assert_eq!(left, vec![recent, unpublished_old]);
 }
+
+/// Both dependencies cut off for real (through TCP proxies that drop every connection and refuse
+/// new ones): readiness goes false while either is down, nothing is published without the
+/// broker, and once each comes back the relay recovers by itself and loses nothing.
+#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
+async fn readiness_follows_the_dependencies_and_the_relay_recovers(
+    pool_opts: PgPoolOptions,
+    opts: PgConnectOptions,
+) {
+    let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
+    let ns = namespace();
+    let client = api_client(&pool).await;
+    let pg = PausableProxy::start(
+        format!("{}:{}", opts.get_host(), opts.get_port())
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let amqp = PausableProxy::start("127.0.0.1:5672".parse().unwrap()).await;
+    let mut broker = broker_config(&ns);
+    broker.amqp_url = secrecy::SecretString::from(amqp.amqp_url());
+    let mut config = relay_config("relay-cut");
+    config.poll_interval = Duration::from_millis(200);
+    config.db_timeout = Duration::from_secs(3);
+    let relay = RunningRelay::start(
+        config,
+        broker,
+        pool_named(&opts.clone().port(pg.port), "relay-cut"),
+    );
+    let m = relay.metrics.clone();
+    eventually(WAIT, "ready", || async { m.ready() }).await;
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        events.push(create_order(&pool, client).await.1);
+    }
+    eventually(WAIT, "published", || async {
+        published_count(&pool).await == 10
+    })
+    .await;
+
+    // Broker gone.
+    amqp.cut();
+    eventually(WAIT, "not ready without the broker", || async {
+        !m.ready() && !m.broker_up.load(Ordering::Relaxed)
+    })
+    .await;
+    for _ in 0..10 {
+        events.push(create_order(&pool, client).await.1);
+    }
+    assert_eq!(
+        published_count(&pool).await,
+        10,
+        "nothing publishes without a broker"
+    );
+    amqp.restore().await;
+    eventually(WAIT, "ready after the broker returns", || async {
+        m.ready()
+    })
+    .await;
+    eventually(WAIT, "backlog published", || async {
+        published_count(&pool).await == 20
+    })
+    .await;
+
+    // Postgres gone (for the relay; the test writes directly).
+    pg.cut();
+    eventually(WAIT, "not ready without Postgres", || async {
+        !m.ready() && !m.db_up.load(Ordering::Relaxed)
+    })
+    .await;
+    for _ in 0..10 {
+        events.push(create_order(&pool, client).await.1);
+    }
+    pg.restore().await;
+    eventually(WAIT, "ready after Postgres returns", || async { m.ready() }).await;
+    eventually(WAIT, "everything published", || async {
+        published_count(&pool).await == 30
+    })
+    .await;
+
+    let need: std::collections::HashSet<Uuid> = events.iter().copied().collect();
+    let got = drain_covering(&format!("{ns}.sf-sync"), &need, WAIT).await;
+    let ids: std::collections::HashSet<Uuid> = got.iter().map(|r| r.message_id).collect();
+    assert!(need.is_subset(&ids), "an event was lost");
+    relay.stop().await;
+}

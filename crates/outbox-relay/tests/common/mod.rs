@@ -394,38 +394,67 @@ pub async fn queue_len_if_exists(queue: &str) -> Option<u32> {
     q.ok().map(|q| q.message_count())
 }
 
-/// A TCP proxy in front of the broker whose broker→client direction can be paused: the client
-/// keeps sending (publishes reach the broker) but hears nothing back (no confirms).
+/// A TCP proxy for fault injection (no `tc netem` here): the upstream→client direction can be
+/// paused (the client keeps sending but hears nothing back, e.g. no publisher confirms), and the
+/// whole proxy can be cut (every connection dropped, new ones refused) and restored on the same
+/// port.
 pub struct PausableProxy {
     pub port: u16,
+    upstream: SocketAddr,
     paused: Arc<std::sync::atomic::AtomicBool>,
-    task: JoinHandle<()>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl PausableProxy {
     pub async fn start(upstream: SocketAddr) -> Self {
-        use std::sync::atomic::AtomicBool;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let paused = Arc::new(AtomicBool::new(false));
-        let p = paused.clone();
-        let task = tokio::spawn(async move {
+        let proxy = Self {
+            port: listener.local_addr().unwrap().port(),
+            upstream,
+            paused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            tasks: Arc::default(),
+        };
+        proxy.serve(listener);
+        proxy
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let (upstream, paused, tasks) = (self.upstream, self.paused.clone(), self.tasks.clone());
+        let acceptor = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pump(cr, sw, Arc::new(AtomicBool::new(false))));
-                tokio::spawn(pump(sr, cw, p.clone()));
+                let never = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let up = tokio::spawn(pump(cr, sw, never));
+                let down = tokio::spawn(pump(sr, cw, paused.clone()));
+                tasks.lock().unwrap().extend([up, down]);
             }
         });
-        Self { port, paused, task }
+        self.tasks.lock().unwrap().push(acceptor);
     }
 
     pub fn pause_downstream(&self, paused: bool) {
         self.paused
             .store(paused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Drops every proxied connection and stops listening: the client sees its connections die
+    /// and new ones refused.
+    pub fn cut(&self) {
+        for t in self.tasks.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Listens again on the same port.
+    pub async fn restore(&self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .unwrap();
+        self.serve(listener);
     }
 
     pub fn amqp_url(&self) -> String {
@@ -435,7 +464,7 @@ impl PausableProxy {
 
 impl Drop for PausableProxy {
     fn drop(&mut self) {
-        self.task.abort();
+        self.cut();
     }
 }
 
