@@ -1,0 +1,287 @@
+//! RabbitMQ plumbing shared by the orderbridge binaries that talk to the broker (the outbox relay,
+//! the sync worker): the configuration ([`BrokerConfig`]), the topology every one of them declares
+//! at start-up ([`Topology`]) and a supervised connection ([`Supervisor`]).
+//!
+//! ```text
+//!                      ┌────────────────────────────┐
+//!  outbox-relay ──────►│ {ns}.events  (topic)       │──order.#──► {ns}.sf-sync (quorum, x-delivery-limit)
+//!   routing key =      └────────────────────────────┘   ▲   │        │ consumed by sync-worker
+//!   event type                │ other systems bind      │   │        │ delivery limit exceeded
+//!   (order.submitted)         ▼ their own queues        │   │        ▼
+//!                          erp-queue, …                  │   │   {ns}.dlx (fanout) ──► {ns}.dead-letters
+//!                                                        │   │        ▲
+//!  sync-worker ──retry──► {ns}.retry (direct) ─"5s"──► {ns}.sf-sync.retry.5s  ──TTL──┘ (dead-letter via
+//!                                          ─"1m"──► {ns}.sf-sync.retry.1m  ──TTL──┘  the default
+//!                                          ─"10m"─► {ns}.sf-sync.retry.10m ──TTL──┘  exchange, back
+//!                                                                                     to {ns}.sf-sync)
+//!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► outbox-relay (applies
+//!                                                                              sync state to orders)
+//! ```
+//!
+//! lapin does not recover connections reliably on its own (amqp-rs/lapin #288, #312, #389, #409,
+//! #470), so nothing here relies on its auto-recovery: [`Supervisor::connect`] opens a fresh
+//! connection with capped exponential backoff and jitter, re-declares the topology, and every
+//! lapin await in this crate runs under [`BrokerConfig::broker_op_timeout`].
+
+mod backoff;
+mod topology;
+
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+use lapin::options::ConfirmSelectOptions;
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties};
+use secrecy::{ExposeSecret, SecretString};
+
+pub use backoff::Backoff;
+pub use lapin;
+pub use topology::{RetryTier, Topology};
+
+/// Broker settings, flattened into each binary's command line.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerConfig {
+    /// AMQP URL of the broker. Shared by every orderbridge binary that talks to the broker. A
+    /// `heartbeat` query parameter is honoured; without one 10 s is used, so a dead peer is
+    /// noticed within ~20 s even when idle.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = secret,
+        hide_env_values = true,
+        global = true
+    )]
+    pub amqp_url: SecretString,
+    /// Prefix of every exchange and queue name, so deployments and test runs never collide.
+    #[arg(
+        long,
+        env = "BROKER_NAMESPACE",
+        default_value = "orderbridge",
+        global = true
+    )]
+    pub broker_namespace: String,
+    /// Limit on any one broker operation (connect, declare, publish, confirm, close). lapin can
+    /// hang forever in several failure modes; this turns a hang into a reconnect.
+    #[arg(long, env = "BROKER_OP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub broker_op_timeout: Duration,
+    /// First delay before reconnecting; doubles per failed attempt (with jitter).
+    #[arg(long, env = "BROKER_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    pub broker_reconnect_min: Duration,
+    /// Longest delay between reconnection attempts.
+    #[arg(long, env = "BROKER_RECONNECT_MAX", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub broker_reconnect_max: Duration,
+    /// Deliveries of one message from the Salesforce work queue before the broker dead-letters
+    /// it (quorum `x-delivery-limit`; RabbitMQ 3.10 has no default). Changing it on an existing
+    /// queue needs the queue deleted or a policy: queue arguments cannot change in place.
+    #[arg(
+        long,
+        env = "BROKER_DELIVERY_LIMIT",
+        default_value_t = 10,
+        global = true
+    )]
+    pub broker_delivery_limit: u32,
+    /// Delayed-retry tiers (comma-separated durations, any order). Each becomes a queue
+    /// whose messages expire back into the work queue after that long.
+    #[arg(long, env = "BROKER_RETRY_TIERS", default_value = "5s,1m,10m", value_parser = humantime::parse_duration, value_delimiter = ',', global = true)]
+    pub broker_retry_tiers: Vec<Duration>,
+}
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
+/// A broker failure. The URL (which may hold a password) is never part of a message.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("AMQP_URL is not a valid AMQP URL")]
+    InvalidUrl,
+    #[error("invalid broker configuration: {0}")]
+    InvalidConfig(String),
+    #[error("broker operation `{0}` timed out")]
+    Timeout(&'static str),
+    #[error("broker operation `{op}` failed: {source}")]
+    Amqp {
+        op: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl BrokerConfig {
+    /// The exchange and queue names and arguments for this namespace.
+    pub fn topology(&self) -> Result<Topology, BrokerError> {
+        Topology::new(
+            &self.broker_namespace,
+            self.broker_delivery_limit,
+            &self.broker_retry_tiers,
+        )
+    }
+
+    /// Runs one lapin operation under the operation timeout.
+    pub async fn op<T>(
+        &self,
+        op: &'static str,
+        fut: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, BrokerError> {
+        with_timeout(self.broker_op_timeout, op, fut).await
+    }
+
+    fn uri(&self) -> Result<AMQPUri, BrokerError> {
+        let mut uri = AMQPUri::from_str(self.amqp_url.expose_secret())
+            .map_err(|_| BrokerError::InvalidUrl)?;
+        if uri.query.heartbeat.is_none() {
+            uri.query.heartbeat = Some(10);
+        }
+        if uri.query.connection_timeout.is_none() {
+            uri.query.connection_timeout =
+                Some(u64::try_from(self.broker_op_timeout.as_millis()).unwrap_or(u64::MAX));
+        }
+        Ok(uri)
+    }
+}
+
+/// Runs one lapin operation under `limit`.
+pub async fn with_timeout<T>(
+    limit: Duration,
+    op: &'static str,
+    fut: impl Future<Output = lapin::Result<T>>,
+) -> Result<T, BrokerError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(BrokerError::Amqp { op, source }),
+        Err(_) => Err(BrokerError::Timeout(op)),
+    }
+}
+
+/// An open connection with one channel on which the topology has been declared.
+pub struct Session {
+    pub connection: Connection,
+    pub channel: Channel,
+}
+
+impl Session {
+    /// True while both the connection and the channel are usable. lapin flips these when the
+    /// broker closes either or the heartbeat lapses.
+    pub fn is_healthy(&self) -> bool {
+        self.connection.status().connected() && self.channel.status().connected()
+    }
+
+    /// Puts the channel in publisher-confirm mode.
+    pub async fn enable_confirms(&self, config: &BrokerConfig) -> Result<(), BrokerError> {
+        config
+            .op(
+                "confirm.select",
+                self.channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await
+    }
+
+    /// Closes the connection politely, bounded by the operation timeout. Errors are ignored: the
+    /// connection is being thrown away either way.
+    pub async fn close(self, config: &BrokerConfig) {
+        let _ = config
+            .op("connection.close", self.connection.close(200, "bye".into()))
+            .await;
+    }
+}
+
+/// Opens broker sessions, retrying with capped exponential backoff and jitter.
+pub struct Supervisor {
+    config: BrokerConfig,
+    topology: Topology,
+    connection_name: String,
+    backoff: Backoff,
+}
+
+impl Supervisor {
+    /// `connection_name` shows in the management UI and `rabbitmqctl list_connections`.
+    pub fn new(config: BrokerConfig, connection_name: &str) -> Result<Self, BrokerError> {
+        // Parse eagerly so a bad URL fails at start-up, not in the retry loop.
+        config.uri()?;
+        let topology = config.topology()?;
+        let backoff = Backoff::new(config.broker_reconnect_min, config.broker_reconnect_max);
+        Ok(Self {
+            config,
+            topology,
+            connection_name: connection_name.to_owned(),
+            backoff,
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.config
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// One attempt: connect, open a channel, declare the topology.
+    pub async fn try_connect(&self) -> Result<Session, BrokerError> {
+        let uri = self.config.uri()?;
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.clone().into());
+        let connection = self
+            .config
+            .op("connect", Connection::connect_uri(uri, properties))
+            .await?;
+        let session = async {
+            let channel = self
+                .config
+                .op("channel.open", connection.create_channel())
+                .await?;
+            self.topology.declare(&self.config, &channel).await?;
+            Ok::<_, BrokerError>(channel)
+        }
+        .await;
+        match session {
+            Ok(channel) => Ok(Session {
+                connection,
+                channel,
+            }),
+            Err(e) => {
+                let _ = self
+                    .config
+                    .op("connection.close", connection.close(200, "bye".into()))
+                    .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Connects, retrying until it succeeds. Waits before the attempt if the previous session
+    /// failed recently, so a broker that accepts and then drops connections is not hammered.
+    /// Cancel by dropping the future (e.g. in `tokio::select!` against a shutdown signal).
+    pub async fn connect(&mut self) -> Session {
+        loop {
+            if let Some(delay) = self.backoff.pending_delay() {
+                tokio::time::sleep(delay).await;
+            }
+            match self.try_connect().await {
+                Ok(session) => {
+                    tracing::info!(connection = %self.connection_name, "connected to the broker");
+                    return session;
+                }
+                Err(e) => {
+                    let delay = self.backoff.fail();
+                    tracing::warn!(error = %e, retry_in = ?delay, "cannot connect to the broker");
+                }
+            }
+        }
+    }
+
+    /// Records that the last session worked for a while, so the next reconnect starts with the
+    /// shortest delay.
+    pub fn session_succeeded(&mut self) {
+        self.backoff.reset();
+    }
+
+    /// Records that the current session was lost, so the next [`Self::connect`] waits first.
+    pub fn session_lost(&mut self) {
+        let delay = self.backoff.fail();
+        tracing::warn!(retry_in = ?delay, "broker session lost, reconnecting");
+    }
+}

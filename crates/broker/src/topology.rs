@@ -1,0 +1,328 @@
+//! Exchange and queue names, arguments and bindings, declared idempotently.
+
+use std::time::Duration;
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
+
+use crate::{BrokerConfig, BrokerError};
+
+/// Binding of the Salesforce work queue on the events exchange: every order event.
+pub const SF_SYNC_BINDING: &str = "order.#";
+
+/// One delayed-retry tier: a queue whose messages expire back into the work queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryTier {
+    /// Routing key on the retry exchange, e.g. `5s`.
+    pub routing_key: String,
+    pub queue: String,
+    pub delay: Duration,
+}
+
+/// Every name and argument of the orderbridge broker topology for one namespace.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Topic exchange the relay publishes order events to; routing key = event type.
+    pub events_exchange: String,
+    /// Quorum work queue the sync worker consumes.
+    pub sf_sync_queue: String,
+    pub delivery_limit: u32,
+    /// Direct exchange the worker publishes retries to, routing key = [`RetryTier::routing_key`].
+    pub retry_exchange: String,
+    /// Shortest delay first.
+    pub retry_tiers: Vec<RetryTier>,
+    /// Fanout exchange for dead letters (delivery limit exceeded, or the worker gave up).
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    /// Topic exchange for sync status events flowing back from the worker.
+    pub status_exchange: String,
+    pub status_queue: String,
+}
+
+impl Topology {
+    pub fn new(
+        namespace: &str,
+        delivery_limit: u32,
+        retry_delays: &[Duration],
+    ) -> Result<Self, BrokerError> {
+        // Names are AMQP short strings (≤ 255 bytes); leave room for the longest suffix.
+        if namespace.is_empty() || namespace.len() > 200 {
+            return Err(BrokerError::InvalidConfig(
+                "BROKER_NAMESPACE must be 1 to 200 bytes".into(),
+            ));
+        }
+        if delivery_limit == 0 {
+            return Err(BrokerError::InvalidConfig(
+                "BROKER_DELIVERY_LIMIT must be at least 1".into(),
+            ));
+        }
+        if retry_delays.is_empty() {
+            return Err(BrokerError::InvalidConfig(
+                "BROKER_RETRY_TIERS needs at least one delay".into(),
+            ));
+        }
+        let mut delays = retry_delays.to_vec();
+        delays.sort();
+        delays.dedup();
+        let sf_sync_queue = format!("{namespace}.sf-sync");
+        let mut retry_tiers = Vec::with_capacity(delays.len());
+        for delay in delays {
+            if delay.is_zero() || delay.as_millis() > u128::from(u32::MAX) {
+                return Err(BrokerError::InvalidConfig(format!(
+                    "retry delay {delay:?} must be between 1 ms and 49 days"
+                )));
+            }
+            let routing_key = humantime::format_duration(delay)
+                .to_string()
+                .replace(' ', "");
+            retry_tiers.push(RetryTier {
+                queue: format!("{sf_sync_queue}.retry.{routing_key}"),
+                routing_key,
+                delay,
+            });
+        }
+        Ok(Self {
+            events_exchange: format!("{namespace}.events"),
+            sf_sync_queue,
+            delivery_limit,
+            retry_exchange: format!("{namespace}.retry"),
+            retry_tiers,
+            dead_letter_exchange: format!("{namespace}.dlx"),
+            dead_letter_queue: format!("{namespace}.dead-letters"),
+            status_exchange: format!("{namespace}.status"),
+            status_queue: format!("{namespace}.status-events"),
+        })
+    }
+
+    /// Declares everything. Idempotent: re-declaring with the same arguments is a no-op, so
+    /// every process does it on every (re)connect. Declaring with different arguments than an
+    /// existing queue has fails with PRECONDITION_FAILED (the broker never changes them in place).
+    pub async fn declare(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+    ) -> Result<(), BrokerError> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (&self.events_exchange, ExchangeKind::Topic),
+            (&self.retry_exchange, ExchangeKind::Direct),
+            (&self.dead_letter_exchange, ExchangeKind::Fanout),
+            (&self.status_exchange, ExchangeKind::Topic),
+        ] {
+            config
+                .op(
+                    "exchange.declare",
+                    channel.exchange_declare(
+                        name.as_str().into(),
+                        kind,
+                        durable,
+                        FieldTable::default(),
+                    ),
+                )
+                .await?;
+        }
+
+        // Dead letters stay until someone replays or purges them.
+        self.declare_queue(config, channel, &self.dead_letter_queue, quorum())
+            .await?;
+        self.bind(
+            config,
+            channel,
+            &self.dead_letter_queue,
+            &self.dead_letter_exchange,
+            "",
+        )
+        .await?;
+
+        // The work queue: after `delivery_limit` deliveries (crash loops, requeues) the broker
+        // dead-letters the message instead of redelivering it forever. At-least-once
+        // dead-lettering (which needs reject-publish overflow) so a message is never lost on
+        // its way to the dead-letter queue.
+        let mut args = at_least_once_dead_lettering(quorum());
+        args.insert("x-delivery-limit".into(), long(self.delivery_limit.into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_letter_exchange),
+        );
+        self.declare_queue(config, channel, &self.sf_sync_queue, args)
+            .await?;
+        self.bind(
+            config,
+            channel,
+            &self.sf_sync_queue,
+            &self.events_exchange,
+            SF_SYNC_BINDING,
+        )
+        .await?;
+
+        // Retry tiers: no consumer; each message expires after the tier's TTL and is
+        // dead-lettered through the default exchange straight into the work queue (not back
+        // through the events exchange, which would copy it to every other subscriber).
+        for tier in &self.retry_tiers {
+            let mut args = at_least_once_dead_lettering(quorum());
+            let ttl = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), long(ttl));
+            args.insert("x-dead-letter-exchange".into(), string(""));
+            args.insert(
+                "x-dead-letter-routing-key".into(),
+                string(&self.sf_sync_queue),
+            );
+            self.declare_queue(config, channel, &tier.queue, args)
+                .await?;
+            self.bind(
+                config,
+                channel,
+                &tier.queue,
+                &self.retry_exchange,
+                &tier.routing_key,
+            )
+            .await?;
+        }
+
+        self.declare_queue(config, channel, &self.status_queue, quorum())
+            .await?;
+        self.bind(
+            config,
+            channel,
+            &self.status_queue,
+            &self.status_exchange,
+            "#",
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes every queue and exchange of this namespace (tests, or tearing down a
+    /// deployment). Messages in the queues are lost.
+    pub async fn delete(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+    ) -> Result<(), BrokerError> {
+        let mut queues = vec![
+            &self.sf_sync_queue,
+            &self.dead_letter_queue,
+            &self.status_queue,
+        ];
+        queues.extend(self.retry_tiers.iter().map(|t| &t.queue));
+        for q in queues {
+            config
+                .op(
+                    "queue.delete",
+                    channel.queue_delete(q.as_str().into(), QueueDeleteOptions::default()),
+                )
+                .await?;
+        }
+        for x in [
+            &self.events_exchange,
+            &self.retry_exchange,
+            &self.dead_letter_exchange,
+            &self.status_exchange,
+        ] {
+            config
+                .op(
+                    "exchange.delete",
+                    channel.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_queue(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+        name: &str,
+        args: FieldTable,
+    ) -> Result<(), BrokerError> {
+        config
+            .op(
+                "queue.declare",
+                channel.queue_declare(name.into(), QueueDeclareOptions::durable(), args),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn bind(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+    ) -> Result<(), BrokerError> {
+        config
+            .op(
+                "queue.bind",
+                channel.queue_bind(
+                    queue.into(),
+                    exchange.into(),
+                    routing_key.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+    }
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), string("quorum"));
+    args
+}
+
+fn at_least_once_dead_lettering(mut args: FieldTable) -> FieldTable {
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+    args
+}
+
+fn string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+fn long(n: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(n)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn names_share_the_namespace_and_tiers_are_sorted() {
+        let t = Topology::new(
+            "ns",
+            5,
+            &[
+                Duration::from_secs(60),
+                Duration::from_secs(5),
+                Duration::from_secs(600),
+            ],
+        )
+        .unwrap();
+        assert_eq!(t.events_exchange, "ns.events");
+        assert_eq!(t.sf_sync_queue, "ns.sf-sync");
+        let keys: Vec<_> = t
+            .retry_tiers
+            .iter()
+            .map(|t| t.routing_key.as_str())
+            .collect();
+        assert_eq!(keys, ["5s", "1m", "10m"]);
+        assert_eq!(t.retry_tiers[0].queue, "ns.sf-sync.retry.5s");
+        assert!(Topology::new("", 5, &[Duration::from_secs(1)]).is_err());
+        assert!(Topology::new("ns", 0, &[Duration::from_secs(1)]).is_err());
+        assert!(Topology::new("ns", 5, &[]).is_err());
+    }
+}

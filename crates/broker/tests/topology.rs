@@ -1,0 +1,194 @@
+//! The topology on a real broker: idempotent declaration, delayed retry through a tier back to
+//! the work queue, the delivery limit dead-lettering, status events.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use orderbridge_broker::{BrokerConfig, Supervisor};
+use secrecy::SecretString;
+
+fn config(delivery_limit: u32) -> BrokerConfig {
+    BrokerConfig {
+        amqp_url: SecretString::from(
+            std::env::var("AMQP_URL")
+                .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+        ),
+        broker_namespace: format!("test-{}", uuid::Uuid::new_v4()),
+        broker_op_timeout: Duration::from_secs(5),
+        broker_reconnect_min: Duration::from_millis(50),
+        broker_reconnect_max: Duration::from_secs(1),
+        broker_delivery_limit: delivery_limit,
+        broker_retry_tiers: vec![
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+            Duration::from_secs(60),
+        ],
+    }
+}
+
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    let confirm = ch
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(confirm.take_message(), None, "message was unroutable");
+}
+
+/// Waits for one message on `queue` and acks it.
+async fn get_one(ch: &Channel, queue: &str) -> lapin::message::Delivery {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            return m.delivery;
+        }
+        assert!(Instant::now() < deadline, "nothing arrived on {queue}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ready messages, without taking any.
+async fn is_empty(ch: &Channel, queue: &str) -> bool {
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    q.message_count() == 0
+}
+
+fn first_death_reason(d: &lapin::message::Delivery) -> String {
+    let headers = d.properties.headers().as_ref().unwrap().inner();
+    let Some(AMQPValue::FieldArray(deaths)) = headers.get("x-death") else {
+        panic!("no x-death header: {headers:?}");
+    };
+    let Some(AMQPValue::FieldTable(first)) = deaths.as_slice().first() else {
+        panic!("empty x-death");
+    };
+    match first.inner().get("reason") {
+        Some(AMQPValue::LongString(s)) => s.to_string(),
+        other => panic!("no reason: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn topology_is_idempotent_and_routes_retries_dead_letters_and_status() {
+    let cfg = config(2);
+    let mut sup = Supervisor::new(cfg.clone(), "topology-test").unwrap();
+    let t = sup.topology().clone();
+    // Declared twice (as every reconnect does): no PRECONDITION_FAILED.
+    let first = sup.connect().await;
+    let s = sup.connect().await;
+    first.close(&cfg).await;
+    assert!(s.is_healthy());
+    let ch = &s.channel;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    // Tiers are sorted shortest first and named after their delay.
+    let keys: Vec<_> = t
+        .retry_tiers
+        .iter()
+        .map(|t| t.routing_key.as_str())
+        .collect();
+    assert_eq!(keys, ["300ms", "2s", "1m"]);
+
+    // Order events reach the work queue.
+    publish(ch, &t.events_exchange, "order.submitted", b"{\"n\":1}").await;
+    assert_eq!(get_one(ch, &t.sf_sync_queue).await.data, b"{\"n\":1}");
+
+    // A retry waits out its tier's TTL, then returns to the work queue (only there).
+    publish(ch, &t.retry_exchange, "2s", b"{\"n\":2}").await;
+    assert!(
+        is_empty(ch, &t.sf_sync_queue).await,
+        "retry came back before its delay"
+    );
+    let back = get_one(ch, &t.sf_sync_queue).await;
+    assert_eq!(back.data, b"{\"n\":2}");
+    assert_eq!(first_death_reason(&back), "expired");
+
+    // Past the delivery limit (2), the broker dead-letters instead of redelivering.
+    publish(ch, &t.events_exchange, "order.submitted", b"{\"n\":3}").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        match ch
+            .basic_get(
+                t.sf_sync_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            Some(m) => ch
+                .basic_reject(
+                    m.delivery.delivery_tag,
+                    BasicRejectOptions { requeue: true },
+                )
+                .await
+                .unwrap(),
+            None => {
+                if !is_empty(ch, &t.dead_letter_queue).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let dead = get_one(ch, &t.dead_letter_queue).await;
+    assert_eq!(dead.data, b"{\"n\":3}");
+    assert_eq!(first_death_reason(&dead), "delivery_limit");
+
+    // Status events have their own exchange and queue.
+    publish(ch, &t.status_exchange, "order.synced", b"{\"n\":4}").await;
+    assert_eq!(get_one(ch, &t.status_queue).await.data, b"{\"n\":4}");
+
+    t.delete(&cfg, ch).await.unwrap();
+    s.close(&cfg).await;
+}
+
+#[tokio::test]
+async fn unreachable_broker_fails_the_attempt_within_the_timeout() {
+    let mut cfg = config(2);
+    // Nothing listens on port 1.
+    cfg.amqp_url = SecretString::from("amqp://guest:guest@127.0.0.1:1/%2f".to_owned());
+    let sup = Supervisor::new(cfg, "unreachable-test").unwrap();
+    let started = Instant::now();
+    assert!(sup.try_connect().await.is_err());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn bad_url_is_a_startup_error_that_does_not_echo_the_password() {
+    let mut cfg = config(2);
+    cfg.amqp_url = SecretString::from("http://user:hunter2@host".to_owned());
+    let err = Supervisor::new(cfg, "x").err().unwrap().to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+}

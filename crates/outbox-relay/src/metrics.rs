@@ -1,0 +1,272 @@
+//! The relay's metrics, rendered by hand in the Prometheus text format (a handful of counters,
+//! gauges and two histograms do not justify a metrics framework in the build).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Why a row was not published; the `reason` label of `outbox_relay_publish_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum FailureReason {
+    /// basic.return: no queue is bound for the routing key.
+    Unroutable,
+    /// basic.nack: the broker could not take the message.
+    Nack,
+    /// The confirm did not arrive in time, or the connection or channel died first.
+    BrokerError,
+    /// The row cannot be turned into a message (e.g. an event type longer than 255 bytes).
+    InvalidRow,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unroutable => "unroutable",
+            Self::Nack => "nack",
+            Self::BrokerError => "broker_error",
+            Self::InvalidRow => "invalid_row",
+        }
+    }
+}
+
+/// A histogram with fixed upper bounds in seconds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    inner: Mutex<HistogramState>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramState {
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const LAG_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    300.0, 3600.0,
+];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            inner: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len()],
+                ..HistogramState::default()
+            }),
+        }
+    }
+
+    pub fn observe(&self, seconds: f64) {
+        let seconds = if seconds.is_finite() {
+            seconds.max(0.0)
+        } else {
+            0.0
+        };
+        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = self.bounds.iter().position(|b| seconds <= *b) {
+            s.counts[i] += 1;
+        }
+        s.sum += seconds;
+        s.count += 1;
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, count) in self.bounds.iter().zip(&s.counts) {
+            cumulative += count;
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.count);
+        let _ = writeln!(out, "{name}_sum {}", s.sum);
+        let _ = writeln!(out, "{name}_count {}", s.count);
+    }
+}
+
+/// Everything `/metrics` shows and `/health/ready` reads.
+#[derive(Debug)]
+pub struct Metrics {
+    pub broker_up: AtomicBool,
+    pub db_up: AtomicBool,
+    pub listener_up: AtomicBool,
+    pub leader: AtomicBool,
+    pub published_total: AtomicU64,
+    failures: Mutex<BTreeMap<FailureReason, u64>>,
+    backlog_rows: AtomicU64,
+    /// f64 bits.
+    backlog_oldest_age: AtomicU64,
+    pub retention_deleted_total: AtomicU64,
+    pub broker_reconnects_total: AtomicU64,
+    pub confirm_latency: Histogram,
+    pub commit_to_confirm_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            broker_up: AtomicBool::new(false),
+            db_up: AtomicBool::new(false),
+            listener_up: AtomicBool::new(false),
+            leader: AtomicBool::new(false),
+            published_total: AtomicU64::new(0),
+            failures: Mutex::new(BTreeMap::new()),
+            backlog_rows: AtomicU64::new(0),
+            backlog_oldest_age: AtomicU64::new(0),
+            retention_deleted_total: AtomicU64::new(0),
+            broker_reconnects_total: AtomicU64::new(0),
+            confirm_latency: Histogram::new(LATENCY_BUCKETS),
+            commit_to_confirm_lag: Histogram::new(LAG_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    /// Ready = both dependencies reachable and the wake-up channel listening.
+    pub fn ready(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed)
+            && self.db_up.load(Ordering::Relaxed)
+            && self.listener_up.load(Ordering::Relaxed)
+    }
+
+    pub fn failure(&self, reason: FailureReason, n: u64) {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        *f.entry(reason).or_default() += n;
+    }
+
+    pub fn failures(&self, reason: FailureReason) -> u64 {
+        let f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.get(&reason).copied().unwrap_or(0)
+    }
+
+    pub fn set_backlog(&self, rows: u64, oldest_age_seconds: f64) {
+        self.backlog_rows.store(rows, Ordering::Relaxed);
+        self.backlog_oldest_age
+            .store(oldest_age_seconds.to_bits(), Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        let b = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+        gauge(
+            &mut out,
+            "outbox_relay_broker_up",
+            "1 while the broker session is healthy.",
+            b(&self.broker_up),
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_db_up",
+            "1 while Postgres answers.",
+            b(&self.db_up),
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_listener_up",
+            "1 while LISTEN is active.",
+            b(&self.listener_up),
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_leader",
+            "1 while this relay holds the publishing lock.",
+            b(&self.leader),
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_backlog_rows",
+            "Unpublished outbox rows.",
+            self.backlog_rows.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_backlog_oldest_age_seconds",
+            "Age of the oldest unpublished outbox row (0 when none).",
+            f64::from_bits(self.backlog_oldest_age.load(Ordering::Relaxed)),
+        );
+        counter(
+            &mut out,
+            "outbox_relay_published_total",
+            "Rows confirmed by the broker and marked published.",
+            self.published_total.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP outbox_relay_publish_failures_total Rows not confirmed, by reason; they are retried.\n# TYPE outbox_relay_publish_failures_total counter"
+        );
+        for reason in [
+            FailureReason::Unroutable,
+            FailureReason::Nack,
+            FailureReason::BrokerError,
+            FailureReason::InvalidRow,
+        ] {
+            let _ = writeln!(
+                out,
+                "outbox_relay_publish_failures_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.failures(reason)
+            );
+        }
+        counter(
+            &mut out,
+            "outbox_relay_retention_deleted_total",
+            "Published rows deleted by retention.",
+            self.retention_deleted_total.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "outbox_relay_broker_reconnects_total",
+            "Broker sessions lost and reopened.",
+            self.broker_reconnects_total.load(Ordering::Relaxed),
+        );
+        self.confirm_latency.render(
+            &mut out,
+            "outbox_relay_confirm_latency_seconds",
+            "From basic.publish to the broker's confirm.",
+        );
+        self.commit_to_confirm_lag.render(
+            &mut out,
+            "outbox_relay_commit_to_confirm_lag_seconds",
+            "From the outbox insert (just before commit) to the broker's confirm.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn renders_cumulative_buckets_and_failure_labels() {
+        let m = Metrics::default();
+        m.confirm_latency.observe(0.002);
+        m.confirm_latency.observe(0.3);
+        m.failure(FailureReason::Unroutable, 2);
+        let text = m.render();
+        assert!(text.contains("outbox_relay_confirm_latency_seconds_bucket{le=\"0.0025\"} 1"));
+        assert!(text.contains("outbox_relay_confirm_latency_seconds_bucket{le=\"0.5\"} 2"));
+        assert!(text.contains("outbox_relay_confirm_latency_seconds_count 2"));
+        assert!(text.contains("outbox_relay_publish_failures_total{reason=\"unroutable\"} 2"));
+        assert!(text.contains("outbox_relay_publish_failures_total{reason=\"nack\"} 0"));
+        assert!(!m.ready());
+    }
+}
