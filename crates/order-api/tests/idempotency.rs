@@ -10,8 +10,10 @@ use common::{TestApp, order_body};
 use serde_json::json;
 use sqlx::PgPool;
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn same_key_same_body_replays_the_first_response(pool: PgPool) {
+#[tokio::test]
+async fn same_key_same_body_replays_the_first_response() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let first = app.post_order(&key, &order_body("PO-1"), Some("k-1")).await;
@@ -47,8 +49,10 @@ async fn same_key_same_body_replays_the_first_response(pool: PgPool) {
     assert_eq!(app.count("outbox").await, 1);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn same_key_different_body_is_422(pool: PgPool) {
+#[tokio::test]
+async fn same_key_different_body_is_422() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     assert_eq!(
@@ -65,8 +69,10 @@ async fn same_key_different_body_is_422(pool: PgPool) {
     assert_eq!(app.count("orders").await, 1);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn keys_belong_to_one_client(pool: PgPool) {
+#[tokio::test]
+async fn keys_belong_to_one_client() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let portal = app.key("portal").await;
     let erp = app.key("erp").await;
@@ -81,8 +87,10 @@ async fn keys_belong_to_one_client(pool: PgPool) {
     assert_ne!(a.json()["id"], b.json()["id"]);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn malformed_keys_are_400(pool: PgPool) {
+#[tokio::test]
+async fn malformed_keys_are_400() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     for bad in ["", &"k".repeat(256), "tab\there"] {
@@ -98,8 +106,10 @@ async fn malformed_keys_are_400(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn an_expired_key_starts_afresh(pool: PgPool) {
+#[tokio::test]
+async fn an_expired_key_starts_afresh() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let first = app
@@ -142,8 +152,10 @@ async fn wait_for_lock_wait(pool: &PgPool) {
     panic!("the first request never reached the outbox insert");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn a_key_still_in_flight_is_409_then_replays(pool: PgPool) {
+#[tokio::test]
+async fn a_key_still_in_flight_is_409_then_replays() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
 
@@ -180,8 +192,10 @@ async fn a_key_still_in_flight_is_409_then_replays(pool: PgPool) {
     assert_eq!(app.count("orders").await, 1);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn a_burst_of_identical_requests_creates_one_order(pool: PgPool) {
+#[tokio::test]
+async fn a_burst_of_identical_requests_creates_one_order() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let mut tasks = Vec::new();
@@ -214,8 +228,10 @@ async fn a_burst_of_identical_requests_creates_one_order(pool: PgPool) {
     assert_eq!(app.count("outbox").await, 1);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn order_lines_event_and_key_are_one_transaction(pool: PgPool) {
+#[tokio::test]
+async fn order_lines_event_and_key_are_one_transaction() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     // Make the outbox insert, the last-but-one write, fail.

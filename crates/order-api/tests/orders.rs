@@ -7,10 +7,11 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{TestApp, order_body};
 use serde_json::json;
-use sqlx::PgPool;
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn create_then_get_returns_the_stored_order(pool: PgPool) {
+#[tokio::test]
+async fn create_then_get_returns_the_stored_order() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
 
@@ -38,8 +39,10 @@ async fn create_then_get_returns_the_stored_order(pool: PgPool) {
     assert_eq!(fetched.header("etag"), Some("\"v1\""));
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn the_order_and_its_event_are_stored_together(pool: PgPool) {
+#[tokio::test]
+async fn the_order_and_its_event_are_stored_together() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let res = app
@@ -81,8 +84,10 @@ async fn the_order_and_its_event_are_stored_together(pool: PgPool) {
     assert_eq!(app.count("order_lines").await, 3);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn a_bad_request_id_is_replaced(pool: PgPool) {
+#[tokio::test]
+async fn a_bad_request_id_is_replaced() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let res = app
         .send(
@@ -96,8 +101,10 @@ async fn a_bad_request_id_is_replaced(pool: PgPool) {
     assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn keys_are_required_and_checked(pool: PgPool) {
+#[tokio::test]
+async fn keys_are_required_and_checked() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let no_auth = app
@@ -137,8 +144,10 @@ async fn keys_are_required_and_checked(pool: PgPool) {
         .problem(401, "about:blank");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn another_clients_order_is_not_found(pool: PgPool) {
+#[tokio::test]
+async fn another_clients_order_is_not_found() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let portal = app.key("portal").await;
     let erp = app.key("erp").await;
@@ -160,8 +169,10 @@ async fn another_clients_order_is_not_found(pool: PgPool) {
     assert_eq!(app.get(&portal2, &uri).await.status, 200);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn unknown_and_malformed_ids_are_not_found(pool: PgPool) {
+#[tokio::test]
+async fn unknown_and_malformed_ids_are_not_found() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let p = app
@@ -177,8 +188,10 @@ async fn unknown_and_malformed_ids_are_not_found(pool: PgPool) {
         .problem(404, "about:blank");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn duplicate_client_ref_is_a_conflict_naming_the_existing_order(pool: PgPool) {
+#[tokio::test]
+async fn duplicate_client_ref_is_a_conflict_naming_the_existing_order() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let first = app.post_order(&key, &order_body("PO-1"), None).await.json();
@@ -191,8 +204,10 @@ async fn duplicate_client_ref_is_a_conflict_naming_the_existing_order(pool: PgPo
     assert_eq!(app.count("outbox").await, 1);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn etag_and_conditional_get(pool: PgPool) {
+#[tokio::test]
+async fn etag_and_conditional_get() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let order = app.post_order(&key, &order_body("PO-1"), None).await.json();
@@ -241,8 +256,10 @@ async fn etag_and_conditional_get(pool: PgPool) {
     res.problem(404, "about:blank");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn listing_pages_newest_first_without_gaps_or_repeats(pool: PgPool) {
+#[tokio::test]
+async fn listing_pages_newest_first_without_gaps_or_repeats() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let mut ids = Vec::new();
@@ -279,8 +296,10 @@ async fn listing_pages_newest_first_without_gaps_or_repeats(pool: PgPool) {
     assert_eq!(seen, ids);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn listing_filters(pool: PgPool) {
+#[tokio::test]
+async fn listing_filters() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let a = app.post_order(&key, &order_body("A"), None).await.json();
@@ -331,8 +350,10 @@ async fn listing_filters(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn listing_rejects_bad_parameters(pool: PgPool) {
+#[tokio::test]
+async fn listing_rejects_bad_parameters() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     for uri in [
@@ -350,8 +371,10 @@ async fn listing_rejects_bad_parameters(pool: PgPool) {
     assert_eq!(app.get(&key, "/v1/orders?limit=200").await.status, 200);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn health_probes(pool: PgPool) {
+#[tokio::test]
+async fn health_probes() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     for uri in ["/health/live", "/health/ready"] {
         let res = app
@@ -362,8 +385,10 @@ async fn health_probes(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn docs_and_openapi_are_served_offline(pool: PgPool) {
+#[tokio::test]
+async fn docs_and_openapi_are_served_offline() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let spec = app
         .send(Request::get("/openapi.json").body(Body::empty()).unwrap())

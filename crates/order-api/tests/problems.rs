@@ -10,7 +10,6 @@ use axum::http::Request;
 use common::{TestApp, order_body};
 use order_api::ApiConfig;
 use serde_json::json;
-use sqlx::PgPool;
 
 fn post(key: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
     let mut req = Request::post("/v1/orders").header("authorization", format!("Bearer {key}"));
@@ -20,8 +19,10 @@ fn post(key: &str, content_type: Option<&str>, body: impl Into<Body>) -> Request
     req.body(body.into()).unwrap()
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn malformed_json_is_400(pool: PgPool) {
+#[tokio::test]
+async fn malformed_json_is_400() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     for body in ["", "{", "{\"client_ref\": }", "nul", "\u{0}", "[1,2"] {
@@ -38,8 +39,10 @@ async fn malformed_json_is_400(pool: PgPool) {
     assert_eq!(app.count("orders").await, 0);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn wrong_shapes_are_422_with_a_pointer(pool: PgPool) {
+#[tokio::test]
+async fn wrong_shapes_are_422_with_a_pointer() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let cases = [
@@ -113,8 +116,10 @@ async fn wrong_shapes_are_422_with_a_pointer(pool: PgPool) {
     assert_eq!(app.count("orders").await, 0);
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn rule_violations_are_422_with_every_field(pool: PgPool) {
+#[tokio::test]
+async fn rule_violations_are_422_with_every_field() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let mut body = order_body("");
@@ -147,8 +152,10 @@ async fn rule_violations_are_422_with_every_field(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn non_json_content_types_are_415(pool: PgPool) {
+#[tokio::test]
+async fn non_json_content_types_are_415() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     let body = order_body("X").to_string();
@@ -170,8 +177,10 @@ async fn non_json_content_types_are_415(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn bodies_over_the_limit_are_413(pool: PgPool) {
+#[tokio::test]
+async fn bodies_over_the_limit_are_413() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let config = ApiConfig {
         body_limit: 4096,
         ..ApiConfig::default()
@@ -194,8 +203,10 @@ async fn bodies_over_the_limit_are_413(pool: PgPool) {
         .problem(413, "about:blank");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn a_body_that_never_arrives_is_408(pool: PgPool) {
+#[tokio::test]
+async fn a_body_that_never_arrives_is_408() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let config = ApiConfig {
         body_timeout: Duration::from_millis(200),
         ..ApiConfig::default()
@@ -212,8 +223,10 @@ async fn a_body_that_never_arrives_is_408(pool: PgPool) {
     .problem(408, "about:blank");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn wrong_methods_are_405(pool: PgPool) {
+#[tokio::test]
+async fn wrong_methods_are_405() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let app = TestApp::new(pool);
     let key = app.key("portal").await;
     for (method, uri) in [
@@ -236,8 +249,10 @@ async fn wrong_methods_are_405(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn clients_over_their_rate_get_429_with_retry_after(pool: PgPool) {
+#[tokio::test]
+async fn clients_over_their_rate_get_429_with_retry_after() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let config = ApiConfig {
         rate_limit: 1.try_into().unwrap(),
         rate_burst: 3.try_into().unwrap(),

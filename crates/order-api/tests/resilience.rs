@@ -13,7 +13,6 @@ use axum::body::Body;
 use axum::http::Request;
 use common::{TestApp, order_body};
 use order_api::ApiConfig;
-use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -70,8 +69,10 @@ impl Proxy {
     }
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn database_outage_is_503_fast_and_recovers_by_itself(pool: PgPool) {
+#[tokio::test]
+async fn database_outage_is_503_fast_and_recovers_by_itself() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let target: SocketAddr = "127.0.0.1:5432".parse().unwrap();
     let proxy = Proxy::start(target).await;
     let options = (*pool.connect_options())
@@ -149,8 +150,10 @@ async fn database_outage_is_503_fast_and_recovers_by_itself(pool: PgPool) {
     assert_eq!(stuck, 0, "no connection may be left inside a transaction");
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn a_timed_out_request_still_commits_whole_and_a_retry_replays_it(pool: PgPool) {
+#[tokio::test]
+async fn a_timed_out_request_still_commits_whole_and_a_retry_replays_it() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let config = ApiConfig {
         request_timeout: Duration::from_millis(300),
         ..ApiConfig::default()

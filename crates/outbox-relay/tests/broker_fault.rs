@@ -14,7 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -31,11 +30,11 @@ fn close_all_connections() {
     );
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn broker_connections_closed_mid_stream_lose_nothing(
-    pool_opts: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn broker_connections_closed_mid_stream_lose_nothing() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool_opts = db.pool_options();
+    let opts = db.connect_options();
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();
     let app = "relay-amqp-fault";

@@ -16,14 +16,14 @@ use orderbridge_broker::lapin::{Connection, ConnectionProperties};
 use orderbridge_domain::OrderEvent;
 use outbox_relay::Metrics;
 use outbox_relay::metrics::FailureReason;
-use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn publishes_with_confirms_and_message_properties(_: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn publishes_with_confirms_and_message_properties() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
     let ns = namespace();
     let pool = pool_named(&opts, "relay-props");
     let client = api_client(&pool).await;
@@ -89,8 +89,10 @@ async fn publishes_with_confirms_and_message_properties(_: PgPoolOptions, opts: 
     relay.stop().await;
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn marking_published_never_moves_an_order_back(_: PgPoolOptions, opts: PgConnectOptions) {
+#[tokio::test]
+async fn marking_published_never_moves_an_order_back() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
     let ns = namespace();
     let pool = pool_named(&opts, "relay-monotonic");
     let client = api_client(&pool).await;
@@ -124,11 +126,10 @@ async fn marking_published_never_moves_an_order_back(_: PgPoolOptions, opts: PgC
 /// A transaction takes its outbox position first but commits last, while other writers commit
 /// around it: a cursor on `position` would skip its row; the relay must not, and must publish
 /// it after the rows that committed before it.
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn commit_order_with_concurrent_writers_and_a_late_commit(
-    _: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn commit_order_with_concurrent_writers_and_a_late_commit() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
     let ns = namespace();
     let pool = pool_named(&opts, "relay-order");
     let client = api_client(&pool).await;
@@ -208,11 +209,10 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit(
 
 /// Two relays at once: one leads, the other stands by; every row is published once, and the
 /// events of each order arrive in the order they were written.
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn two_relays_publish_each_row_once_in_order_per_order(
-    _: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn two_relays_publish_each_row_once_in_order_per_order() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
     let ns = namespace();
     let pool = pool_named(&opts, "relay-two-writer");
     let client = api_client(&pool).await;
@@ -305,11 +305,10 @@ async fn two_relays_publish_each_row_once_in_order_per_order(
 
 /// A row whose routing key no queue is bound for comes back as basic.return: it stays
 /// unpublished, is counted, and goes out once a queue is bound.
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn unroutable_message_stays_unpublished_until_routable(
-    _: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn unroutable_message_stays_unpublished_until_routable() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
     let ns = namespace();
     let pool = pool_named(&opts, "relay-unroutable");
     let client = api_client(&pool).await;
@@ -400,11 +399,11 @@ async fn unroutable_message_stays_unpublished_until_routable(
     relay.stop().await;
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn terminated_postgres_connections_are_recovered(
-    pool_opts: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn terminated_postgres_connections_are_recovered() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool_opts = db.pool_options();
+    let opts = db.connect_options();
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();
     let app = format!("relay-pgkill-{}", Uuid::new_v4().simple());
@@ -462,8 +461,10 @@ async fn terminated_postgres_connections_are_recovered(
     relay.stop().await;
 }
 
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn retention_deletes_only_old_published_rows_in_batches(pool: PgPool) {
+#[tokio::test]
+async fn retention_deletes_only_old_published_rows_in_batches() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool = db.pool.clone();
     let client = api_client(&pool).await;
     let mut old = Vec::new();
     for _ in 0..5 {
@@ -511,11 +512,11 @@ async fn retention_deletes_only_old_published_rows_in_batches(pool: PgPool) {
 /// Both dependencies cut off for real (through TCP proxies that drop every connection and refuse
 /// new ones): readiness goes false while either is down, nothing is published without the
 /// broker, and once each comes back the relay recovers by itself and loses nothing.
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn readiness_follows_the_dependencies_and_the_relay_recovers(
-    pool_opts: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn readiness_follows_the_dependencies_and_the_relay_recovers() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool_opts = db.pool_options();
+    let opts = db.connect_options();
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();
     let client = api_client(&pool).await;

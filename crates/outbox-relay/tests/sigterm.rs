@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sqlx::PgPool;
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -111,11 +111,11 @@ async fn published_ids(pool: &PgPool) -> HashSet<Uuid> {
 /// 5,000 rows in ONE batch: SIGTERM arrives once the first messages reach the queue (usually
 /// before the batch is confirmed). The relay stops sending, collects the confirms of what it
 /// sent, marks only those, and exits 0; a second relay publishes the rest.
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn sigterm_mid_batch_marks_only_confirmed_rows(
-    pool_opts: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn sigterm_mid_batch_marks_only_confirmed_rows() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool_opts = db.pool_options();
+    let opts = db.connect_options();
     const ROWS: usize = 5000;
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();
@@ -193,11 +193,11 @@ async fn sigterm_mid_batch_marks_only_confirmed_rows(
 /// batch reaches the broker but none of it is confirmed when SIGTERM arrives. The relay waits out
 /// its shutdown grace, abandons the batch, marks nothing, and exits 0; the rows go out again
 /// with the next relay (duplicates, never a loss).
-#[sqlx::test(migrator = "orderbridge_db::MIGRATOR")]
-async fn sigterm_with_confirms_outstanding_marks_nothing(
-    pool_opts: PgPoolOptions,
-    opts: PgConnectOptions,
-) {
+#[tokio::test]
+async fn sigterm_with_confirms_outstanding_marks_nothing() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let pool_opts = db.pool_options();
+    let opts = db.connect_options();
     const ROWS: usize = 200;
     let pool = pool_opts.connect_with(opts.clone()).await.unwrap();
     let ns = namespace();

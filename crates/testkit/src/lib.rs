@@ -1,7 +1,10 @@
 //! Test-only helpers shared by orderbridge's integration tests. Never a dependency of a binary.
 //!
-//! - [`FreshDatabase`]: a uniquely named database on the test Postgres server, dropped afterwards
-//!   (for tests that start our binaries, where `#[sqlx::test]`'s pool cannot be handed over).
+//! - [`TestDatabase`]: a fresh, migrated database per test, dropped afterwards. It needs only the
+//!   server in `DATABASE_URL` (default: local Postgres), not the database named there, so tests
+//!   run on a machine where no orderbridge database exists yet.
+//! - [`FreshDatabase`]: a uniquely named database that does not exist yet, for tests that start
+//!   our binaries (which create it), dropped afterwards.
 //! - [`free_port`], [`ChildGuard`]: run our binaries as a user would, and always clean them up.
 //! - [`python_tool`]: public tools that test us better than we could (schemathesis,
 //!   simple-salesforce), installed on demand into a virtualenv pinned by
@@ -13,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use sha2::{Digest, Sha256};
-use sqlx::Connection;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgPool};
 
 /// The workspace root (two levels above this crate).
 pub fn workspace_root() -> PathBuf {
@@ -66,6 +70,53 @@ impl Drop for FreshDatabase {
             })
         })
         .join();
+    }
+}
+
+/// A fresh database with the orderbridge schema, and a pool on it.
+pub struct TestDatabase {
+    pub pool: PgPool,
+    fresh: FreshDatabase,
+}
+
+impl TestDatabase {
+    /// Creates and migrates a new database. Panics (it is for tests) with the reason.
+    pub async fn new() -> Self {
+        let fresh = FreshDatabase::new("ob_test");
+        let admin = with_database(&server_database_url(), "postgres");
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test Postgres server: {e}"));
+        sqlx::query(&format!("CREATE DATABASE \"{}\"", fresh.name))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create a test database: {e}"));
+        let _ = conn.close().await;
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(&fresh.url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the test database: {e}"));
+        orderbridge_db::MIGRATOR
+            .run(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("cannot migrate the test database: {e}"));
+        Self { pool, fresh }
+    }
+
+    /// Connection options for this database, to build other pools (through a proxy, say).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        (*self.pool.connect_options()).clone()
+    }
+
+    /// Pool options to combine with [`TestDatabase::connect_options`].
+    pub fn pool_options(&self) -> PgPoolOptions {
+        PgPoolOptions::new().max_connections(10)
+    }
+
+    /// The database URL, for child processes.
+    pub fn url(&self) -> &str {
+        &self.fresh.url
     }
 }
 

@@ -1,4 +1,4 @@
-//! Test harness: the real router over a per-test Postgres database (from `#[sqlx::test]`),
+//! Test harness: the real router over a per-test Postgres database (`TestDatabase`),
 //! driven in-process with `oneshot`.
 #![allow(dead_code, clippy::unwrap_used)]
 
