@@ -14,8 +14,8 @@
 //!                                          ─"1m"──► {ns}.sf-sync.retry.1m  ──TTL──┘  the default
 //!                                          ─"10m"─► {ns}.sf-sync.retry.10m ──TTL──┘  exchange, back
 //!                                                                                     to {ns}.sf-sync)
-//!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► outbox-relay (applies
-//!                                                                              sync state to orders)
+//!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► applied to orders
+//!                                                                              (the sync worker's issue)
 //! ```
 //!
 //! lapin does not recover connections reliably on its own (amqp-rs/lapin #288, #312, #389, #409,

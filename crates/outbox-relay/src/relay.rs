@@ -379,8 +379,13 @@ impl Relay {
             tokio::time::sleep(grace).await;
         };
         tokio::pin!(grace_over);
-        let mut confirmed = Vec::with_capacity(in_flight.len());
+        // First collect every confirmation of the batch, then decide. lapin attaches a returned
+        // (unroutable) message to whichever confirm completes next, and completes the tags of a
+        // coalesced `multiple` ack in no particular order, so the return that arrives with a row's
+        // confirm may belong to another row. Returns are therefore attributed by their own
+        // message_id (= event id), never by which confirm carried them.
         let sent_count = in_flight.len();
+        let mut results = Vec::with_capacity(sent_count);
         for (row, confirm, sent) in in_flight {
             // Once the session failed, take only confirms that are already in.
             let limit = if outcome.broker_failed {
@@ -395,32 +400,63 @@ impl Relay {
                     break;
                 }
             };
+            if let Err(e) = &result {
+                if !outcome.broker_failed {
+                    tracing::warn!(error = %e, "no confirm; the rest of the batch stays unpublished");
+                }
+                outcome.broker_failed = true;
+            }
+            results.push((row, sent, result));
+        }
+
+        let mut returned: HashSet<String> = HashSet::new();
+        let mut unattributable = false;
+        for (_, _, result) in &results {
+            if let Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) = result {
+                match r.properties.message_id() {
+                    Some(id) => {
+                        tracing::warn!(
+                            event_id = %id,
+                            routing_key = %r.routing_key,
+                            reply_code = r.reply_code,
+                            reply_text = %r.reply_text,
+                            "broker returned the message (no queue bound for its routing key); it stays unpublished"
+                        );
+                        returned.insert(id.to_string());
+                    }
+                    // We always set message_id; without one the return cannot be attributed, so
+                    // nothing in this batch may be trusted as delivered.
+                    None => unattributable = true,
+                }
+            }
+        }
+        if unattributable {
+            tracing::error!(
+                "a returned message has no message_id; the whole batch stays unpublished"
+            );
+        }
+
+        let mut confirmed = Vec::with_capacity(results.len());
+        for (row, sent, result) in results {
+            let was_returned = unattributable || returned.contains(&row.event_id.to_string());
             match result {
-                Ok(Confirmation::Ack(None)) => {
+                Ok(Confirmation::Ack(_)) if !was_returned => {
                     m.confirm_latency.observe(sent.elapsed().as_secs_f64());
                     let lag = Utc::now() - row.created_at;
                     m.commit_to_confirm_lag
                         .observe(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
                     confirmed.push(row.position);
                 }
-                Ok(Confirmation::Ack(Some(returned))) => {
-                    tracing::warn!(
-                        position = row.position,
-                        event_id = %row.event_id,
-                        routing_key = %row.event_type,
-                        reply_code = returned.reply_code,
-                        reply_text = %returned.reply_text,
-                        "broker returned the message (no queue bound for its routing key); it stays unpublished"
-                    );
+                Ok(Confirmation::Ack(_)) => {
                     m.failure(FailureReason::Unroutable, 1);
                     outcome.failed += 1;
-                    parked.insert(row.aggregate_id, park_until);
+                    parked.insert(row.aggregate_id, Instant::now() + self.config.poll_interval);
                 }
                 Ok(Confirmation::Nack(_)) => {
                     tracing::warn!(position = row.position, event_id = %row.event_id, "broker nacked the message; it stays unpublished");
                     m.failure(FailureReason::Nack, 1);
                     outcome.failed += 1;
-                    parked.insert(row.aggregate_id, park_until);
+                    parked.insert(row.aggregate_id, Instant::now() + self.config.poll_interval);
                 }
                 Ok(Confirmation::NotRequested) => {
                     tracing::error!("channel is not in confirm mode; reconnecting");
@@ -428,13 +464,9 @@ impl Relay {
                     outcome.failed += 1;
                     outcome.broker_failed = true;
                 }
-                Err(e) => {
-                    if !outcome.broker_failed {
-                        tracing::warn!(error = %e, "no confirm; the rest of the batch stays unpublished");
-                    }
+                Err(_) => {
                     m.failure(FailureReason::BrokerError, 1);
                     outcome.failed += 1;
-                    outcome.broker_failed = true;
                 }
             }
         }

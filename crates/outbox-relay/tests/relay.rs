@@ -594,3 +594,58 @@ async fn readiness_follows_the_dependencies_and_the_relay_recovers() {
     assert!(need.is_subset(&ids), "an event was lost");
     relay.stop().await;
 }
+
+/// Routable and unroutable rows interleaved in large batches: the broker coalesces confirms
+/// (`multiple=true`) and lapin hands a return to whichever confirm completes next, so a return
+/// must be attributed by its message id. No unroutable row may ever be marked published, and
+/// every routable one must be.
+#[tokio::test]
+async fn returns_are_attributed_to_their_own_rows_in_mixed_batches() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
+    let ns = namespace();
+    let pool = pool_named(&opts, "relay-mixed");
+    let client = api_client(&pool).await;
+    let mut config = relay_config("relay-mixed");
+    config.poll_interval = Duration::from_millis(200);
+    config.batch_size = 500;
+
+    // Write everything first, so the relay sees it in a few large batches.
+    let mut routable = Vec::new();
+    let mut strays = Vec::new();
+    for i in 0..300 {
+        let (order, first) = create_order(&pool, client).await;
+        routable.push(first);
+        if i % 2 == 0 {
+            // A different order per stray, so parking one order never holds back another's row.
+            let (other, other_first) = create_order(&pool, client).await;
+            routable.push(other_first);
+            let _ = order;
+            strays.push(add_event(&pool, other, "invoice.created").await);
+        }
+    }
+    let relay = RunningRelay::start(config, broker_config(&ns), pool.clone());
+    eventually(WAIT, "every routable row published", || async {
+        for r in &routable {
+            if !is_published(&pool, *r).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eventually(WAIT, "every stray refused at least once", || async {
+        relay.metrics.failures(FailureReason::Unroutable) >= strays.len() as u64
+    })
+    .await;
+    for s in &strays {
+        assert!(
+            !is_published(&pool, *s).await,
+            "an unroutable row was marked published"
+        );
+    }
+    let work = format!("{ns}.sf-sync");
+    let got = drain(&work, routable.len(), WAIT).await;
+    assert_eq!(got.len(), routable.len());
+    relay.stop().await;
+}
