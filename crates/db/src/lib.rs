@@ -49,9 +49,9 @@ pub enum DbError {
     // The URL may hold a password: never echo it.
     #[error("DATABASE_URL is not a valid Postgres URL")]
     InvalidUrl(#[source] sqlx::Error),
-    #[error("cannot create the database: {0}")]
+    #[error("cannot create the database")]
     Create(#[source] sqlx::Error),
-    #[error("cannot apply migrations: {0}")]
+    #[error("cannot apply migrations")]
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
@@ -95,8 +95,13 @@ async fn ensure_database(url: &str) -> Result<(), DbError> {
             tracing::info!("created the database");
             Ok(())
         }
-        // Another process created it between our check and our CREATE.
-        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P04") => Ok(()),
+        // Another process created it between our check and our CREATE: 42P04 if its CREATE
+        // committed first, 23505 (pg_database's unique index) if both ran at the same time.
+        Err(sqlx::Error::Database(e))
+            if matches!(e.code().as_deref(), Some("42P04") | Some("23505")) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(DbError::Create(e)),
     }
 }
