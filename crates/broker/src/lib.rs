@@ -65,13 +65,13 @@ pub struct BrokerConfig {
     pub broker_namespace: String,
     /// Limit on any one broker operation (connect, declare, publish, confirm, close). lapin can
     /// hang forever in several failure modes; this turns a hang into a reconnect.
-    #[arg(long, env = "BROKER_OP_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "BROKER_OP_TIMEOUT", default_value = "10s", value_parser = orderbridge_runtime::parse_interval, global = true)]
     pub broker_op_timeout: Duration,
     /// First delay before reconnecting; doubles per failed attempt (with jitter).
-    #[arg(long, env = "BROKER_RECONNECT_MIN", default_value = "100ms", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "BROKER_RECONNECT_MIN", default_value = "100ms", value_parser = orderbridge_runtime::parse_interval, global = true)]
     pub broker_reconnect_min: Duration,
     /// Longest delay between reconnection attempts.
-    #[arg(long, env = "BROKER_RECONNECT_MAX", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "BROKER_RECONNECT_MAX", default_value = "30s", value_parser = orderbridge_runtime::parse_interval, global = true)]
     pub broker_reconnect_max: Duration,
     /// Deliveries of one message from the Salesforce work queue before the broker dead-letters
     /// it (quorum `x-delivery-limit`; RabbitMQ 3.10 has no default). Changing it on an existing

@@ -33,16 +33,16 @@ pub struct RelayConfig {
     pub batch_size: u32,
     /// Fallback poll when no NOTIFY arrives, so a lost notification never strands a row. Also
     /// the pause before retrying rows the broker refused.
-    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = orderbridge_runtime::parse_interval)]
     pub poll_interval: Duration,
     /// How often a standby relay tries to take over publishing.
-    #[arg(long, env = "RELAY_STANDBY_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_STANDBY_INTERVAL", default_value = "1s", value_parser = orderbridge_runtime::parse_interval)]
     pub standby_interval: Duration,
     /// Published rows older than this are deleted.
     #[arg(long, env = "RELAY_RETENTION", default_value = "7days", value_parser = humantime::parse_duration)]
     pub retention: Duration,
     /// How often retention runs.
-    #[arg(long, env = "RELAY_RETENTION_INTERVAL", default_value = "1m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_RETENTION_INTERVAL", default_value = "1m", value_parser = orderbridge_runtime::parse_interval)]
     pub retention_interval: Duration,
     /// Rows deleted per retention statement; small so no statement holds locks for long.
     #[arg(long, env = "RELAY_RETENTION_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -53,7 +53,7 @@ pub struct RelayConfig {
     pub shutdown_grace: Duration,
     /// Limit on any one database operation of the relay (connect, read, mark), on top of the
     /// server-side statement timeout, so a dead connection cannot wedge the relay.
-    #[arg(long, env = "RELAY_DB_TIMEOUT", default_value = "15s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "RELAY_DB_TIMEOUT", default_value = "15s", value_parser = orderbridge_runtime::parse_interval)]
     pub db_timeout: Duration,
     /// Postgres `application_name` of the relay's connections (shows in pg_stat_activity).
     #[arg(

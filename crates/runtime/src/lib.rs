@@ -1,5 +1,5 @@
 //! Process plumbing shared by every orderbridge binary: log set-up ([`LogConfig::init`]) and the
-//! shutdown signal ([`shutdown_signal`]).
+//! shutdown signal ([`shutdown_signal`]), and the parser for loop intervals ([`parse_interval`]).
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;
@@ -69,6 +69,16 @@ impl LogConfig {
     }
 }
 
+/// Parses a duration (`humantime` syntax: `500ms`, `1s`, `5m`) that paces a loop or bounds a wait:
+/// at least 10 ms, so a zero cannot turn a poll or reconnect loop into a busy loop.
+pub fn parse_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < std::time::Duration::from_millis(10) {
+        return Err(format!("`{s}` is too short: use at least 10ms"));
+    }
+    Ok(d)
+}
+
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (what `docker stop` and Kubernetes send).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -94,5 +104,20 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_interval;
+    use std::time::Duration;
+
+    #[test]
+    fn intervals_must_not_make_busy_loops() {
+        assert_eq!(parse_interval("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse_interval("10ms"), Ok(Duration::from_millis(10)));
+        assert!(parse_interval("0s").is_err());
+        assert!(parse_interval("1ms").is_err());
+        assert!(parse_interval("soon").is_err());
     }
 }
