@@ -68,7 +68,8 @@ pub async fn read_batch(
 
 /// Marks rows published and, in the same statement, moves their orders' sync state from
 /// `pending` to `published` (never from a later state: a fast worker may already have written
-/// `synced`). Bumps the order's version so its ETag changes. Returns the rows marked.
+/// `synced`). The `orders_bump_version` trigger bumps the order's version, so its ETag changes.
+/// Returns the rows marked.
 pub async fn mark_published(
     conn: &mut PgConnection,
     positions: &[i64],
@@ -80,7 +81,7 @@ pub async fn mark_published(
              RETURNING aggregate_type, aggregate_id
          ), moved AS (
              UPDATE orders o
-             SET sync_state = 'published', version = o.version + 1, updated_at = now()
+             SET sync_state = 'published'  -- the orders trigger bumps version and updated_at
              FROM (SELECT DISTINCT aggregate_id FROM marked WHERE aggregate_type = 'order') m
              WHERE o.id = m.aggregate_id AND o.sync_state = 'pending'
              RETURNING o.id
