@@ -78,7 +78,10 @@ impl DbConfig {
 }
 
 async fn ensure_database(url: &str) -> Result<(), DbError> {
-    if Postgres::database_exists(url).await.map_err(DbError::Create)? {
+    if Postgres::database_exists(url)
+        .await
+        .map_err(DbError::Create)?
+    {
         return Ok(());
     }
     match Postgres::create_database(url).await {

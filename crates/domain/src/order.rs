@@ -319,20 +319,13 @@ fn is_plausible_email(email: &str) -> bool {
 
 /// Parses a price strictly: digits, an optional dot and decimals, nothing else (no sign,
 /// exponent, spaces or thousands separators), then checks the decimals against the currency.
-fn parse_price(
-    raw: &str,
-    currency: Option<Currency>,
-) -> Result<Decimal, (&'static str, String)> {
+fn parse_price(raw: &str, currency: Option<Currency>) -> Result<Decimal, (&'static str, String)> {
     let (int, frac) = raw.split_once('.').unwrap_or((raw, ""));
     let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
     if raw.starts_with('-') {
         return Err(("out_of_range", "must be at least 0".into()));
     }
-    if int.is_empty()
-        || !digits(int)
-        || !digits(frac)
-        || (raw.contains('.') && frac.is_empty())
-    {
+    if int.is_empty() || !digits(int) || !digits(frac) || (raw.contains('.') && frac.is_empty()) {
         return Err((
             "invalid_decimal",
             format!("`{raw}` is not a decimal string such as \"12.50\""),

@@ -69,7 +69,11 @@ impl Violations {
             .chars()
             .any(|c| c.is_control() && c != '\n' && c != '\r' && c != '\t')
         {
-            self.push(pointer, "invalid_characters", "must not contain control characters");
+            self.push(
+                pointer,
+                "invalid_characters",
+                "must not contain control characters",
+            );
         }
     }
 }

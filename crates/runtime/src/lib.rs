@@ -19,7 +19,13 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct LogConfig {
     /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty", global = true)]
+    #[arg(
+        long,
+        env = "LOG_FORMAT",
+        value_enum,
+        default_value = "pretty",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Log filter, in `tracing` EnvFilter syntax (e.g. `info,order_api=debug`).
     #[arg(long, env = "RUST_LOG", default_value = "info", global = true)]
