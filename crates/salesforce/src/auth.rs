@@ -245,12 +245,23 @@ pub struct JwtClaims<S = String> {
 fn load_private_key(path: &Path) -> Result<SigningKey, String> {
     let pem = std::fs::read(path)
         .map_err(|e| format!("cannot read SF_PRIVATE_KEY_FILE {}: {e}", path.display()))?;
-    EncodingKey::from_rsa_pem(&pem).map(SigningKey).map_err(|e| {
+    let not_a_key = |e: jsonwebtoken::errors::Error| {
         format!(
             "SF_PRIVATE_KEY_FILE {} is not a PEM RSA private key ({e}); expected \"BEGIN PRIVATE KEY\" or \"BEGIN RSA PRIVATE KEY\"",
             path.display()
         )
-    })
+    };
+    let key = EncodingKey::from_rsa_pem(&pem).map_err(not_a_key)?;
+    // Parsing only checks the PEM armour; signing once proves it is a usable RSA key, so a wrong
+    // file (a certificate, a public key) fails at start-up rather than at the first login.
+    let probe = JwtClaims {
+        iss: "probe",
+        sub: "probe",
+        aud: "probe",
+        exp: 0,
+    };
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &probe, &key).map_err(not_a_key)?;
+    Ok(SigningKey(key))
 }
 
 /// A successful token response.

@@ -21,10 +21,12 @@ pub enum AuthFlowKind {
     /// JWT bearer: an RS256 assertion signed with `SF_PRIVATE_KEY_FILE`. Recommended for servers.
     Jwt,
     /// Client credentials: consumer key + secret, acting as the app's run-as user.
+    #[value(name = "client_credentials")]
     ClientCredentials,
     /// Username + password (+ security token). Being retired by Salesforce; fine for the emulator.
     Password,
     /// A refresh token obtained earlier (for example through the web-server flow).
+    #[value(name = "refresh_token")]
     RefreshToken,
 }
 
