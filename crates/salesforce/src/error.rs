@@ -205,6 +205,15 @@ impl Error {
         }
     }
 
+    /// How long to wait before trying again, when the client knows (usage share exceeded).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::UsageShareExceeded { retry_after, .. } => Some(*retry_after),
+            Self::PartialCollection { source, .. } => source.retry_after(),
+            _ => None,
+        }
+    }
+
     /// True for [`ErrorClass::Retryable`].
     pub fn is_retryable(&self) -> bool {
         self.class() == ErrorClass::Retryable

@@ -414,6 +414,24 @@ async fn upsert_accepts_201_200_and_204_and_reports_300_and_404() {
 }
 
 #[tokio::test]
+async fn connections_are_reused_across_calls() {
+    let server = FixtureServer::start(|_| Reply::fixture(200, "account_get.json")).await;
+    let client = Client::new(&server.config()).unwrap();
+    for _ in 0..20 {
+        let _: Value = client
+            .get("Account", "0015g00000XyZabAAB", &[])
+            .await
+            .unwrap();
+    }
+    // Login plus 20 calls over (at most) a couple of kept-alive connections, not 21.
+    let connections = server.state.connections.load(Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&connections),
+        "{connections} connections for 21 requests"
+    );
+}
+
+#[tokio::test]
 async fn crud_and_versions() {
     let server = FixtureServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/services/data/") => Reply::fixture(200, "versions.json"),

@@ -108,7 +108,33 @@ pub struct ServerState {
     pub token_forms: Mutex<Vec<HashMap<String, String>>>,
     pub calls: Mutex<Vec<Recorded>>,
     pub base_url: String,
+    /// TCP connections accepted, to check that the client reuses them.
+    pub connections: Arc<AtomicUsize>,
     responder: Responder,
+}
+
+/// Counts accepted connections.
+struct CountingListener {
+    inner: tokio::net::TcpListener,
+    count: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for CountingListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            if let Ok(accepted) = self.inner.accept().await {
+                self.count.fetch_add(1, Ordering::SeqCst);
+                return accepted;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 pub struct FixtureServer {
@@ -133,12 +159,17 @@ impl FixtureServer {
             token_forms: Mutex::new(Vec::new()),
             calls: Mutex::new(Vec::new()),
             base_url: url.clone(),
+            connections: Arc::new(AtomicUsize::new(0)),
             responder: Arc::new(responder),
         });
         let app = Router::new()
             .route("/services/oauth2/token", post(token))
             .fallback(rest)
             .with_state(state.clone());
+        let listener = CountingListener {
+            inner: listener,
+            count: state.connections.clone(),
+        };
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { url, state }
     }
