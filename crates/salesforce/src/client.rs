@@ -26,6 +26,7 @@ use crate::limits::{ApiUsage, Limits, UsageGuard, parse_limit_info};
 /// The header that tags every call with the client's name.
 const CALL_OPTIONS: &str = "sforce-call-options";
 const LIMIT_INFO: &str = "sforce-limit-info";
+const QUERY_OPTIONS: &str = "sforce-query-options";
 
 /// A Salesforce REST client. Cheap to clone: clones share the HTTP connection pool, the session
 /// and the usage reading.
@@ -49,6 +50,7 @@ struct Inner {
     token_url: Url,
     api_version: String,
     call_options: HeaderValue,
+    query_options: Option<HeaderValue>,
     timeout: Duration,
     flow: crate::config::AuthFlowKind,
     /// Held while logging in, so concurrent callers wait for one login instead of each starting
@@ -142,6 +144,12 @@ impl Client {
                 ))
             })?;
         let credentials = Credentials::from_config(config, token_url.as_str())?;
+        // reqwest is built without its bundled crypto provider (aws-lc, which needs cmake): use
+        // ring unless the process already chose a provider. Losing the race to another thread
+        // installing one is fine: any installed provider will do.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let http = reqwest::Client::builder()
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
@@ -159,6 +167,9 @@ impl Client {
                 token_url,
                 api_version: version.to_owned(),
                 call_options,
+                query_options: config
+                    .query_batch_size
+                    .and_then(|n| HeaderValue::from_str(&format!("batchSize={n}")).ok()),
                 timeout: config.request_timeout,
                 flow: config.auth_flow,
                 login: tokio::sync::Mutex::new(credentials),
@@ -411,6 +422,11 @@ impl Client {
             .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
             .header(ACCEPT, "application/json")
             .header(CALL_OPTIONS, self.inner.call_options.clone());
+        if let Some(options) = &self.inner.query_options
+            && (path.ends_with("/query") || path.contains("/query/"))
+        {
+            request = request.header(QUERY_OPTIONS, options.clone());
+        }
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").json(body);
         }

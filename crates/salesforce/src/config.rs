@@ -149,6 +149,10 @@ pub struct SalesforceConfig {
     /// Limit on every HTTP request to Salesforce (token and data calls), body included.
     #[arg(long = "sf-request-timeout", env = "SF_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub request_timeout: Duration,
+    /// Records per query page (`Sforce-Query-Options: batchSize=N`, 200-2000); unset: Salesforce's
+    /// default of 2000. Smaller pages bound memory per call at the cost of more calls.
+    #[arg(long = "sf-query-batch-size", env = "SF_QUERY_BATCH_SIZE", value_parser = clap::value_parser!(u16).range(200..=2000), global = true)]
+    pub query_batch_size: Option<u16>,
     /// Name sent as `Sforce-Call-Options: client=<name>`; shows up as the change origin in CDC
     /// events, so the integration can recognise (and ignore) its own writes.
     #[arg(
@@ -203,6 +207,7 @@ impl Default for SalesforceConfig {
             refresh_token: None,
             api_version: DEFAULT_API_VERSION.to_owned(),
             request_timeout: Duration::from_secs(30),
+            query_batch_size: None,
             client_name: "orderbridge".to_owned(),
             max_api_usage_share: 0.9,
             api_usage_policy: UsagePolicy::Refuse,

@@ -787,7 +787,11 @@ async fn query_follows_next_records_url() {
         _ => not_found(r),
     })
     .await;
-    let client = Client::new(&server.config()).unwrap();
+    let config = SalesforceConfig {
+        query_batch_size: Some(200),
+        ..server.config()
+    };
+    let client = Client::new(&config).unwrap();
     let soql = "SELECT Id, Name FROM Account WHERE Name != 'x'";
     let page = client.query::<Value>(soql).await.unwrap();
     assert_eq!(
@@ -797,6 +801,12 @@ async fn query_follows_next_records_url() {
     let all: Vec<Value> = client.query_collect(soql).await.unwrap();
     let names: Vec<&str> = all.iter().map(|r| r["Name"].as_str().unwrap()).collect();
     assert_eq!(names, ["Test 1", "Test 2", "Test 3"]);
+    assert!(
+        server
+            .calls()
+            .iter()
+            .all(|c| c.headers["sforce-query-options"] == "batchSize=200")
+    );
     // A nextRecordsUrl off the REST API is refused rather than followed.
     assert!(
         client

@@ -1,0 +1,104 @@
+//! Emulator settings: every one a flag and an environment variable with a documented default.
+//! The credential defaults are the emulator's public dev credentials (they guard nothing; they
+//! exist so clients exercise a real login).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::SecretString;
+
+/// Default OAuth client id (consumer key) the emulator accepts.
+pub const DEV_CLIENT_ID: &str = "orderbridge-dev-client-id";
+/// Default OAuth client secret (consumer secret).
+pub const DEV_CLIENT_SECRET: &str = "orderbridge-dev-client-secret";
+/// Default username (also the run-as user of the client-credentials flow).
+pub const DEV_USERNAME: &str = "integration@orderbridge.dev";
+/// Default password (the password flow expects it followed by the security token).
+pub const DEV_PASSWORD: &str = "orderbridge-dev-password";
+/// Default security token, appended to the password in the password flow.
+pub const DEV_SECURITY_TOKEN: &str = "orderbridgedevtoken";
+/// Default refresh token accepted by the refresh-token flow.
+pub const DEV_REFRESH_TOKEN: &str = "orderbridge-dev-refresh-token";
+
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
+/// Settings of one emulator instance.
+#[derive(Debug, Clone, Args)]
+pub struct EmulatorConfig {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "SF_EMULATOR_ADDR", default_value = "127.0.0.1:8089")]
+    pub addr: SocketAddr,
+    /// `instance_url` returned by the token endpoint; default: the scheme and bound address.
+    /// Set it when clients reach the emulator under another name (e.g. in Docker).
+    #[arg(long, env = "SF_EMULATOR_INSTANCE_URL")]
+    pub instance_url: Option<String>,
+    /// OAuth client id (consumer key) accepted by every flow.
+    #[arg(long, env = "SF_EMULATOR_CLIENT_ID", default_value = DEV_CLIENT_ID)]
+    pub client_id: String,
+    /// OAuth client secret.
+    #[arg(long, env = "SF_EMULATOR_CLIENT_SECRET", default_value = DEV_CLIENT_SECRET, value_parser = secret)]
+    pub client_secret: SecretString,
+    /// The org's one user: password-flow username, JWT `sub`, client-credentials run-as user.
+    #[arg(long, env = "SF_EMULATOR_USERNAME", default_value = DEV_USERNAME)]
+    pub username: String,
+    /// The user's password.
+    #[arg(long, env = "SF_EMULATOR_PASSWORD", default_value = DEV_PASSWORD, value_parser = secret)]
+    pub password: SecretString,
+    /// The user's security token (appended to the password); empty means none is required.
+    #[arg(long, env = "SF_EMULATOR_SECURITY_TOKEN", default_value = DEV_SECURITY_TOKEN, value_parser = secret)]
+    pub security_token: SecretString,
+    /// Refresh token accepted by the refresh-token flow.
+    #[arg(long, env = "SF_EMULATOR_REFRESH_TOKEN", default_value = DEV_REFRESH_TOKEN, value_parser = secret)]
+    pub refresh_token: SecretString,
+    /// PEM file (public key or X.509 certificate) that verifies JWT-bearer assertions; without
+    /// it the JWT flow answers invalid_grant.
+    #[arg(long, env = "SF_EMULATOR_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Object schema JSON file; default: the built-in schema (see `default_schema.json`).
+    #[arg(long, env = "SF_EMULATOR_SCHEMA_FILE")]
+    pub schema_file: Option<PathBuf>,
+    /// Seed JSON file (same body as `POST /__admin/seed`), applied at start and on reset.
+    #[arg(long, env = "SF_EMULATOR_SEED_FILE")]
+    pub seed_file: Option<PathBuf>,
+    /// Daily API request allocation reported in `/limits` and `Sforce-Limit-Info`
+    /// (15,000 is a Developer Edition org).
+    #[arg(long, env = "SF_EMULATOR_DAILY_API_LIMIT", default_value_t = 15_000)]
+    pub daily_api_limit: u64,
+    /// Idle time after which an access token stops working, as a session timeout does.
+    #[arg(long, env = "SF_EMULATOR_SESSION_TIMEOUT", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub session_timeout: Duration,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8089)),
+            instance_url: None,
+            client_id: DEV_CLIENT_ID.to_owned(),
+            client_secret: SecretString::from(DEV_CLIENT_SECRET),
+            username: DEV_USERNAME.to_owned(),
+            password: SecretString::from(DEV_PASSWORD),
+            security_token: SecretString::from(DEV_SECURITY_TOKEN),
+            refresh_token: SecretString::from(DEV_REFRESH_TOKEN),
+            jwt_public_key_file: None,
+            schema_file: None,
+            seed_file: None,
+            daily_api_limit: 15_000,
+            session_timeout: Duration::from_secs(2 * 3600),
+        }
+    }
+}
+
+impl EmulatorConfig {
+    /// Defaults, listening on a free port of 127.0.0.1 (for tests).
+    pub fn ephemeral() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! HTTP wiring: the router, the `/services` pre-flight (injected latency and outage), access
+//! checks, API-call counting, the `Sforce-Limit-Info` header and injected errors.
+//!
+//! ```text
+//! request ─► latency/jitter ─► outage? 503 ─► token endpoint
+//!                                      └────► /services/data/vNN.N/… ─► session? 401
+//!                                              ─► daily limit? 403 ─► count call
+//!                                              ─► injected error? ─► api::execute
+//!                                              ─► + Sforce-Limit-Info
+//! ```
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use axum::routing::{any, get, post};
+use rand::Rng;
+use serde_json::Value;
+
+use crate::admin;
+use crate::api::{self, Ctx, Req, Route};
+use crate::auth;
+use crate::reply::{Reply, fault_reply};
+use crate::state::AppState;
+
+/// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
+pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = Response::builder().status(status);
+    for (k, v) in &reply.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    if let Some(info) = limit_info {
+        builder = builder.header("Sforce-Limit-Info", info);
+    }
+    let body = match reply.body {
+        Some(v) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json;charset=UTF-8");
+            Body::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        None => Body::empty(),
+    };
+    builder.body(body).unwrap_or_else(|_| {
+        let mut r = Response::new(Body::from("invalid response header"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
+}
+
+/// The emulator's router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/services/oauth2/token", post(token))
+        .route("/services/data", get(versions))
+        .route("/services/data/", get(versions))
+        .route("/services/data/{*rest}", any(data))
+        .route("/__admin/stats", get(admin::stats))
+        .route("/__admin/records/{sobject}", get(admin::records))
+        .route(
+            "/__admin/faults",
+            get(admin::get_faults)
+                .post(admin::set_faults)
+                .delete(admin::clear_faults),
+        )
+        .route("/__admin/reset", post(admin::reset))
+        .route("/__admin/seed", post(admin::seed))
+        .fallback(|| async { to_response(Reply::not_found(), None) })
+        .with_state(state)
+}
+
+/// Injected latency, then the outage switch. Runs before the state lock is taken for the call.
+async fn preflight(s: &AppState) -> Option<Reply> {
+    let (latency, jitter, outage) = {
+        let inner = s.lock();
+        (
+            inner.faults.latency_ms,
+            inner.faults.jitter_ms,
+            inner.faults.outage,
+        )
+    };
+    if latency > 0 || jitter > 0 {
+        let extra = if jitter > 0 {
+            rand::rng().random_range(0..=jitter)
+        } else {
+            0
+        };
+        tokio::time::sleep(Duration::from_millis(latency + extra)).await;
+    }
+    if outage {
+        let mut inner = s.lock();
+        *inner
+            .stats
+            .faults_injected
+            .entry("OUTAGE".into())
+            .or_default() += 1;
+        return Some(Reply::error(
+            503,
+            "SERVER_UNAVAILABLE",
+            "Service Unavailable: the org is in an emulated outage",
+        ));
+    }
+    None
+}
+
+async fn versions(State(s): State<AppState>) -> Response {
+    if let Some(r) = preflight(&s).await {
+        return to_response(r, None);
+    }
+    to_response(Reply::json(200, api::versions()), None)
+}
+
+async fn token(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    if let Some(r) = preflight(&s).await {
+        return to_response(r, None);
+    }
+    // Form body, plus URL parameters (some clients send the grant there).
+    let mut form: std::collections::HashMap<String, String> =
+        api::query_pairs(uri.query().unwrap_or_default())
+            .into_iter()
+            .collect();
+    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    let reply = {
+        let mut inner = s.lock();
+        auth::token(&s, &mut inner, &form)
+    };
+    to_response(reply, None)
+}
+
+fn batch_size(headers: &HeaderMap) -> Option<usize> {
+    let v = headers.get("Sforce-Query-Options")?.to_str().ok()?;
+    v.split(',')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("batchSize"))
+        .and_then(|(_, n)| n.trim().parse().ok())
+}
+
+async fn data(
+    State(s): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(r) = preflight(&s).await {
+        return to_response(r, None);
+    }
+    let rest = uri
+        .path()
+        .strip_prefix("/services/data/")
+        .unwrap_or_default();
+    let (version, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let Some(version) = version
+        .strip_prefix('v')
+        .filter(|v| api::supported_version(v))
+    else {
+        return to_response(Reply::not_found(), None);
+    };
+    let path = format!("/{path}");
+    let route = Route::of(&path);
+    let method_name = if method == Method::HEAD {
+        "GET".to_owned()
+    } else {
+        method.as_str().to_owned()
+    };
+    let auth_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+
+    let mut inner = s.lock();
+    let max = s.config.daily_api_limit;
+    let limit_info = |used: u64| Some(format!("api-usage={used}/{max}"));
+    if !auth::check_session(&s, &mut inner, auth_header) {
+        *inner
+            .stats
+            .rejected
+            .entry("INVALID_SESSION_ID".into())
+            .or_default() += 1;
+        return to_response(Reply::invalid_session(), None);
+    }
+    if inner.usage >= max {
+        *inner
+            .stats
+            .rejected
+            .entry("REQUEST_LIMIT_EXCEEDED".into())
+            .or_default() += 1;
+        let used = inner.usage;
+        return to_response(fault_reply("REQUEST_LIMIT_EXCEEDED"), limit_info(used));
+    }
+    inner.usage += 1;
+    inner.stats.api_calls_total += 1;
+    *inner
+        .stats
+        .api_calls_by_route
+        .entry(route.label(&method_name))
+        .or_default() += 1;
+    let used = inner.usage;
+
+    if let Some(code) = pick_fault(&mut inner.faults) {
+        *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;
+        return to_response(fault_reply(&code), limit_info(used));
+    }
+    let parsed_body = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                return to_response(
+                    Reply::error(
+                        400,
+                        "JSON_PARSER_ERROR",
+                        format!("Unexpected character in the request body: {e}"),
+                    ),
+                    limit_info(used),
+                );
+            }
+        }
+    };
+    let ctx = Ctx {
+        shared: &s,
+        base: format!("/services/data/v{version}"),
+    };
+    let req = Req {
+        method: method_name,
+        path,
+        query: uri.query().unwrap_or_default().to_owned(),
+        body: parsed_body,
+        batch_size: batch_size(&headers),
+    };
+    let reply = api::execute(&ctx, &mut inner, &route, &req);
+    drop(inner);
+    if method == Method::HEAD {
+        return to_response(
+            Reply {
+                body: None,
+                ..reply
+            },
+            limit_info(used),
+        );
+    }
+    to_response(reply, limit_info(used))
+}
+
+/// The injected error for this call, if any: deterministic `fail_next` first, then rates.
+fn pick_fault(faults: &mut crate::state::Faults) -> Option<String> {
+    if let Some((code, n)) = faults.fail_next.iter_mut().find(|(_, n)| **n > 0) {
+        *n -= 1;
+        let code = code.clone();
+        faults.fail_next.retain(|_, n| *n > 0);
+        return Some(code);
+    }
+    let mut rng = rand::rng();
+    faults
+        .error_rates
+        .iter()
+        .find(|(_, rate)| rng.random_bool(rate.clamp(0.0, 1.0)))
+        .map(|(code, _)| code.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn batch_size_header_is_parsed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "Sforce-Query-Options",
+            HeaderValue::from_static("batchSize=500"),
+        );
+        assert_eq!(batch_size(&h), Some(500));
+        h.insert(
+            "Sforce-Query-Options",
+            HeaderValue::from_static("foo=1, batchSize = 300"),
+        );
+        assert_eq!(batch_size(&h), Some(300));
+    }
+}

@@ -1,0 +1,150 @@
+//! Shared emulator state: the org's data, sessions, fault settings, call counters. One mutex
+//! guards it all; no await happens while it is held, so requests serialise like single-row
+//! transactions and `allOrNone` rollbacks are simple snapshots.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rsa::RsaPublicKey;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::config::EmulatorConfig;
+use crate::ids;
+use crate::schema::Schema;
+use crate::store::{Locks, Store};
+
+/// An access token's session.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub last_used: Instant,
+}
+
+/// Injected faults (see `POST /__admin/faults`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Faults {
+    /// Added to every call under `/services`.
+    pub latency_ms: u64,
+    /// Up to this much random extra latency.
+    pub jitter_ms: u64,
+    /// Error code → probability (0..1) that a counted API call fails with it.
+    pub error_rates: BTreeMap<String, f64>,
+    /// Error code → how many of the next counted API calls fail with it (deterministic).
+    pub fail_next: BTreeMap<String, u32>,
+    /// Every call under `/services` answers 503.
+    pub outage: bool,
+}
+
+/// Call counters (see `GET /__admin/stats`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    /// API calls counted against the daily allocation.
+    pub api_calls_total: u64,
+    /// Counted calls per route template, e.g. `PATCH /sobjects/{sobject}/{field}/{value}`.
+    pub api_calls_by_route: BTreeMap<String, u64>,
+    /// Token requests per grant type (not API calls).
+    pub token_requests: BTreeMap<String, u64>,
+    /// Token requests refused.
+    pub token_failures: u64,
+    /// Subrequests executed inside Composite calls (each Composite is one API call).
+    pub composite_subrequests: u64,
+    /// Records written through sObject Collections.
+    pub collection_records: u64,
+    /// Requests refused before counting, by error code (INVALID_SESSION_ID, REQUEST_LIMIT_EXCEEDED…).
+    pub rejected: BTreeMap<String, u64>,
+    /// Injected faults served, by error code.
+    pub faults_injected: BTreeMap<String, u64>,
+}
+
+/// A query cursor for `nextRecordsUrl`.
+#[derive(Debug, Clone)]
+pub struct Cursor {
+    pub records: Vec<Value>,
+    pub total: usize,
+    pub batch: usize,
+}
+
+/// Mutable state under the lock.
+pub struct Inner {
+    pub store: Store,
+    pub locks: Locks,
+    pub faults: Faults,
+    pub sessions: HashMap<String, Session>,
+    pub stats: Stats,
+    /// API calls used in the current day.
+    pub usage: u64,
+    pub cursors: HashMap<String, Cursor>,
+    pub next_cursor: u64,
+}
+
+/// Everything a handler needs.
+pub struct Shared {
+    pub config: EmulatorConfig,
+    pub instance_url: String,
+    pub jwt_key: Option<RsaPublicKey>,
+    pub schema: Arc<Schema>,
+    pub seed: Option<Value>,
+    pub org_id: String,
+    pub user_id: String,
+    inner: Mutex<Inner>,
+}
+
+/// Cheap handle to the shared state.
+pub type AppState = Arc<Shared>;
+
+impl Shared {
+    pub fn new(
+        config: EmulatorConfig,
+        instance_url: String,
+        jwt_key: Option<RsaPublicKey>,
+        schema: Arc<Schema>,
+        seed: Option<Value>,
+    ) -> Self {
+        let inner = Inner {
+            store: Store::new(Arc::clone(&schema)),
+            locks: Locks::default(),
+            faults: Faults::default(),
+            sessions: HashMap::new(),
+            stats: Stats::default(),
+            usage: 0,
+            cursors: HashMap::new(),
+            next_cursor: 0,
+        };
+        Self {
+            config,
+            instance_url,
+            jwt_key,
+            schema,
+            seed,
+            org_id: ids::make_id("00D", 1),
+            user_id: ids::make_id("005", 1),
+            inner: Mutex::new(inner),
+        }
+    }
+
+    /// Locks the state. A panic while holding the lock would poison it; the state is still
+    /// consistent enough for an emulator, so carry on rather than fail every later request.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub fn session_timeout(&self) -> Duration {
+        self.config.session_timeout
+    }
+}
+
+impl Inner {
+    /// Data back to a fresh org (standard price book only); stats, usage, faults and cursors
+    /// cleared. Sessions survive, so a test can reset between cases without logging in again.
+    pub fn reset(&mut self, schema: &Arc<Schema>) {
+        self.store = Store::new(Arc::clone(schema));
+        self.locks = Locks::default();
+        self.faults = Faults::default();
+        self.stats = Stats::default();
+        self.usage = 0;
+        self.cursors.clear();
+    }
+}
