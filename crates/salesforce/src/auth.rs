@@ -366,9 +366,34 @@ pub(crate) async fn request_token(
 fn transport_kind(e: reqwest::Error, timeout: Duration) -> AuthErrorKind {
     if e.is_timeout() {
         AuthErrorKind::Timeout(timeout)
+    } else if let Some(why) = certificate_problem(&e) {
+        AuthErrorKind::Certificate(why)
     } else {
         AuthErrorKind::Transport(e)
     }
+}
+
+/// The server's certificate was refused (unknown issuer, wrong name, expired): a set-up problem
+/// that retrying cannot fix, unlike a refused or reset connection.
+pub(crate) fn certificate_problem(e: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        // rustls errors travel inside (nested) io::Errors, whose `source()` skips the wrapped
+        // error: unwrap those by hand.
+        let mut candidate: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        while let Some(c) = candidate {
+            if let Some(rustls::Error::InvalidCertificate(why)) = c.downcast_ref::<rustls::Error>()
+            {
+                return Some(format!("{why:?}"));
+            }
+            candidate = c
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+        }
+        source = err.source();
+    }
+    None
 }
 
 pub(crate) fn snippet(body: &[u8]) -> String {
@@ -404,6 +429,9 @@ pub enum AuthErrorKind {
     Timeout(Duration),
     #[error("cannot reach the token endpoint: {0}")]
     Transport(#[source] reqwest::Error),
+    /// The server's TLS certificate was not trusted.
+    #[error("the token endpoint's TLS certificate was refused ({0})")]
+    Certificate(String),
     #[error("unexpected answer from the token endpoint (HTTP {status}): {detail}")]
     InvalidResponse { status: u16, detail: String },
     /// Local configuration problem (missing key file, setting…).
@@ -439,6 +467,9 @@ impl AuthError {
     }
 }
 
+pub(crate) const CERTIFICATE_HINT: &str = "Check SF_LOGIN_URL's host name; for the emulator's self-signed HTTPS or a \
+TLS-intercepting proxy, set SF_CA_CERT_FILE to the CA certificate (PEM)";
+
 const RECOMMEND: &str = "Salesforce is retiring the username-password flow (enforced from 20 Feb 2027): \
 prefer SF_AUTH_FLOW=jwt (connected app with an uploaded certificate and a pre-authorised user) or \
 SF_AUTH_FLOW=client_credentials (with a run-as user); see crates/salesforce/README.md";
@@ -459,6 +490,7 @@ fn hint(flow: AuthFlowKind, kind: &AuthErrorKind) -> String {
         AuthErrorKind::InvalidResponse { .. } => {
             return "SF_LOGIN_URL does not look like a Salesforce login endpoint (expected https://login.salesforce.com, https://test.salesforce.com or https://<MyDomain>.my.salesforce.com)".to_owned();
         }
+        AuthErrorKind::Certificate(_) => return CERTIFICATE_HINT.to_owned(),
         AuthErrorKind::Config(_) => return String::new(),
     };
     match (error, flow) {

@@ -150,7 +150,29 @@ impl Client {
         if rustls::crypto::CryptoProvider::get_default().is_none() {
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if let Some(path) = &config.ca_cert_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                Error::Config(format!(
+                    "cannot read SF_CA_CERT_FILE {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "SF_CA_CERT_FILE {} holds no PEM certificates: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "SF_CA_CERT_FILE {} holds no PEM certificates",
+                    path.display()
+                )));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             // Keep connections for reuse across calls; Salesforce closes idle ones after a while.
@@ -414,6 +436,7 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let started = Instant::now();
+        let host = url.host_str().unwrap_or_default().to_owned();
         let mut request = self
             .inner
             .http
@@ -436,6 +459,11 @@ impl Client {
                     method: method.to_string(),
                     path: path.to_owned(),
                     timeout: self.inner.timeout,
+                }
+            } else if let Some(why) = auth::certificate_problem(&e) {
+                Error::Certificate {
+                    host: host.clone(),
+                    detail: why,
                 }
             } else {
                 Error::Transport {

@@ -143,6 +143,10 @@ pub struct SalesforceConfig {
         global = true
     )]
     pub refresh_token: Option<SecretString>,
+    /// Extra trusted CA certificates (PEM bundle), on top of the system's: for the emulator's
+    /// self-signed HTTPS or a TLS-intercepting corporate proxy.
+    #[arg(long = "sf-ca-cert-file", env = "SF_CA_CERT_FILE", global = true)]
+    pub ca_cert_file: Option<PathBuf>,
     /// Pinned REST API version, without the leading "v".
     #[arg(long = "sf-api-version", env = "SF_API_VERSION", default_value = DEFAULT_API_VERSION, global = true)]
     pub api_version: String,
@@ -205,6 +209,7 @@ impl Default for SalesforceConfig {
             private_key_file: None,
             jwt_audience: None,
             refresh_token: None,
+            ca_cert_file: None,
             api_version: DEFAULT_API_VERSION.to_owned(),
             request_timeout: Duration::from_secs(30),
             query_batch_size: None,

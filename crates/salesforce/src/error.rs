@@ -146,6 +146,12 @@ pub enum Error {
         path: String,
         source: reqwest::Error,
     },
+    /// The instance's TLS certificate was refused: fix the set-up (SF_CA_CERT_FILE, host name).
+    #[error(
+        "the TLS certificate of {host} was refused ({detail}). {}",
+        crate::auth::CERTIFICATE_HINT
+    )]
+    Certificate { host: String, detail: String },
     /// This client's share of the daily API allocation is used up (`SF_MAX_API_USAGE_SHARE`).
     #[error(
         "API usage {used}/{max} is at or above this client's share {share} of the daily allocation (SF_MAX_API_USAGE_SHARE); call refused, retry after {retry_after:?}"
@@ -198,7 +204,7 @@ impl Error {
             Self::PartialCollection { source, .. } => source.class(),
             Self::Timeout { .. } | Self::Transport { .. } => ErrorClass::Retryable,
             Self::UsageShareExceeded { .. } => ErrorClass::RateLimited,
-            Self::Config(_) => ErrorClass::Config,
+            Self::Config(_) | Self::Certificate { .. } => ErrorClass::Config,
             // A 2xx with a body we cannot read: most likely a proxy or an API change; retrying
             // will not help and a person must look.
             Self::InvalidResponse { .. } => ErrorClass::Permanent,

@@ -432,6 +432,48 @@ async fn connections_are_reused_across_calls() {
 }
 
 #[tokio::test]
+async fn https_with_an_extra_trusted_ca() {
+    let server = FixtureServer::start_tls(|r| match r.path.as_str() {
+        "/services/data/v62.0/limits" => Reply::fixture(200, "limits.json"),
+        _ => not_found(r),
+    })
+    .await;
+    assert!(server.url.starts_with("https://"));
+    // The test CA is not a system root: the certificate is refused, a configuration error.
+    let e = Client::new(&server.config())
+        .unwrap()
+        .login()
+        .await
+        .unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Config, "{e}");
+    assert!(e.to_string().contains("SF_CA_CERT_FILE"), "{e}");
+    assert_eq!(server.token_calls(), 0);
+
+    let trusted = SalesforceConfig {
+        ca_cert_file: Some(fixture_path("tls_ca.pem")),
+        ..server.config()
+    };
+    let client = Client::new(&trusted).unwrap();
+    let limits = client.limits().await.unwrap();
+    assert_eq!(limits.get("DailyApiRequests").unwrap().max, 15000);
+    assert_eq!(server.token_calls(), 1);
+    assert!(
+        client
+            .instance_url()
+            .unwrap()
+            .as_str()
+            .starts_with("https://")
+    );
+
+    // A file with no certificate in it is a configuration error.
+    let bad = SalesforceConfig {
+        ca_cert_file: Some(fixture_path("limits.json")),
+        ..server.config()
+    };
+    assert_eq!(Client::new(&bad).unwrap_err().class(), ErrorClass::Config);
+}
+
+#[tokio::test]
 async fn crud_and_versions() {
     let server = FixtureServer::start(|r| match (r.method.as_str(), r.path.as_str()) {
         ("GET", "/services/data/") => Reply::fixture(200, "versions.json"),

@@ -144,8 +144,21 @@ pub struct FixtureServer {
 
 impl FixtureServer {
     pub async fn start(responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_inner(responder, false).await
+    }
+
+    /// The same over HTTPS, with a certificate for 127.0.0.1 issued by `fixtures/tls_ca.pem`.
+    pub async fn start_tls(responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) -> Self {
+        Self::start_inner(responder, true).await
+    }
+
+    async fn start_inner(
+        responder: impl Fn(&Recorded) -> Reply + Send + Sync + 'static,
+        tls: bool,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let state = Arc::new(ServerState {
             token_calls: AtomicUsize::new(0),
             api_calls: AtomicU64::new(0),
@@ -166,11 +179,21 @@ impl FixtureServer {
             .route("/services/oauth2/token", post(token))
             .fallback(rest)
             .with_state(state.clone());
-        let listener = CountingListener {
-            inner: listener,
-            count: state.connections.clone(),
-        };
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let count = state.connections.clone();
+        if tls {
+            let listener = TlsListener {
+                inner: listener,
+                acceptor: tls_acceptor(),
+                count,
+            };
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        } else {
+            let listener = CountingListener {
+                inner: listener,
+                count,
+            };
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        }
         Self { url, state }
     }
 
@@ -211,6 +234,58 @@ impl FixtureServer {
     pub fn set_usage(&self, base: u64, max: u64) {
         self.state.usage_base.store(base, Ordering::SeqCst);
         self.state.usage_max.store(max, Ordering::SeqCst);
+    }
+}
+
+fn tls_acceptor() -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(fixture_path("tls_server.pem"))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_file(fixture_path("tls_server.key")).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// Accepts TCP connections and completes the TLS handshake; failed handshakes (a client that
+/// does not trust the certificate) are dropped.
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    count: Arc<AtomicUsize>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.inner.accept().await else {
+                continue;
+            };
+            let handshake =
+                tokio::time::timeout(Duration::from_secs(5), self.acceptor.accept(tcp)).await;
+            if let Ok(Ok(tls)) = handshake {
+                self.count.fetch_add(1, Ordering::SeqCst);
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
     }
 }
 
