@@ -144,12 +144,6 @@ impl Client {
                 ))
             })?;
         let credentials = Credentials::from_config(config, token_url.as_str())?;
-        // reqwest is built without its bundled crypto provider (aws-lc, which needs cmake): use
-        // ring unless the process already chose a provider. Losing the race to another thread
-        // installing one is fine: any installed provider will do.
-        if rustls::crypto::CryptoProvider::get_default().is_none() {
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
         let mut builder = reqwest::Client::builder();
         if let Some(path) = &config.ca_cert_file {
             let pem = std::fs::read(path).map_err(|e| {
@@ -170,7 +164,9 @@ impl Client {
                     path.display()
                 )));
             }
-            builder = builder.tls_certs_merge(certs);
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
         }
         let http = builder
             .timeout(config.request_timeout)

@@ -29,7 +29,7 @@ pub async fn stats(State(s): State<AppState>) -> Response {
     if let Some(m) = body.as_object_mut() {
         m.insert(
             "api_usage".into(),
-            json!({"used": inner.usage, "max": s.config.daily_api_limit}),
+            json!({"used": inner.usage.used(), "max": s.config.daily_api_limit}),
         );
         m.insert("sessions".into(), json!(inner.sessions.len()));
         m.insert("records".into(), Value::Object(records));
@@ -89,7 +89,7 @@ fn current(s: &AppState) -> Reply {
         );
         m.insert(
             "daily_limit_remaining".into(),
-            json!(s.config.daily_api_limit.saturating_sub(inner.usage)),
+            json!(s.config.daily_api_limit.saturating_sub(inner.usage.used())),
         );
     }
     Reply::json(200, v)
@@ -138,7 +138,9 @@ pub async fn set_faults(State(s): State<AppState>, body: Bytes) -> Response {
             inner.sessions.clear();
         }
         if let Some(remaining) = patch.daily_limit_remaining {
-            inner.usage = s.config.daily_api_limit.saturating_sub(remaining);
+            inner
+                .usage
+                .set_remaining(s.config.daily_api_limit, remaining);
         }
         if let Some(v) = patch.lock_records {
             inner.locks.rules = v;
@@ -183,12 +185,16 @@ pub async fn seed(State(s): State<AppState>, body: Bytes) -> Response {
         Err(e) => return bad_request(format!("invalid seed body: {e}")),
     };
     let mut inner = s.lock();
-    let snapshot = inner.store.snapshot();
+    let savepoint = inner.store.begin();
     match seed::apply(&mut inner.store, &seed) {
-        Ok(created) => to_response(Reply::json(201, created), None),
+        Ok(created) => {
+            inner.store.commit(savepoint);
+            inner.dirty = true;
+            to_response(Reply::json(201, created), None)
+        }
         Err(e) => {
             // A seed applies whole or not at all.
-            inner.store.restore(snapshot);
+            inner.store.rollback(savepoint);
             to_response(e.into_reply(), None)
         }
     }

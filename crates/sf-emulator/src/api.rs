@@ -293,7 +293,7 @@ fn resources(ctx: &Ctx<'_>) -> Reply {
 
 fn limits(ctx: &Ctx<'_>, inner: &Inner) -> Reply {
     let max = ctx.shared.config.daily_api_limit;
-    let remaining = max.saturating_sub(inner.usage);
+    let remaining = max.saturating_sub(inner.usage.used());
     Reply::json(
         200,
         json!({
@@ -634,6 +634,21 @@ enum Write {
     Upsert(String, String),
 }
 
+/// Ends an `allOrNone` transaction; true when it was rolled back.
+fn finish(inner: &mut Inner, savepoint: Option<usize>, failed: bool) -> bool {
+    match savepoint {
+        Some(sp) if failed => {
+            inner.store.rollback(sp);
+            true
+        }
+        Some(sp) => {
+            inner.store.commit(sp);
+            false
+        }
+        None => false,
+    }
+}
+
 fn rolled_back() -> Value {
     json!({"success": false, "errors": [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": "Record rolled back because not all records were valid and the request was using AllOrNone header", "fields": []}]})
 }
@@ -681,7 +696,7 @@ fn collections_write(
             return Err(Reply::not_found());
         }
     }
-    let snapshot = all_or_none.then(|| inner.store.snapshot());
+    let savepoint = all_or_none.then(|| inner.store.begin());
     // Duplicate external ids inside one upsert request fail every copy, as Salesforce does.
     let mut dup_values: Vec<String> = Vec::new();
     if let Write::Upsert(o, f) = &write
@@ -797,8 +812,8 @@ fn collections_write(
     }
     inner.stats.collection_records += records.len() as u64;
     let any_failed = results.iter().any(Result::is_err);
-    let out: Vec<Value> = if let (true, Some(snap)) = (any_failed, snapshot) {
-        inner.store.restore(snap);
+    let rolled_back_all = finish(inner, savepoint, any_failed);
+    let out: Vec<Value> = if rolled_back_all {
         (0..records.len())
             .map(|i| match results.get(i) {
                 Some(Err(e)) => failure(e),
@@ -838,7 +853,7 @@ fn collections_delete(inner: &mut Inner, req: &Req) -> Result<Reply, Reply> {
             ),
         ));
     }
-    let snapshot = all_or_none.then(|| inner.store.snapshot());
+    let savepoint = all_or_none.then(|| inner.store.begin());
     let mut results = Vec::new();
     for id in &list {
         let Inner { store, locks, .. } = &mut *inner;
@@ -850,8 +865,8 @@ fn collections_delete(inner: &mut Inner, req: &Req) -> Result<Reply, Reply> {
         }
     }
     let any_failed = results.iter().any(Result::is_err);
-    let out: Vec<Value> = if let (true, Some(snap)) = (any_failed, snapshot) {
-        inner.store.restore(snap);
+    let rolled_back_all = finish(inner, savepoint, any_failed);
+    let out: Vec<Value> = if rolled_back_all {
         (0..list.len())
             .map(|i| match results.get(i) {
                 Some(Err(e)) => failure(e),

@@ -162,7 +162,13 @@ fn jwt_bearer(shared: &Shared, form: &HashMap<String, String>) -> Result<(), Rep
     if !audiences.iter().any(|a| a.eq_ignore_ascii_case(aud)) {
         return Err(oauth_error("invalid_grant", "audience is invalid"));
     }
-    let Some(exp) = claims.get("exp").and_then(Value::as_i64) else {
+    // simple-salesforce sends `exp` as a string of digits, and Salesforce accepts it.
+    let exp = claims.get("exp").and_then(|v| {
+        v.as_i64()
+            .or_else(|| v.as_f64().map(|f| f as i64))
+            .or_else(|| v.as_str().and_then(|s| s.trim().parse::<i64>().ok()))
+    });
+    let Some(exp) = exp else {
         return Err(oauth_error(
             "invalid_grant",
             "invalid assertion: exp claim missing",

@@ -220,7 +220,7 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &Req) -> Reply {
         Ok(x) => x,
         Err(e) => return e,
     };
-    let snapshot = all_or_none.then(|| inner.store.snapshot());
+    let savepoint = all_or_none.then(|| inner.store.begin());
     let mut done: HashMap<String, Value> = HashMap::new();
     let mut replies: Vec<Reply> = Vec::with_capacity(subs.len());
     let mut failed_at: Option<usize> = None;
@@ -240,9 +240,14 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &Req) -> Reply {
             break;
         }
     }
-    let out: Vec<Value> = match (failed_at, snapshot) {
-        (Some(bad), Some(snap)) => {
-            inner.store.restore(snap);
+    if let Some(sp) = savepoint
+        && failed_at.is_none()
+    {
+        inner.store.commit(sp);
+    }
+    let out: Vec<Value> = match (failed_at, savepoint) {
+        (Some(bad), Some(sp)) => {
+            inner.store.rollback(sp);
             let rolled = halted(
                 "The transaction was rolled back since another operation in the same transaction failed.",
             );

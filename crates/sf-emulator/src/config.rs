@@ -64,6 +64,10 @@ pub struct EmulatorConfig {
     /// Seed JSON file (same body as `POST /__admin/seed`), applied at start and on reset.
     #[arg(long, env = "SF_EMULATOR_SEED_FILE")]
     pub seed_file: Option<PathBuf>,
+    /// JSON file holding the org's records: loaded at start when it exists, written (atomically)
+    /// within a second of each change and at shutdown. Without it, records live in memory only.
+    #[arg(long, env = "SF_EMULATOR_DATA_FILE")]
+    pub data_file: Option<PathBuf>,
     /// Daily API request allocation reported in `/limits` and `Sforce-Limit-Info`
     /// (15,000 is a Developer Edition org).
     #[arg(long, env = "SF_EMULATOR_DAILY_API_LIMIT", default_value_t = 15_000)]
@@ -71,6 +75,25 @@ pub struct EmulatorConfig {
     /// Idle time after which an access token stops working, as a session timeout does.
     #[arg(long, env = "SF_EMULATOR_SESSION_TIMEOUT", default_value = "2h", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
+    /// Serve HTTPS with this PEM certificate chain (needs `--tls-key-file`).
+    #[arg(long, env = "SF_EMULATOR_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `--tls-cert-file`.
+    #[arg(long, env = "SF_EMULATOR_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve HTTPS with a local CA and server certificate generated at start (for localhost,
+    /// 127.0.0.1, ::1 and the instance URL's host).
+    #[arg(
+        long,
+        env = "SF_EMULATOR_TLS_SELF_SIGNED",
+        default_value_t = false,
+        conflicts_with = "tls_cert_file"
+    )]
+    pub tls_self_signed: bool,
+    /// Where to write the generated CA certificate (PEM), for clients to trust
+    /// (e.g. `REQUESTS_CA_BUNDLE`, `SSL_CERT_FILE`).
+    #[arg(long, env = "SF_EMULATOR_TLS_CA_OUT", requires = "tls_self_signed")]
+    pub tls_ca_out: Option<PathBuf>,
 }
 
 impl Default for EmulatorConfig {
@@ -87,8 +110,13 @@ impl Default for EmulatorConfig {
             jwt_public_key_file: None,
             schema_file: None,
             seed_file: None,
+            data_file: None,
             daily_api_limit: 15_000,
             session_timeout: Duration::from_secs(2 * 3600),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_self_signed: false,
+            tls_ca_out: None,
         }
     }
 }

@@ -112,7 +112,7 @@ async fn versions(State(s): State<AppState>) -> Response {
     to_response(Reply::json(200, api::versions()), None)
 }
 
-async fn token(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
+async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
@@ -122,11 +122,44 @@ async fn token(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
             .into_iter()
             .collect();
     form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    // Client authentication may come as HTTP Basic (RFC 6749 §2.3.1), as simple-salesforce
+    // sends it for client credentials.
+    if let Some((id, secret)) = basic_credentials(&headers) {
+        form.entry("client_id".into()).or_insert(id);
+        form.entry("client_secret".into()).or_insert(secret);
+    }
     let reply = {
         let mut inner = s.lock();
         auth::token(&s, &mut inner, &form)
     };
     to_response(reply, None)
+}
+
+fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((
+        api::percent_decode(id, true),
+        api::percent_decode(secret, true),
+    ))
+}
+
+/// `Sforce-Call-Options: client=<name>`, which Salesforce records as the change origin.
+fn call_options_client(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get("Sforce-Call-Options")?.to_str().ok()?;
+    v.split(',')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("client"))
+        .map(|(_, name)| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
 }
 
 fn batch_size(headers: &HeaderMap) -> Option<usize> {
@@ -180,23 +213,29 @@ async fn data(
             .or_default() += 1;
         return to_response(Reply::invalid_session(), None);
     }
-    if inner.usage >= max {
+    if inner.usage.used() >= max {
         *inner
             .stats
             .rejected
             .entry("REQUEST_LIMIT_EXCEEDED".into())
             .or_default() += 1;
-        let used = inner.usage;
+        let used = inner.usage.used();
         return to_response(fault_reply("REQUEST_LIMIT_EXCEEDED"), limit_info(used));
     }
-    inner.usage += 1;
+    inner.usage.record();
     inner.stats.api_calls_total += 1;
     *inner
         .stats
         .api_calls_by_route
         .entry(route.label(&method_name))
         .or_default() += 1;
-    let used = inner.usage;
+    let used = inner.usage.used();
+    if !matches!(method, Method::GET | Method::HEAD) {
+        inner.dirty = true;
+    }
+    if let Some(client) = call_options_client(&headers) {
+        *inner.stats.api_calls_by_client.entry(client).or_default() += 1;
+    }
 
     if let Some(code) = pick_fault(&mut inner.faults) {
         *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;

@@ -31,6 +31,7 @@ pub mod seed;
 pub mod soql;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -54,6 +55,12 @@ pub enum StartError {
     Key(#[from] jwt::KeyError),
     #[error("seed file {path}: {message}")]
     Seed { path: String, message: String },
+    #[error("data file {path}: {message}")]
+    Data { path: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("TLS needs both a certificate and a key file")]
+    TlsIncomplete,
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -88,6 +95,17 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         }
         None => None,
     };
+    let saved = match &config.data_file {
+        Some(path) if path.exists() => {
+            let err = |message: String| StartError::Data {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            Some(serde_json::from_str::<store::StoreData>(&text).map_err(|e| err(e.to_string()))?)
+        }
+        _ => None,
+    };
     let seed_path = config.seed_file.clone();
     let shared = Arc::new(state::Shared::new(
         config,
@@ -96,7 +114,11 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         Arc::new(schema),
         seed.clone(),
     ));
-    if let (Some(seed), Some(path)) = (seed, seed_path) {
+    if let Some(data) = saved {
+        // Saved data already holds whatever was seeded the first time.
+        let mut inner = shared.lock();
+        inner.store = store::Store::with_data(Arc::clone(&shared.schema), data);
+    } else if let (Some(seed), Some(path)) = (seed, seed_path) {
         let err = |message: String| StartError::Seed {
             path: path.display().to_string(),
             message,
@@ -140,36 +162,174 @@ impl Drop for RunningEmulator {
     }
 }
 
-async fn bind(config: &EmulatorConfig) -> Result<(TcpListener, SocketAddr, String), StartError> {
+/// A bound listener, plain or TLS, and the URL clients use.
+struct Bound {
+    tcp: TcpListener,
+    addr: SocketAddr,
+    url: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+async fn bind(config: &EmulatorConfig) -> Result<Bound, StartError> {
     let addr = config.addr;
-    let listener = TcpListener::bind(addr)
+    let tcp = TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
-    let bound = listener
+    let bound = tcp
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let tls = match (
+        &config.tls_cert_file,
+        &config.tls_key_file,
+        config.tls_self_signed,
+    ) {
+        (Some(cert), Some(key), _) => Some(tls::from_files(cert, key)?),
+        (Some(_), None, _) | (None, Some(_), _) => return Err(StartError::TlsIncomplete),
+        (None, None, true) => {
+            let mut hosts = vec![
+                "localhost".to_owned(),
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+            ];
+            if !bound.ip().is_unspecified() {
+                hosts.push(bound.ip().to_string());
+            }
+            if let Some(host) = config.instance_url.as_deref().and_then(url_host) {
+                hosts.push(host);
+            }
+            hosts.sort();
+            hosts.dedup();
+            let (server, ca_pem) = tls::self_signed(&hosts)?;
+            if let Some(path) = &config.tls_ca_out {
+                std::fs::write(path, ca_pem).map_err(|source| tls::TlsError::Write {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+            }
+            Some(server)
+        }
+        (None, None, false) => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let url = config
         .instance_url
         .clone()
-        .unwrap_or_else(|| format!("http://{bound}"))
+        .unwrap_or_else(|| format!("{scheme}://{bound}"))
         .trim_end_matches('/')
         .to_owned();
-    Ok((listener, bound, url))
+    Ok(Bound {
+        tcp,
+        addr: bound,
+        url,
+        tls,
+    })
+}
+
+/// The host of a URL like `https://host:port/path`.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split('/').next()?;
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    (!host.is_empty()).then(|| host.to_owned())
+}
+
+/// Writes the records to the data file if they changed (temp file + rename, so a crash never
+/// leaves a half-written file).
+async fn flush(state: &AppState, path: &std::path::Path) -> Result<(), std::io::Error> {
+    let data = {
+        let mut inner = state.lock();
+        if !inner.dirty {
+            return Ok(());
+        }
+        inner.dirty = false;
+        inner.store.snapshot()
+    };
+    let path = path.to_owned();
+    let written = tokio::task::spawn_blocking(move || -> Result<(), std::io::Error> {
+        let json = serde_json::to_vec(&data).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, &path)
+    })
+    .await
+    .map_err(std::io::Error::other)
+    .and_then(|r| r);
+    if written.is_err() {
+        // Try again on the next tick.
+        state.lock().dirty = true;
+    }
+    written
+}
+
+async fn run(
+    bound: Bound,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    let router = app(Arc::clone(&state));
+    // The flusher writes changes every second and once more when told to stop; awaiting it
+    // guarantees no write is still in flight when `run` returns.
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let flusher = state.config.data_file.clone().map(|path| {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = &mut stop_rx => true,
+                };
+                let written = flush(&state, &path).await;
+                if let Err(e) = &written {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot write the data file");
+                }
+                if stopping {
+                    return written;
+                }
+            }
+        })
+    });
+    let served = serve_on(bound, router, shutdown).await;
+    let _ = stop_tx.send(());
+    if let Some(f) = flusher {
+        f.await.map_err(std::io::Error::other)??;
+    }
+    served
+}
+
+async fn serve_on(
+    bound: Bound,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), std::io::Error> {
+    match bound.tls {
+        Some(config) => {
+            let listener = tls::TlsListener::new(bound.tcp, config)?;
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(bound.tcp, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
 
 /// Starts an emulator in the background (use port 0 in `config.addr` for a free port).
 pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, StartError> {
-    let (listener, addr, base_url) = bind(&config).await?;
+    let bound = bind(&config).await?;
+    let (addr, base_url) = (bound.addr, bound.url.clone());
     let state = build_state(config, base_url.clone())?;
     let (tx, rx) = oneshot::channel::<()>();
-    let router = app(Arc::clone(&state));
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-    });
+    let task = tokio::spawn(run(bound, Arc::clone(&state), async {
+        let _ = rx.await;
+    }));
     Ok(RunningEmulator {
         base_url,
         addr,
@@ -184,11 +344,9 @@ pub async fn serve(
     config: EmulatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (listener, addr, base_url) = bind(&config).await?;
-    let state = build_state(config, base_url.clone())?;
-    tracing::info!(%addr, instance_url = %base_url, "sf-emulator listening");
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let bound = bind(&config).await?;
+    let state = build_state(config, bound.url.clone())?;
+    tracing::info!(addr = %bound.addr, instance_url = %bound.url, tls = bound.tls.is_some(), "sf-emulator listening");
+    run(bound, state, shutdown).await?;
     Ok(())
 }

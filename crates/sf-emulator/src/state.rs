@@ -2,7 +2,7 @@
 //! guards it all; no await happens while it is held, so requests serialise like single-row
 //! transactions and `allOrNone` rollbacks are simple snapshots.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub struct Stats {
     pub api_calls_total: u64,
     /// Counted calls per route template, e.g. `PATCH /sobjects/{sobject}/{field}/{value}`.
     pub api_calls_by_route: BTreeMap<String, u64>,
+    /// Counted calls per `Sforce-Call-Options: client=<name>`.
+    pub api_calls_by_client: BTreeMap<String, u64>,
     /// Token requests per grant type (not API calls).
     pub token_requests: BTreeMap<String, u64>,
     /// Token requests refused.
@@ -55,6 +57,68 @@ pub struct Stats {
     pub rejected: BTreeMap<String, u64>,
     /// Injected faults served, by error code.
     pub faults_injected: BTreeMap<String, u64>,
+}
+
+/// Daily API usage over a rolling 24 hours, in one-minute buckets (at most 1,440 of them, so
+/// memory stays flat however many calls are made).
+#[derive(Debug)]
+pub struct Usage {
+    origin: Instant,
+    buckets: VecDeque<(u64, u64)>,
+    /// Usage set through the admin API (`daily_limit_remaining`); it does not roll off.
+    base: u64,
+}
+
+const WINDOW_MINUTES: u64 = 24 * 60;
+
+impl Default for Usage {
+    fn default() -> Self {
+        Self {
+            origin: Instant::now(),
+            buckets: VecDeque::new(),
+            base: 0,
+        }
+    }
+}
+
+impl Usage {
+    fn minute(&self) -> u64 {
+        self.origin.elapsed().as_secs() / 60
+    }
+
+    /// Calls counted in the last 24 hours.
+    pub fn used(&self) -> u64 {
+        let now = self.minute();
+        self.base
+            + self
+                .buckets
+                .iter()
+                .filter(|(m, _)| now.saturating_sub(*m) < WINDOW_MINUTES)
+                .map(|(_, n)| n)
+                .sum::<u64>()
+    }
+
+    /// Counts one call.
+    pub fn record(&mut self) {
+        let now = self.minute();
+        while self
+            .buckets
+            .front()
+            .is_some_and(|(m, _)| now.saturating_sub(*m) >= WINDOW_MINUTES)
+        {
+            self.buckets.pop_front();
+        }
+        match self.buckets.back_mut() {
+            Some((m, n)) if *m == now => *n += 1,
+            _ => self.buckets.push_back((now, 1)),
+        }
+    }
+
+    /// Makes exactly `remaining` calls of `max` available.
+    pub fn set_remaining(&mut self, max: u64, remaining: u64) {
+        self.buckets.clear();
+        self.base = max.saturating_sub(remaining);
+    }
 }
 
 /// A query cursor for `nextRecordsUrl`.
@@ -72,8 +136,10 @@ pub struct Inner {
     pub faults: Faults,
     pub sessions: HashMap<String, Session>,
     pub stats: Stats,
-    /// API calls used in the current day.
-    pub usage: u64,
+    /// API calls used in the rolling day.
+    pub usage: Usage,
+    /// Data changed since the data file was last written.
+    pub dirty: bool,
     pub cursors: HashMap<String, Cursor>,
     pub next_cursor: u64,
 }
@@ -107,7 +173,8 @@ impl Shared {
             faults: Faults::default(),
             sessions: HashMap::new(),
             stats: Stats::default(),
-            usage: 0,
+            usage: Usage::default(),
+            dirty: false,
             cursors: HashMap::new(),
             next_cursor: 0,
         };
@@ -144,7 +211,8 @@ impl Inner {
         self.locks = Locks::default();
         self.faults = Faults::default();
         self.stats = Stats::default();
-        self.usage = 0;
+        self.usage = Usage::default();
+        self.dirty = true;
         self.cursors.clear();
     }
 }

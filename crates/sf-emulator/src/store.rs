@@ -97,12 +97,39 @@ enum Mode {
     Update,
 }
 
+/// One change, recorded while a transaction is open so it can be undone.
+#[derive(Debug, Clone)]
+enum Undo {
+    /// The record was inserted: remove it.
+    Inserted { obj: String, id: String },
+    /// The record was replaced: put the old version back.
+    Replaced {
+        obj: String,
+        id: String,
+        old: Record,
+    },
+    /// The record was deleted: restore it.
+    Deleted {
+        obj: String,
+        id: String,
+        old: Record,
+    },
+}
+
+/// object → field → lower-cased value → ids, for external-id and unique fields, so upserts and
+/// uniqueness checks stay O(1) however many records the org holds.
+type Index = BTreeMap<String, BTreeMap<String, std::collections::HashMap<String, Vec<String>>>>;
+
 /// The org's data.
 #[derive(Debug, Clone)]
 pub struct Store {
     schema: Arc<Schema>,
     data: StoreData,
     user_id: String,
+    index: Index,
+    /// Undo log of the open transactions (`allOrNone`), innermost last.
+    journal: Vec<Undo>,
+    depth: usize,
 }
 
 /// Salesforce's datetime format in API responses.
@@ -152,6 +179,9 @@ impl Store {
             schema,
             data: StoreData::default(),
             user_id,
+            index: Index::new(),
+            journal: Vec::new(),
+            depth: 0,
         };
         store.init_standard_pricebook();
         store
@@ -159,10 +189,156 @@ impl Store {
 
     /// A store holding previously saved data.
     pub fn with_data(schema: Arc<Schema>, data: StoreData) -> Self {
-        Self {
+        let mut store = Self {
             schema,
             data,
             user_id: ids::make_id("005", 1),
+            index: Index::new(),
+            journal: Vec::new(),
+            depth: 0,
+        };
+        let all: Vec<(String, String, Record)> = store
+            .data
+            .tables
+            .iter()
+            .flat_map(|(obj, t)| {
+                t.iter()
+                    .map(move |(id, r)| (obj.clone(), id.clone(), r.clone()))
+            })
+            .collect();
+        for (obj, id, rec) in all {
+            store.index_add(&obj, &id, &rec);
+        }
+        store
+    }
+
+    fn indexed_fields(&self, obj: &str) -> Vec<String> {
+        self.schema
+            .object(obj)
+            .map(|d| {
+                d.fields
+                    .iter()
+                    .filter(|f| f.external_id || f.unique)
+                    .map(|f| f.name.clone())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn index_add(&mut self, obj: &str, id: &str, rec: &Record) {
+        for field in self.indexed_fields(obj) {
+            if let Some(v) = rec.get(&field).and_then(text_of) {
+                self.index
+                    .entry(obj.to_owned())
+                    .or_default()
+                    .entry(field)
+                    .or_default()
+                    .entry(v.to_lowercase())
+                    .or_default()
+                    .push(id.to_owned());
+            }
+        }
+    }
+
+    fn index_remove(&mut self, obj: &str, id: &str, rec: &Record) {
+        for field in self.indexed_fields(obj) {
+            let Some(v) = rec.get(&field).and_then(text_of) else {
+                continue;
+            };
+            if let Some(values) = self.index.get_mut(obj).and_then(|f| f.get_mut(&field)) {
+                let key = v.to_lowercase();
+                if let Some(list) = values.get_mut(&key) {
+                    list.retain(|x| x != id);
+                    if list.is_empty() {
+                        values.remove(&key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a record (insert or replace), keeping the index and the undo log.
+    fn put(&mut self, obj: &str, id: &str, rec: Record) {
+        let old = self.data.tables.get_mut(obj).and_then(|t| t.remove(id));
+        if let Some(old) = &old {
+            self.index_remove(obj, id, old);
+        }
+        self.index_add(obj, id, &rec);
+        self.data
+            .tables
+            .entry(obj.to_owned())
+            .or_default()
+            .insert(id.to_owned(), rec);
+        if self.depth > 0 {
+            self.journal.push(match old {
+                Some(old) => Undo::Replaced {
+                    obj: obj.to_owned(),
+                    id: id.to_owned(),
+                    old,
+                },
+                None => Undo::Inserted {
+                    obj: obj.to_owned(),
+                    id: id.to_owned(),
+                },
+            });
+        }
+    }
+
+    /// Deletes a record, keeping the index, the deleted list and the undo log.
+    fn remove(&mut self, obj: &str, id: &str) {
+        let Some(old) = self.data.tables.get_mut(obj).and_then(|t| t.remove(id)) else {
+            return;
+        };
+        self.index_remove(obj, id, &old);
+        self.data.deleted.insert(id.to_owned(), obj.to_owned());
+        if self.depth > 0 {
+            self.journal.push(Undo::Deleted {
+                obj: obj.to_owned(),
+                id: id.to_owned(),
+                old,
+            });
+        }
+    }
+
+    /// Opens a (possibly nested) transaction; returns its savepoint.
+    pub fn begin(&mut self) -> usize {
+        self.depth += 1;
+        self.journal.len()
+    }
+
+    /// Keeps the changes since `savepoint`.
+    pub fn commit(&mut self, savepoint: usize) {
+        let _ = savepoint;
+        self.depth = self.depth.saturating_sub(1);
+        if self.depth == 0 {
+            self.journal.clear();
+        }
+    }
+
+    /// Undoes every change since `savepoint`, newest first. Ids and auto-numbers stay consumed,
+    /// as they do in Salesforce.
+    pub fn rollback(&mut self, savepoint: usize) {
+        let depth = std::mem::take(&mut self.depth);
+        while self.journal.len() > savepoint {
+            let Some(undo) = self.journal.pop() else {
+                break;
+            };
+            match undo {
+                Undo::Inserted { obj, id } => {
+                    if let Some(old) = self.data.tables.get_mut(&obj).and_then(|t| t.remove(&id)) {
+                        self.index_remove(&obj, &id, &old);
+                    }
+                }
+                Undo::Replaced { obj, id, old } => self.put(&obj, &id, old),
+                Undo::Deleted { obj, id, old } => {
+                    self.data.deleted.remove(&id);
+                    self.put(&obj, &id, old);
+                }
+            }
+        }
+        self.depth = depth.saturating_sub(1);
+        if self.depth == 0 {
+            self.journal.clear();
         }
     }
 
@@ -185,12 +361,9 @@ impl Store {
         &self.data
     }
 
+    /// A copy of the data (for the data file).
     pub fn snapshot(&self) -> StoreData {
         self.data.clone()
-    }
-
-    pub fn restore(&mut self, data: StoreData) {
-        self.data = data;
     }
 
     /// The id of the standard price book, if the schema has price books.
@@ -225,11 +398,7 @@ impl Store {
         rec.insert("SystemModstamp".into(), now);
         rec.insert("CreatedById".into(), json!(self.user_id));
         rec.insert("LastModifiedById".into(), json!(self.user_id));
-        self.data
-            .tables
-            .entry(obj.to_owned())
-            .or_default()
-            .insert(id.clone(), rec);
+        self.put(obj, &id, rec);
         id
     }
 
@@ -256,6 +425,18 @@ impl Store {
     /// Ids of the records of `obj` whose `field` equals `value` (case-insensitive, as external
     /// ids match).
     pub fn find_by(&self, obj: &str, field: &str, value: &str) -> Vec<String> {
+        if self.indexed_fields(obj).iter().any(|f| f == field) {
+            let mut found = self
+                .index
+                .get(obj)
+                .and_then(|f| f.get(field))
+                .and_then(|v| v.get(&value.to_lowercase()))
+                .cloned()
+                .unwrap_or_default();
+            // Creation order, as a scan would give.
+            found.sort();
+            return found;
+        }
         self.records(obj)
             .filter(|(_, r)| {
                 r.get(field)
@@ -826,9 +1007,7 @@ impl Store {
         let now = json!(sf_datetime(Utc::now()));
         rec.insert("LastModifiedDate".into(), now.clone());
         rec.insert("SystemModstamp".into(), now);
-        if let Some(t) = self.data.tables.get_mut(&def.name) {
-            t.insert(id.clone(), rec);
-        }
+        self.put(&def.name, &id, rec);
         Ok(id)
     }
 
@@ -931,10 +1110,7 @@ impl Store {
                 "the standard price book cannot be deleted",
             ));
         }
-        if let Some(t) = self.data.tables.get_mut(&def_name) {
-            t.remove(&id);
-        }
-        self.data.deleted.insert(id.clone(), def_name);
+        self.remove(&def_name, &id);
         Ok(id)
     }
 }

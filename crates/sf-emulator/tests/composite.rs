@@ -182,3 +182,66 @@ async fn limits_on_subrequests_are_enforced() {
         .await;
     assert_eq!(r.body["compositeResponse"][0]["httpStatusCode"], 400);
 }
+
+#[tokio::test]
+async fn rollback_restores_updates_deletes_and_external_id_lookups() {
+    let org = Org::start().await;
+    let a = org.account("Original", "R-1").await;
+    let b = org.account("Doomed", "R-2").await;
+    let req = json!({"allOrNone": true, "compositeRequest": [
+        sub("PATCH", &format!("/sobjects/Account/{a}"), "upd", Some(json!({"Name": "Changed", "External_Id__c": "R-1-new"}))),
+        sub("DELETE", &format!("/sobjects/Account/{b}"), "del", None),
+        // A nested all-or-none collection that fails on its own and rolls back its part only.
+        sub("POST", "/composite/sobjects", "inner", Some(json!({"allOrNone": true, "records": [
+            {"attributes": {"type": "Account"}, "Name": "Inner", "External_Id__c": "R-3"},
+            {"attributes": {"type": "Account"}, "Phone": "no name"}
+        ]}))),
+        sub("POST", "/sobjects/Account", "created", Some(json!({"Name": "New", "External_Id__c": "R-4"}))),
+        sub("POST", "/sobjects/Account", "fails", Some(json!({"Name": "Dup", "External_Id__c": "R-4"})))
+    ]});
+    let r = org.post("/composite", req).await;
+    let res = r.body["compositeResponse"].as_array().unwrap();
+    assert_eq!(
+        res[4]["body"][0]["errorCode"], "DUPLICATE_VALUE",
+        "{}",
+        r.body
+    );
+    assert!(
+        res[..4]
+            .iter()
+            .all(|x| x["body"][0]["errorCode"] == "PROCESSING_HALTED")
+    );
+    // Everything is as before, including the external-id lookups.
+    let got = org.get("/sobjects/Account/External_Id__c/R-1").await;
+    assert_eq!(
+        (got.status, got.body["Name"].clone()),
+        (200, json!("Original"))
+    );
+    assert_eq!(
+        org.get("/sobjects/Account/External_Id__c/R-1-new")
+            .await
+            .status,
+        404
+    );
+    assert_eq!(
+        org.get(&format!("/sobjects/Account/{b}")).await.body["Name"],
+        "Doomed"
+    );
+    assert_eq!(
+        org.get("/sobjects/Account/External_Id__c/R-3").await.status,
+        404
+    );
+    assert_eq!(
+        org.get("/sobjects/Account/External_Id__c/R-4").await.status,
+        404
+    );
+    assert_eq!(org.stats().await["records"]["Account"], 2);
+    // The restored unique values are enforced again.
+    let r = org
+        .post(
+            "/sobjects/Account",
+            json!({"Name": "x", "External_Id__c": "r-2"}),
+        )
+        .await;
+    assert_eq!(error_code(&r.body), "DUPLICATE_VALUE");
+}
