@@ -724,3 +724,46 @@ async fn platform_events_publish() {
     // Every call carried the client name.
     assert!(client.usage().is_some());
 }
+
+#[tokio::test]
+async fn https_emulator_with_its_self_signed_ca() {
+    let ca = std::env::temp_dir().join(format!("sf-client-emulator-ca-{}.pem", std::process::id()));
+    let (emulator, dev) = start_with(EmulatorConfig {
+        tls_self_signed: true,
+        tls_ca_out: Some(ca.clone()),
+        ..EmulatorConfig::ephemeral()
+    })
+    .await;
+    assert!(
+        emulator.base_url.starts_with("https://"),
+        "{}",
+        emulator.base_url
+    );
+    // Without the CA the certificate is refused, with a hint naming the setting.
+    let e = Client::new(&dev).unwrap().login().await.unwrap_err();
+    assert_eq!(e.class(), ErrorClass::Config, "{e}");
+    assert!(e.to_string().contains("SF_CA_CERT_FILE"), "{e}");
+
+    let client = Client::new(&SalesforceConfig {
+        ca_cert_file: Some(ca),
+        ..dev
+    })
+    .unwrap();
+    let r = client
+        .upsert(
+            "Account",
+            "External_Id__c",
+            "TLS-1",
+            &json!({"Name": "Secure"}),
+        )
+        .await
+        .unwrap();
+    assert!(r.created);
+    assert!(
+        client
+            .instance_url()
+            .unwrap()
+            .as_str()
+            .starts_with("https://")
+    );
+}
