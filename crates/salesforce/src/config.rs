@@ -61,7 +61,7 @@ pub enum UsagePolicy {
 /// Salesforce connection settings. Flatten into a binary's clap parser with `#[command(flatten)]`.
 #[derive(Debug, Clone, Args)]
 pub struct SalesforceConfig {
-    /// Where OAuth tokens are requested: https://login.salesforce.com, https://test.salesforce.com,
+    /// Where OAuth tokens are requested: `https://login.salesforce.com`, `https://test.salesforce.com`,
     /// the org's My Domain (required for client credentials), or the local emulator.
     #[arg(long = "sf-login-url", env = "SF_LOGIN_URL", default_value = DEFAULT_LOGIN_URL, global = true)]
     pub login_url: String,
@@ -130,8 +130,8 @@ pub struct SalesforceConfig {
         global = true
     )]
     pub private_key_file: Option<PathBuf>,
-    /// JWT `aud` claim; defaults to SF_LOGIN_URL. Set it to https://login.salesforce.com (or
-    /// https://test.salesforce.com) when SF_LOGIN_URL is a My Domain host.
+    /// JWT `aud` claim; defaults to SF_LOGIN_URL. Set it to `https://login.salesforce.com` (or
+    /// `https://test.salesforce.com`) when SF_LOGIN_URL is a My Domain host.
     #[arg(long = "sf-jwt-audience", env = "SF_JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
     /// Refresh token (refresh_token flow).
