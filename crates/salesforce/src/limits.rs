@@ -43,11 +43,23 @@ pub struct AppUsage {
 impl ApiUsage {
     /// Used share of the daily allocation, 0..=1 (or above, when the org is over).
     pub fn share(&self) -> f64 {
-        if self.max == 0 {
-            1.0
-        } else {
-            self.used as f64 / self.max as f64
-        }
+        ratio(self.used, self.max)
+    }
+
+    /// The larger of the org's share and this app's own share (when the org set a per-app
+    /// limit): whichever runs out first stops the calls.
+    pub fn effective_share(&self) -> f64 {
+        self.per_app.as_ref().map_or(self.share(), |app| {
+            self.share().max(ratio(app.used, app.max))
+        })
+    }
+}
+
+fn ratio(used: u64, max: u64) -> f64 {
+    if max == 0 {
+        1.0
+    } else {
+        used as f64 / max as f64
     }
 }
 
@@ -191,7 +203,7 @@ impl UsageGuard {
         let Some((usage, at)) = state.last.clone() else {
             return Decision::Go { probe: false };
         };
-        if self.share >= 1.0 || usage.share() < self.share {
+        if self.share >= 1.0 || usage.effective_share() < self.share {
             return Decision::Go { probe: false };
         }
         let age = at.elapsed();
@@ -268,6 +280,8 @@ mod tests {
                 app_name: "orderbridge".into()
             })
         );
+        // The app's own limit is nearer than the org's.
+        assert!((u.effective_share() - 17.0 / 250.0).abs() < 1e-9);
         assert_eq!(parse_limit_info("per-app-api-usage=1/2(appName=x)"), None);
         assert_eq!(parse_limit_info("api-usage=abc/100"), None);
         assert_eq!(parse_limit_info(""), None);
