@@ -53,10 +53,6 @@ pub fn token(shared: &Shared, inner: &mut Inner, form: &HashMap<String, String>)
         "client_credentials" => client_credentials(shared, form),
         "refresh_token" => refresh(shared, form),
         "urn:ietf:params:oauth:grant-type:jwt-bearer" => jwt_bearer(shared, form),
-        "" => Err(oauth_error(
-            "unsupported_grant_type",
-            "grant type not supported",
-        )),
         _ => Err(oauth_error(
             "unsupported_grant_type",
             "grant type not supported",
@@ -153,13 +149,20 @@ fn jwt_bearer(shared: &Shared, form: &HashMap<String, String>) -> Result<(), Rep
             "client identifier invalid",
         ));
     }
-    let aud = claim("aud").trim_end_matches('/');
+    // `localhost` and 127.0.0.1 name the same emulator; the real login hosts are accepted too,
+    // so an assertion built for Salesforce works unchanged.
+    let norm = |u: &str| {
+        u.trim_end_matches('/')
+            .to_ascii_lowercase()
+            .replace("://localhost", "://127.0.0.1")
+    };
+    let aud = norm(claim("aud"));
     let audiences = [
-        shared.instance_url.trim_end_matches('/'),
-        "https://login.salesforce.com",
-        "https://test.salesforce.com",
+        norm(&shared.instance_url),
+        "https://login.salesforce.com".to_owned(),
+        "https://test.salesforce.com".to_owned(),
     ];
-    if !audiences.iter().any(|a| a.eq_ignore_ascii_case(aud)) {
+    if !audiences.contains(&aud) {
         return Err(oauth_error("invalid_grant", "audience is invalid"));
     }
     // simple-salesforce sends `exp` as a string of digits, and Salesforce accepts it.

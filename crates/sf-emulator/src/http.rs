@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use axum::routing::{any, get, post};
@@ -25,6 +26,9 @@ use crate::api::{self, Ctx, Req, Route};
 use crate::auth;
 use crate::reply::{Reply, fault_reply};
 use crate::state::AppState;
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
 pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
@@ -54,6 +58,7 @@ pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/services/oauth2/token", post(token))
+        .route("/services/oauth2/revoke", post(revoke))
         .route("/services/data", get(versions))
         .route("/services/data/", get(versions))
         .route("/services/data/{*rest}", any(data))
@@ -68,6 +73,8 @@ pub fn app(state: AppState) -> Router {
         .route("/__admin/reset", post(admin::reset))
         .route("/__admin/seed", post(admin::seed))
         .fallback(|| async { to_response(Reply::not_found(), None) })
+        // Composite with five full Collections of wide records fits comfortably.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -87,7 +94,7 @@ async fn preflight(s: &AppState) -> Option<Reply> {
         } else {
             0
         };
-        tokio::time::sleep(Duration::from_millis(latency + extra)).await;
+        tokio::time::sleep(Duration::from_millis(latency.saturating_add(extra))).await;
     }
     if outage {
         let mut inner = s.lock();
@@ -135,6 +142,33 @@ async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: By
     to_response(reply, None)
 }
 
+/// `POST /services/oauth2/revoke` (`token=` in the form or query): ends that session. Like
+/// Salesforce, an unknown token is a 400 `unsupported_token_type`.
+async fn revoke(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
+    if let Some(r) = preflight(&s).await {
+        return to_response(r, None);
+    }
+    let mut form = api::query_pairs(uri.query().unwrap_or_default());
+    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    let token = form
+        .into_iter()
+        .find(|(k, _)| k == "token")
+        .map(|(_, v)| v)
+        .unwrap_or_default();
+    let removed = s.lock().sessions.remove(&token).is_some();
+    if removed {
+        to_response(Reply::empty(200), None)
+    } else {
+        to_response(
+            Reply::json(
+                400,
+                serde_json::json!({"error": "unsupported_token_type", "error_description": "this token type is not supported"}),
+            ),
+            None,
+        )
+    }
+}
+
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     use base64::Engine;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
@@ -175,11 +209,24 @@ async fn data(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return to_response(
+                Reply::error(
+                    e.status().as_u16(),
+                    "JSON_PARSER_ERROR",
+                    format!("Cannot read the request body: {e}"),
+                ),
+                None,
+            );
+        }
+    };
     let rest = uri
         .path()
         .strip_prefix("/services/data/")
@@ -271,6 +318,7 @@ async fn data(
     };
     let reply = api::execute(&ctx, &mut inner, &route, &req);
     drop(inner);
+    tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
     if method == Method::HEAD {
         return to_response(
             Reply {

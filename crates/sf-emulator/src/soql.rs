@@ -153,7 +153,11 @@ pub struct Query {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    depth: usize,
 }
+
+/// Deepest nesting of parentheses / NOT accepted, so hostile input cannot exhaust the stack.
+const MAX_DEPTH: usize = 64;
 
 impl Parser {
     fn peek(&self) -> Option<&Tok> {
@@ -255,6 +259,15 @@ impl Parser {
         Ok(left)
     }
     fn unary(&mut self) -> Result<Expr, RecordError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(malformed("the WHERE clause is nested too deeply"));
+        }
+        let e = self.unary_inner();
+        self.depth -= 1;
+        e
+    }
+    fn unary_inner(&mut self) -> Result<Expr, RecordError> {
         if self.eat_kw("NOT") {
             return Ok(Expr::Not(Box::new(self.unary()?)));
         }
@@ -311,6 +324,7 @@ pub fn parse(q: &str) -> Result<Query, RecordError> {
     let mut p = Parser {
         toks: tokenize(q)?,
         pos: 0,
+        depth: 0,
     };
     p.expect_kw("SELECT")?;
     let mut fields = Vec::new();
@@ -414,6 +428,12 @@ fn resolve_path(store: &Store, def: &ObjectDef, path: &str) -> Result<Path, Reco
     {
         rels = &rels[1..];
     }
+    // SOQL follows at most five levels of parent relationships.
+    if rels.len() > 5 {
+        return Err(malformed(format!(
+            "{path}: at most 5 levels of parent relationships"
+        )));
+    }
     for rel in rels {
         let f = current
             .relationship(rel)
@@ -477,17 +497,31 @@ fn like(v: Option<&Value>, pattern: &Lit) -> bool {
     let (Some(text), Lit::Str(p)) = (v.and_then(text_of), pattern) else {
         return false;
     };
-    fn m(t: &[char], p: &[char]) -> bool {
-        match p.split_first() {
-            None => t.is_empty(),
-            Some(('%', rest)) => (0..=t.len()).any(|i| m(&t[i..], rest)),
-            Some(('_', rest)) => !t.is_empty() && m(&t[1..], rest),
-            Some((c, rest)) => t.first().is_some_and(|x| x == c) && m(&t[1..], rest),
-        }
-    }
     let t: Vec<char> = text.to_lowercase().chars().collect();
     let p: Vec<char> = p.to_lowercase().chars().collect();
-    m(&t, &p)
+    // Dynamic programming over (pattern prefix, text prefix): O(|p|·|t|), no backtracking blow-up
+    // on patterns like '%a%a%a%b'.
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    for pc in &p {
+        let mut next = vec![false; t.len() + 1];
+        match pc {
+            '%' => {
+                let mut seen = false;
+                for (j, slot) in next.iter_mut().enumerate() {
+                    seen |= row[j];
+                    *slot = seen;
+                }
+            }
+            c => {
+                for j in 1..=t.len() {
+                    next[j] = row[j - 1] && (*c == '_' || t[j - 1] == *c);
+                }
+            }
+        }
+        row = next;
+    }
+    row[t.len()]
 }
 
 fn eval(store: &Store, def: &ObjectDef, rec: &Record, e: &Expr) -> Result<bool, RecordError> {
@@ -735,5 +769,29 @@ mod tests {
         assert!(like(Some(&json!("Acme Corp")), &Lit::Str("acme%".into())));
         assert!(like(Some(&json!("abc")), &Lit::Str("a_c".into())));
         assert!(!like(Some(&json!("abc")), &Lit::Str("a_".into())));
+        assert!(like(Some(&json!("abc")), &Lit::Str("%".into())));
+        assert!(like(Some(&json!("")), &Lit::Str("%".into())));
+        assert!(!like(Some(&json!("abc")), &Lit::Str("%d%".into())));
+        // Many wildcards on a long text stay fast (no backtracking explosion).
+        let text = json!("a".repeat(2000));
+        assert!(!like(
+            Some(&text),
+            &Lit::Str(format!("{}b", "%a".repeat(50)))
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let q = format!(
+            "SELECT Id FROM Account WHERE {}Name = 'x'{}",
+            "(".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        assert_eq!(parse(&q).unwrap_err().code, "MALFORMED_QUERY");
+        let q = format!(
+            "SELECT Id FROM Account WHERE {}Name = 'x'",
+            "NOT ".repeat(10_000)
+        );
+        assert_eq!(parse(&q).unwrap_err().code, "MALFORMED_QUERY");
     }
 }

@@ -471,7 +471,7 @@ impl Store {
     }
 
     /// Converts a JSON value to what `field` stores, with Salesforce's errors.
-    fn coerce(&self, obj: &ObjectDef, field: &FieldDef, v: &Value) -> Result<Value, RecordError> {
+    fn coerce(&self, field: &FieldDef, v: &Value) -> Result<Value, RecordError> {
         if v.is_null() {
             return Ok(match field.ty {
                 FieldType::Boolean => Value::Bool(false),
@@ -571,19 +571,14 @@ impl Store {
             }
             FieldType::Reference => {
                 let s = v.as_str().ok_or_else(|| parse_error("reference", v))?;
-                self.check_reference(obj, field, s)
+                self.check_reference(field, s)
             }
             FieldType::Id | FieldType::Autonumber => Err(not_writable(field)),
         }
     }
 
     /// Checks a lookup id: well formed, of the right object, existing.
-    fn check_reference(
-        &self,
-        obj: &ObjectDef,
-        field: &FieldDef,
-        s: &str,
-    ) -> Result<Value, RecordError> {
+    fn check_reference(&self, field: &FieldDef, s: &str) -> Result<Value, RecordError> {
         let target = field.reference_to.as_deref().unwrap_or_default();
         let label = field.relationship_name.as_deref().unwrap_or(&field.name);
         let Some(id) = ids::normalize(s) else {
@@ -602,7 +597,6 @@ impl Store {
             .with_fields(vec![field.name.clone()]));
         }
         if target_def.is_some() && self.get(Some(target), &id).is_err() {
-            let _ = obj;
             let code = if self.data.deleted.contains_key(&id) {
                 "ENTITY_IS_DELETED"
             } else {
@@ -713,7 +707,7 @@ impl Store {
                 if !writable {
                     return Err(not_writable(field));
                 }
-                let value = self.coerce(def, field, v)?;
+                let value = self.coerce(field, v)?;
                 out.push((field.name.clone(), value));
             } else if let Some(field) = def.relationship(key) {
                 if v.is_object() {
@@ -884,8 +878,13 @@ impl Store {
         }
     }
 
-    /// Values derived from other records (OrderItem.Product2Id from its price book entry).
+    /// Values derived from other records or fields (OrderItem.Product2Id from its price book
+    /// entry, OrderItem.TotalPrice = Quantity × UnitPrice).
     fn derive(&self, def: &ObjectDef, rec: &mut Record) -> Result<(), RecordError> {
+        if def.name == "OrderItem" && def.field("TotalPrice").is_some() {
+            let total = line_total(rec);
+            rec.insert("TotalPrice".into(), json!(total));
+        }
         if def.name == "OrderItem"
             && let Some(pbe) = rec.get("PricebookEntryId").and_then(Value::as_str)
             && let Ok((_, entry)) = self.get(Some("PricebookEntry"), pbe)
@@ -959,7 +958,49 @@ impl Store {
             *counter += 1;
             rec.insert(f.name.clone(), json!(format!("{:08}", *counter)));
         }
-        Ok(self.insert_raw(&def.name, rec))
+        let total = line_total(&rec);
+        let order = rec
+            .get("OrderId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let id = self.insert_raw(&def.name, rec);
+        if def.name == "OrderItem"
+            && let Some(order) = order
+        {
+            self.add_to_order_total(&order, total);
+        }
+        Ok(id)
+    }
+
+    /// Keeps `Order.TotalAmount` equal to the sum of its lines' `TotalPrice`, as Salesforce's
+    /// roll-up does; incremental, so bulk loads stay linear.
+    fn add_to_order_total(&mut self, order_id: &str, delta: f64) {
+        if delta == 0.0
+            || self
+                .schema
+                .object("Order")
+                .and_then(|o| o.field("TotalAmount"))
+                .is_none()
+        {
+            return;
+        }
+        let Some(mut order) = self
+            .data
+            .tables
+            .get("Order")
+            .and_then(|t| t.get(order_id))
+            .cloned()
+        else {
+            return;
+        };
+        let current = order
+            .get("TotalAmount")
+            .and_then(Value::as_f64)
+            .unwrap_or(0.0);
+        // Currency: keep cents exact despite binary floating point.
+        let total = ((current + delta) * 100.0).round() / 100.0;
+        order.insert("TotalAmount".into(), json!(total));
+        self.put("Order", order_id, order);
     }
 
     /// Updates a record from a request body.
@@ -1002,12 +1043,23 @@ impl Store {
         for (k, v) in &changes {
             rec.insert(k.clone(), v.clone());
         }
+        self.derive(def, &mut rec)?;
         self.validate(def, Some(&id), &rec, &changes, Mode::Update)?;
         Self::check_lock(locks, &Self::lock_keys(def, &id, Some(&current)), &id)?;
         let now = json!(sf_datetime(Utc::now()));
         rec.insert("LastModifiedDate".into(), now.clone());
         rec.insert("SystemModstamp".into(), now);
+        let delta = line_total(&rec) - line_total(&current);
+        let order = rec
+            .get("OrderId")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         self.put(&def.name, &id, rec);
+        if def.name == "OrderItem"
+            && let Some(order) = order
+        {
+            self.add_to_order_total(&order, delta);
+        }
         Ok(id)
     }
 
@@ -1110,9 +1162,43 @@ impl Store {
                 "the standard price book cannot be deleted",
             ));
         }
+        let old = self
+            .data
+            .tables
+            .get(&def_name)
+            .and_then(|t| t.get(&id))
+            .cloned();
         self.remove(&def_name, &id);
+        match def_name.as_str() {
+            "OrderItem" => {
+                if let Some(old) = old
+                    && let Some(order) = old.get("OrderId").and_then(Value::as_str)
+                {
+                    self.add_to_order_total(order, -line_total(&old));
+                }
+            }
+            // Order products are details of their order: deleting the order deletes them.
+            "Order" => {
+                let lines: Vec<String> = self
+                    .records("OrderItem")
+                    .filter(|(_, r)| r.get("OrderId").and_then(Value::as_str) == Some(id.as_str()))
+                    .map(|(line, _)| line.clone())
+                    .collect();
+                for line in lines {
+                    self.remove("OrderItem", &line);
+                }
+            }
+            _ => {}
+        }
         Ok(id)
     }
+}
+
+/// Quantity × UnitPrice of an order line, in cents-exact currency.
+fn line_total(rec: &Record) -> f64 {
+    let q = rec.get("Quantity").and_then(Value::as_f64).unwrap_or(0.0);
+    let p = rec.get("UnitPrice").and_then(Value::as_f64).unwrap_or(0.0);
+    ((q * p) * 100.0).round() / 100.0
 }
 
 fn not_writable(field: &FieldDef) -> RecordError {

@@ -197,7 +197,15 @@ async fn jwt_bearer_flow_verifies_signature_and_claims() {
             .await;
         assert_eq!(ok.status, 200, "{}", ok.body);
         assert!(ok.body.get("refresh_token").is_none());
-        // The real login host is an accepted audience too.
+        // localhost names the emulator too, and the real login host is an accepted audience.
+        let localhost = base.replace("127.0.0.1", "localhost");
+        let ok = org
+            .token_request(&grant(sign(
+                &key,
+                &claims(DEV_CLIENT_ID, DEV_USERNAME, &localhost, now + 120),
+            )))
+            .await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
         let ok = org
             .token_request(&grant(sign(
                 &key,
@@ -270,6 +278,37 @@ async fn jwt_bearer_flow_verifies_signature_and_claims() {
 }
 
 #[tokio::test]
+async fn jwt_flow_accepts_a_connected_app_certificate() {
+    // The file users upload to a connected app is an X.509 certificate, not a bare key.
+    let key = RsaPrivateKey::new(&mut OsRng, 2048).unwrap();
+    let pkcs8 = rsa::pkcs8::EncodePrivateKey::to_pkcs8_pem(&key, LineEnding::LF).unwrap();
+    let signer =
+        rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(&pkcs8, &rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["orderbridge-dev".to_owned()])
+        .unwrap()
+        .self_signed(&signer)
+        .unwrap();
+    let path = temp_file("cert.pem", &cert.pem());
+    let org = Org::start_with(EmulatorConfig {
+        jwt_public_key_file: Some(path.clone()),
+        ..EmulatorConfig::ephemeral()
+    })
+    .await;
+    let claims = json!({"iss": DEV_CLIENT_ID, "sub": DEV_USERNAME, "aud": org.base(), "exp": chrono::Utc::now().timestamp() + 60});
+    let r = org
+        .token_request(&[
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+            ),
+            ("assertion", sign(&key, &claims)),
+        ])
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[tokio::test]
 async fn invalid_key_file_refuses_to_start() {
     let path = temp_file(
         "bad.pem",
@@ -327,4 +366,23 @@ async fn sessions_time_out_when_idle() {
         }
         assert!(Instant::now() < deadline, "session never expired");
     }
+}
+
+#[tokio::test]
+async fn revoke_ends_a_session() {
+    let org = Org::start().await;
+    assert_eq!(org.get("/limits").await.status, 200);
+    let revoke = |token: String| {
+        org.http
+            .post(format!("{}/services/oauth2/revoke", org.base()))
+            .form(&[("token", token)])
+            .send()
+    };
+    assert_eq!(revoke(org.token.clone()).await.unwrap().status(), 200);
+    assert_eq!(org.get("/limits").await.status, 401);
+    let again = to_resp(revoke(org.token.clone()).await.unwrap()).await;
+    assert_eq!(
+        (again.status, again.body["error"].clone()),
+        (400, json!("unsupported_token_type"))
+    );
 }

@@ -183,3 +183,12 @@ async fn calls_are_counted_per_client_name() {
     assert_eq!(stats["api_calls_by_client"], json!({"orderbridge": 2}));
     assert_eq!(stats["api_calls_total"], 3);
 }
+
+#[tokio::test]
+async fn oversized_bodies_get_a_json_413() {
+    let org = Org::start().await;
+    let huge = json!({"Name": "x".repeat(sf_emulator::http::MAX_BODY_BYTES + 1)});
+    let r = org.post("/sobjects/Account", huge).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(error_code(&r.body), "JSON_PARSER_ERROR");
+}

@@ -535,3 +535,98 @@ async fn platform_event_publish_and_describe() {
     assert_eq!(g.body["sobjects"].as_array().unwrap().len(), 8);
     assert_eq!(org.get("/").await.body["query"], format!("{V}/query"));
 }
+
+#[tokio::test]
+async fn order_totals_roll_up_and_lines_cascade() {
+    let org = Org::start().await;
+    let seeded = org
+        .admin(
+            Method::POST,
+            "/seed",
+            Some(json!({"products": [{"Name": "Widget", "ProductCode": "W-1", "prices": {"Standard": 9.99}}]})),
+        )
+        .await
+        .body;
+    let entry = seeded["products"]["W-1"]["entries"]["Standard"].clone();
+    org.account("Acme", "C-1").await;
+    let order = org
+        .post(
+            "/sobjects/Order",
+            json!({"Account": {"External_Id__c": "C-1"}, "EffectiveDate": "2026-11-24", "Status": "Draft", "Pricebook2Id": seeded["standardPricebookId"]}),
+        )
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(order_total(&org, &order).await, 0.0);
+    let l1 = org
+        .post("/sobjects/OrderItem", json!({"Order": {"Id": order}, "PricebookEntryId": entry, "Quantity": 3, "UnitPrice": 9.99}))
+        .await;
+    assert_eq!(l1.status, 201, "{}", l1.body);
+    let l1 = l1.body["id"].as_str().unwrap().to_owned();
+    org.post(
+        "/sobjects/OrderItem",
+        json!({"OrderId": order, "PricebookEntryId": entry, "Quantity": 1, "UnitPrice": 0.01}),
+    )
+    .await;
+    assert_eq!(order_total(&org, &order).await, 29.98);
+    assert_eq!(
+        org.get(&format!("/sobjects/OrderItem/{l1}")).await.body["TotalPrice"],
+        29.97
+    );
+    org.patch(&format!("/sobjects/OrderItem/{l1}"), json!({"Quantity": 1}))
+        .await;
+    assert_eq!(order_total(&org, &order).await, 10.0);
+    org.delete(&format!("/sobjects/OrderItem/{l1}")).await;
+    assert_eq!(order_total(&org, &order).await, 0.01);
+    // TotalAmount is read-only.
+    let r = org
+        .patch(
+            &format!("/sobjects/Order/{order}"),
+            json!({"TotalAmount": 5}),
+        )
+        .await;
+    assert_eq!(error_code(&r.body), "INVALID_FIELD_FOR_INSERT_UPDATE");
+    // Deleting the order deletes its lines.
+    org.delete(&format!("/sobjects/Order/{order}")).await;
+    assert_eq!(org.stats().await["records"]["OrderItem"], 0);
+}
+
+async fn order_total(org: &Org, order: &str) -> f64 {
+    org.get(&format!("/sobjects/Order/{order}?fields=TotalAmount"))
+        .await
+        .body["TotalAmount"]
+        .as_f64()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_upserts_of_one_external_id_create_exactly_one_record() {
+    let org = std::sync::Arc::new(Org::start().await);
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let org = std::sync::Arc::clone(&org);
+            tokio::spawn(async move {
+                org.patch(
+                    "/sobjects/Account/External_Id__c/SAME",
+                    json!({"Name": format!("try {i}")}),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    let mut ids = std::collections::BTreeSet::new();
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert!(r.status == 200 || r.status == 201, "{}", r.body);
+        if r.body["created"] == true {
+            created += 1;
+        }
+        ids.insert(r.body["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(org.stats().await["records"]["Account"], 1);
+}
