@@ -420,7 +420,7 @@ async fn error_classes_from_the_emulator() {
     // Latency beyond the request timeout: a timeout, retryable, for data calls and logins.
     let impatient = client_with_short_timeout(&emulator);
     impatient.login().await.unwrap();
-    faults(&emulator, json!({"latency_ms": 1500})).await;
+    faults(&emulator, json!({"latency_ms": 2500})).await;
     let e = impatient.limits().await.unwrap_err();
     assert!(matches!(e, Error::Timeout { .. }), "{e:?}");
     assert_eq!(e.class(), ErrorClass::Retryable);
@@ -435,7 +435,7 @@ async fn error_classes_from_the_emulator() {
 fn client_with_short_timeout(emulator: &RunningEmulator) -> Client {
     Client::new(&SalesforceConfig {
         login_url: emulator.base_url.clone(),
-        request_timeout: Duration::from_millis(300),
+        request_timeout: Duration::from_secs(1),
         ..SalesforceConfig::default()
     })
     .unwrap()

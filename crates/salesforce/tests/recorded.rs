@@ -308,9 +308,15 @@ async fn expired_session_is_refreshed_once_for_many_concurrent_requests() {
     }
     assert_eq!(server.token_calls(), 2, "one re-login for all 40 requests");
     assert_eq!(client.logins(), 2);
-    // Every request was replayed once with the new token: 40 rejected + 40 answered.
+    // Each request was answered once, with the new token; those that went out with the stale
+    // one (normally all 40, fewer if a task started after the re-login) were replayed.
     let calls = server.calls();
-    assert_eq!(calls.len(), 80);
+    let stale = calls
+        .iter()
+        .filter(|c| c.headers["authorization"].ends_with("token-1"))
+        .count();
+    assert!((1..=40).contains(&stale), "{stale}");
+    assert_eq!(calls.len(), 40 + stale);
     assert_eq!(
         calls
             .iter()
@@ -530,7 +536,7 @@ async fn crud_and_versions() {
 async fn error_for(reply: Reply) -> Error {
     let server = FixtureServer::start(move |_| reply.clone()).await;
     let config = SalesforceConfig {
-        request_timeout: Duration::from_millis(500),
+        request_timeout: Duration::from_secs(1),
         ..server.config()
     };
     let client = Client::new(&config).unwrap();
