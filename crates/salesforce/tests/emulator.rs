@@ -266,14 +266,7 @@ async fn crud_upsert_and_external_id_relationships() {
 #[tokio::test]
 async fn several_external_id_matches_are_an_error() {
     // A schema where Contact.External_Id__c is an external id without the unique flag.
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../sf-emulator/src/default_schema.json"
-        ))
-        .unwrap(),
-    )
-    .unwrap();
+    let schema: Value = serde_json::from_str(sf_emulator::schema::DEFAULT_SCHEMA_JSON).unwrap();
     let mut schema = schema;
     for object in schema["objects"].as_array_mut().unwrap() {
         if object["name"] == "Contact" {
