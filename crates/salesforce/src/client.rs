@@ -208,6 +208,51 @@ impl Client {
         Ok(self.session().await?.session.instance_url.clone())
     }
 
+    /// Revokes the current access token (`POST {login_url}/services/oauth2/revoke`) so it cannot
+    /// be used after this process ends; call it on shutdown. A later call logs in again.
+    pub async fn logout(&self) -> Result<(), Error> {
+        let _login = self.inner.login.lock().await;
+        let slot = self
+            .inner
+            .session
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let Some(slot) = slot else { return Ok(()) };
+        // Sibling of the token endpoint, keeping any path prefix of the login URL.
+        let url = self
+            .inner
+            .token_url
+            .join("revoke")
+            .map_err(|e| Error::Config(format!("cannot derive the revoke URL: {e}")))?;
+        let path = url.path().to_owned();
+        let response = self
+            .inner
+            .http
+            .post(url)
+            .timeout(self.inner.timeout)
+            .form(&[("token", slot.session.access_token.expose_secret())])
+            .send()
+            .await
+            .map_err(|e| Error::Transport {
+                method: "POST".into(),
+                path: path.clone(),
+                source: e.without_url(),
+            })?;
+        let status = response.status().as_u16();
+        if status == 200 {
+            tracing::info!("Salesforce access token revoked");
+            return Ok(());
+        }
+        let body = response.bytes().await.unwrap_or_default();
+        Err(Error::InvalidResponse {
+            method: "POST".into(),
+            path,
+            status,
+            detail: auth::snippet(&body),
+        })
+    }
+
     /// The pinned API version, e.g. `62.0`.
     pub fn api_version(&self) -> &str {
         &self.inner.api_version

@@ -760,3 +760,23 @@ async fn https_emulator_with_its_self_signed_ca() {
             .starts_with("https://")
     );
 }
+
+#[tokio::test]
+async fn logout_revokes_the_token_and_the_next_call_logs_in_again() {
+    let (emulator, dev) = start().await;
+    let client = Client::new(&dev).unwrap();
+    client.limits().await.unwrap();
+    assert_eq!(stats(&emulator).await["sessions"], 1);
+    client.logout().await.unwrap();
+    assert_eq!(stats(&emulator).await["sessions"], 0);
+    // Logging out twice is harmless; the next call logs in afresh.
+    client.logout().await.unwrap();
+    client.limits().await.unwrap();
+    let stats = stats(&emulator).await;
+    assert_eq!(stats["token_requests"]["password"], 2, "{stats}");
+    assert_eq!(
+        stats["rejected"]["INVALID_SESSION_ID"],
+        Value::Null,
+        "no call used the revoked token"
+    );
+}
