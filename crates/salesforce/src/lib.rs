@@ -57,3 +57,8 @@ pub struct ApiVersion {
     pub label: String,
     pub url: String,
 }
+
+/// Compiles the README's Rust example so it cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
