@@ -1200,3 +1200,12 @@ fn config_parses_from_env_style_flags_with_emulator_defaults() {
     };
     assert!(Client::new(&bad).is_err());
 }
+
+#[test]
+fn client_and_errors_cross_threads_and_fit_anyhow() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<Client>();
+    shareable::<Error>();
+    let e: anyhow::Error = Error::InvalidRequest("x".into()).into();
+    assert!(e.to_string().contains("invalid request"));
+}
