@@ -1,0 +1,656 @@
+//! Composite: up to 25 subrequests in one API call, up to 5 of them sObject Collections or
+//! queries; later subrequests can use earlier results through `@{referenceId.field}`.
+//!
+//! ```text
+//!  let mut c = Composite::new().all_or_none(true);
+//!  let acct = c.upsert("acct", "Account", "External_Id__c", "C-1", json!({"Name": "Acme"}))?;
+//!  c.upsert_collection("lines", "OrderItem", "External_Id__c", lines, true)?;
+//!  let order = c.create("order", "Order", json!({"AccountId": acct.id(), …}))?;
+//!  let response = client.composite(&c).await?;      // one API call
+//!  response.get("order")                             // typed SubrequestOutcome per referenceId
+//! ```
+//!
+//! Paths in subrequest URLs are rendered with the client's pinned API version at send time.
+
+use std::collections::{BTreeMap, HashSet};
+
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::client::{Client, Target};
+use crate::collections::{COLLECTION_LIMIT, prepare_records};
+use crate::error::{ApiError, Error, ErrorClass, classify_api};
+use crate::query::QueryResult;
+use crate::sobjects::RecordResult;
+
+/// Most subrequests in one composite call.
+pub const COMPOSITE_LIMIT: usize = 25;
+/// Most subrequests that are sObject Collections or queries in one composite call.
+pub const COMPOSITE_COLLECTION_LIMIT: usize = 5;
+
+/// What a subrequest does; decides how its answer is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubrequestKind {
+    Create,
+    Get,
+    Update,
+    Upsert,
+    Delete,
+    Query,
+    CreateCollection,
+    UpdateCollection,
+    UpsertCollection,
+}
+
+impl SubrequestKind {
+    fn counts_as_collection(self) -> bool {
+        matches!(
+            self,
+            Self::Query | Self::CreateCollection | Self::UpdateCollection | Self::UpsertCollection
+        )
+    }
+}
+
+/// A handle on an earlier subrequest, for `@{ref.field}` references in later ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ref(String);
+
+impl Ref {
+    /// `@{ref.id}`: the id an earlier create/upsert produced.
+    pub fn id(&self) -> String {
+        self.field("id")
+    }
+
+    /// `@{ref.<path>}`, e.g. `records[0].Id` for a query.
+    pub fn field(&self, path: &str) -> String {
+        format!("@{{{}.{path}}}", self.0)
+    }
+
+    pub fn reference_id(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Subrequest {
+    method: Method,
+    segments: Vec<String>,
+    query: Vec<(String, String)>,
+    reference_id: String,
+    body: Option<Value>,
+    kind: SubrequestKind,
+}
+
+/// A composite request under construction. Limits are checked as subrequests are added.
+#[derive(Debug, Clone, Default)]
+pub struct Composite {
+    all_or_none: bool,
+    subrequests: Vec<Subrequest>,
+}
+
+impl Composite {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `true`, a failing subrequest rolls back all of them (the others answer
+    /// `PROCESSING_HALTED` or `ALL_OR_NONE_OPERATION_ROLLED_BACK`).
+    pub fn all_or_none(mut self, all_or_none: bool) -> Self {
+        self.all_or_none = all_or_none;
+        self
+    }
+
+    pub fn len(&self) -> usize {
+        self.subrequests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.subrequests.is_empty()
+    }
+
+    /// Subrequests that count against the limit of 5 collections/queries.
+    pub fn collection_count(&self) -> usize {
+        self.subrequests
+            .iter()
+            .filter(|s| s.kind.counts_as_collection())
+            .count()
+    }
+
+    fn push(
+        &mut self,
+        reference_id: &str,
+        kind: SubrequestKind,
+        method: Method,
+        segments: &[&str],
+        query: Vec<(String, String)>,
+        body: Option<Value>,
+    ) -> Result<Ref, Error> {
+        let valid_ref = reference_id
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic())
+            && reference_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_ref {
+            return Err(Error::InvalidRequest(format!(
+                "composite referenceId {reference_id:?} must start with a letter and hold only letters, digits and _"
+            )));
+        }
+        if self
+            .subrequests
+            .iter()
+            .any(|s| s.reference_id == reference_id)
+        {
+            return Err(Error::InvalidRequest(format!(
+                "composite referenceId {reference_id:?} is used twice"
+            )));
+        }
+        if self.subrequests.len() >= COMPOSITE_LIMIT {
+            return Err(Error::InvalidRequest(format!(
+                "a composite request holds at most {COMPOSITE_LIMIT} subrequests"
+            )));
+        }
+        if kind.counts_as_collection() && self.collection_count() >= COMPOSITE_COLLECTION_LIMIT {
+            return Err(Error::InvalidRequest(format!(
+                "a composite request holds at most {COMPOSITE_COLLECTION_LIMIT} sObject Collections or query subrequests"
+            )));
+        }
+        if let Some(empty) = segments.iter().position(|s| s.is_empty()) {
+            return Err(Error::InvalidRequest(format!(
+                "composite {reference_id}: path part {empty} is empty"
+            )));
+        }
+        self.subrequests.push(Subrequest {
+            method,
+            segments: segments.iter().map(|s| (*s).to_owned()).collect(),
+            query,
+            reference_id: reference_id.to_owned(),
+            body,
+            kind,
+        });
+        Ok(Ref(reference_id.to_owned()))
+    }
+
+    pub fn create(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        record: impl Serialize,
+    ) -> Result<Ref, Error> {
+        let body = value(record)?;
+        self.push(
+            reference_id,
+            SubrequestKind::Create,
+            Method::POST,
+            &["sobjects", sobject],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    /// `id` may be a reference such as `acct.id()`.
+    pub fn get(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<Ref, Error> {
+        let query = if fields.is_empty() {
+            Vec::new()
+        } else {
+            vec![("fields".to_owned(), fields.join(","))]
+        };
+        self.push(
+            reference_id,
+            SubrequestKind::Get,
+            Method::GET,
+            &["sobjects", sobject, id],
+            query,
+            None,
+        )
+    }
+
+    pub fn update(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        id: &str,
+        record: impl Serialize,
+    ) -> Result<Ref, Error> {
+        let body = value(record)?;
+        self.push(
+            reference_id,
+            SubrequestKind::Update,
+            Method::PATCH,
+            &["sobjects", sobject, id],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    pub fn upsert(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        field: &str,
+        external_id: &str,
+        record: impl Serialize,
+    ) -> Result<Ref, Error> {
+        let body = value(record)?;
+        self.push(
+            reference_id,
+            SubrequestKind::Upsert,
+            Method::PATCH,
+            &["sobjects", sobject, field, external_id],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    pub fn delete(&mut self, reference_id: &str, sobject: &str, id: &str) -> Result<Ref, Error> {
+        self.push(
+            reference_id,
+            SubrequestKind::Delete,
+            Method::DELETE,
+            &["sobjects", sobject, id],
+            Vec::new(),
+            None,
+        )
+    }
+
+    /// A SOQL query (first page only). Counts against the limit of 5.
+    pub fn query(&mut self, reference_id: &str, soql: &str) -> Result<Ref, Error> {
+        self.push(
+            reference_id,
+            SubrequestKind::Query,
+            Method::GET,
+            &["query"],
+            vec![("q".into(), soql.into())],
+            None,
+        )
+    }
+
+    pub fn create_collection<T: Serialize>(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        records: &[T],
+        all_or_none: bool,
+    ) -> Result<Ref, Error> {
+        let body = collection_body(sobject, records, all_or_none)?;
+        self.push(
+            reference_id,
+            SubrequestKind::CreateCollection,
+            Method::POST,
+            &["composite", "sobjects"],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    pub fn update_collection<T: Serialize>(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        records: &[T],
+        all_or_none: bool,
+    ) -> Result<Ref, Error> {
+        let body = collection_body(sobject, records, all_or_none)?;
+        self.push(
+            reference_id,
+            SubrequestKind::UpdateCollection,
+            Method::PATCH,
+            &["composite", "sobjects"],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    pub fn upsert_collection<T: Serialize>(
+        &mut self,
+        reference_id: &str,
+        sobject: &str,
+        field: &str,
+        records: &[T],
+        all_or_none: bool,
+    ) -> Result<Ref, Error> {
+        let body = collection_body(sobject, records, all_or_none)?;
+        self.push(
+            reference_id,
+            SubrequestKind::UpsertCollection,
+            Method::PATCH,
+            &["composite", "sobjects", sobject, field],
+            Vec::new(),
+            Some(body),
+        )
+    }
+
+    /// The JSON body sent to `POST /composite`, with URLs for API `version` (e.g. "62.0").
+    pub fn to_json(&self, version: &str) -> Value {
+        let requests: Vec<Value> = self
+            .subrequests
+            .iter()
+            .map(|s| {
+                let mut url = format!("/services/data/v{version}");
+                for segment in &s.segments {
+                    url.push('/');
+                    url.push_str(&encode(segment, false));
+                }
+                if matches!(s.kind, SubrequestKind::Create) {
+                    url.push('/');
+                }
+                for (i, (k, v)) in s.query.iter().enumerate() {
+                    url.push(if i == 0 { '?' } else { '&' });
+                    url.push_str(&encode(k, true));
+                    url.push('=');
+                    url.push_str(&encode(v, true));
+                }
+                let mut request = serde_json::json!({
+                    "method": s.method.as_str(),
+                    "url": url,
+                    "referenceId": s.reference_id,
+                });
+                if let (Some(body), Value::Object(map)) = (&s.body, &mut request) {
+                    map.insert("body".into(), body.clone());
+                }
+                request
+            })
+            .collect();
+        serde_json::json!({ "allOrNone": self.all_or_none, "compositeRequest": requests })
+    }
+}
+
+fn value(record: impl Serialize) -> Result<Value, Error> {
+    serde_json::to_value(record)
+        .map_err(|e| Error::InvalidRequest(format!("record cannot be serialised: {e}")))
+}
+
+fn collection_body<T: Serialize>(
+    sobject: &str,
+    records: &[T],
+    all_or_none: bool,
+) -> Result<Value, Error> {
+    if records.is_empty() || records.len() > COLLECTION_LIMIT {
+        return Err(Error::InvalidRequest(format!(
+            "a collection subrequest holds 1 to {COLLECTION_LIMIT} records, not {}",
+            records.len()
+        )));
+    }
+    let records = prepare_records(sobject, records)?;
+    Ok(serde_json::json!({ "allOrNone": all_or_none, "records": records }))
+}
+
+/// Percent-encodes a URL part, leaving `@{…}` references readable as Salesforce expects them.
+fn encode(s: &str, query: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z'
+            | b'a'..=b'z'
+            | b'0'..=b'9'
+            | b'-'
+            | b'.'
+            | b'_'
+            | b'~'
+            | b'@'
+            | b'{'
+            | b'}' => out.push(b as char),
+            b',' | b'\'' | b'(' | b')' | b'*' | b'!' | b':' if query => out.push(b as char),
+            b' ' if query => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+struct RawCompositeResponse {
+    #[serde(rename = "compositeResponse")]
+    composite_response: Vec<RawSubresponse>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSubresponse {
+    #[serde(default)]
+    body: Value,
+    #[serde(default)]
+    http_headers: BTreeMap<String, String>,
+    http_status_code: u16,
+    reference_id: String,
+}
+
+/// A subrequest's typed outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubrequestOutcome {
+    Created {
+        id: String,
+    },
+    Upserted {
+        id: Option<String>,
+        created: bool,
+    },
+    /// Update or delete (204).
+    Done,
+    Record(Value),
+    Query(QueryResult<Value>),
+    Collection(Vec<RecordResult>),
+    /// The subrequest failed; `class` says what to do about it.
+    Failed {
+        status: u16,
+        errors: Vec<ApiError>,
+        class: ErrorClass,
+    },
+}
+
+/// One subrequest's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubrequestResult {
+    pub reference_id: String,
+    pub kind: SubrequestKind,
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub outcome: SubrequestOutcome,
+}
+
+/// The answers, in request order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompositeResponse {
+    pub results: Vec<SubrequestResult>,
+}
+
+impl CompositeResponse {
+    pub fn get(&self, reference_id: &str) -> Option<&SubrequestResult> {
+        self.results.iter().find(|r| r.reference_id == reference_id)
+    }
+
+    /// True when no subrequest failed and no collection record failed.
+    pub fn all_succeeded(&self) -> bool {
+        self.results.iter().all(|r| match &r.outcome {
+            SubrequestOutcome::Failed { .. } => false,
+            SubrequestOutcome::Collection(results) => results.iter().all(|r| r.success),
+            _ => true,
+        })
+    }
+}
+
+fn outcome(kind: SubrequestKind, status: u16, body: Value) -> Result<SubrequestOutcome, String> {
+    if status >= 300 {
+        let errors = if status == 300 {
+            vec![ApiError {
+                code: "MULTIPLE_RECORDS".into(),
+                message: format!("the external id matched several records: {body}"),
+                fields: Vec::new(),
+            }]
+        } else {
+            let bytes = serde_json::to_vec(&body).unwrap_or_default();
+            crate::error::parse_error_body(status, &bytes)
+        };
+        let class = classify_api(status, &errors);
+        return Ok(SubrequestOutcome::Failed {
+            status,
+            errors,
+            class,
+        });
+    }
+    fn parse(what: &'static str) -> impl Fn(serde_json::Error) -> String {
+        move |e| format!("{what} answer not understood: {e}")
+    }
+    Ok(match kind {
+        SubrequestKind::Create => {
+            let r: RecordResult = serde_json::from_value(body).map_err(parse("create"))?;
+            match (r.success, r.id) {
+                (true, Some(id)) => SubrequestOutcome::Created { id },
+                _ => SubrequestOutcome::Failed {
+                    status,
+                    class: classify_api(400, &r.errors),
+                    errors: r.errors,
+                },
+            }
+        }
+        SubrequestKind::Upsert => {
+            if body.is_null() || status == 204 {
+                SubrequestOutcome::Upserted {
+                    id: None,
+                    created: status == 201,
+                }
+            } else {
+                let r: RecordResult = serde_json::from_value(body).map_err(parse("upsert"))?;
+                SubrequestOutcome::Upserted {
+                    id: r.id,
+                    created: r.created.unwrap_or(status == 201),
+                }
+            }
+        }
+        SubrequestKind::Update | SubrequestKind::Delete => SubrequestOutcome::Done,
+        SubrequestKind::Get => SubrequestOutcome::Record(body),
+        SubrequestKind::Query => {
+            SubrequestOutcome::Query(serde_json::from_value(body).map_err(parse("query"))?)
+        }
+        SubrequestKind::CreateCollection
+        | SubrequestKind::UpdateCollection
+        | SubrequestKind::UpsertCollection => SubrequestOutcome::Collection(
+            serde_json::from_value(body).map_err(parse("collection"))?,
+        ),
+    })
+}
+
+impl Client {
+    /// Sends a composite request: one API call, whatever it holds.
+    pub async fn composite(&self, request: &Composite) -> Result<CompositeResponse, Error> {
+        if request.is_empty() {
+            return Err(Error::InvalidRequest(
+                "a composite request needs at least one subrequest".into(),
+            ));
+        }
+        let body = request.to_json(self.api_version());
+        let response = self
+            .request(Method::POST, Target::Data(&["composite"]), &[], Some(&body))
+            .await?;
+        let raw: RawCompositeResponse = response.json()?;
+        let kinds: HashSet<&str> = request
+            .subrequests
+            .iter()
+            .map(|s| s.reference_id.as_str())
+            .collect();
+        let mut results = Vec::with_capacity(raw.composite_response.len());
+        for sub in raw.composite_response {
+            if !kinds.contains(sub.reference_id.as_str()) {
+                return Err(response.invalid(format!(
+                    "answer for unknown referenceId {:?}",
+                    sub.reference_id
+                )));
+            }
+            let kind = request
+                .subrequests
+                .iter()
+                .find(|s| s.reference_id == sub.reference_id)
+                .map_or(SubrequestKind::Get, |s| s.kind);
+            let outcome = outcome(kind, sub.http_status_code, sub.body)
+                .map_err(|d| response.invalid(format!("subrequest {}: {d}", sub.reference_id)))?;
+            results.push(SubrequestResult {
+                reference_id: sub.reference_id,
+                kind,
+                status: sub.http_status_code,
+                headers: sub.http_headers,
+                outcome,
+            });
+        }
+        Ok(CompositeResponse { results })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_and_references() {
+        let mut c = Composite::new().all_or_none(true);
+        let acct = c
+            .upsert(
+                "acct",
+                "Account",
+                "External_Id__c",
+                "C 1/x",
+                serde_json::json!({"Name": "A"}),
+            )
+            .unwrap();
+        c.get("read", "Account", &acct.id(), &["Id", "Name"])
+            .unwrap();
+        c.query("q1", "SELECT Id FROM Account WHERE Name = 'A b'")
+            .unwrap();
+        for i in 0..4 {
+            c.create_collection(
+                &format!("c{i}"),
+                "Contact",
+                &[serde_json::json!({"LastName": "x"})],
+                false,
+            )
+            .unwrap();
+        }
+        // Sixth collection/query is refused.
+        assert!(c.query("q2", "SELECT Id FROM Account").is_err());
+        assert!(
+            c.create("acct", "Account", serde_json::json!({})).is_err(),
+            "duplicate ref"
+        );
+        assert!(
+            c.create("1bad", "Account", serde_json::json!({})).is_err(),
+            "ref must start with a letter"
+        );
+        while c.len() < COMPOSITE_LIMIT {
+            let n = c.len();
+            c.delete(&format!("d{n}"), "Account", "001000000000001AAA")
+                .unwrap();
+        }
+        assert!(
+            c.delete("one_more", "Account", "001000000000001AAA")
+                .is_err()
+        );
+
+        let json = c.to_json("62.0");
+        let reqs = json["compositeRequest"].as_array().unwrap();
+        assert_eq!(json["allOrNone"], true);
+        assert_eq!(
+            reqs[0]["url"],
+            "/services/data/v62.0/sobjects/Account/External_Id__c/C%201%2Fx"
+        );
+        assert_eq!(
+            reqs[1]["url"],
+            "/services/data/v62.0/sobjects/Account/@{acct.id}?fields=Id,Name"
+        );
+        assert_eq!(
+            reqs[2]["url"],
+            "/services/data/v62.0/query?q=SELECT+Id+FROM+Account+WHERE+Name+%3D+'A+b'"
+        );
+        assert_eq!(
+            reqs[3]["body"]["records"][0]["attributes"]["type"],
+            "Contact"
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! A Salesforce REST API client (it knows nothing about orders).
+//!
+//! ```text
+//!  SalesforceConfig (SF_* env / flags)
+//!        │ Client::new
+//!        ▼
+//!  Client ──OAuth──▶ {login_url}/services/oauth2/token  (jwt │ client_credentials │ password │ refresh_token)
+//!     │                 └─▶ access_token + instance_url (shared by all clones; re-login single-flight on 401)
+//!     └──REST──▶ {instance_url}/services/data/v62.0/…
+//!                 sobjects (create/get/update/delete/upsert), composite/sobjects (chunks of 200),
+//!                 query (+nextRecordsUrl), composite (≤25 subrequests), limits, platform events
+//!                 every response: Sforce-Limit-Info ─▶ usage guard (SF_MAX_API_USAGE_SHARE)
+//! ```
+//!
+//! Errors are typed ([`Error`]) and classified ([`ErrorClass`]): retryable, rate-limited,
+//! session, configuration, permanent. Auth failures carry a hint saying what to change.
+//! Secrets live in [`secrecy::SecretString`] and never appear in `Debug` output or logs.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), orderbridge_salesforce::Error> {
+//! use orderbridge_salesforce::{Client, SalesforceConfig};
+//! let client = Client::new(&SalesforceConfig::default())?; // the local emulator's dev settings
+//! let r = client
+//!     .upsert("Account", "External_Id__c", "CUST-42", &serde_json::json!({"Name": "Acme"}))
+//!     .await?;
+//! println!("{:?} created={}", r.id, r.created);
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod client;
+pub mod collections;
+pub mod composite;
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod query;
+pub mod sobjects;
+
+pub use auth::{AuthError, AuthErrorKind, JwtClaims};
+pub use client::Client;
+pub use collections::COLLECTION_LIMIT;
+pub use composite::{
+    Composite, CompositeResponse, Ref, SubrequestKind, SubrequestOutcome, SubrequestResult,
+};
+pub use config::{AuthFlowKind, SalesforceConfig, UsagePolicy};
+pub use error::{ApiError, Error, ErrorClass};
+pub use limits::{ApiUsage, AppUsage, Limit, Limits, parse_limit_info};
+pub use query::QueryResult;
+pub use sobjects::{PublishResult, RecordResult, UpsertResult};
+
+/// One entry of `GET /services/data/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ApiVersion {
+    pub version: String,
+    #[serde(default)]
+    pub label: String,
+    pub url: String,
+}
+
+/// Compiles the README's Rust example so it cannot drift from the API.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

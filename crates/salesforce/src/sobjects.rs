@@ -1,0 +1,278 @@
+//! Single-record sObject calls: create, get, update, delete, upsert by external id, and
+//! platform-event publish.
+
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::client::{Client, Target};
+use crate::error::{ApiError, Error, ErrorClass};
+
+/// One record's outcome, as create and the sObject Collections calls report it:
+/// `{"id":"001…","success":true,"errors":[],"created":false}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordResult {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub success: bool,
+    /// Per-record errors use `statusCode` (read into [`ApiError::code`]).
+    #[serde(default)]
+    pub errors: Vec<ApiError>,
+    /// Upserts only: whether the record was created.
+    #[serde(default)]
+    pub created: Option<bool>,
+}
+
+impl RecordResult {
+    /// `None` on success; else what to do about this record (retry a locked row or a rolled-back
+    /// all-or-none batch; dead-letter a validation failure).
+    pub fn error_class(&self) -> Option<ErrorClass> {
+        if self.success {
+            return None;
+        }
+        Some(
+            self.errors
+                .iter()
+                .map(ApiError::class)
+                .find(|c| *c != ErrorClass::Permanent)
+                .unwrap_or(ErrorClass::Permanent),
+        )
+    }
+}
+
+/// Result of an upsert by external id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertResult {
+    /// The record id; absent when an old API version answered 204 to an update.
+    pub id: Option<String>,
+    /// `true` on 201 (created), `false` on 200/204 (updated).
+    pub created: bool,
+}
+
+/// Result of a platform-event publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishResult {
+    pub id: Option<String>,
+    /// Messages Salesforce attached to a successful publish, such as `OPERATION_ENQUEUED`
+    /// (events are published asynchronously).
+    pub notices: Vec<ApiError>,
+}
+
+fn to_value(record: &impl Serialize) -> Result<serde_json::Value, Error> {
+    serde_json::to_value(record)
+        .map_err(|e| Error::InvalidRequest(format!("record cannot be serialised: {e}")))
+}
+
+impl Client {
+    /// `POST /sobjects/{sobject}/` → the new record's id.
+    pub async fn create(&self, sobject: &str, record: &impl Serialize) -> Result<String, Error> {
+        let body = to_value(record)?;
+        let response = self
+            .request(
+                Method::POST,
+                Target::DataSlash(&["sobjects", sobject]),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let result: RecordResult = response.json()?;
+        if !result.success {
+            return Err(Error::Record {
+                errors: result.errors,
+            });
+        }
+        result
+            .id
+            .ok_or_else(|| response.invalid("create succeeded without an id".into()))
+    }
+
+    /// `GET /sobjects/{sobject}/{id}` (`fields` empty: all fields).
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        sobject: &str,
+        id: &str,
+        fields: &[&str],
+    ) -> Result<T, Error> {
+        let joined = fields.join(",");
+        let query: &[(&str, &str)] = if fields.is_empty() {
+            &[]
+        } else {
+            &[("fields", &joined)]
+        };
+        self.request(
+            Method::GET,
+            Target::Data(&["sobjects", sobject, id]),
+            query,
+            None,
+        )
+        .await?
+        .json()
+    }
+
+    /// `GET /sobjects/{sobject}/{field}/{value}`: read by external id.
+    pub async fn get_by_external_id<T: DeserializeOwned>(
+        &self,
+        sobject: &str,
+        field: &str,
+        value: &str,
+        fields: &[&str],
+    ) -> Result<T, Error> {
+        let joined = fields.join(",");
+        let query: &[(&str, &str)] = if fields.is_empty() {
+            &[]
+        } else {
+            &[("fields", &joined)]
+        };
+        self.request(
+            Method::GET,
+            Target::Data(&["sobjects", sobject, field, value]),
+            query,
+            None,
+        )
+        .await?
+        .json()
+    }
+
+    /// `PATCH /sobjects/{sobject}/{id}` → 204.
+    pub async fn update(
+        &self,
+        sobject: &str,
+        id: &str,
+        record: &impl Serialize,
+    ) -> Result<(), Error> {
+        let body = to_value(record)?;
+        self.request(
+            Method::PATCH,
+            Target::Data(&["sobjects", sobject, id]),
+            &[],
+            Some(&body),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `DELETE /sobjects/{sobject}/{id}` → 204.
+    pub async fn delete(&self, sobject: &str, id: &str) -> Result<(), Error> {
+        self.request(
+            Method::DELETE,
+            Target::Data(&["sobjects", sobject, id]),
+            &[],
+            None,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// `PATCH /sobjects/{sobject}/{field}/{value}`: insert or update by external id. Idempotent,
+    /// so safe to retry. Several matches (HTTP 300) is [`Error::MultipleMatches`].
+    pub async fn upsert(
+        &self,
+        sobject: &str,
+        field: &str,
+        value: &str,
+        record: &impl Serialize,
+    ) -> Result<UpsertResult, Error> {
+        self.upsert_inner(sobject, field, value, record, false)
+            .await
+    }
+
+    /// Like [`Client::upsert`] with `?updateOnly=true`: fails with NOT_FOUND instead of creating.
+    pub async fn update_by_external_id(
+        &self,
+        sobject: &str,
+        field: &str,
+        value: &str,
+        record: &impl Serialize,
+    ) -> Result<UpsertResult, Error> {
+        self.upsert_inner(sobject, field, value, record, true).await
+    }
+
+    async fn upsert_inner(
+        &self,
+        sobject: &str,
+        field: &str,
+        value: &str,
+        record: &impl Serialize,
+        update_only: bool,
+    ) -> Result<UpsertResult, Error> {
+        let body = to_value(record)?;
+        let query: &[(&str, &str)] = if update_only {
+            &[("updateOnly", "true")]
+        } else {
+            &[]
+        };
+        let response = self
+            .request(
+                Method::PATCH,
+                Target::Data(&["sobjects", sobject, field, value]),
+                query,
+                Some(&body),
+            )
+            .await?;
+        match response.status {
+            // Before v46 an update answered 204 without a body (and still may: accept it).
+            204 => Ok(UpsertResult {
+                id: None,
+                created: false,
+            }),
+            300 => {
+                // A JSON array of the matching records' URLs.
+                let urls: Vec<String> = serde_json::from_slice(&response.body).unwrap_or_default();
+                Err(Error::MultipleMatches {
+                    sobject: sobject.to_owned(),
+                    field: field.to_owned(),
+                    value: value.to_owned(),
+                    urls,
+                })
+            }
+            status => {
+                // An empty 200/201 body is tolerated too: the status alone tells created or not.
+                if response.body.iter().all(u8::is_ascii_whitespace) {
+                    return Ok(UpsertResult {
+                        id: None,
+                        created: status == 201,
+                    });
+                }
+                let result: RecordResult = response.json()?;
+                if !result.success {
+                    return Err(Error::Record {
+                        errors: result.errors,
+                    });
+                }
+                Ok(UpsertResult {
+                    id: result.id,
+                    created: result.created.unwrap_or(status == 201),
+                })
+            }
+        }
+    }
+
+    /// Publishes a platform event (`POST /sobjects/{Event__e}/`). Success is read from
+    /// `success`: current versions answer with an `OPERATION_ENQUEUED` entry in `errors` even
+    /// when the publish worked.
+    pub async fn publish_event(
+        &self,
+        event: &str,
+        payload: &impl Serialize,
+    ) -> Result<PublishResult, Error> {
+        let body = to_value(payload)?;
+        let response = self
+            .request(
+                Method::POST,
+                Target::DataSlash(&["sobjects", event]),
+                &[],
+                Some(&body),
+            )
+            .await?;
+        let result: RecordResult = response.json()?;
+        if !result.success {
+            return Err(Error::Record {
+                errors: result.errors,
+            });
+        }
+        Ok(PublishResult {
+            id: result.id,
+            notices: result.errors,
+        })
+    }
+}
