@@ -78,7 +78,7 @@ pub struct SalesforceConfig {
     #[arg(
         long = "sf-client-id",
         env = "SF_CLIENT_ID",
-        default_value = "orderbridge-dev-client",
+        default_value = "orderbridge-dev-client-id",
         global = true
     )]
     pub client_id: String,
@@ -86,7 +86,7 @@ pub struct SalesforceConfig {
     #[arg(
         long = "sf-client-secret",
         env = "SF_CLIENT_SECRET",
-        default_value = "orderbridge-dev-secret",
+        default_value = "orderbridge-dev-client-secret",
         value_parser = secret,
         hide_env_values = true,
         hide_default_value = true,
@@ -116,7 +116,7 @@ pub struct SalesforceConfig {
     #[arg(
         long = "sf-security-token",
         env = "SF_SECURITY_TOKEN",
-        default_value = "devtoken",
+        default_value = "orderbridgedevtoken",
         value_parser = secret,
         hide_env_values = true,
         hide_default_value = true,
@@ -201,11 +201,11 @@ impl Default for SalesforceConfig {
         Self {
             login_url: DEFAULT_LOGIN_URL.to_owned(),
             auth_flow: AuthFlowKind::Password,
-            client_id: "orderbridge-dev-client".to_owned(),
-            client_secret: SecretString::from("orderbridge-dev-secret"),
+            client_id: "orderbridge-dev-client-id".to_owned(),
+            client_secret: SecretString::from("orderbridge-dev-client-secret"),
             username: "integration@orderbridge.dev".to_owned(),
             password: SecretString::from("orderbridge-dev-password"),
-            security_token: SecretString::from("devtoken"),
+            security_token: SecretString::from("orderbridgedevtoken"),
             private_key_file: None,
             jwt_audience: None,
             refresh_token: None,

@@ -17,16 +17,12 @@ fn fixture_path(name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-/// An emulator accepting this client's documented dev credentials (and JWTs signed with the
-/// test key), plus client settings pointing at it.
+/// An emulator with its own default dev credentials (and accepting JWTs signed with the test
+/// key), plus the client's default settings pointing at it: the defaults of the two must match,
+/// so nothing needs setting locally.
 async fn start_with(config: EmulatorConfig) -> (RunningEmulator, SalesforceConfig) {
     let dev = SalesforceConfig::default();
     let emulator = sf_emulator::spawn(EmulatorConfig {
-        client_id: dev.client_id.clone(),
-        client_secret: dev.client_secret.clone(),
-        username: dev.username.clone(),
-        password: dev.password.clone(),
-        security_token: dev.security_token.clone(),
         jwt_public_key_file: Some(fixture_path("jwt_test_cert.pem")),
         ..config
     })
