@@ -41,11 +41,14 @@ async fn password_flow_logs_in_and_uses_instance_url_version_and_call_options() 
     assert_eq!(forms.len(), 1);
     let form = &forms[0];
     assert_eq!(form["grant_type"], "password");
-    assert_eq!(form["client_id"], "orderbridge-dev-client");
-    assert_eq!(form["client_secret"], "orderbridge-dev-secret");
+    assert_eq!(form["client_id"], "orderbridge-dev-client-id");
+    assert_eq!(form["client_secret"], "orderbridge-dev-client-secret");
     assert_eq!(form["username"], "integration@orderbridge.dev");
     // The security token is appended to the password.
-    assert_eq!(form["password"], "orderbridge-dev-passworddevtoken");
+    assert_eq!(
+        form["password"],
+        "orderbridge-dev-passwordorderbridgedevtoken"
+    );
 
     let call = &server.calls()[0];
     assert_eq!(call.headers["sforce-call-options"], "client=orderbridge");
@@ -132,8 +135,8 @@ async fn client_credentials_and_refresh_token_flows_send_their_fields() {
     Client::new(&config).unwrap().limits().await.unwrap();
     let form = &server.token_forms()[0];
     assert_eq!(form["grant_type"], "client_credentials");
-    assert_eq!(form["client_id"], "orderbridge-dev-client");
-    assert_eq!(form["client_secret"], "orderbridge-dev-secret");
+    assert_eq!(form["client_id"], "orderbridge-dev-client-id");
+    assert_eq!(form["client_secret"], "orderbridge-dev-client-secret");
     assert!(!form.contains_key("username"));
 
     let config = SalesforceConfig {
@@ -145,8 +148,8 @@ async fn client_credentials_and_refresh_token_flows_send_their_fields() {
     let form = &server.token_forms()[1];
     assert_eq!(form["grant_type"], "refresh_token");
     assert_eq!(form["refresh_token"], "5Aep861-refresh");
-    assert_eq!(form["client_id"], "orderbridge-dev-client");
-    assert_eq!(form["client_secret"], "orderbridge-dev-secret");
+    assert_eq!(form["client_id"], "orderbridge-dev-client-id");
+    assert_eq!(form["client_secret"], "orderbridge-dev-client-secret");
 
     // Missing settings are reported before any network call.
     let missing = SalesforceConfig {
@@ -210,8 +213,8 @@ async fn auth_errors_say_what_to_fix() {
     // Secrets never end up in the message.
     assert!(
         !msg.contains("orderbridge-dev-password")
-            && !msg.contains("devtoken")
-            && !msg.contains("dev-secret")
+            && !msg.contains("orderbridgedevtoken")
+            && !msg.contains("dev-client-secret")
     );
 
     let e = login_error(
@@ -1133,14 +1136,14 @@ fn secrets_never_appear_in_debug_output() {
     let debug = format!("{config:?}");
     for secret in [
         "orderbridge-dev-password",
-        "orderbridge-dev-secret",
-        "devtoken",
+        "orderbridge-dev-client-secret",
+        "orderbridgedevtoken",
         "5Aep861-very-secret-refresh",
     ] {
         assert!(!debug.contains(secret), "{secret} leaked: {debug}");
     }
     assert!(
-        debug.contains("orderbridge-dev-client"),
+        debug.contains("orderbridge-dev-client-id"),
         "non-secrets stay visible: {debug}"
     );
     for flow in [
