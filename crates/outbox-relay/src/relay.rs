@@ -33,6 +33,9 @@ use crate::config::RelayConfig;
 use crate::metrics::{FailureReason, Metrics};
 use crate::outbox::{self, OutboxRow};
 
+/// How long a broker session must stay healthy before the reconnect backoff starts over.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+
 /// Why the relay could not run at all (configuration). Runtime faults never end it: it waits and
 /// reconnects.
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +136,7 @@ impl Relay {
         )?;
         let exchange = supervisor.topology().events_exchange.clone();
         let mut session: Option<Session> = None;
+        let mut session_started = Instant::now();
         // The connection that holds (or keeps trying for) the leader lock.
         let mut db: Option<PgConnection> = None;
         let mut is_leader = false;
@@ -168,6 +172,7 @@ impl Relay {
                     continue;
                 }
                 session = Some(s);
+                session_started = Instant::now();
                 m.broker_up.store(true, Ordering::Relaxed);
             }
 
@@ -210,7 +215,10 @@ impl Relay {
             match self.batch(conn, s, &exchange, &mut parked, &shutdown).await {
                 Ok(outcome) => {
                     m.db_up.store(true, Ordering::Relaxed);
-                    if outcome.published > 0 {
+                    // A session that has stayed healthy for a while resets the reconnect
+                    // backoff (also for an idle leader), so blips days apart each start from
+                    // the shortest delay, while a flapping broker still backs off.
+                    if !outcome.broker_failed && session_started.elapsed() >= HEALTHY_SESSION {
                         supervisor.session_succeeded();
                     }
                     if outcome.broker_failed {
