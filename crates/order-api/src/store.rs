@@ -269,23 +269,21 @@ pub struct StoredResponse {
     pub order_id: Uuid,
 }
 
-/// The unexpired response stored for (client, key). Expired ones are deleted on the way, so the
-/// key can be used afresh.
+/// The unexpired response stored for (client, key). An expired one is deleted in the same
+/// statement (one round trip on the hot path), so the key can be used afresh.
 pub async fn take_idempotent_response(
     conn: &mut PgConnection,
     client_id: Uuid,
     key: &str,
 ) -> Result<Option<StoredResponse>, sqlx::Error> {
-    sqlx::query(
-        "DELETE FROM idempotency_keys WHERE client_id = $1 AND key = $2 AND expires_at <= now()",
-    )
-    .bind(client_id)
-    .bind(key)
-    .execute(&mut *conn)
-    .await?;
     sqlx::query_as(
-        "SELECT request_hash, response_status, response_body, order_id
-         FROM idempotency_keys WHERE client_id = $1 AND key = $2",
+        "WITH expired AS (
+             DELETE FROM idempotency_keys
+             WHERE client_id = $1 AND key = $2 AND expires_at <= now()
+         )
+         SELECT request_hash, response_status, response_body, order_id
+         FROM idempotency_keys
+         WHERE client_id = $1 AND key = $2 AND expires_at > now()",
     )
     .bind(client_id)
     .bind(key)

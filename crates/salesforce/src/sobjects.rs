@@ -5,7 +5,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{Client, Target};
+use crate::client::{Client, RawResponse, Target};
 use crate::error::{ApiError, Error, ErrorClass};
 
 /// One record's outcome, as create and the sObject Collections calls report it:
@@ -66,6 +66,19 @@ fn to_value(record: &impl Serialize) -> Result<serde_json::Value, Error> {
 impl Client {
     /// `POST /sobjects/{sobject}/` → the new record's id.
     pub async fn create(&self, sobject: &str, record: &impl Serialize) -> Result<String, Error> {
+        let (result, response) = self.post_sobject(sobject, record).await?;
+        result
+            .id
+            .ok_or_else(|| response.invalid("create succeeded without an id".into()))
+    }
+
+    /// `POST /sobjects/{sobject}/` and its record result, an error unless `success` (not an
+    /// empty `errors`: event publishes report success with an informational entry there).
+    async fn post_sobject(
+        &self,
+        sobject: &str,
+        record: &impl Serialize,
+    ) -> Result<(RecordResult, RawResponse), Error> {
         let body = to_value(record)?;
         let response = self
             .request(
@@ -81,9 +94,7 @@ impl Client {
                 errors: result.errors,
             });
         }
-        result
-            .id
-            .ok_or_else(|| response.invalid("create succeeded without an id".into()))
+        Ok((result, response))
     }
 
     /// `GET /sobjects/{sobject}/{id}` (`fields` empty: all fields).
@@ -255,21 +266,7 @@ impl Client {
         event: &str,
         payload: &impl Serialize,
     ) -> Result<PublishResult, Error> {
-        let body = to_value(payload)?;
-        let response = self
-            .request(
-                Method::POST,
-                Target::DataSlash(&["sobjects", event]),
-                &[],
-                Some(&body),
-            )
-            .await?;
-        let result: RecordResult = response.json()?;
-        if !result.success {
-            return Err(Error::Record {
-                errors: result.errors,
-            });
-        }
+        let (result, _) = self.post_sobject(event, payload).await?;
         Ok(PublishResult {
             id: result.id,
             notices: result.errors,

@@ -649,6 +649,27 @@ fn finish(inner: &mut Inner, savepoint: Option<usize>, failed: bool) -> bool {
     }
 }
 
+/// One result per input record, in input order: a record's own failure, otherwise (when the
+/// allOrNone savepoint was rolled back) ALL_OR_NONE_OPERATION_ROLLED_BACK, otherwise `ok(value)`.
+/// Commits or rolls back the savepoint.
+fn collection_results<T>(
+    inner: &mut Inner,
+    savepoint: Option<usize>,
+    inputs: usize,
+    results: &[Result<T, RecordError>],
+    ok: impl Fn(&T) -> Value,
+) -> Vec<Value> {
+    let any_failed = results.iter().any(Result::is_err);
+    let rolled_back_all = finish(inner, savepoint, any_failed);
+    (0..inputs)
+        .map(|i| match results.get(i) {
+            Some(Err(e)) => failure(e),
+            Some(Ok(v)) if !rolled_back_all => ok(v),
+            _ => rolled_back(),
+        })
+        .collect()
+}
+
 fn rolled_back() -> Value {
     json!({"success": false, "errors": [{"statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK", "message": "Record rolled back because not all records were valid and the request was using AllOrNone header", "fields": []}]})
 }
@@ -811,24 +832,7 @@ fn collections_write(
         }
     }
     inner.stats.collection_records += records.len() as u64;
-    let any_failed = results.iter().any(Result::is_err);
-    let rolled_back_all = finish(inner, savepoint, any_failed);
-    let out: Vec<Value> = if rolled_back_all {
-        (0..records.len())
-            .map(|i| match results.get(i) {
-                Some(Err(e)) => failure(e),
-                _ => rolled_back(),
-            })
-            .collect()
-    } else {
-        results
-            .iter()
-            .map(|r| match r {
-                Ok(v) => v.clone(),
-                Err(e) => failure(e),
-            })
-            .collect()
-    };
+    let out = collection_results(inner, savepoint, records.len(), &results, Value::clone);
     Ok(Reply::json(200, Value::Array(out)))
 }
 
@@ -864,24 +868,13 @@ fn collections_delete(inner: &mut Inner, req: &Req) -> Result<Reply, Reply> {
             break;
         }
     }
-    let any_failed = results.iter().any(Result::is_err);
-    let rolled_back_all = finish(inner, savepoint, any_failed);
-    let out: Vec<Value> = if rolled_back_all {
-        (0..list.len())
-            .map(|i| match results.get(i) {
-                Some(Err(e)) => failure(e),
-                _ => rolled_back(),
-            })
-            .collect()
-    } else {
-        results
-            .iter()
-            .map(|r| match r {
-                Ok(id) => json!({"id": id, "success": true, "errors": []}),
-                Err(e) => failure(e),
-            })
-            .collect()
-    };
+    let out = collection_results(
+        inner,
+        savepoint,
+        list.len(),
+        &results,
+        |id| json!({"id": id, "success": true, "errors": []}),
+    );
     Ok(Reply::json(200, Value::Array(out)))
 }
 
