@@ -11,10 +11,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::order::Order;
+use crate::order::{Order, SyncError, SyncState};
 
 /// Event type of [`OrderEvent::Submitted`].
 pub const ORDER_SUBMITTED: &str = "order.submitted";
+/// Event type of [`SyncStatus`] (the sync worker's reports, on the status exchange).
+pub const ORDER_SYNC_STATUS: &str = "order.sync_status";
 
 /// The header every message carries, around a typed payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,4 +108,74 @@ pub enum DecodeError {
     Malformed(serde_json::Error),
     #[error("unsupported event `{event_type}` version {version}")]
     Unsupported { event_type: String, version: u32 },
+}
+
+/// `order.sync_status` v1: what the sync worker did with one `order.submitted` event. Published
+/// on the status exchange (routing key `order.sync_status.<state>`) and applied to the order by
+/// the outbox relay process.
+///
+/// Applying is idempotent and monotonic. `order_version` is the order's `version` as carried by
+/// the event that was synced: a resync sends a newer one, so a late report about an older event
+/// never overwrites a newer one. Within one `order_version`, `synced` is final and otherwise the
+/// later `occurred_at` wins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    pub order_id: Uuid,
+    /// `data.version` of the `order.submitted` event this report is about.
+    pub order_version: i64,
+    /// `retrying`, `synced` or `failed`.
+    pub state: SyncState,
+    /// The Salesforce id of the order's record once synced.
+    pub salesforce_id: Option<String>,
+    /// Salesforce write attempts for this event so far.
+    pub attempts: u32,
+    /// Why the last attempt failed (`retrying`, `failed`).
+    pub error: Option<SyncError>,
+    /// The id of the `order.submitted` event.
+    pub source_event_id: Uuid,
+    /// When that event was first written (the lag of the whole pipeline ends at `occurred_at`).
+    pub source_occurred_at: DateTime<Utc>,
+}
+
+impl SyncStatus {
+    /// Wraps the report in a new envelope with a fresh, time-ordered id.
+    pub fn into_envelope(
+        self,
+        occurred_at: DateTime<Utc>,
+        correlation_id: Option<String>,
+    ) -> Envelope<SyncStatus> {
+        Envelope {
+            id: Uuid::now_v7(),
+            event_type: ORDER_SYNC_STATUS.to_owned(),
+            version: 1,
+            occurred_at,
+            correlation_id,
+            data: self,
+        }
+    }
+
+    /// Routing key on the status exchange.
+    pub fn routing_key(&self) -> String {
+        format!("{ORDER_SYNC_STATUS}.{}", self.state)
+    }
+
+    /// Reads a status report, refusing other types and versions.
+    pub fn decode(bytes: &[u8]) -> Result<Envelope<SyncStatus>, DecodeError> {
+        let raw: Envelope<serde_json::Value> =
+            serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        if (raw.event_type.as_str(), raw.version) != (ORDER_SYNC_STATUS, 1) {
+            return Err(DecodeError::Unsupported {
+                event_type: raw.event_type,
+                version: raw.version,
+            });
+        }
+        Ok(Envelope {
+            id: raw.id,
+            event_type: raw.event_type,
+            version: raw.version,
+            occurred_at: raw.occurred_at,
+            correlation_id: raw.correlation_id,
+            data: serde_json::from_value(raw.data).map_err(DecodeError::Malformed)?,
+        })
+    }
 }

@@ -14,7 +14,7 @@ pub mod order;
 pub mod validation;
 
 pub use currency::Currency;
-pub use events::{DecodeError, Envelope, OrderEvent};
+pub use events::{DecodeError, Envelope, OrderEvent, SyncStatus};
 pub use order::{
     Address, Customer, LineInput, NewLine, NewOrder, NewOrderRequest, Order, OrderLine, SyncError,
     SyncInfo, SyncState,

@@ -98,3 +98,31 @@ fn malformed_messages_are_reported() {
         Err(DecodeError::Malformed(_))
     ));
 }
+
+#[test]
+fn sync_status_round_trips_and_refuses_other_types() {
+    use orderbridge_domain::{SyncState, SyncStatus};
+    let status = SyncStatus {
+        order_id: uuid::Uuid::now_v7(),
+        order_version: 3,
+        state: SyncState::Synced,
+        salesforce_id: Some("801000000000001AAA".into()),
+        attempts: 1,
+        error: None,
+        source_event_id: uuid::Uuid::now_v7(),
+        source_occurred_at: chrono::Utc::now(),
+    };
+    assert_eq!(status.routing_key(), "order.sync_status.synced");
+    let envelope = status
+        .clone()
+        .into_envelope(chrono::Utc::now(), Some("req-2".into()));
+    let bytes = serde_json::to_vec(&envelope).unwrap();
+    let decoded = SyncStatus::decode(&bytes).unwrap();
+    assert_eq!(decoded.data, status);
+    assert_eq!(decoded.correlation_id.as_deref(), Some("req-2"));
+
+    let submitted =
+        OrderEvent::Submitted(Box::new(order())).into_envelope(chrono::Utc::now(), None);
+    let err = SyncStatus::decode(&serde_json::to_vec(&submitted).unwrap()).unwrap_err();
+    assert!(matches!(err, DecodeError::Unsupported { .. }), "{err}");
+}

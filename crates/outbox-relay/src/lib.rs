@@ -16,7 +16,6 @@
 //!
 //! See `README.md` beside this crate for the design (leader lock, commit order, failure handling).
 
-pub mod admin;
 pub mod config;
 pub mod metrics;
 pub mod outbox;

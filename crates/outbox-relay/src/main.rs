@@ -5,7 +5,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use orderbridge_broker::Backoff;
-use outbox_relay::{Cli, Relay, admin};
+use orderbridge_runtime::admin;
+use outbox_relay::{Cli, Relay};
 use tokio::sync::watch;
 
 #[tokio::main]

@@ -1,10 +1,12 @@
-//! The relay's metrics, rendered by hand in the Prometheus text format (a handful of counters,
-//! gauges and two histograms do not justify a metrics framework in the build).
+//! The relay's metrics, in the Prometheus text format (see `orderbridge_runtime::metrics`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use orderbridge_runtime::admin::AdminState;
+use orderbridge_runtime::metrics::{Histogram, LAG_BUCKETS, LATENCY_BUCKETS, counter, gauge};
 
 /// Why a row was not published; the `reason` label of `outbox_relay_publish_failures_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -27,67 +29,6 @@ impl FailureReason {
             Self::BrokerError => "broker_error",
             Self::InvalidRow => "invalid_row",
         }
-    }
-}
-
-/// A histogram with fixed upper bounds in seconds.
-#[derive(Debug)]
-pub struct Histogram {
-    bounds: &'static [f64],
-    inner: Mutex<HistogramState>,
-}
-
-#[derive(Debug, Default)]
-struct HistogramState {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-}
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-];
-const LAG_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    300.0, 3600.0,
-];
-
-impl Histogram {
-    fn new(bounds: &'static [f64]) -> Self {
-        Self {
-            bounds,
-            inner: Mutex::new(HistogramState {
-                counts: vec![0; bounds.len()],
-                ..HistogramState::default()
-            }),
-        }
-    }
-
-    pub fn observe(&self, seconds: f64) {
-        let seconds = if seconds.is_finite() {
-            seconds.max(0.0)
-        } else {
-            0.0
-        };
-        let mut s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = self.bounds.iter().position(|b| seconds <= *b) {
-            s.counts[i] += 1;
-        }
-        s.sum += seconds;
-        s.count += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let s = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-        let mut cumulative = 0;
-        for (bound, count) in self.bounds.iter().zip(&s.counts) {
-            cumulative += count;
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", s.count);
-        let _ = writeln!(out, "{name}_sum {}", s.sum);
-        let _ = writeln!(out, "{name}_count {}", s.count);
     }
 }
 
@@ -155,15 +96,6 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
-            );
-        };
         let b = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
         gauge(
             &mut out,
@@ -247,6 +179,16 @@ impl Metrics {
             "From the outbox insert (just before commit) to the broker's confirm.",
         );
         out
+    }
+}
+
+impl AdminState for Metrics {
+    fn ready(&self) -> bool {
+        Metrics::ready(self)
+    }
+
+    fn render(&self) -> String {
+        Metrics::render(self)
     }
 }
 

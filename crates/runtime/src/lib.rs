@@ -1,5 +1,9 @@
 //! Process plumbing shared by every orderbridge binary: log set-up ([`LogConfig::init`]) and the
-//! shutdown signal ([`shutdown_signal`]), and the parser for loop intervals ([`parse_interval`]).
+//! shutdown signal ([`shutdown_signal`]), the parser for loop intervals ([`parse_interval`]), the
+//! admin server ([`admin`]) and Prometheus rendering ([`metrics`]).
+
+pub mod admin;
+pub mod metrics;
 
 use clap::{Args, ValueEnum};
 use tracing_subscriber::EnvFilter;

@@ -1,0 +1,1 @@
+//! `sync-worker dlq list|show|replay`: see the helper's work.

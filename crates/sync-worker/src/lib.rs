@@ -1,0 +1,5 @@
+//! The sync worker: consumes `order.submitted` events from the Salesforce work queue and writes
+//! them to Salesforce in batches (see README.md beside this crate).
+
+pub mod dlq;
+pub mod headers;
