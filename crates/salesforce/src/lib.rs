@@ -47,7 +47,7 @@ pub use config::{AuthFlowKind, SalesforceConfig, UsagePolicy};
 pub use error::{ApiError, Error, ErrorClass};
 pub use limits::{ApiUsage, AppUsage, Limit, Limits, parse_limit_info};
 pub use query::QueryResult;
-pub use sobjects::{PublishResult, RecordResult, UpsertResult};
+pub use sobjects::{FieldDescribe, PublishResult, RecordResult, SObjectDescribe, UpsertResult};
 
 /// One entry of `GET /services/data/`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]

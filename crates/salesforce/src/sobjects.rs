@@ -120,6 +120,19 @@ impl Client {
         .json()
     }
 
+    /// `GET /sobjects/{sobject}/describe`: the object's fields, for checking a field mapping
+    /// against the org before writing anything.
+    pub async fn describe(&self, sobject: &str) -> Result<SObjectDescribe, Error> {
+        self.request(
+            Method::GET,
+            Target::Data(&["sobjects", sobject, "describe"]),
+            &[],
+            None,
+        )
+        .await?
+        .json()
+    }
+
     /// `GET /sobjects/{sobject}/{field}/{value}`: read by external id.
     pub async fn get_by_external_id<T: DeserializeOwned>(
         &self,
@@ -272,4 +285,52 @@ impl Client {
             notices: result.errors,
         })
     }
+}
+
+/// The parts of a describe result a mapping check needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SObjectDescribe {
+    pub name: String,
+    #[serde(default)]
+    pub fields: Vec<FieldDescribe>,
+}
+
+impl SObjectDescribe {
+    /// A field by API name; case-insensitive, as Salesforce's API names are.
+    pub fn field(&self, name: &str) -> Option<&FieldDescribe> {
+        self.fields
+            .iter()
+            .find(|f| f.name.eq_ignore_ascii_case(name))
+    }
+
+    /// A lookup field by its relationship name (`Account` for `AccountId`).
+    pub fn relationship(&self, name: &str) -> Option<&FieldDescribe> {
+        self.fields.iter().find(|f| {
+            f.relationship_name
+                .as_deref()
+                .is_some_and(|r| r.eq_ignore_ascii_case(name))
+        })
+    }
+}
+
+/// One field of a describe result.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FieldDescribe {
+    pub name: String,
+    #[serde(rename = "type", default)]
+    pub field_type: String,
+    #[serde(default)]
+    pub createable: bool,
+    #[serde(default)]
+    pub updateable: bool,
+    #[serde(default)]
+    pub external_id: bool,
+    #[serde(default)]
+    pub length: u32,
+    #[serde(default)]
+    pub relationship_name: Option<String>,
+    #[serde(default)]
+    pub reference_to: Vec<String>,
 }

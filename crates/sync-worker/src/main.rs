@@ -1,1 +1,113 @@
-fn main() {}
+//! `sync-worker`: see the library docs and README.md.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use orderbridge_broker::Backoff;
+use orderbridge_runtime::admin;
+use orderbridge_salesforce::{Client, ErrorClass};
+use sync_worker::config::{Cli, Command};
+use sync_worker::mapping::{Mapping, check_against_salesforce};
+use sync_worker::metrics::Metrics;
+use sync_worker::pricebook::PriceBook;
+use sync_worker::worker::Worker;
+use sync_worker::writer::Writer;
+use tokio::sync::watch;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    cli.log.init()?;
+
+    match cli.command.clone().unwrap_or(Command::Run) {
+        Command::Dlq { command } => {
+            let mut out = std::io::stdout();
+            sync_worker::dlq::run(command, &cli.broker, &mut out).await?;
+            Ok(())
+        }
+        Command::CheckMapping { salesforce } => check_mapping(&cli, salesforce).await,
+        Command::Run => run(cli).await,
+    }
+}
+
+fn load_mapping(cli: &Cli) -> anyhow::Result<Mapping> {
+    let mut mapping = Mapping::load(cli.worker.mapping_file.as_deref())?;
+    if cli.worker.pricebook.is_some() {
+        mapping.pricebook = cli.worker.pricebook.clone();
+    }
+    Ok(mapping)
+}
+
+async fn check_mapping(cli: &Cli, salesforce: bool) -> anyhow::Result<()> {
+    let mapping = load_mapping(cli)?;
+    println!("mapping is valid against the order model");
+    if !salesforce {
+        return Ok(());
+    }
+    let client = Client::new(&cli.salesforce)?;
+    let problems = check_against_salesforce(&client, &mapping).await?;
+    if !problems.0.is_empty() {
+        bail!("mapping does not fit the org: {problems}");
+    }
+    let pricebook = PriceBook::new(client, mapping.pricebook.clone());
+    let resolved = pricebook.resolve().await?;
+    println!(
+        "mapping fits the org; price book {:?} ({})",
+        resolved.name, resolved.id
+    );
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let mapping = Arc::new(load_mapping(&cli)?);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        orderbridge_runtime::shutdown_signal().await;
+        let _ = shutdown_tx.send(true);
+    });
+
+    // Bind first: a taken admin port is a configuration error worth failing on at once.
+    let admin_listener = admin::bind(cli.worker.admin_addr)
+        .await
+        .with_context(|| format!("cannot bind WORKER_ADMIN_ADDR {}", cli.worker.admin_addr))?;
+    let metrics = Arc::new(Metrics::default());
+    let mut admin_shutdown = shutdown_rx.clone();
+    let admin = tokio::spawn(admin::serve(admin_listener, metrics.clone(), async move {
+        let _ = admin_shutdown.wait_for(|v| *v).await;
+    }));
+
+    let client = Client::new(&cli.salesforce)?;
+    // The mapping must fit the org before anything is consumed: a missing field would otherwise
+    // dead-letter every order. Salesforce being down is not a reason to exit: wait for it.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    loop {
+        match check_against_salesforce(&client, &mapping).await {
+            Ok(p) if p.0.is_empty() => break,
+            Ok(p) => bail!("the mapping does not fit the Salesforce org: {p}"),
+            Err(e) if matches!(e.class(), ErrorClass::Config | ErrorClass::Permanent) => {
+                bail!("cannot check the mapping against Salesforce: {e}")
+            }
+            Err(e) => {
+                let wait = backoff.fail();
+                tracing::warn!(error = %e, retry_in = ?wait, "Salesforce not reachable yet; checking the mapping again");
+                let mut rx = shutdown_rx.clone();
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = rx.wait_for(|v| *v) => return Ok(()),
+                }
+            }
+        }
+    }
+
+    let pricebook = Arc::new(PriceBook::new(client.clone(), mapping.pricebook.clone()));
+    let writer = Writer::new(client, mapping, pricebook, metrics.clone());
+    let worker = Worker::new(cli.worker.clone(), cli.broker.clone(), writer, metrics)?;
+    tracing::info!(admin = %cli.worker.admin_addr, namespace = %cli.broker.broker_namespace, "sync worker starting");
+    worker.run(shutdown_rx).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    tracing::info!("sync worker stopped");
+    Ok(())
+}

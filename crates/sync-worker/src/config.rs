@@ -1,0 +1,109 @@
+//! Command line and environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use orderbridge_broker::BrokerConfig;
+use orderbridge_runtime::LogConfig;
+use orderbridge_salesforce::SalesforceConfig;
+
+use crate::dlq::DlqCommand;
+
+/// Writes order events from RabbitMQ to Salesforce in batches; reports each order's sync status.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "sync-worker", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub worker: WorkerConfig,
+    #[command(flatten)]
+    pub broker: BrokerConfig,
+    #[command(flatten)]
+    pub salesforce: SalesforceConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consume and sync (the default).
+    Run,
+    /// Inspect and replay dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// Check the mapping file, and with `--salesforce` also against the org's objects and fields
+    /// and the price book, then exit.
+    CheckMapping {
+        /// Also describe the mapped objects in Salesforce and resolve the price book.
+        #[arg(long)]
+        salesforce: bool,
+    },
+}
+
+/// The worker's own settings.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerConfig {
+    /// Address of the admin HTTP server (`/health/live`, `/health/ready`, `/metrics`).
+    #[arg(
+        long,
+        env = "WORKER_ADMIN_ADDR",
+        default_value = "127.0.0.1:9102",
+        global = true
+    )]
+    pub admin_addr: SocketAddr,
+    /// Most orders per batch. 200 orders of up to 3 lines fit one Composite call (5 collections
+    /// of 200: accounts, orders, 3 of items); bigger batches take more calls.
+    #[arg(long, env = "WORKER_BATCH_SIZE", default_value_t = 200, value_parser = clap::value_parser!(u16).range(1..=1000), global = true)]
+    pub batch_size: u16,
+    /// How long the first message of a batch waits for more before the batch goes out anyway.
+    #[arg(long, env = "WORKER_BATCH_LINGER", default_value = "50ms", value_parser = orderbridge_runtime::parse_interval, global = true)]
+    pub batch_linger: Duration,
+    /// Batches being written to Salesforce at once, so its latency does not cap throughput.
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    pub max_in_flight: u16,
+    /// Salesforce write attempts per event before it is dead-lettered (retryable failures go
+    /// through the delay tiers, BROKER_RETRY_TIERS, in between).
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    pub max_attempts: u32,
+    /// Field mapping file (JSON); unset: the built-in Account + Order + OrderItem mapping.
+    #[arg(long, env = "WORKER_MAPPING_FILE", global = true)]
+    pub mapping_file: Option<PathBuf>,
+    /// Price book by name, overriding the mapping's `pricebook`; unset: the standard price book.
+    #[arg(long, env = "WORKER_PRICEBOOK", global = true)]
+    pub pricebook: Option<String>,
+    /// First wait before asking Salesforce again after an outage; doubles up to the maximum.
+    #[arg(long, env = "WORKER_BREAKER_PROBE_MIN", default_value = "1s", value_parser = orderbridge_runtime::parse_interval, global = true)]
+    pub breaker_probe_min: Duration,
+    /// Longest wait between probes while Salesforce is down.
+    #[arg(long, env = "WORKER_BREAKER_PROBE_MAX", default_value = "30s", value_parser = orderbridge_runtime::parse_interval, global = true)]
+    pub breaker_probe_max: Duration,
+    /// Wait between budget checks while the API allocation is spent (REQUEST_LIMIT_EXCEEDED or
+    /// usage above SF_MAX_API_USAGE_SHARE), and between probes after an auth failure.
+    #[arg(long, env = "WORKER_BUDGET_PROBE", default_value = "1m", value_parser = orderbridge_runtime::parse_interval, global = true)]
+    pub budget_probe: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight batches may take to finish and ack; after that
+    /// the process exits and their messages are redelivered (writes are idempotent).
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub shutdown_grace: Duration,
+    /// How often the dead-letter count (a metric) is read.
+    #[arg(long, env = "WORKER_DLQ_CHECK_INTERVAL", default_value = "15s", value_parser = orderbridge_runtime::parse_interval, global = true)]
+    pub dlq_check_interval: Duration,
+    /// Fault injection for tests: wait this long after the Salesforce write and before
+    /// publishing outcomes and acking, so a test can SIGKILL the process exactly there.
+    #[arg(long, env = "WORKER_FAULT_PAUSE_BEFORE_ACK", hide = true, value_parser = humantime::parse_duration, global = true)]
+    pub fault_pause_before_ack: Option<Duration>,
+}
+
+impl WorkerConfig {
+    /// Unacked messages the broker may hand over: a batch being filled plus every batch in
+    /// flight, so a slow Salesforce call never starves the next batch.
+    pub fn prefetch(&self) -> u16 {
+        let n = u32::from(self.batch_size) * (u32::from(self.max_in_flight) + 1);
+        u16::try_from(n).unwrap_or(u16::MAX)
+    }
+}

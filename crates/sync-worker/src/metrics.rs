@@ -1,0 +1,227 @@
+//! The worker's metrics (`/metrics` on `WORKER_ADMIN_ADDR`), Prometheus text format.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use orderbridge_runtime::admin::AdminState;
+use orderbridge_runtime::metrics::{
+    Histogram, LAG_BUCKETS, LATENCY_BUCKETS, counter, gauge, labelled_counter,
+};
+
+use crate::writer::CallObserver;
+
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 500.0, 1000.0,
+];
+
+/// Everything `/metrics` shows and `/health/ready` reads.
+#[derive(Debug)]
+pub struct Metrics {
+    pub broker_up: AtomicBool,
+    /// 1 while consumption is paused by the circuit breaker.
+    pub paused: AtomicBool,
+    pub synced_total: AtomicU64,
+    pub retried_total: AtomicU64,
+    pub failed_total: AtomicU64,
+    /// Messages dead-lettered at once because they could not be read.
+    pub undecodable_total: AtomicU64,
+    /// Messages returned to the queue because Salesforce could not be reached.
+    pub requeued_total: AtomicU64,
+    pub broker_reconnects_total: AtomicU64,
+    pub breaker_trips_total: AtomicU64,
+    pub salesforce_calls_total: AtomicU64,
+    /// Messages in the dead-letter queue, from the last check (-1 before the first: f64 bits).
+    dead_letters: AtomicU64,
+    api_used: AtomicU64,
+    api_max: AtomicU64,
+    salesforce_errors: Mutex<BTreeMap<String, u64>>,
+    pub batch_size: Histogram,
+    pub salesforce_latency: Histogram,
+    /// From the event's `occurred_at` (commit time of the order) to its `synced` report.
+    pub end_to_end_lag: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            broker_up: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
+            synced_total: AtomicU64::new(0),
+            retried_total: AtomicU64::new(0),
+            failed_total: AtomicU64::new(0),
+            undecodable_total: AtomicU64::new(0),
+            requeued_total: AtomicU64::new(0),
+            broker_reconnects_total: AtomicU64::new(0),
+            breaker_trips_total: AtomicU64::new(0),
+            salesforce_calls_total: AtomicU64::new(0),
+            dead_letters: AtomicU64::new((-1.0f64).to_bits()),
+            api_used: AtomicU64::new(0),
+            api_max: AtomicU64::new(0),
+            salesforce_errors: Mutex::new(BTreeMap::new()),
+            batch_size: Histogram::new(BATCH_BUCKETS),
+            salesforce_latency: Histogram::new(LATENCY_BUCKETS),
+            end_to_end_lag: Histogram::new(LAG_BUCKETS),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn set_dead_letters(&self, n: u32) {
+        self.dead_letters
+            .store(f64::from(n).to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn set_api_usage(&self, used: u64, max: u64) {
+        self.api_used.store(used, Ordering::Relaxed);
+        self.api_max.store(max, Ordering::Relaxed);
+    }
+
+    pub fn salesforce_errors(&self, code: &str) -> u64 {
+        let e = self
+            .salesforce_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        e.get(code).copied().unwrap_or(0)
+    }
+
+    pub fn count_salesforce_error(&self, code: &str) {
+        let mut e = self
+            .salesforce_errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *e.entry(code.to_owned()).or_default() += 1;
+    }
+}
+
+impl CallObserver for Metrics {
+    fn call(&self, _what: &'static str, elapsed: Duration, error_code: Option<&str>) {
+        self.salesforce_calls_total.fetch_add(1, Ordering::Relaxed);
+        self.salesforce_latency.observe(elapsed.as_secs_f64());
+        if let Some(code) = error_code {
+            self.count_salesforce_error(code);
+        }
+    }
+}
+
+impl AdminState for Metrics {
+    /// Ready while connected to the broker and not paused: a paused worker is alive but is not
+    /// doing its job, which is what an operator (and a load balancer of admin checks) wants to see.
+    fn ready(&self) -> bool {
+        self.broker_up.load(Ordering::Relaxed) && !self.paused.load(Ordering::Relaxed)
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let b = |a: &AtomicBool| if a.load(Ordering::Relaxed) { 1.0 } else { 0.0 };
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut out,
+            "sync_worker_broker_up",
+            "1 while the broker session is healthy.",
+            b(&self.broker_up),
+        );
+        gauge(
+            &mut out,
+            "sync_worker_paused",
+            "1 while the circuit breaker holds consumption (Salesforce down or API budget spent).",
+            b(&self.paused),
+        );
+        counter(
+            &mut out,
+            "sync_worker_orders_synced_total",
+            "Orders written to Salesforce (or found already written).",
+            n(&self.synced_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_orders_retried_total",
+            "Orders sent to a delay tier after a retryable failure.",
+            n(&self.retried_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_orders_failed_total",
+            "Orders dead-lettered (permanent failure or attempts exhausted).",
+            n(&self.failed_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_messages_undecodable_total",
+            "Messages dead-lettered because they could not be read.",
+            n(&self.undecodable_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_messages_requeued_total",
+            "Messages returned to the work queue because a Salesforce call failed as a whole.",
+            n(&self.requeued_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_breaker_trips_total",
+            "Times consumption was paused by the circuit breaker.",
+            n(&self.breaker_trips_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_broker_reconnects_total",
+            "Broker sessions lost and reopened.",
+            n(&self.broker_reconnects_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_salesforce_calls_total",
+            "Salesforce API calls made (composite, queries).",
+            n(&self.salesforce_calls_total),
+        );
+        {
+            let errors = self
+                .salesforce_errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            labelled_counter(
+                &mut out,
+                "sync_worker_salesforce_errors_total",
+                "Salesforce calls that failed as a whole, by error code.",
+                "code",
+                errors.iter().map(|(k, v)| (k.as_str(), *v)),
+            );
+        }
+        gauge(
+            &mut out,
+            "sync_worker_dead_letters",
+            "Messages in the dead-letter queue at the last check (-1: not checked yet).",
+            f64::from_bits(self.dead_letters.load(Ordering::Relaxed)),
+        );
+        gauge(
+            &mut out,
+            "sync_worker_salesforce_api_used",
+            "Daily API requests used, from the last Sforce-Limit-Info header.",
+            n(&self.api_used) as f64,
+        );
+        gauge(
+            &mut out,
+            "sync_worker_salesforce_api_max",
+            "Daily API request allocation, from the last Sforce-Limit-Info header.",
+            n(&self.api_max) as f64,
+        );
+        self.batch_size.render(
+            &mut out,
+            "sync_worker_batch_size",
+            "Orders per batch written to Salesforce.",
+        );
+        self.salesforce_latency.render(
+            &mut out,
+            "sync_worker_salesforce_call_seconds",
+            "Salesforce API call latency.",
+        );
+        self.end_to_end_lag.render(
+            &mut out,
+            "sync_worker_end_to_end_lag_seconds",
+            "From the order's event time to its synced report.",
+        );
+        out
+    }
+}

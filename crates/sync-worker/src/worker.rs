@@ -1,0 +1,968 @@
+//! The consume → batch → write → report → ack loop.
+//!
+//! ```text
+//!  {ns}.sf-sync ──deliveries (manual ack, prefetch = batch × (in-flight + 1))──► batcher
+//!                                   up to WORKER_BATCH_SIZE or WORKER_BATCH_LINGER
+//!                                                                  │ ≤ WORKER_MAX_IN_FLIGHT batches
+//!                                                                  ▼
+//!  per batch: decode ─► dedupe per order ─► Writer (Composite calls) ─► per-order outcome
+//!     synced      → status `synced`                                        ┐ published on the
+//!     retryable   → copy to {ns}.retry (tier by attempt) + status `retrying`│ batch's confirm
+//!     permanent / attempts exhausted / unreadable → {ns}.dlx + `failed`   ┘ channel; then ack
+//!     call failed as a whole (outage, budget, auth) → nack(requeue) + circuit breaker
+//! ```
+//!
+//! Every outcome is published (and confirmed by the broker) before the original delivery is
+//! acked, so a crash anywhere redelivers instead of losing; redelivery is harmless because
+//! Salesforce writes are idempotent by external id and status reports are applied monotonically.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation};
+use orderbridge_broker::{Backoff, BrokerConfig, BrokerError, Session, Supervisor, Topology};
+use orderbridge_domain::{
+    DecodeError, Envelope, Order, OrderEvent, SyncError, SyncState, SyncStatus,
+};
+use orderbridge_salesforce::ErrorClass;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::config::WorkerConfig;
+use crate::headers;
+use crate::metrics::Metrics;
+use crate::writer::{CallFailure, Failure, OrderResult, Writer};
+
+/// Why consumption is paused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pause {
+    /// Salesforce is unreachable or failing (503, timeouts, connection refused).
+    Outage(String),
+    /// The API budget is spent (REQUEST_LIMIT_EXCEEDED, or our usage share reached).
+    Budget(String, Option<Duration>),
+    /// Authentication or configuration is refused; a person may need to act.
+    Auth(String),
+}
+
+impl Pause {
+    fn from_call(f: &CallFailure) -> Self {
+        let what = format!("{}: {}", f.code, f.message);
+        match f.class {
+            ErrorClass::RateLimited => Self::Budget(what, f.retry_after),
+            ErrorClass::Session | ErrorClass::Config => Self::Auth(what),
+            ErrorClass::Retryable | ErrorClass::Permanent => Self::Outage(what),
+        }
+    }
+}
+
+/// A fatal worker error (start-up only; at run time everything is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Why a consuming session ended.
+enum Stop {
+    Shutdown,
+    Paused,
+    Lost(String),
+}
+
+/// The worker.
+pub struct Worker {
+    config: WorkerConfig,
+    supervisor: Supervisor,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    breaker: watch::Sender<Option<Pause>>,
+}
+
+/// What a batch task needs.
+struct Ctx {
+    config: WorkerConfig,
+    broker: BrokerConfig,
+    topology: Topology,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    breaker: watch::Sender<Option<Pause>>,
+    publish_channels: Mutex<Vec<Channel>>,
+}
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        broker: BrokerConfig,
+        writer: Writer,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WorkerError> {
+        let supervisor = Supervisor::new(broker, "sync-worker")?;
+        let (breaker, _) = watch::channel(None);
+        Ok(Self {
+            config,
+            supervisor,
+            writer,
+            metrics,
+            breaker,
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` turns true; then stops consuming, lets in-flight batches finish
+    /// (up to WORKER_SHUTDOWN_GRACE), acks and returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let session = tokio::select! {
+                s = self.supervisor.connect() => s,
+                _ = shutdown.wait_for(|v| *v) => return Ok(()),
+            };
+            let started = Instant::now();
+            let stop = self.session(&session, &mut shutdown).await;
+            self.metrics
+                .broker_up
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            session.close(self.supervisor.config()).await;
+            match stop {
+                Stop::Shutdown => return Ok(()),
+                Stop::Paused => {}
+                Stop::Lost(why) => {
+                    tracing::warn!(why, "broker session lost");
+                    self.metrics
+                        .broker_reconnects_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if started.elapsed() > Duration::from_secs(30) {
+                        self.supervisor.session_succeeded();
+                    }
+                    self.supervisor.session_lost();
+                }
+            }
+        }
+    }
+
+    /// One broker session: consume while Salesforce is usable, pause while it is not.
+    async fn session(&self, session: &Session, shutdown: &mut watch::Receiver<bool>) -> Stop {
+        let config = self.supervisor.config();
+        let mut publish_channels = Vec::with_capacity(usize::from(self.config.max_in_flight));
+        for _ in 0..self.config.max_in_flight {
+            let ch = match config
+                .op("channel.open", session.connection.create_channel())
+                .await
+            {
+                Ok(ch) => ch,
+                Err(e) => return Stop::Lost(e.to_string()),
+            };
+            if let Err(e) = config
+                .op(
+                    "confirm.select",
+                    ch.confirm_select(ConfirmSelectOptions::default()),
+                )
+                .await
+            {
+                return Stop::Lost(e.to_string());
+            }
+            publish_channels.push(ch);
+        }
+        if let Err(e) = config
+            .op(
+                "basic.qos",
+                session
+                    .channel
+                    .basic_qos(self.config.prefetch(), BasicQosOptions::default()),
+            )
+            .await
+        {
+            return Stop::Lost(e.to_string());
+        }
+        let ctx = Arc::new(Ctx {
+            config: self.config.clone(),
+            broker: config.clone(),
+            topology: self.supervisor.topology().clone(),
+            writer: self.writer.clone(),
+            metrics: self.metrics.clone(),
+            breaker: self.breaker.clone(),
+            publish_channels: Mutex::new(publish_channels),
+        });
+        self.metrics
+            .broker_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+
+        let dlq_counter = tokio::spawn(count_dead_letters(
+            session.channel.clone(),
+            config.clone(),
+            self.supervisor.topology().dead_letter_queue.clone(),
+            self.config.dlq_check_interval,
+            self.metrics.clone(),
+        ));
+        let stop = loop {
+            let paused = self.breaker.borrow().clone();
+            if let Some(pause) = paused {
+                match self.wait_until_usable(pause, session, shutdown).await {
+                    Some(stop) => break stop,
+                    None => continue,
+                }
+            }
+            match self.consume(&ctx, session, shutdown).await {
+                Stop::Paused => continue,
+                other => break other,
+            }
+        };
+        dlq_counter.abort();
+        stop
+    }
+
+    /// Holds consumption until Salesforce answers again (or shutdown / session loss).
+    async fn wait_until_usable(
+        &self,
+        pause: Pause,
+        session: &Session,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Stop> {
+        self.metrics
+            .paused
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(?pause, "Salesforce not usable: consumption paused");
+        let mut backoff =
+            Backoff::new(self.config.breaker_probe_min, self.config.breaker_probe_max);
+        loop {
+            let wait = match &pause {
+                Pause::Outage(_) => backoff.fail(),
+                Pause::Budget(_, Some(after)) => (*after).max(self.config.breaker_probe_min),
+                Pause::Budget(_, None) | Pause::Auth(_) => self.config.budget_probe,
+            };
+            let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
+            // Keep an eye on the session while waiting: a dead session is replaced first.
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    _ = shutdown.wait_for(|v| *v) => return Some(Stop::Shutdown),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if !session.is_healthy() {
+                            return Some(Stop::Lost("connection closed while paused".into()));
+                        }
+                    }
+                }
+            }
+            let client = self.writer.client();
+            let probe = match &pause {
+                Pause::Outage(_) => client.versions().await.map(|_| ()),
+                Pause::Auth(_) => client.login().await.map(|_| ()),
+                Pause::Budget(..) => match client.limits().await {
+                    Ok(limits) => match limits.daily_api_requests() {
+                        Some(u) if u.used >= u.max => {
+                            tracing::info!(used = u.used, max = u.max, "API budget still spent");
+                            continue;
+                        }
+                        _ => Ok(()),
+                    },
+                    Err(e) => Err(e),
+                },
+            };
+            match probe {
+                Ok(()) => {
+                    tracing::info!("Salesforce answers again: consumption resumes");
+                    self.breaker.send_replace(None);
+                    self.metrics
+                        .paused
+                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    return None;
+                }
+                Err(e) => tracing::info!(error = %e, "Salesforce still not usable"),
+            }
+        }
+    }
+
+    /// Consumes until shutdown, a breaker trip or session loss; always leaves with nothing
+    /// unsettled: buffered deliveries are requeued and in-flight batches have finished.
+    async fn consume(
+        &self,
+        ctx: &Arc<Ctx>,
+        session: &Session,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Stop {
+        let config = self.supervisor.config();
+        let queue = &ctx.topology.sf_sync_queue;
+        let tag = format!("sync-worker-{}", Uuid::now_v7());
+        let mut consumer = match config
+            .op(
+                "basic.consume",
+                session.channel.basic_consume(
+                    queue.as_str().into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Stop::Lost(e.to_string()),
+        };
+        tracing::info!(queue, "consuming");
+
+        let batch_size = usize::from(self.config.batch_size);
+        let max_in_flight = usize::from(self.config.max_in_flight);
+        let mut breaker = self.breaker.subscribe();
+        let mut in_flight: JoinSet<Result<(), String>> = JoinSet::new();
+        let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
+        let mut deadline: Option<tokio::time::Instant> = None;
+
+        let stop = loop {
+            let can_dispatch = in_flight.len() < max_in_flight;
+            if can_dispatch
+                && (buffer.len() >= batch_size
+                    || (!buffer.is_empty()
+                        && deadline.is_some_and(|d| d <= tokio::time::Instant::now())))
+            {
+                let batch = std::mem::take(&mut buffer);
+                deadline = None;
+                let span = tracing::info_span!("batch", size = batch.len());
+                in_flight.spawn(process(ctx.clone(), batch).instrument(span));
+                continue;
+            }
+            let want_more = buffer.len() < batch_size;
+            let linger = deadline;
+            tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|v| *v) => break Stop::Shutdown,
+                _ = breaker.wait_for(Option::is_some) => break Stop::Paused,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    match done {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => break Stop::Lost(e),
+                        Err(e) => break Stop::Lost(format!("batch task failed: {e}")),
+                    }
+                }
+                next = consumer.next(), if want_more => match next {
+                    Some(Ok(delivery)) => {
+                        if buffer.is_empty() {
+                            deadline = Some(tokio::time::Instant::now() + self.config.batch_linger);
+                        }
+                        buffer.push(delivery);
+                    }
+                    Some(Err(e)) => break Stop::Lost(e.to_string()),
+                    None => break Stop::Lost("the broker cancelled the consumer".into()),
+                },
+                () = async {
+                    match linger {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                }, if linger.is_some() && can_dispatch => {}
+            }
+        };
+
+        // Stop intake first, so nothing new arrives while we settle.
+        let _ = config
+            .op(
+                "basic.cancel",
+                session
+                    .channel
+                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
+        // Deliveries that arrived after the cancel was sent are part of the prefetch too.
+        while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
+            buffer.push(d);
+        }
+        requeue(&buffer, &ctx.metrics).await;
+        buffer.clear();
+
+        let grace = self.config.shutdown_grace;
+        let settle = async {
+            let mut lost = None;
+            while let Some(done) = in_flight.join_next().await {
+                match done {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => lost = Some(e),
+                    Err(e) => lost = Some(format!("batch task failed: {e}")),
+                }
+            }
+            lost
+        };
+        match tokio::time::timeout(grace, settle).await {
+            Ok(None) => stop,
+            Ok(Some(e)) => match stop {
+                Stop::Shutdown => Stop::Shutdown,
+                _ => Stop::Lost(e),
+            },
+            Err(_) => {
+                tracing::warn!(
+                    ?grace,
+                    "in-flight batches did not finish in time; their messages will be redelivered"
+                );
+                in_flight.abort_all();
+                stop
+            }
+        }
+    }
+}
+
+trait NowOrNever: std::future::Future + Sized {
+    fn now_or_never(self) -> Option<Self::Output> {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut fut = std::pin::pin!(self);
+        match fut.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+}
+
+impl<F: std::future::Future> NowOrNever for F {}
+
+async fn requeue(deliveries: &[Delivery], metrics: &Metrics) {
+    for d in deliveries {
+        let _ = d
+            .acker
+            .nack(BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            })
+            .await;
+    }
+    metrics.requeued_total.fetch_add(
+        deliveries.len() as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+}
+
+async fn count_dead_letters(
+    channel: Channel,
+    config: BrokerConfig,
+    queue: String,
+    every: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        if let Ok(q) = config
+            .op(
+                "queue.declare",
+                channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
+            )
+            .await
+        {
+            metrics.set_dead_letters(q.message_count());
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// One message of a batch, read.
+struct Message {
+    delivery: Delivery,
+    /// `None` when it could not be read; then `decode_error` says why.
+    event: Option<Envelope<Order>>,
+    decode_error: Option<DecodeError>,
+    attempts: u32,
+}
+
+/// What to publish for one message before acking it.
+enum Action {
+    /// Superseded by a newer event for the same order in the same batch: nothing to do.
+    Drop,
+    Synced(String),
+    Retry(Failure),
+    DeadLetter {
+        reason: &'static str,
+        code: String,
+        message: String,
+    },
+    /// The call failed as a whole: back to the queue, untouched.
+    Requeue,
+}
+
+/// Processes one batch. `Err` means the broker session is unusable (the caller reconnects;
+/// unacked messages are redelivered).
+async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), String> {
+    ctx.metrics.batch_size.observe(deliveries.len() as f64);
+
+    let messages: Vec<Message> = deliveries.into_iter().map(read).collect();
+
+    // One write per order: the newest event (highest order version, then latest) wins; older
+    // ones in the same batch are settled without a write of their own.
+    let mut newest: HashMap<Uuid, usize> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let Some(e) = &m.event else { continue };
+        match newest.get(&e.data.id) {
+            Some(&j) => {
+                let other = messages[j]
+                    .event
+                    .as_ref()
+                    .map(|o| (o.data.version, o.occurred_at));
+                if other < Some((e.data.version, e.occurred_at)) {
+                    newest.insert(e.data.id, i);
+                }
+            }
+            None => {
+                newest.insert(e.data.id, i);
+            }
+        }
+    }
+    let mut writes: Vec<usize> = newest.values().copied().collect();
+    writes.sort_unstable();
+    let orders: Vec<&Order> = writes
+        .iter()
+        .filter_map(|i| messages[*i].event.as_ref().map(|e| &e.data))
+        .collect();
+    let correlation_ids: Vec<&str> = writes
+        .iter()
+        .filter_map(|i| messages[*i].event.as_ref()?.correlation_id.as_deref())
+        .collect();
+    tracing::debug!(orders = orders.len(), correlation_ids = ?correlation_ids, "writing to Salesforce");
+    let results = if orders.is_empty() {
+        Vec::new()
+    } else {
+        ctx.writer.write(&orders).await
+    };
+    let mut result_of: HashMap<usize, OrderResult> = writes.into_iter().zip(results).collect();
+
+    let max_attempts = ctx.config.max_attempts;
+    let mut actions = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let action = match (&m.event, result_of.remove(&i)) {
+            (None, _) => {
+                let e = m.decode_error.as_ref();
+                Action::DeadLetter {
+                    reason: "undecodable",
+                    code: match e {
+                        Some(DecodeError::Unsupported { .. }) => "UNSUPPORTED_EVENT".into(),
+                        _ => "MALFORMED_MESSAGE".into(),
+                    },
+                    message: e.map(ToString::to_string).unwrap_or_default(),
+                }
+            }
+            (Some(_), None) => Action::Drop,
+            (Some(_), Some(OrderResult::Synced { salesforce_id })) => Action::Synced(salesforce_id),
+            (Some(_), Some(OrderResult::Failed(f))) if !f.retryable => Action::DeadLetter {
+                reason: "permanent",
+                code: f.code,
+                message: f.message,
+            },
+            (Some(_), Some(OrderResult::Failed(f))) if m.attempts + 1 >= max_attempts => {
+                Action::DeadLetter {
+                    reason: "attempts_exhausted",
+                    code: f.code,
+                    message: f.message,
+                }
+            }
+            (Some(_), Some(OrderResult::Failed(f))) => Action::Retry(f),
+            (Some(_), Some(OrderResult::CallFailed(f))) => {
+                let pause = Pause::from_call(&f);
+                let tripped = ctx.breaker.send_if_modified(|state| {
+                    if state.is_none() {
+                        *state = Some(pause.clone());
+                        true
+                    } else {
+                        false
+                    }
+                });
+                if tripped {
+                    tracing::warn!(code = %f.code, error = %f.message, "Salesforce call failed as a whole: pausing");
+                    ctx.metrics
+                        .breaker_trips_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Action::Requeue
+            }
+        };
+        actions.push(action);
+    }
+
+    if let Some(pause) = ctx.config.fault_pause_before_ack {
+        tracing::warn!(
+            ?pause,
+            "fault injection: pausing between the Salesforce write and the ack"
+        );
+        tokio::time::sleep(pause).await;
+    }
+    settle(&ctx, &messages, actions).await
+}
+
+fn read(delivery: Delivery) -> Message {
+    let attempts = header_u32(&delivery.properties, headers::ATTEMPTS).unwrap_or(0);
+    match OrderEvent::decode(&delivery.data) {
+        Ok(env) => {
+            let OrderEvent::Submitted(order) = env.data;
+            Message {
+                event: Some(Envelope {
+                    id: env.id,
+                    event_type: env.event_type,
+                    version: env.version,
+                    occurred_at: env.occurred_at,
+                    correlation_id: env.correlation_id,
+                    data: *order,
+                }),
+                decode_error: None,
+                attempts,
+                delivery,
+            }
+        }
+        Err(e) => Message {
+            delivery,
+            event: None,
+            decode_error: Some(e),
+            attempts,
+        },
+    }
+}
+
+fn header_u32(props: &BasicProperties, name: &str) -> Option<u32> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongLongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::LongUInt(n) => Some(*n),
+        AMQPValue::ShortInt(n) => u32::try_from(*n).ok(),
+        AMQPValue::ShortUInt(n) => Some(u32::from(*n)),
+        _ => None,
+    }
+}
+
+fn header_string(props: &BasicProperties, name: &str) -> Option<String> {
+    let headers = props.headers().as_ref()?;
+    match headers.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// A copy of the delivery's properties with failure headers set (retry, dead letter).
+fn failure_properties(
+    m: &Message,
+    attempts: u32,
+    code: &str,
+    message: &str,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> BasicProperties {
+    let props = &m.delivery.properties;
+    let mut table = props.headers().clone().unwrap_or_default();
+    let first = header_string(props, headers::FIRST_FAILURE_AT).unwrap_or_else(|| now.to_rfc3339());
+    table.insert(
+        headers::ATTEMPTS.into(),
+        AMQPValue::LongLongInt(i64::from(attempts)),
+    );
+    table.insert(headers::ERROR_CODE.into(), long_string(code));
+    // Headers travel in every frame; keep a huge error message from bloating them.
+    let message: String = message.chars().take(2000).collect();
+    table.insert(headers::ERROR_MESSAGE.into(), long_string(&message));
+    table.insert(headers::FIRST_FAILURE_AT.into(), long_string(&first));
+    table.insert(
+        headers::LAST_FAILURE_AT.into(),
+        long_string(&now.to_rfc3339()),
+    );
+    if let Some(reason) = reason {
+        table.insert(headers::REASON.into(), long_string(reason));
+    }
+    props.clone().with_headers(table).with_delivery_mode(2)
+}
+
+/// Publishes every outcome of the batch on one confirm channel, waits for the confirms, then
+/// acks what was settled and requeues the rest.
+async fn settle(ctx: &Ctx, messages: &[Message], actions: Vec<Action>) -> Result<(), String> {
+    let channel = ctx
+        .publish_channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop()
+        .ok_or("no publish channel free")?;
+    let result = settle_on(ctx, &channel, messages, actions).await;
+    ctx.publish_channels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(channel);
+    result
+}
+
+async fn settle_on(
+    ctx: &Ctx,
+    channel: &Channel,
+    messages: &[Message],
+    actions: Vec<Action>,
+) -> Result<(), String> {
+    let now = Utc::now();
+    let topo = &ctx.topology;
+    let metrics = &ctx.metrics;
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        immediate: false,
+    };
+    // (message index, confirm, message_id of what was published)
+    let mut confirms = Vec::new();
+    let mut requeue_now = Vec::new();
+    let mut drop_now = Vec::new();
+    for (i, (m, action)) in messages.iter().zip(&actions).enumerate() {
+        let (status, outbound): (
+            Option<SyncStatus>,
+            Option<(String, String, BasicProperties)>,
+        ) = match action {
+            Action::Drop => {
+                drop_now.push(i);
+                continue;
+            }
+            Action::Requeue => {
+                requeue_now.push(i);
+                continue;
+            }
+            Action::Synced(id) => (
+                m.event.as_ref().map(|e| {
+                    status_of(e, SyncState::Synced, Some(id.clone()), m.attempts + 1, None)
+                }),
+                None,
+            ),
+            Action::Retry(f) => {
+                let attempts = m.attempts + 1;
+                let tiers = &topo.retry_tiers;
+                let tier = &tiers[(attempts as usize - 1).min(tiers.len() - 1)];
+                (
+                    m.event.as_ref().map(|e| {
+                        status_of(
+                            e,
+                            SyncState::Retrying,
+                            None,
+                            attempts,
+                            Some((&f.code, &f.message)),
+                        )
+                    }),
+                    Some((
+                        topo.retry_exchange.clone(),
+                        tier.routing_key.clone(),
+                        failure_properties(m, attempts, &f.code, &f.message, None, now),
+                    )),
+                )
+            }
+            Action::DeadLetter {
+                reason,
+                code,
+                message,
+            } => {
+                let attempts = if *reason == "undecodable" {
+                    m.attempts
+                } else {
+                    m.attempts + 1
+                };
+                (
+                    m.event.as_ref().map(|e| {
+                        status_of(e, SyncState::Failed, None, attempts, Some((code, message)))
+                    }),
+                    Some((
+                        topo.dead_letter_exchange.clone(),
+                        m.delivery.routing_key.as_str().to_owned(),
+                        failure_properties(m, attempts, code, message, Some(reason), now),
+                    )),
+                )
+            }
+        };
+        if let Some((exchange, key, props)) = outbound {
+            let id = props
+                .message_id()
+                .as_ref()
+                .map(|s| s.as_str().to_owned())
+                .unwrap_or_default();
+            let c = ctx
+                .broker
+                .op(
+                    "basic.publish",
+                    channel.basic_publish(
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        mandatory,
+                        &m.delivery.data,
+                        props,
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            confirms.push((i, c, id));
+        }
+        if let Some(status) = status {
+            let correlation = m.event.as_ref().and_then(|e| e.correlation_id.clone());
+            let key = status.routing_key();
+            let envelope = status.into_envelope(now, correlation.clone());
+            let body = serde_json::to_vec(&envelope).map_err(|e| e.to_string())?;
+            let mut props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(envelope.id.to_string().into())
+                .with_type(envelope.event_type.as_str().into())
+                .with_timestamp(u64::try_from(now.timestamp()).unwrap_or(0))
+                .with_app_id("orderbridge-sync-worker".into());
+            if let Some(c) = correlation {
+                props = props.with_correlation_id(ShortString::from(
+                    c.chars().take(255).collect::<String>(),
+                ));
+            }
+            let c = ctx
+                .broker
+                .op(
+                    "basic.publish",
+                    channel.basic_publish(
+                        topo.status_exchange.as_str().into(),
+                        key.as_str().into(),
+                        mandatory,
+                        &body,
+                        props,
+                    ),
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            confirms.push((i, c, envelope.id.to_string()));
+        }
+    }
+
+    // Wait for every confirm; a message is settled only if all its publishes were confirmed
+    // and none came back unroutable.
+    let mut failed: Vec<bool> = vec![false; messages.len()];
+    let mut returned: Vec<String> = Vec::new();
+    let mut broken = None;
+    let mut waited = Vec::with_capacity(confirms.len());
+    for (i, c, id) in confirms {
+        match ctx.broker.op("confirm", c).await {
+            Ok(Confirmation::Ack(None)) => waited.push((i, id)),
+            Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) => {
+                if let Some(rid) = r.properties.message_id() {
+                    returned.push(rid.as_str().to_owned());
+                }
+                // Attribute by message id below (lapin may attach a return to another confirm).
+                waited.push((i, id));
+                failed[i] = r.properties.message_id().is_none();
+            }
+            Ok(Confirmation::Nack(None)) | Ok(Confirmation::NotRequested) => failed[i] = true,
+            Err(e) => {
+                failed[i] = true;
+                broken = Some(e.to_string());
+            }
+        }
+    }
+    for (i, id) in waited {
+        if returned.contains(&id) {
+            tracing::error!(message_id = %id, "outcome message returned unroutable; the order will be retried");
+            failed[i] = true;
+        }
+    }
+    if let Some(e) = broken {
+        // The channel or connection is gone: acks cannot be trusted either. Everything of this
+        // batch is redelivered after the reconnect.
+        return Err(format!("publishing outcomes failed: {e}"));
+    }
+
+    for (i, (m, action)) in messages.iter().zip(&actions).enumerate() {
+        let settle_ok = !failed[i] && !requeue_now.contains(&i);
+        let r = if settle_ok {
+            m.delivery.acker.ack(BasicAckOptions::default()).await
+        } else {
+            m.delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+        };
+        r.map_err(|e| format!("ack failed: {e}"))?;
+        if !settle_ok {
+            metrics
+                .requeued_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            continue;
+        }
+        let order = m.event.as_ref().map(|e| e.data.id);
+        let correlation_id = m.event.as_ref().and_then(|e| e.correlation_id.as_deref());
+        match action {
+            Action::Synced(id) => {
+                metrics
+                    .synced_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if let Some(e) = &m.event {
+                    let lag = (now - e.occurred_at).to_std().unwrap_or_default();
+                    metrics.end_to_end_lag.observe(lag.as_secs_f64());
+                }
+                tracing::debug!(?order, correlation_id, salesforce_id = %id, "synced");
+            }
+            Action::Retry(f) => {
+                metrics
+                    .retried_total
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(?order, correlation_id, code = %f.code, error = %f.message, attempts = m.attempts + 1, "retry scheduled");
+            }
+            Action::DeadLetter {
+                reason,
+                code,
+                message,
+            } => {
+                if *reason == "undecodable" {
+                    metrics
+                        .undecodable_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                } else {
+                    metrics
+                        .failed_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::error!(
+                    ?order,
+                    correlation_id,
+                    reason,
+                    code,
+                    error = message,
+                    "dead-lettered"
+                );
+            }
+            Action::Drop | Action::Requeue => {}
+        }
+    }
+    drop(drop_now);
+    if let Some(usage) = ctx.writer.client().usage() {
+        metrics.set_api_usage(usage.used, usage.max);
+    }
+    Ok(())
+}
+
+fn status_of(
+    e: &Envelope<Order>,
+    state: SyncState,
+    salesforce_id: Option<String>,
+    attempts: u32,
+    error: Option<(&String, &String)>,
+) -> SyncStatus {
+    SyncStatus {
+        order_id: e.data.id,
+        order_version: e.data.version,
+        state,
+        salesforce_id,
+        attempts,
+        error: error.map(|(code, message)| SyncError {
+            code: code.clone(),
+            message: message.chars().take(2000).collect(),
+        }),
+        source_event_id: e.id,
+        source_occurred_at: e.occurred_at,
+    }
+}

@@ -1,0 +1,434 @@
+//! Test harness: the emulator in-process on port 0 (seeded with the dev catalogue), a unique
+//! broker namespace on the local RabbitMQ, and the worker in-process or as the real binary.
+//! Every broker operation of the harness opens its own connection, so tests that close all
+//! connections (`rabbitmqctl close_all_connections`) do not break the harness itself.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use orderbridge_broker::lapin::options::{
+    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+};
+use orderbridge_broker::lapin::types::FieldTable;
+use orderbridge_broker::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use orderbridge_broker::{BrokerConfig, Supervisor, Topology};
+use orderbridge_domain::{Envelope, NewOrder, NewOrderRequest, Order, OrderEvent, SyncStatus};
+use orderbridge_salesforce::{Client, SalesforceConfig};
+use serde_json::{Value, json};
+use sf_emulator::{EmulatorConfig, RunningEmulator};
+use sync_worker::config::Cli;
+use sync_worker::mapping::Mapping;
+use sync_worker::metrics::Metrics;
+use sync_worker::pricebook::PriceBook;
+use sync_worker::worker::Worker;
+use sync_worker::writer::Writer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Polls `f` until it returns true, failing the test after `limit`.
+pub async fn eventually<F, Fut>(limit: Duration, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if f().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// An order as the API would have accepted it, with `lines` lines over the seeded SKUs.
+pub fn order(customer: &str, lines: usize) -> Order {
+    order_with_skus(customer, &vec!["SKU-RED-MUG"; lines])
+}
+
+pub fn order_with_skus(customer: &str, skus: &[&str]) -> Order {
+    let lines: Vec<Value> = skus
+        .iter()
+        .enumerate()
+        .map(|(i, sku)| json!({"sku": sku, "name": format!("item {i}"), "quantity": i + 1, "unit_price": "12.50"}))
+        .collect();
+    let req: NewOrderRequest = serde_json::from_value(json!({
+        "client_ref": format!("PO-{}", uuid::Uuid::now_v7()),
+        "customer": {"external_id": customer, "name": format!("Customer {customer}"), "email": "buyer@example.com"},
+        "shipping_address": {"line1": "Hauptstraße 1", "city": "Berlin", "postal_code": "10115", "country": "DE"},
+        "currency": "EUR",
+        "lines": lines,
+        "notes": "leave at the door"
+    }))
+    .unwrap();
+    NewOrder::parse(req)
+        .unwrap()
+        .into_order(uuid::Uuid::now_v7(), chrono::Utc::now())
+}
+
+pub struct Harness {
+    pub ns: String,
+    pub broker: BrokerConfig,
+    pub topology: Topology,
+    pub emulator: RunningEmulator,
+    pub sf: SalesforceConfig,
+    pub http: reqwest::Client,
+    worker: Option<(JoinHandle<()>, watch::Sender<bool>, Arc<Metrics>)>,
+}
+
+impl Harness {
+    /// Emulator seeded with the dev catalogue, and a topology with short retry tiers.
+    pub async fn new() -> Self {
+        Self::with_retry_tiers("300ms,600ms").await
+    }
+
+    pub async fn with_retry_tiers(tiers: &str) -> Self {
+        let emulator = sf_emulator::spawn(EmulatorConfig {
+            seed_file: Some(repo_root().join("config/sf-emulator-seed.json")),
+            ..EmulatorConfig::ephemeral()
+        })
+        .await
+        .unwrap();
+        let sf = SalesforceConfig {
+            login_url: emulator.base_url.clone(),
+            request_timeout: Duration::from_secs(5),
+            ..SalesforceConfig::default()
+        };
+        let ns = format!("t-sw-{}", uuid::Uuid::now_v7());
+        let broker = Cli::parse_from([
+            "sync-worker",
+            "--amqp-url",
+            AMQP_URL,
+            "--broker-namespace",
+            &ns,
+            "--broker-retry-tiers",
+            tiers,
+            "--broker-reconnect-min",
+            "50ms",
+            "--broker-reconnect-max",
+            "500ms",
+        ])
+        .broker;
+        let topology = broker.topology().unwrap();
+        let h = Self {
+            ns,
+            broker,
+            topology,
+            emulator,
+            sf,
+            http: reqwest::Client::new(),
+            worker: None,
+        };
+        // Declares the topology.
+        let session = h.supervisor().try_connect().await.unwrap();
+        session.close(&h.broker).await;
+        h
+    }
+
+    pub fn supervisor(&self) -> Supervisor {
+        Supervisor::new(self.broker.clone(), "sync-worker-test").unwrap()
+    }
+
+    /// The worker's command line for this harness, plus `extra` flags.
+    pub fn cli(&self, extra: &[&str]) -> Cli {
+        let mut args = vec![
+            "sync-worker".to_owned(),
+            "--amqp-url".into(),
+            AMQP_URL.into(),
+            "--broker-namespace".into(),
+            self.ns.clone(),
+            "--broker-retry-tiers".into(),
+            self.topology
+                .retry_tiers
+                .iter()
+                .map(|t| format!("{}ms", t.delay.as_millis()))
+                .collect::<Vec<_>>()
+                .join(","),
+            "--broker-reconnect-min".into(),
+            "50ms".into(),
+            "--broker-reconnect-max".into(),
+            "500ms".into(),
+            "--sf-login-url".into(),
+            self.emulator.base_url.clone(),
+            "--sf-request-timeout".into(),
+            "5s".into(),
+            "--breaker-probe-min".into(),
+            "100ms".into(),
+            "--breaker-probe-max".into(),
+            "500ms".into(),
+            "--budget-probe".into(),
+            "300ms".into(),
+            "--dlq-check-interval".into(),
+            "200ms".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        Cli::parse_from(args)
+    }
+
+    /// Starts the worker in-process.
+    pub async fn start_worker(&mut self, extra: &[&str]) -> Arc<Metrics> {
+        self.start_worker_with_mapping(extra, Mapping::load(None).unwrap())
+            .await
+    }
+
+    pub async fn start_worker_with_mapping(
+        &mut self,
+        extra: &[&str],
+        mapping: Mapping,
+    ) -> Arc<Metrics> {
+        assert!(self.worker.is_none(), "worker already running");
+        let cli = self.cli(extra);
+        let metrics = Arc::new(Metrics::default());
+        let client = Client::new(&cli.salesforce).unwrap();
+        let mapping = Arc::new(mapping);
+        let pricebook = Arc::new(PriceBook::new(client.clone(), mapping.pricebook.clone()));
+        let writer = Writer::new(client, mapping, pricebook, metrics.clone());
+        let worker = Worker::new(cli.worker, cli.broker, writer, metrics.clone()).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            worker.run(rx).await.unwrap();
+        });
+        self.worker = Some((task, tx, metrics.clone()));
+        metrics
+    }
+
+    /// Graceful stop of the in-process worker.
+    pub async fn stop_worker(&mut self) {
+        if let Some((task, tx, _)) = self.worker.take() {
+            let _ = tx.send(true);
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("worker stops within 30 s")
+                .unwrap();
+        }
+    }
+
+    async fn channel(&self) -> (Connection, Channel) {
+        let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        (conn, ch)
+    }
+
+    /// Publishes `order.submitted` for each order as the relay does; returns the envelopes.
+    pub async fn publish_orders(&self, orders: &[Order]) -> Vec<Envelope<Value>> {
+        let (conn, ch) = self.channel().await;
+        let mut out = Vec::new();
+        for o in orders {
+            let env = OrderEvent::Submitted(Box::new(o.clone()))
+                .into_envelope(o.created_at, Some(format!("req-{}", o.id)));
+            let body = serde_json::to_vec(&env).unwrap();
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into())
+                .with_message_id(env.id.to_string().into())
+                .with_type(env.event_type.as_str().into())
+                .with_correlation_id(format!("req-{}", o.id).into());
+            ch.basic_publish(
+                self.topology.events_exchange.as_str().into(),
+                "order.submitted".into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &body,
+                props,
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+            out.push(env);
+        }
+        conn.close(200, "bye".into()).await.ok();
+        out
+    }
+
+    /// Publishes raw bytes on the work queue's binding (a poison message).
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let (conn, ch) = self.channel().await;
+        ch.basic_publish(
+            self.topology.events_exchange.as_str().into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id("poison-1".into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        conn.close(200, "bye".into()).await.ok();
+    }
+
+    /// Takes every message now in `queue` (acked: removed).
+    pub async fn drain(&self, queue: &str) -> Vec<(BasicProperties, Vec<u8>)> {
+        let (conn, ch) = self.channel().await;
+        let mut out = Vec::new();
+        while let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            m.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .unwrap();
+            out.push((m.delivery.properties.clone(), m.delivery.data.clone()));
+        }
+        conn.close(200, "bye".into()).await.ok();
+        out
+    }
+
+    /// Collects status reports until `done` says enough, or fails after `limit`.
+    pub async fn statuses_until(
+        &self,
+        limit: Duration,
+        collected: &mut Vec<Envelope<SyncStatus>>,
+        done: impl Fn(&[Envelope<SyncStatus>]) -> bool,
+    ) {
+        let deadline = Instant::now() + limit;
+        loop {
+            for (_, body) in self.drain(&self.topology.status_queue).await {
+                collected.push(SyncStatus::decode(&body).unwrap());
+            }
+            if done(collected) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for status reports; got {:?}",
+                collected
+                    .iter()
+                    .map(|s| (s.data.order_id, s.data.state, s.data.error.clone()))
+                    .collect::<Vec<_>>()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every order has a `synced` report; returns all reports seen.
+    pub async fn wait_synced(
+        &self,
+        orders: &[Order],
+        limit: Duration,
+    ) -> Vec<Envelope<SyncStatus>> {
+        let mut all = Vec::new();
+        let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.id).collect();
+        self.statuses_until(limit, &mut all, |s| {
+            ids.iter().all(|id| {
+                s.iter().any(|r| {
+                    r.data.order_id == *id && r.data.state == orderbridge_domain::SyncState::Synced
+                })
+            })
+        })
+        .await;
+        all
+    }
+
+    pub async fn message_count(&self, queue: &str) -> u32 {
+        let (conn, ch) = self.channel().await;
+        let q = ch
+            .queue_declare(
+                queue.into(),
+                orderbridge_broker::lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        conn.close(200, "bye".into()).await.ok();
+        q.message_count()
+    }
+
+    pub async fn faults(&self, body: Value) {
+        let r = self
+            .http
+            .post(format!("{}/__admin/faults", self.emulator.base_url))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "faults: {}",
+            r.text().await.unwrap()
+        );
+    }
+
+    pub async fn records(&self, sobject: &str) -> Vec<Value> {
+        let v: Value = self
+            .http
+            .get(format!(
+                "{}/__admin/records/{sobject}",
+                self.emulator.base_url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["records"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> Value {
+        self.http
+            .get(format!("{}/__admin/stats", self.emulator.base_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Composite calls the emulator has counted.
+    pub async fn composite_calls(&self) -> u64 {
+        self.stats().await["api_calls_by_route"]["POST /composite"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+
+    /// Records of `sobject` per external id value (for exactly-once checks).
+    pub async fn count_by_external_id(
+        &self,
+        sobject: &str,
+    ) -> std::collections::HashMap<String, usize> {
+        let mut m = std::collections::HashMap::new();
+        for r in self.records(sobject).await {
+            if let Some(k) = r["External_Id__c"].as_str() {
+                *m.entry(k.to_owned()).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    pub async fn cleanup(mut self) {
+        self.stop_worker().await;
+        if let Ok(session) = self.supervisor().try_connect().await {
+            let _ = self.topology.delete(&self.broker, &session.channel).await;
+            session.close(&self.broker).await;
+        }
+        let _ = self.emulator.shutdown().await;
+    }
+}
