@@ -240,11 +240,16 @@ impl Worker {
         tracing::warn!(?pause, "Salesforce not usable: consumption paused");
         let mut backoff =
             Backoff::new(self.config.breaker_probe_min, self.config.breaker_probe_max);
+        // The client may say how long its usage guard will refuse calls; that wins.
+        let mut told: Option<Duration> = match &pause {
+            Pause::Budget(_, after) => *after,
+            _ => None,
+        };
         loop {
-            let wait = match &pause {
-                Pause::Outage(_) => backoff.fail(),
-                Pause::Budget(_, Some(after)) => (*after).max(self.config.breaker_probe_min),
-                Pause::Budget(_, None) | Pause::Auth(_) => self.config.budget_probe,
+            let wait = match (&pause, told.take()) {
+                (_, Some(after)) => after.max(self.config.breaker_probe_min),
+                (Pause::Outage(_), None) => backoff.fail(),
+                (Pause::Budget(..) | Pause::Auth(_), None) => self.config.budget_probe,
             };
             let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
             // Keep an eye on the session while waiting: a dead session is replaced first.
@@ -283,7 +288,10 @@ impl Worker {
                         .store(false, std::sync::atomic::Ordering::Relaxed);
                     return None;
                 }
-                Err(e) => tracing::info!(error = %e, "Salesforce still not usable"),
+                Err(e) => {
+                    told = e.retry_after();
+                    tracing::info!(error = %e, retry_in = ?told, "Salesforce still not usable");
+                }
             }
         }
     }

@@ -6,18 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, eventually, order, order_with_skus};
+use common::{Harness, eventually, header, order, order_with_skus};
 use orderbridge_domain::SyncState;
 use sync_worker::headers;
-
-fn header(props: &orderbridge_broker::lapin::BasicProperties, name: &str) -> Option<String> {
-    use orderbridge_broker::lapin::types::AMQPValue;
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        other => Some(format!("{other:?}")),
-    }
-}
 
 #[tokio::test]
 async fn a_batch_of_orders_becomes_accounts_orders_and_items_in_one_call() {

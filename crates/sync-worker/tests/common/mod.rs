@@ -93,6 +93,11 @@ impl Harness {
     }
 
     pub async fn with_retry_tiers(tiers: &str) -> Self {
+        // RUST_LOG=sync_worker=debug shows the worker's logs in a failing test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let emulator = sf_emulator::spawn(EmulatorConfig {
             seed_file: Some(repo_root().join("config/sf-emulator-seed.json")),
             ..EmulatorConfig::ephemeral()
@@ -430,5 +435,15 @@ impl Harness {
             session.close(&self.broker).await;
         }
         let _ = self.emulator.shutdown().await;
+    }
+}
+
+/// A header as text (strings and integers), for assertions.
+pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
+    use orderbridge_broker::lapin::types::AMQPValue;
+    match props.headers().as_ref()?.inner().get(name)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongLongInt(n) => Some(n.to_string()),
+        other => Some(format!("{other:?}")),
     }
 }
