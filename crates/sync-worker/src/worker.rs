@@ -25,7 +25,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
@@ -203,10 +203,18 @@ impl Worker {
             .broker_up
             .store(true, std::sync::atomic::Ordering::Relaxed);
 
+        // Its own channel: a passive declare of a missing queue closes the channel it runs on.
+        let count_channel = match config
+            .op("channel.open", session.connection.create_channel())
+            .await
+        {
+            Ok(ch) => ch,
+            Err(e) => return Stop::Lost(e.to_string()),
+        };
         let dlq_counter = tokio::spawn(count_dead_letters(
-            session.channel.clone(),
+            count_channel,
             config.clone(),
-            self.supervisor.topology().dead_letter_queue.clone(),
+            self.supervisor.topology().clone(),
             self.config.dlq_check_interval,
             self.metrics.clone(),
         ));
@@ -455,23 +463,13 @@ async fn requeue(deliveries: &[Delivery], metrics: &Metrics) {
 async fn count_dead_letters(
     channel: Channel,
     config: BrokerConfig,
-    queue: String,
+    topology: Topology,
     every: Duration,
     metrics: Arc<Metrics>,
 ) {
     loop {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        if let Ok(q) = config
-            .op(
-                "queue.declare",
-                channel.queue_declare(queue.as_str().into(), passive, FieldTable::default()),
-            )
-            .await
-        {
-            metrics.set_dead_letters(q.message_count());
+        if let Ok(n) = crate::dlq::count(&config, &channel, &topology).await {
+            metrics.set_dead_letters(n);
         }
         tokio::time::sleep(every).await;
     }
