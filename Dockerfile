@@ -15,6 +15,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/ /usr/local/bin/
+# The emulator's dev catalogue (SF_EMULATOR_SEED_FILE in docker-compose.yml).
+COPY config/ /etc/orderbridge/
 USER 10001:10001
 ENV LOG_FORMAT=json
 CMD ["order-api"]
