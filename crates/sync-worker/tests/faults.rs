@@ -87,13 +87,17 @@ async fn expired_sessions_are_refreshed_transparently() {
     let first = order("C-1", 1);
     h.publish_orders(std::slice::from_ref(&first)).await;
     h.wait_synced(std::slice::from_ref(&first), WAIT).await;
-    let logins_before = h.stats().await["token_requests"]["password"].as_u64().unwrap();
+    let logins_before = h.stats().await["token_requests"]["password"]
+        .as_u64()
+        .unwrap();
 
     h.faults(json!({"expire_sessions": true})).await;
     let second = order("C-2", 2);
     h.publish_orders(std::slice::from_ref(&second)).await;
     h.wait_synced(std::slice::from_ref(&second), WAIT).await;
-    let logins_after = h.stats().await["token_requests"]["password"].as_u64().unwrap();
+    let logins_after = h.stats().await["token_requests"]["password"]
+        .as_u64()
+        .unwrap();
     assert_eq!(logins_after, logins_before + 1, "one re-login");
     assert_eq!(metrics.breaker_trips_total.load(Ordering::Relaxed), 0);
     assert_exactly_once(&h, &[first, second]).await;
@@ -138,14 +142,20 @@ async fn a_required_field_salesforce_misses_dead_letters_the_orders() {
     let default: serde_json::Value =
         serde_json::from_str(sync_worker::mapping::DEFAULT_MAPPING).unwrap();
     let mut m = default.clone();
-    m["order"]["fields"].as_object_mut().unwrap().remove("Status");
+    m["order"]["fields"]
+        .as_object_mut()
+        .unwrap()
+        .remove("Status");
     let mapping = Mapping::parse(&m.to_string(), "test").unwrap();
     h.start_worker_with_mapping(&[], mapping).await;
     let orders: Vec<_> = (1..=2).map(|i| order(&format!("C-{i}"), 1)).collect();
     h.publish_orders(&orders).await;
     let mut all = Vec::new();
     h.statuses_until(WAIT, &mut all, |s| {
-        s.iter().filter(|r| r.data.state == SyncState::Failed).count() == 2
+        s.iter()
+            .filter(|r| r.data.state == SyncState::Failed)
+            .count()
+            == 2
     })
     .await;
     for s in &all {
@@ -176,7 +186,10 @@ async fn retryable_failures_that_never_pass_end_dead_lettered() {
         s.iter().any(|r| r.data.state == SyncState::Failed)
     })
     .await;
-    let states: Vec<_> = all.iter().map(|r| (r.data.state, r.data.attempts)).collect();
+    let states: Vec<_> = all
+        .iter()
+        .map(|r| (r.data.state, r.data.attempts))
+        .collect();
     assert_eq!(
         states,
         [
@@ -192,8 +205,17 @@ async fn retryable_failures_that_never_pass_end_dead_lettered() {
     let dead = h.drain(&h.topology.dead_letter_queue).await;
     let props = &dead[0].0;
     use common::header;
-    assert_eq!(header(props, sync_worker::headers::REASON).as_deref(), Some("attempts_exhausted"));
-    assert_eq!(header(props, sync_worker::headers::ERROR_CODE).as_deref(), Some("UNABLE_TO_LOCK_ROW"));
-    assert_eq!(header(props, sync_worker::headers::ATTEMPTS).as_deref(), Some("3"));
+    assert_eq!(
+        header(props, sync_worker::headers::REASON).as_deref(),
+        Some("attempts_exhausted")
+    );
+    assert_eq!(
+        header(props, sync_worker::headers::ERROR_CODE).as_deref(),
+        Some("UNABLE_TO_LOCK_ROW")
+    );
+    assert_eq!(
+        header(props, sync_worker::headers::ATTEMPTS).as_deref(),
+        Some("3")
+    );
     h.cleanup().await;
 }
