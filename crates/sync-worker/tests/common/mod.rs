@@ -146,6 +146,11 @@ impl Harness {
 
     /// The worker's command line for this harness, plus `extra` flags.
     pub fn cli(&self, extra: &[&str]) -> Cli {
+        Cli::parse_from(self.args(extra))
+    }
+
+    /// The same command line as text (program name first), to start the real binary with.
+    pub fn args(&self, extra: &[&str]) -> Vec<String> {
         let mut args = vec![
             "sync-worker".to_owned(),
             "--amqp-url".into(),
@@ -177,7 +182,7 @@ impl Harness {
             "200ms".into(),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        Cli::parse_from(args)
+        args
     }
 
     /// Starts the worker in-process.
