@@ -87,7 +87,14 @@ pub struct Worker {
     writer: Writer,
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
+    /// Outage probe backoff. Kept across pauses, so a Salesforce that answers the probe but
+    /// fails real calls is not hammered; reset after a long enough healthy stretch.
+    probe_backoff: Mutex<Backoff>,
 }
+
+/// Consuming this long without a pause counts as recovered: the next outage starts probing at
+/// the shortest interval again.
+const HEALTHY_STRETCH: Duration = Duration::from_secs(30);
 
 /// What a batch task needs.
 struct Ctx {
@@ -109,12 +116,17 @@ impl Worker {
     ) -> Result<Self, WorkerError> {
         let supervisor = Supervisor::new(broker, "sync-worker")?;
         let (breaker, _) = watch::channel(None);
+        let probe_backoff = Mutex::new(Backoff::new(
+            config.breaker_probe_min,
+            config.breaker_probe_max,
+        ));
         Ok(Self {
             config,
             supervisor,
             writer,
             metrics,
             breaker,
+            probe_backoff,
         })
     }
 
@@ -226,7 +238,15 @@ impl Worker {
                     None => continue,
                 }
             }
-            match self.consume(&ctx, session, shutdown).await {
+            let consuming_since = Instant::now();
+            let stop = self.consume(&ctx, session, shutdown).await;
+            if consuming_since.elapsed() >= HEALTHY_STRETCH {
+                self.probe_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reset();
+            }
+            match stop {
                 Stop::Paused => continue,
                 other => break other,
             }
@@ -246,8 +266,6 @@ impl Worker {
             .paused
             .store(true, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(?pause, "Salesforce not usable: consumption paused");
-        let mut backoff =
-            Backoff::new(self.config.breaker_probe_min, self.config.breaker_probe_max);
         // The client may say how long its usage guard will refuse calls; that wins.
         let mut told: Option<Duration> = match &pause {
             Pause::Budget(_, after) => *after,
@@ -256,7 +274,11 @@ impl Worker {
         loop {
             let wait = match (&pause, told.take()) {
                 (_, Some(after)) => after.max(self.config.breaker_probe_min),
-                (Pause::Outage(_), None) => backoff.fail(),
+                (Pause::Outage(_), None) => self
+                    .probe_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .fail(),
                 (Pause::Budget(..) | Pause::Auth(_), None) => self.config.budget_probe,
             };
             let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
@@ -340,6 +362,10 @@ impl Worker {
         let mut deadline: Option<tokio::time::Instant> = None;
 
         let stop = loop {
+            // A batch that just tripped the breaker must not be followed by another one.
+            if self.breaker.borrow().is_some() {
+                break Stop::Paused;
+            }
             let can_dispatch = in_flight.len() < max_in_flight;
             if can_dispatch
                 && (buffer.len() >= batch_size
@@ -723,16 +749,12 @@ async fn settle_on(
     // (message index, confirm, message_id of what was published)
     let mut confirms = Vec::new();
     let mut requeue_now = Vec::new();
-    let mut drop_now = Vec::new();
     for (i, (m, action)) in messages.iter().zip(&actions).enumerate() {
         let (status, outbound): (
             Option<SyncStatus>,
             Option<(String, String, BasicProperties)>,
         ) = match action {
-            Action::Drop => {
-                drop_now.push(i);
-                continue;
-            }
+            Action::Drop => continue,
             Action::Requeue => {
                 requeue_now.push(i);
                 continue;
@@ -944,7 +966,6 @@ async fn settle_on(
             Action::Drop | Action::Requeue => {}
         }
     }
-    drop(drop_now);
     if let Some(usage) = ctx.writer.client().usage() {
         metrics.set_api_usage(usage.used, usage.max);
     }
