@@ -310,6 +310,10 @@ impl StatusApplier {
         metrics: Arc<Metrics>,
     ) -> Result<Self, RelayError> {
         broker.topology()?;
+        let mut config = config;
+        // A batch can never hold more than the prefetch; asking for more would only make every
+        // batch wait out the linger time.
+        config.status_batch_size = config.status_batch_size.min(config.status_prefetch);
         Ok(Self {
             config,
             broker,
@@ -423,8 +427,13 @@ impl StatusApplier {
         // Heartbeat loss or a closed channel flips the session's status; an idle consumer
         // would otherwise only notice on its next delivery.
         let mut check = tokio::time::interval(Duration::from_secs(1));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let first = tokio::select! {
+                // Shutdown first: with messages always ready, an unbiased select could keep
+                // taking batches after it was requested.
+                biased;
+                () = wait_shutdown(shutdown) => return End::Shutdown,
                 d = consumer.next() => d,
                 _ = check.tick() => {
                     if !session.is_healthy() {
@@ -436,7 +445,6 @@ impl StatusApplier {
                     }
                     continue;
                 }
-                () = wait_shutdown(shutdown) => return End::Shutdown,
             };
             let mut batch = match first {
                 Some(Ok(d)) => vec![d],
