@@ -14,8 +14,9 @@
 //!                                          ─"1m"──► {ns}.sf-sync.retry.1m  ──TTL──┘  the default
 //!                                          ─"10m"─► {ns}.sf-sync.retry.10m ──TTL──┘  exchange, back
 //!                                                                                     to {ns}.sf-sync)
-//!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► applied to orders
-//!                                                                              (the sync worker's issue)
+//!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► outbox-relay's status
+//!                                                      │ (quorum, DLX)        applier ──► orders
+//!                                                      └─unreadable, rejected──► {ns}.dlx ──► {ns}.dead-letters
 //! ```
 //!
 //! lapin does not recover connections reliably on its own (amqp-rs/lapin #288, #312, #389, #409,

@@ -38,8 +38,11 @@ pub struct Topology {
     /// Fanout exchange for dead letters (delivery limit exceeded, or the worker gave up).
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
-    /// Topic exchange for sync status events flowing back from the worker.
+    /// Topic exchange for sync status events flowing back from the worker (routing key
+    /// `order.sync_status.<state>`).
     pub status_exchange: String,
+    /// Quorum queue bound to the status exchange with `#`, consumed by the outbox relay
+    /// process's status applier; dead-letters to [`Self::dead_letter_exchange`].
     pub status_queue: String,
 }
 
@@ -186,7 +189,15 @@ impl Topology {
             .await?;
         }
 
-        self.declare_queue(config, channel, &self.status_queue, quorum())
+        // Status reports: applied to orders by the relay process. One that cannot be read is
+        // rejected and dead-lettered (never requeued: it would fail the same way forever, and
+        // never dropped: it is a fact about an order). At-least-once, as for the work queue.
+        let mut args = at_least_once_dead_lettering(quorum());
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            string(&self.dead_letter_exchange),
+        );
+        self.declare_queue(config, channel, &self.status_queue, args)
             .await?;
         self.bind(
             config,

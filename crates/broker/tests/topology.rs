@@ -1,5 +1,5 @@
 //! The topology on a real broker: idempotent declaration, delayed retry through a tier back to
-//! the work queue, the delivery limit dead-lettering, status events.
+//! the work queue, the delivery limit dead-lettering, status events (and their dead letters).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -169,6 +169,36 @@ async fn topology_is_idempotent_and_routes_retries_dead_letters_and_status() {
     // Status events have their own exchange and queue.
     publish(ch, &t.status_exchange, "order.synced", b"{\"n\":4}").await;
     assert_eq!(get_one(ch, &t.status_queue).await.data, b"{\"n\":4}");
+
+    // A status message its consumer rejects (unreadable) is dead-lettered, not dropped.
+    publish(
+        ch,
+        &t.status_exchange,
+        "order.sync_status.synced",
+        b"{\"n\":5}",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rejected = loop {
+        if let Some(m) = ch
+            .basic_get(
+                t.status_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            break m.delivery;
+        }
+        assert!(Instant::now() < deadline, "nothing on the status queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ch.basic_reject(rejected.delivery_tag, BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dead = get_one(ch, &t.dead_letter_queue).await;
+    assert_eq!(dead.data, b"{\"n\":5}");
+    assert_eq!(first_death_reason(&dead), "rejected");
 
     t.delete(&cfg, ch).await.unwrap();
     s.close(&cfg).await;

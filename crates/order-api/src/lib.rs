@@ -72,6 +72,10 @@ pub fn app(state: AppState) -> Router {
             axum::routing::post(orders::create_order).get(orders::list_orders),
         )
         .route("/v1/orders/{id}", get(orders::get_order))
+        .route(
+            "/v1/orders/{id}/resync",
+            axum::routing::post(orders::resync_order),
+        )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))

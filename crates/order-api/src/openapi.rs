@@ -16,6 +16,7 @@ use utoipa::{Modify, OpenApi};
         crate::orders::create_order,
         crate::orders::list_orders,
         crate::orders::get_order,
+        crate::orders::resync_order,
         crate::health::live,
         crate::health::ready,
     ),

@@ -1,4 +1,4 @@
-//! `/v1/orders`: create, read and list orders.
+//! `/v1/orders`: create, read, list and resync orders.
 
 use axum::Json;
 use axum::extract::State;
@@ -323,6 +323,82 @@ pub async fn get_order(
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(([(ETAG, etag(order.version)), no_cache], Json(order)).into_response())
+}
+
+/// Resync an order.
+///
+/// Sends the order to Salesforce again, e.g. after it `failed` and the cause was fixed there.
+/// In one transaction the order goes back to sync state `pending` (attempts and last error
+/// cleared; `salesforce_id` and `synced_at` kept) and a new `order.submitted` event carrying the
+/// order as it now is joins the outbox. Answers 202 with the order; its sync fields then move
+/// as for a new order. Reports about earlier events that arrive later are ignored. Another
+/// client's order is 404.
+#[utoipa::path(
+    post,
+    path = "/v1/orders/{id}/resync",
+    tag = "orders",
+    params(
+        ("id" = Uuid, Path, description = "Order id"),
+        ("X-Request-Id" = Option<String>, Header, description = "Correlation id; generated when absent and echoed back."),
+    ),
+    responses(
+        (status = 202, description = "Resync accepted: the order, back in sync state `pending`.", body = Order,
+            headers(
+                ("Location" = String, description = "URL of the order"),
+                ("ETag" = String, description = "Entity tag of the order"),
+            )),
+        (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such order for this client.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 500, description = "Unexpected error.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Database unavailable or request timed out; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+    ),
+    security(("api_key" = []))
+)]
+pub async fn resync_order(
+    State(state): State<AppState>,
+    client: Client,
+    OrderId(id): OrderId,
+    RequestId(request_id): RequestId,
+) -> Result<Response, ApiError> {
+    // Its own task, as for create: a disconnect or timeout never abandons the transaction.
+    let task = tokio::spawn(resync_in_transaction(
+        state.pool.clone(),
+        client.id,
+        id,
+        request_id,
+    ));
+    let order = task
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("order resync task failed: {e}")))??;
+    tracing::info!(order_id = %order.id, version = order.version, "order resync accepted");
+    let headers = [(LOCATION, location(order.id)), (ETAG, etag(order.version))];
+    Ok((StatusCode::ACCEPTED, headers, Json(order)).into_response())
+}
+
+async fn resync_in_transaction(
+    pool: PgPool,
+    client_id: Uuid,
+    id: Uuid,
+    correlation_id: String,
+) -> Result<Order, ApiError> {
+    let mut tx = pool.begin().await?;
+    let (order, event_version) = store::start_resync(&mut tx, client_id, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
+    if order.version != event_version {
+        // The versions trigger no longer bumps by exactly one: the event would announce a
+        // version the order does not have, so nothing is committed.
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "resync of order {id}: version {} != sync_event_version {event_version}",
+            order.version
+        )));
+    }
+    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+        .into_envelope(order.updated_at, Some(correlation_id));
+    outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
+    tx.commit().await?;
+    Ok(order)
 }
 
 /// Filters and paging for listing orders.

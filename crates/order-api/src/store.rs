@@ -215,6 +215,41 @@ pub async fn get_order(
         .map(Some)
 }
 
+/// Starts the client's order over for a resync. Returns the order as now stored and its new
+/// `sync_event_version`, or `None` if the client has no such order. The row stays locked until
+/// the caller's transaction ends.
+///
+/// Sync state back to `pending`, attempts and last error cleared, the Salesforce id and
+/// `synced_at` kept (the record exists; the resync updates it). `sync_event_version` becomes the
+/// order's new version, which the event the caller enqueues carries as `data.version`: from
+/// then on, reports about older events are stale. The `orders_bump_version` trigger sets the new
+/// version to the old one plus one, hence `version + 1` (the caller checks the two agree); the
+/// row always changes (the event version never exceeds the version), so the trigger always
+/// fires. `sync_reported_at` is reset: it orders reports within one event version only.
+pub async fn start_resync(
+    conn: &mut PgConnection,
+    client_id: Uuid,
+    id: Uuid,
+) -> Result<Option<(Order, i64)>, sqlx::Error> {
+    let event_version: Option<i64> = sqlx::query_scalar(
+        "UPDATE orders SET sync_state = 'pending', sync_attempts = 0, last_error_code = NULL,
+             last_error_message = NULL, sync_reported_at = NULL,
+             sync_event_version = version + 1
+         WHERE id = $1 AND client_id = $2
+         RETURNING sync_event_version",
+    )
+    .bind(id)
+    .bind(client_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(event_version) = event_version else {
+        return Ok(None);
+    };
+    Ok(get_order(conn, client_id, id)
+        .await?
+        .map(|order| (order, event_version)))
+}
+
 /// Filters for [`list_orders`].
 #[derive(Debug, Default)]
 pub struct ListFilter {

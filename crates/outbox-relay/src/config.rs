@@ -15,6 +15,8 @@ pub struct Cli {
     #[command(flatten)]
     pub relay: RelayConfig,
     #[command(flatten)]
+    pub status: StatusConfig,
+    #[command(flatten)]
     pub db: DbConfig,
     #[command(flatten)]
     pub broker: BrokerConfig,
@@ -62,4 +64,31 @@ pub struct RelayConfig {
         default_value = "outbox-relay"
     )]
     pub db_application_name: String,
+}
+
+/// Settings of the status applier (the sync worker's reports → orders; see `status`).
+#[derive(Debug, Clone, Args)]
+pub struct StatusConfig {
+    /// Unacknowledged status messages the broker may send ahead (`basic.qos`). Bounds the
+    /// applier's memory and how much the broker redelivers after a crash.
+    #[arg(long, env = "RELAY_STATUS_PREFETCH", default_value_t = 500, value_parser = clap::value_parser!(u16).range(1..))]
+    pub status_prefetch: u16,
+    /// Most reports applied in one Postgres transaction. Keep it below the prefetch, so the
+    /// broker keeps sending while a batch is being applied.
+    #[arg(long, env = "RELAY_STATUS_BATCH_SIZE", default_value_t = 250, value_parser = clap::value_parser!(u16).range(1..))]
+    pub status_batch_size: u16,
+    /// How long a batch waits for more reports after its first one. Short: it only gathers what
+    /// is arriving anyway; the latency it adds is at most this.
+    #[arg(long, env = "RELAY_STATUS_LINGER", default_value = "5ms", value_parser = humantime::parse_duration)]
+    pub status_linger: Duration,
+}
+
+impl Default for StatusConfig {
+    fn default() -> Self {
+        Self {
+            status_prefetch: 500,
+            status_batch_size: 250,
+            status_linger: Duration::from_millis(5),
+        }
+    }
 }

@@ -14,13 +14,18 @@
 //!                                                                  {ns}.events (topic exchange)
 //! ```
 //!
+//! The same process also runs the return path ([`status`]): a [`StatusApplier`] on every
+//! instance consumes the sync worker's status reports and applies them to their orders.
+//!
 //! See `README.md` beside this crate for the design (leader lock, commit order, failure handling).
 
 pub mod config;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;
+pub mod status;
 
-pub use config::{Cli, RelayConfig};
+pub use config::{Cli, RelayConfig, StatusConfig};
 pub use metrics::Metrics;
 pub use relay::{Relay, RelayError};
+pub use status::StatusApplier;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Parser;
 use orderbridge_broker::Backoff;
 use orderbridge_runtime::admin;
-use outbox_relay::{Cli, Relay};
+use outbox_relay::{Cli, Relay, StatusApplier};
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -46,13 +46,30 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
-    let relay = Relay::new(cli.relay.clone(), cli.broker.clone(), pool)?;
+    let relay = Relay::new(cli.relay.clone(), cli.broker.clone(), pool.clone())?;
     let mut admin_shutdown = shutdown_rx.clone();
     let admin = tokio::spawn(admin::serve(admin_listener, relay.metrics(), async move {
         let _ = admin_shutdown.wait_for(|v| *v).await;
     }));
+    // The return path runs on every instance, whoever publishes: applying a status report is
+    // idempotent, so the instances are simply competing consumers of the status queue.
+    let applier = StatusApplier::new(
+        cli.status.clone(),
+        &cli.relay,
+        cli.broker.clone(),
+        &pool,
+        relay.metrics(),
+    )?;
+    let applier = tokio::spawn(applier.run(shutdown_rx.clone()));
     tracing::info!(admin = %cli.relay.admin_addr, namespace = %cli.broker.broker_namespace, "outbox relay starting");
     relay.run(shutdown_rx).await?;
+    // Both saw the same shutdown; the applier finishes and acknowledges its batch meanwhile.
+    let applier_limit = cli.relay.db_timeout + cli.broker.broker_op_timeout * 2;
+    match tokio::time::timeout(applier_limit, applier).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(e)) => tracing::error!(error = %e, "status applier task failed"),
+        Err(_) => tracing::warn!("status applier did not stop in time"),
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     Ok(())
 }

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub broker_reconnects_total: AtomicU64,
     pub confirm_latency: Histogram,
     pub commit_to_confirm_lag: Histogram,
+    /// The status applier (see `status`): its broker session and consumer are up.
+    pub status_consumer_up: AtomicBool,
+    pub status_applied_total: AtomicU64,
+    pub status_stale_total: AtomicU64,
+    pub status_unknown_order_total: AtomicU64,
+    pub status_rejected_total: AtomicU64,
+    /// From a report's `occurred_at` to its commit on the order.
+    pub status_apply_lag: Histogram,
 }
 
 impl Default for Metrics {
@@ -65,6 +73,12 @@ impl Default for Metrics {
             broker_reconnects_total: AtomicU64::new(0),
             confirm_latency: Histogram::new(LATENCY_BUCKETS),
             commit_to_confirm_lag: Histogram::new(LAG_BUCKETS),
+            status_consumer_up: AtomicBool::new(false),
+            status_applied_total: AtomicU64::new(0),
+            status_stale_total: AtomicU64::new(0),
+            status_unknown_order_total: AtomicU64::new(0),
+            status_rejected_total: AtomicU64::new(0),
+            status_apply_lag: Histogram::new(LAG_BUCKETS),
         }
     }
 }
@@ -177,6 +191,41 @@ impl Metrics {
             &mut out,
             "outbox_relay_commit_to_confirm_lag_seconds",
             "From the outbox insert (just before commit) to the broker's confirm.",
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_status_consumer_up",
+            "1 while the status applier consumes the status queue.",
+            b(&self.status_consumer_up),
+        );
+        for (name, help, value) in [
+            (
+                "outbox_relay_status_applied_total",
+                "Sync status reports that changed their order.",
+                &self.status_applied_total,
+            ),
+            (
+                "outbox_relay_status_stale_total",
+                "Sync status reports ignored: about an older event, not newer than what the order holds, or duplicates.",
+                &self.status_stale_total,
+            ),
+            (
+                "outbox_relay_status_unknown_order_total",
+                "Sync status reports for an order that does not exist (acknowledged and dropped).",
+                &self.status_unknown_order_total,
+            ),
+            (
+                "outbox_relay_status_rejected_total",
+                "Status messages that cannot be read or applied, dead-lettered.",
+                &self.status_rejected_total,
+            ),
+        ] {
+            counter(&mut out, name, help, value.load(Ordering::Relaxed));
+        }
+        self.status_apply_lag.render(
+            &mut out,
+            "outbox_relay_status_apply_lag_seconds",
+            "From a sync status report's occurred_at to its commit on the order.",
         );
         out
     }

@@ -67,9 +67,12 @@ pub async fn read_batch(
 }
 
 /// Marks rows published and, in the same statement, moves their orders' sync state from
-/// `pending` to `published` (never from a later state: a fast worker may already have written
-/// `synced`). The `orders_bump_version` trigger bumps the order's version, so its ETag changes.
-/// Returns the rows marked.
+/// `pending` to `published` (never from a later state: a fast worker may already have reported
+/// `retrying`, `synced` or `failed`, which the status applier wrote). The `orders_bump_version`
+/// trigger bumps the order's version, so its ETag changes. Returns the rows marked.
+///
+/// The orders are locked in id order first, as the status applier locks its batch's orders:
+/// two statements that each lock several orders in the same order never deadlock.
 pub async fn mark_published(
     conn: &mut PgConnection,
     positions: &[i64],
@@ -79,11 +82,17 @@ pub async fn mark_published(
              UPDATE outbox SET published_at = now()
              WHERE position = ANY($1) AND published_at IS NULL
              RETURNING aggregate_type, aggregate_id
+         ), locked AS MATERIALIZED (
+             SELECT o.id FROM orders o
+             WHERE o.id IN (SELECT aggregate_id FROM marked WHERE aggregate_type = 'order')
+               AND o.sync_state = 'pending'
+             ORDER BY o.id
+             FOR UPDATE
          ), moved AS (
              UPDATE orders o
              SET sync_state = 'published'  -- the orders trigger bumps version and updated_at
-             FROM (SELECT DISTINCT aggregate_id FROM marked WHERE aggregate_type = 'order') m
-             WHERE o.id = m.aggregate_id AND o.sync_state = 'pending'
+             FROM locked l
+             WHERE o.id = l.id AND o.sync_state = 'pending'
              RETURNING o.id
          )
          SELECT count(*) FROM marked",

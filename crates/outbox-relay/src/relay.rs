@@ -34,7 +34,7 @@ use crate::metrics::{FailureReason, Metrics};
 use crate::outbox::{self, OutboxRow};
 
 /// How long a broker session must stay healthy before the reconnect backoff starts over.
-const HEALTHY_SESSION: Duration = Duration::from_secs(30);
+pub(crate) const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 /// Why the relay could not run at all (configuration). Runtime faults never end it: it waits and
 /// reconnects.
@@ -566,7 +566,7 @@ pub enum DbFault {
     Sql(#[from] sqlx::Error),
 }
 
-async fn db_op<T>(
+pub(crate) async fn db_op<T>(
     limit: Duration,
     fut: impl Future<Output = Result<T, sqlx::Error>>,
 ) -> Result<T, DbFault> {
@@ -577,11 +577,11 @@ async fn db_op<T>(
 }
 
 /// Resolves when shutdown is requested or its sender is gone.
-async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-async fn sleep_or_shutdown(d: Duration, rx: &mut watch::Receiver<bool>) {
+pub(crate) async fn sleep_or_shutdown(d: Duration, rx: &mut watch::Receiver<bool>) {
     tokio::select! {
         () = tokio::time::sleep(d) => {}
         () = wait_shutdown(rx) => {}

@@ -1,4 +1,5 @@
-//! The built `outbox-relay` binary: admin endpoints, and SIGTERM in the middle of a batch.
+//! The built `outbox-relay` binary: admin endpoints, SIGTERM in the middle of a batch, and the
+//! status applier running beside the relay.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -259,4 +260,84 @@ async fn sigterm_with_confirms_outstanding_marks_nothing() {
     let got = drain_covering(&queue, &written, WAIT).await;
     let ids: HashSet<Uuid> = got.iter().map(|r| r.message_id).collect();
     assert_eq!(ids, written);
+}
+
+/// The binary runs the status applier beside the relay: a report published on the status
+/// exchange lands on its order, `/metrics` counts it, and SIGTERM still ends it cleanly.
+#[tokio::test]
+async fn the_binary_applies_sync_status_reports() {
+    use orderbridge_broker::Supervisor;
+    use orderbridge_broker::lapin::BasicProperties;
+    use orderbridge_broker::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use orderbridge_domain::{SyncState, SyncStatus};
+
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let opts = db.connect_options();
+    let pool = db.pool.clone();
+    let ns = namespace();
+    let port = free_port();
+    let client = api_client(&pool).await;
+    let (order, event_id) = create_order(&pool, client).await;
+    let mut child = spawn_relay(&opts, &ns, port, 500);
+    eventually(WAIT, "status consumer up", || async {
+        get(port, "/metrics").is_some_and(|(_, m)| m.contains("outbox_relay_status_consumer_up 1"))
+    })
+    .await;
+    eventually(WAIT, "order event published", || async {
+        is_published(&pool, event_id).await
+    })
+    .await;
+
+    let mut sup = Supervisor::new(broker_config(&ns), "status-binary-test").unwrap();
+    let exchange = sup.topology().status_exchange.clone();
+    let session = sup.connect().await;
+    session
+        .channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let status = SyncStatus {
+        order_id: order,
+        order_version: 1,
+        state: SyncState::Synced,
+        salesforce_id: Some("801xx000003GZ8bAAG".into()),
+        attempts: 1,
+        error: None,
+        source_event_id: event_id,
+        source_occurred_at: chrono::Utc::now(),
+    };
+    let routing_key = status.routing_key();
+    let envelope = status.into_envelope(chrono::Utc::now(), None);
+    session
+        .channel
+        .basic_publish(
+            exchange.as_str().into(),
+            routing_key.as_str().into(),
+            BasicPublishOptions::default(),
+            &serde_json::to_vec(&envelope).unwrap(),
+            BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(envelope.id.to_string().into()),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, "report applied", || async {
+        sqlx::query_scalar::<_, String>("SELECT sync_state FROM orders WHERE id = $1")
+            .bind(order)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+            == "synced"
+    })
+    .await;
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("outbox_relay_status_applied_total 1"),
+        "{metrics}"
+    );
+    session.close(&broker_config(&ns)).await;
+    sigterm(&child);
+    assert!(wait_exit(&mut child).await.success());
 }
