@@ -93,14 +93,22 @@ impl Harness {
     }
 
     pub async fn with_retry_tiers(tiers: &str) -> Self {
+        Self::with_emulator(tiers, EmulatorConfig::ephemeral()).await
+    }
+
+    /// With emulator settings of the test's own (e.g. a schema file); the dev catalogue is
+    /// seeded unless the config names another seed file.
+    pub async fn with_emulator(tiers: &str, emulator: EmulatorConfig) -> Self {
         // RUST_LOG=sync_worker=debug shows the worker's logs in a failing test's output.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let emulator = sf_emulator::spawn(EmulatorConfig {
-            seed_file: Some(repo_root().join("config/sf-emulator-seed.json")),
-            ..EmulatorConfig::ephemeral()
+            seed_file: emulator
+                .seed_file
+                .or_else(|| Some(repo_root().join("config/sf-emulator-seed.json"))),
+            ..emulator
         })
         .await
         .unwrap();

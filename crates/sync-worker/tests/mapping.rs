@@ -1,0 +1,103 @@
+//! A mapping to another object with custom fields: one Case per order, as some teams want (the
+//! org's schema here has a custom external id and a custom division field on Case).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, order};
+use serde_json::{Value, json};
+use sf_emulator::EmulatorConfig;
+use sync_worker::mapping::{Mapping, check_against_salesforce};
+
+/// The emulator's default schema with two custom fields on Case.
+fn schema_with_custom_case_fields(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(
+        common::repo_root().join("crates/sf-emulator/src/default_schema.json"),
+    )
+    .unwrap();
+    let mut schema: Value = serde_json::from_str(&text).unwrap();
+    let case = schema["objects"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|o| o["name"] == "Case")
+        .unwrap();
+    let fields = case["fields"].as_array_mut().unwrap();
+    fields.push(
+        json!({"name": "Order_Id__c", "type": "string", "external_id": true, "unique": true}),
+    );
+    fields.push(json!({"name": "Division__c", "type": "string", "length": 40}));
+    fields.push(json!({"name": "Order_Total__c", "type": "currency"}));
+    let path = dir.join("schema.json");
+    std::fs::write(&path, schema.to_string()).unwrap();
+    path
+}
+
+const CASE_MAPPING: &str = r#"{
+  "account": {"sobject": "Account", "external_id_field": "External_Id__c", "key": "customer.external_id",
+              "fields": {"Name": "customer.name"}},
+  "order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "id",
+            "account_relationship": "Account",
+            "fields": {"Subject": {"template": "Order {client_ref} from {customer.name}", "max_length": 255},
+                       "Origin": {"const": "Web"},
+                       "Division__c": {"const": "EMEA"},
+                       "Order_Total__c": {"path": "total", "format": "number"},
+                       "Description": "notes"}}
+}"#;
+
+#[tokio::test]
+async fn orders_become_cases_with_custom_fields() {
+    let dir = std::env::temp_dir().join(format!("sw-mapping-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = schema_with_custom_case_fields(&dir);
+    let mut h = Harness::with_emulator(
+        "300ms,600ms",
+        EmulatorConfig {
+            schema_file: Some(schema),
+            ..EmulatorConfig::ephemeral()
+        },
+    )
+    .await;
+    let mapping = Mapping::parse(CASE_MAPPING, "case mapping").unwrap();
+    // The start-up check against the org passes for this schema...
+    let client = orderbridge_salesforce::Client::new(&h.sf).unwrap();
+    let problems = check_against_salesforce(&client, &mapping).await.unwrap();
+    assert!(problems.0.is_empty(), "{problems}");
+    // ...and names what is wrong when the org lacks a field.
+    let wrong = Mapping::parse(&CASE_MAPPING.replace("Division__c", "Region__c"), "m").unwrap();
+    let problems = check_against_salesforce(&client, &wrong).await.unwrap();
+    assert_eq!(problems.0, ["order.fields: Case has no field Region__c"]);
+
+    h.start_worker_with_mapping(&[], mapping).await;
+    let orders = vec![order("CUST-1", 2), order("CUST-2", 1)];
+    h.publish_orders(&orders).await;
+    let statuses = h.wait_synced(&orders, Duration::from_secs(20)).await;
+    let cases = h.records("Case").await;
+    assert_eq!(cases.len(), 2);
+    for o in &orders {
+        let case = cases
+            .iter()
+            .find(|c| c["Order_Id__c"] == o.id.to_string())
+            .unwrap();
+        assert_eq!(case["Division__c"], "EMEA");
+        assert_eq!(case["Origin"], "Web");
+        assert_eq!(
+            case["Subject"],
+            format!("Order {} from {}", o.client_ref, o.customer.name)
+        );
+        assert_eq!(
+            case["Order_Total__c"].as_f64().unwrap(),
+            o.total.to_string().parse::<f64>().unwrap()
+        );
+        assert_eq!(case["Description"], "leave at the door");
+        assert!(case["AccountId"].as_str().unwrap().starts_with("001"));
+        let reported = statuses.iter().find(|s| s.data.order_id == o.id).unwrap();
+        assert_eq!(reported.data.salesforce_id.as_deref(), case["Id"].as_str());
+    }
+    // No Orders or items were written with this mapping.
+    assert!(h.records("Order").await.is_empty());
+    h.cleanup().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
