@@ -34,6 +34,20 @@ pub struct Envelope<T> {
     pub data: T,
 }
 
+impl<T> Envelope<T> {
+    /// The same header around another payload (a decoded or re-typed one).
+    pub fn with_data<U>(self, data: U) -> Envelope<U> {
+        Envelope {
+            id: self.id,
+            event_type: self.event_type,
+            version: self.version,
+            occurred_at: self.occurred_at,
+            correlation_id: self.correlation_id,
+            data,
+        }
+    }
+}
+
 /// The events orderbridge knows how to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEvent {
@@ -77,11 +91,12 @@ impl OrderEvent {
 
     /// Reads an envelope from JSON bytes and decodes its payload by (`type`, `version`).
     pub fn decode(bytes: &[u8]) -> Result<Envelope<OrderEvent>, DecodeError> {
-        let raw: Envelope<serde_json::Value> =
+        let mut raw: Envelope<serde_json::Value> =
             serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
+        let data = std::mem::take(&mut raw.data);
         let event = match (raw.event_type.as_str(), raw.version) {
             (ORDER_SUBMITTED, 1) => OrderEvent::Submitted(Box::new(
-                serde_json::from_value(raw.data).map_err(DecodeError::Malformed)?,
+                serde_json::from_value(data).map_err(DecodeError::Malformed)?,
             )),
             (t, v) => {
                 return Err(DecodeError::Unsupported {
@@ -90,14 +105,7 @@ impl OrderEvent {
                 });
             }
         };
-        Ok(Envelope {
-            id: raw.id,
-            event_type: raw.event_type,
-            version: raw.version,
-            occurred_at: raw.occurred_at,
-            correlation_id: raw.correlation_id,
-            data: event,
-        })
+        Ok(raw.with_data(event))
     }
 }
 
@@ -161,7 +169,7 @@ impl SyncStatus {
 
     /// Reads a status report, refusing other types and versions.
     pub fn decode(bytes: &[u8]) -> Result<Envelope<SyncStatus>, DecodeError> {
-        let raw: Envelope<serde_json::Value> =
+        let mut raw: Envelope<serde_json::Value> =
             serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
         if (raw.event_type.as_str(), raw.version) != (ORDER_SYNC_STATUS, 1) {
             return Err(DecodeError::Unsupported {
@@ -169,13 +177,8 @@ impl SyncStatus {
                 version: raw.version,
             });
         }
-        Ok(Envelope {
-            id: raw.id,
-            event_type: raw.event_type,
-            version: raw.version,
-            occurred_at: raw.occurred_at,
-            correlation_id: raw.correlation_id,
-            data: serde_json::from_value(raw.data).map_err(DecodeError::Malformed)?,
-        })
+        let data = serde_json::from_value(std::mem::take(&mut raw.data))
+            .map_err(DecodeError::Malformed)?;
+        Ok(raw.with_data(data))
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Harness, eventually, order, order_with_skus};
+use common::{Harness, assert_exactly_once, eventually, order, order_with_skus};
 use orderbridge_domain::{Envelope, Order, SyncState, SyncStatus};
 use orderbridge_testkit::{ChildGuard, free_port};
 use serde_json::{Value, json};
@@ -186,23 +186,6 @@ async fn run_to_end(mut cmd: Command) -> (ExitStatus, String, String) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     (status, out.read(), err.read())
-}
-
-async fn assert_exactly_once(h: &Harness, orders: &[Order]) {
-    let in_sf = h.count_by_external_id("Order").await;
-    let items = h.count_by_external_id("OrderItem").await;
-    for o in orders {
-        assert_eq!(in_sf.get(&o.id.to_string()), Some(&1), "order {}", o.id);
-        for l in &o.lines {
-            assert_eq!(
-                items.get(&format!("{}-{}", o.id, l.line_number)),
-                Some(&1),
-                "item {} of {}",
-                l.line_number,
-                o.id
-            );
-        }
-    }
 }
 
 /// Salesforce Id of each Order record by external id.

@@ -12,8 +12,7 @@ use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Harness, eventually, order};
-use orderbridge_domain::Order;
+use common::{Harness, assert_exactly_once, eventually, order};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -28,23 +27,6 @@ fn close_all_connections() {
         "rabbitmqctl failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn assert_exactly_once(h: &Harness, orders: &[Order]) {
-    let in_sf = h.count_by_external_id("Order").await;
-    let items = h.count_by_external_id("OrderItem").await;
-    for o in orders {
-        assert_eq!(in_sf.get(&o.id.to_string()), Some(&1), "order {}", o.id);
-        for l in &o.lines {
-            assert_eq!(
-                items.get(&format!("{}-{}", o.id, l.line_number)),
-                Some(&1),
-                "item {} of {}",
-                l.line_number,
-                o.id
-            );
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,29 +8,12 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::{Harness, eventually, order};
+use common::{Harness, assert_exactly_once, eventually, order};
 use orderbridge_domain::SyncState;
 use serde_json::json;
 use sync_worker::mapping::Mapping;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn assert_exactly_once(h: &Harness, orders: &[orderbridge_domain::Order]) {
-    let in_sf = h.count_by_external_id("Order").await;
-    let items = h.count_by_external_id("OrderItem").await;
-    for o in orders {
-        assert_eq!(in_sf.get(&o.id.to_string()), Some(&1), "order {}", o.id);
-        for l in &o.lines {
-            assert_eq!(
-                items.get(&format!("{}-{}", o.id, l.line_number)),
-                Some(&1),
-                "item {} of {}",
-                l.line_number,
-                o.id
-            );
-        }
-    }
-}
 
 #[tokio::test]
 async fn latency_slows_but_does_not_fail() {

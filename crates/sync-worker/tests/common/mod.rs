@@ -460,3 +460,21 @@ pub fn header(props: &BasicProperties, name: &str) -> Option<String> {
         other => Some(format!("{other:?}")),
     }
 }
+
+/// Exactly one Order per order id and one OrderItem per `<order id>-<line>` in Salesforce.
+pub async fn assert_exactly_once(h: &Harness, orders: &[Order]) {
+    let in_sf = h.count_by_external_id("Order").await;
+    let items = h.count_by_external_id("OrderItem").await;
+    for o in orders {
+        assert_eq!(in_sf.get(&o.id.to_string()), Some(&1), "order {}", o.id);
+        for l in &o.lines {
+            assert_eq!(
+                items.get(&format!("{}-{}", o.id, l.line_number)),
+                Some(&1),
+                "item {} of {}",
+                l.line_number,
+                o.id
+            );
+        }
+    }
+}
