@@ -1,6 +1,8 @@
 //! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
-//! schema migrations ([`MIGRATOR`]) and the transactional outbox ([`outbox`]).
+//! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]) and the order reads
+//! and writes more than one binary needs ([`orders`]).
 
+pub mod orders;
 pub mod outbox;
 
 use std::time::Duration;

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
+use orderbridge_db::orders::{self, ResyncError};
 use orderbridge_db::outbox;
 use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent, SyncState};
 use serde::{Deserialize, Serialize};
@@ -383,20 +384,14 @@ async fn resync_in_transaction(
     correlation_id: String,
 ) -> Result<Order, ApiError> {
     let mut tx = pool.begin().await?;
-    let (order, event_version) = store::start_resync(&mut tx, client_id, id)
-        .await?
+    let order = orders::queue_resync(&mut tx, id, Some(client_id), Some(correlation_id))
+        .await
+        .map_err(|e| match e {
+            ResyncError::Db(e) => ApiError::from(e),
+            // Nothing is committed: the transaction is dropped, so rolled back.
+            e @ ResyncError::VersionMismatch { .. } => ApiError::Internal(e.into()),
+        })?
         .ok_or(ApiError::NotFound)?;
-    if order.version != event_version {
-        // The versions trigger no longer bumps by exactly one: the event would announce a
-        // version the order does not have, so nothing is committed.
-        return Err(ApiError::Internal(anyhow::anyhow!(
-            "resync of order {id}: version {} != sync_event_version {event_version}",
-            order.version
-        )));
-    }
-    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
-        .into_envelope(order.updated_at, Some(correlation_id));
-    outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
     tx.commit().await?;
     Ok(order)
 }

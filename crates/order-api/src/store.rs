@@ -2,11 +2,9 @@
 //! transaction: creating an order writes the order, its lines, the outbox event and the
 //! idempotency record through the same one.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
-use orderbridge_domain::{Address, Customer, Order, OrderLine, SyncError, SyncInfo, SyncState};
-use rust_decimal::Decimal;
+use orderbridge_db::orders::{self, ORDER_COLUMNS, OrderRow, load_lines};
+use orderbridge_domain::{Order, SyncState};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
@@ -97,104 +95,6 @@ pub async fn order_version<'e>(
         .await
 }
 
-#[derive(sqlx::FromRow)]
-struct OrderRow {
-    id: Uuid,
-    client_ref: String,
-    customer: Json<Customer>,
-    billing_address: Option<Json<Address>>,
-    shipping_address: Option<Json<Address>>,
-    currency: String,
-    notes: Option<String>,
-    total: Decimal,
-    status: String,
-    sync_state: String,
-    salesforce_id: Option<String>,
-    sync_attempts: i32,
-    last_error_code: Option<String>,
-    last_error_message: Option<String>,
-    synced_at: Option<DateTime<Utc>>,
-    version: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-const ORDER_COLUMNS: &str = "id, client_ref, customer, billing_address, shipping_address, currency,
-    notes, total, status, sync_state, salesforce_id, sync_attempts, last_error_code,
-    last_error_message, synced_at, version, created_at, updated_at";
-
-impl OrderRow {
-    fn into_order(self, lines: Vec<OrderLine>) -> Result<Order, sqlx::Error> {
-        let state: SyncState = self
-            .sync_state
-            .parse()
-            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-        let last_error = self.last_error_code.map(|code| SyncError {
-            code,
-            message: self.last_error_message.unwrap_or_default(),
-        });
-        Ok(Order {
-            id: self.id,
-            client_ref: self.client_ref,
-            customer: self.customer.0,
-            billing_address: self.billing_address.map(|a| a.0),
-            shipping_address: self.shipping_address.map(|a| a.0),
-            currency: self.currency,
-            lines,
-            notes: self.notes,
-            total: self.total,
-            status: self.status,
-            sync: SyncInfo {
-                state,
-                salesforce_id: self.salesforce_id,
-                attempts: self.sync_attempts,
-                last_error,
-                synced_at: self.synced_at,
-            },
-            version: self.version,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct LineRow {
-    order_id: Uuid,
-    line_number: i32,
-    sku: String,
-    name: String,
-    quantity: i32,
-    unit_price: Decimal,
-    line_total: Decimal,
-}
-
-async fn load_lines(
-    conn: &mut PgConnection,
-    order_ids: &[Uuid],
-) -> Result<HashMap<Uuid, Vec<OrderLine>>, sqlx::Error> {
-    let rows: Vec<LineRow> = sqlx::query_as(
-        "SELECT order_id, line_number, sku, name, quantity, unit_price, line_total
-         FROM order_lines WHERE order_id = ANY($1) ORDER BY order_id, line_number",
-    )
-    .bind(order_ids)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut by_order: HashMap<Uuid, Vec<OrderLine>> = HashMap::new();
-    for r in rows {
-        by_order.entry(r.order_id).or_default().push(OrderLine {
-            // CHECK constraints keep both positive.
-            line_number: u32::try_from(r.line_number).unwrap_or_default(),
-            quantity: u32::try_from(r.quantity).unwrap_or_default(),
-            sku: r.sku,
-            name: r.name,
-            unit_price: r.unit_price,
-            line_total: r.line_total,
-        });
-    }
-    Ok(by_order)
-}
-
 /// One of the client's orders, with its lines. Another client's order is `None`, exactly like a
 /// missing one, so ids cannot be probed.
 pub async fn get_order(
@@ -202,52 +102,7 @@ pub async fn get_order(
     client_id: Uuid,
     id: Uuid,
 ) -> Result<Option<Order>, sqlx::Error> {
-    let row: Option<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1 AND client_id = $2"
-    ))
-    .bind(id)
-    .bind(client_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(row) = row else { return Ok(None) };
-    let mut lines = load_lines(conn, &[id]).await?;
-    row.into_order(lines.remove(&id).unwrap_or_default())
-        .map(Some)
-}
-
-/// Starts the client's order over for a resync. Returns the order as now stored and its new
-/// `sync_event_version`, or `None` if the client has no such order. The row stays locked until
-/// the caller's transaction ends.
-///
-/// Sync state back to `pending`, attempts and last error cleared, the Salesforce id and
-/// `synced_at` kept (the record exists; the resync updates it). `sync_event_version` becomes the
-/// order's new version, which the event the caller enqueues carries as `data.version`: from
-/// then on, reports about older events are stale. The `orders_bump_version` trigger sets the new
-/// version to the old one plus one, hence `version + 1` (the caller checks the two agree); the
-/// row always changes (the event version never exceeds the version), so the trigger always
-/// fires. `sync_reported_at` is reset: it orders reports within one event version only.
-pub async fn start_resync(
-    conn: &mut PgConnection,
-    client_id: Uuid,
-    id: Uuid,
-) -> Result<Option<(Order, i64)>, sqlx::Error> {
-    let event_version: Option<i64> = sqlx::query_scalar(
-        "UPDATE orders SET sync_state = 'pending', sync_attempts = 0, last_error_code = NULL,
-             last_error_message = NULL, sync_reported_at = NULL,
-             sync_event_version = version + 1
-         WHERE id = $1 AND client_id = $2
-         RETURNING sync_event_version",
-    )
-    .bind(id)
-    .bind(client_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some(event_version) = event_version else {
-        return Ok(None);
-    };
-    Ok(get_order(conn, client_id, id)
-        .await?
-        .map(|order| (order, event_version)))
+    orders::get_order(conn, id, Some(client_id)).await
 }
 
 /// Filters for [`list_orders`].

@@ -1,0 +1,148 @@
+//! Command line and environment, and the `reconcile` subcommand.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use clap::{Args, Parser, Subcommand};
+use orderbridge_db::DbConfig;
+use orderbridge_runtime::LogConfig;
+use orderbridge_salesforce::{Client, SalesforceConfig};
+use serde::Serialize;
+use sync_worker::mapping::{Mapping, MappingError};
+
+use crate::progress::TerminalProgress;
+use crate::reconcile::{
+    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_with_progress,
+};
+use crate::render;
+
+/// Operator commands for orderbridge.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "orderbridge", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    #[command(flatten)]
+    pub db: DbConfig,
+    #[command(flatten)]
+    pub salesforce: SalesforceConfig,
+    #[command(flatten)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Compare Postgres orders with Salesforce records by external id; report missing,
+    /// duplicated, mismatched and orphaned ones. Exit status 0 when clean, 1 when not, 2 on
+    /// errors.
+    Reconcile(ReconcileArgs),
+}
+
+/// `orderbridge reconcile` options.
+#[derive(Debug, Clone, Args)]
+pub struct ReconcileArgs {
+    /// Only orders created at or after this instant (RFC 3339, e.g. 2026-11-24T00:00:00Z).
+    #[arg(long, visible_alias = "created-after", value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Only orders created before this instant (RFC 3339).
+    #[arg(long, visible_alias = "created-before", value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// The sync worker's field mapping file (JSON); unset: its built-in mapping. Gives the
+    /// Salesforce objects and external-id fields to read.
+    #[arg(long, env = "WORKER_MAPPING_FILE")]
+    pub mapping_file: Option<PathBuf>,
+    /// Print the full report as JSON on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Example ids shown per class in the summary.
+    #[arg(long, default_value_t = 5)]
+    pub examples: usize,
+    /// Queue resyncs (as `POST /v1/orders/{id}/resync` does) for the missing and mismatched
+    /// orders, except failed ones.
+    #[arg(long)]
+    pub fix: bool,
+    /// With --fix, also resync orders in sync state `failed`.
+    #[arg(long, requires = "fix")]
+    pub include_failed: bool,
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-24T00:00:00Z"))
+}
+
+/// Why the command could not run (exit status 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Mapping(#[from] MappingError),
+    #[error("database: {0}")]
+    Db(#[from] orderbridge_db::DbError),
+    #[error("Salesforce client: {0}")]
+    Salesforce(#[source] Box<orderbridge_salesforce::Error>),
+    #[error(transparent)]
+    Reconcile(#[from] ReconcileError),
+    #[error("--since must be before --until")]
+    EmptyScope,
+    #[error("cannot write the output: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+#[derive(Serialize)]
+struct JsonOutput<'a> {
+    #[serde(flatten)]
+    report: &'a Report,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fix: Option<&'a FixOutcome>,
+}
+
+/// Runs `reconcile` and writes its output to `out`. Returns whether the report is clean (the
+/// state found, before any `--fix`).
+pub async fn run_reconcile(
+    args: &ReconcileArgs,
+    db: &DbConfig,
+    salesforce: &SalesforceConfig,
+    out: &mut impl Write,
+) -> Result<bool, CommandError> {
+    if let (Some(a), Some(b)) = (args.since, args.until)
+        && a >= b
+    {
+        return Err(CommandError::EmptyScope);
+    }
+    let mapping = Mapping::load(args.mapping_file.as_deref())?;
+    let pool = db.connect("orderbridge-reconcile").await?;
+    let client = Client::new(salesforce).map_err(|e| CommandError::Salesforce(Box::new(e)))?;
+    let progress = TerminalProgress::stderr();
+    let scope = Scope {
+        created_after: args.since,
+        created_before: args.until,
+    };
+    let report = reconcile_with_progress(&pool, &client, &mapping, scope, &progress).await?;
+    let fixed = if args.fix {
+        let options = FixOptions {
+            include_failed: args.include_failed,
+            correlation_id: format!("reconcile-{}", uuid::Uuid::now_v7()),
+        };
+        Some(fix(&pool, &report, &options, &progress).await?)
+    } else {
+        None
+    };
+    pool.close().await;
+    if args.json {
+        let doc = JsonOutput {
+            report: &report,
+            fix: fixed.as_ref(),
+        };
+        serde_json::to_writer_pretty(&mut *out, &doc).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        out.write_all(render::summary(&report, args.examples).as_bytes())?;
+        if let Some(f) = &fixed {
+            out.write_all(render::fix_summary(f).as_bytes())?;
+        }
+    }
+    out.flush()?;
+    Ok(report.is_clean())
+}

@@ -1,0 +1,16 @@
+//! `orderbridge`, the operator's command, as a library so tests and the benchmark call it
+//! in-process (see README.md beside this crate).
+//!
+//! - [`reconcile::reconcile`]: compares Postgres orders with Salesforce records by external id
+//!   and returns a [`reconcile::Report`] (missing, duplicated, mismatched, orphaned);
+//! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
+//! - [`command`]: the command line ([`command::Cli`]) and what it runs.
+
+pub mod command;
+pub mod progress;
+pub mod reconcile;
+pub mod render;
+
+pub use reconcile::{
+    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile, reconcile_with_progress,
+};

@@ -1,0 +1,44 @@
+//! `orderbridge`: see the library docs and README.md.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use orderbridge_cli::command::{Cli, Command, run_reconcile};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // clap exits with status 2 on bad arguments, as the other errors below.
+    let cli = Cli::parse();
+    if let Err(e) = cli.log.init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    match &cli.command {
+        Command::Reconcile(args) => {
+            let mut out = std::io::stdout().lock();
+            match run_reconcile(args, &cli.db, &cli.salesforce, &mut out).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// The error and its sources, one after another, as anyhow's `{:#}` would print them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        source = cause.source();
+    }
+    s
+}
