@@ -278,6 +278,12 @@ impl Client {
         self.inner.usage.last()
     }
 
+    /// True when the latest usage reading is below this client's share
+    /// (`SF_MAX_API_USAGE_SHARE`), i.e. calls are not being refused by the usage guard.
+    pub fn usage_within_share(&self) -> bool {
+        self.inner.usage.within_share()
+    }
+
     /// How many logins this client performed (first login and re-logins).
     pub fn logins(&self) -> u64 {
         self.inner.generation.load(Ordering::Relaxed)

@@ -194,6 +194,13 @@ impl UsageGuard {
         self.lock().last = Some((usage, Instant::now()));
     }
 
+    pub(crate) fn within_share(&self) -> bool {
+        self.lock()
+            .last
+            .as_ref()
+            .is_none_or(|(u, _)| u.effective_share() < self.share)
+    }
+
     pub(crate) fn last(&self) -> Option<ApiUsage> {
         self.lock().last.as_ref().map(|(u, _)| u.clone())
     }

@@ -51,8 +51,9 @@ pub enum Pause {
     Outage(String),
     /// The API budget is spent (REQUEST_LIMIT_EXCEEDED, or our usage share reached).
     Budget(String, Option<Duration>),
-    /// Authentication or configuration is refused; a person may need to act.
-    Auth(String),
+    /// Authentication, configuration or a request the org refuses as a whole: a person may
+    /// need to act (credentials, price book, permissions). Probed with real calls, slowly.
+    Blocked(String),
 }
 
 impl Pause {
@@ -60,8 +61,8 @@ impl Pause {
         let what = format!("{}: {}", f.code, f.message);
         match f.class {
             ErrorClass::RateLimited => Self::Budget(what, f.retry_after),
-            ErrorClass::Session | ErrorClass::Config => Self::Auth(what),
-            ErrorClass::Retryable | ErrorClass::Permanent => Self::Outage(what),
+            ErrorClass::Retryable => Self::Outage(what),
+            ErrorClass::Session | ErrorClass::Config | ErrorClass::Permanent => Self::Blocked(what),
         }
     }
 }
@@ -279,7 +280,7 @@ impl Worker {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .fail(),
-                (Pause::Budget(..) | Pause::Auth(_), None) => self.config.budget_probe,
+                (Pause::Budget(..) | Pause::Blocked(_), None) => self.config.budget_probe,
             };
             let mut sleep = std::pin::pin!(tokio::time::sleep(wait));
             // Keep an eye on the session while waiting: a dead session is replaced first.
@@ -297,15 +298,30 @@ impl Worker {
             let client = self.writer.client();
             let probe = match &pause {
                 Pause::Outage(_) => client.versions().await.map(|_| ()),
-                Pause::Auth(_) => client.login().await.map(|_| ()),
+                // The real path: a fresh login (a cached token would hide a refused one) and
+                // the price book lookup the writes need.
+                Pause::Blocked(_) => {
+                    let _ = client.logout().await;
+                    match client.login().await {
+                        Ok(_) => match self.writer.pricebook().resolve().await {
+                            Ok(_) => Ok(()),
+                            Err(e) => {
+                                tracing::info!(error = %e, "Salesforce still refuses");
+                                continue;
+                            }
+                        },
+                        Err(e) => Err(e),
+                    }
+                }
                 Pause::Budget(..) => match client.limits().await {
-                    Ok(limits) => match limits.daily_api_requests() {
-                        Some(u) if u.used >= u.max => {
-                            tracing::info!(used = u.used, max = u.max, "API budget still spent");
+                    Ok(limits) => {
+                        let spent = limits.daily_api_requests().is_some_and(|u| u.used >= u.max);
+                        if spent || !client.usage_within_share() {
+                            tracing::info!(usage = ?client.usage(), "API budget still spent");
                             continue;
                         }
-                        _ => Ok(()),
-                    },
+                        Ok(())
+                    }
                     Err(e) => Err(e),
                 },
             };
@@ -361,6 +377,8 @@ impl Worker {
         let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
         let mut deadline: Option<tokio::time::Instant> = None;
 
+        let mut health = tokio::time::interval(Duration::from_secs(1));
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let stop = loop {
             // A batch that just tripped the breaker must not be followed by another one.
             if self.breaker.borrow().is_some() {
@@ -384,6 +402,12 @@ impl Worker {
                 biased;
                 _ = shutdown.wait_for(|v| *v) => break Stop::Shutdown,
                 _ = breaker.wait_for(Option::is_some) => break Stop::Paused,
+                // lapin can miss a dead connection while idle (amqp-rs/lapin #389).
+                _ = health.tick() => {
+                    if !session.is_healthy() {
+                        break Stop::Lost("connection or channel closed".into());
+                    }
+                }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done {
                         Ok(Ok(())) => {}
@@ -423,11 +447,17 @@ impl Worker {
         while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
             buffer.push(d);
         }
-        requeue(&buffer, &ctx.metrics).await;
-        buffer.clear();
+        // Messages that never reached Salesforce. On a pause they go back by republishing
+        // (below, once a publish channel is free), which keeps their delivery count: pausing
+        // again and again must not walk them towards the delivery limit. Otherwise (shutdown,
+        // a broken session) they are simply returned.
+        if !matches!(stop, Stop::Paused) || !session.is_healthy() {
+            requeue(&buffer, config, &ctx.metrics).await;
+            buffer.clear();
+        }
 
         let grace = self.config.shutdown_grace;
-        let settle = async {
+        let finish_in_flight = async {
             let mut lost = None;
             while let Some(done) = in_flight.join_next().await {
                 match done {
@@ -438,7 +468,15 @@ impl Worker {
             }
             lost
         };
-        match tokio::time::timeout(grace, settle).await {
+        match tokio::time::timeout(grace, finish_in_flight).await {
+            Ok(None) if !buffer.is_empty() => {
+                let messages: Vec<Message> = buffer.drain(..).map(read).collect();
+                let actions = messages.iter().map(|_| Action::Requeue).collect();
+                match settle(ctx, &messages, actions).await {
+                    Ok(()) => stop,
+                    Err(e) => Stop::Lost(e),
+                }
+            }
             Ok(None) => stop,
             Ok(Some(e)) => match stop {
                 Stop::Shutdown => Stop::Shutdown,
@@ -450,7 +488,12 @@ impl Worker {
                     "in-flight batches did not finish in time; their messages will be redelivered"
                 );
                 in_flight.abort_all();
-                stop
+                // Aborted batches leave deliveries unsettled and publish channels taken: only
+                // closing the session returns those messages, so never carry on with it.
+                match stop {
+                    Stop::Shutdown => Stop::Shutdown,
+                    _ => Stop::Lost("in-flight batches did not finish in time".into()),
+                }
             }
         }
     }
@@ -470,14 +513,16 @@ trait NowOrNever: std::future::Future + Sized {
 
 impl<F: std::future::Future> NowOrNever for F {}
 
-async fn requeue(deliveries: &[Delivery], metrics: &Metrics) {
+async fn requeue(deliveries: &[Delivery], config: &BrokerConfig, metrics: &Metrics) {
     for d in deliveries {
-        let _ = d
-            .acker
-            .nack(BasicNackOptions {
-                requeue: true,
-                multiple: false,
-            })
+        let _ = config
+            .op(
+                "basic.nack",
+                d.acker.nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                }),
+            )
             .await;
     }
     metrics.requeued_total.fetch_add(
@@ -746,19 +791,26 @@ async fn settle_on(
         mandatory: true,
         immediate: false,
     };
-    // (message index, confirm, message_id of what was published)
+    // (message index, confirm, message_id of what was published, is it the message's copy)
     let mut confirms = Vec::new();
-    let mut requeue_now = Vec::new();
+    let mut has_copy = vec![false; messages.len()];
     for (i, (m, action)) in messages.iter().zip(&actions).enumerate() {
         let (status, outbound): (
             Option<SyncStatus>,
             Option<(String, String, BasicProperties)>,
         ) = match action {
             Action::Drop => continue,
-            Action::Requeue => {
-                requeue_now.push(i);
-                continue;
-            }
+            // Back to the tail of the work queue as a new publish, unchanged: unlike a
+            // nack(requeue) this does not count against the queue's delivery limit, so an
+            // outage never dead-letters messages that were not at fault.
+            Action::Requeue => (
+                None,
+                Some((
+                    String::new(),
+                    topo.sf_sync_queue.clone(),
+                    m.delivery.properties.clone(),
+                )),
+            ),
             Action::Synced(id) => (
                 m.event.as_ref().map(|e| {
                     status_of(e, SyncState::Synced, Some(id.clone()), m.attempts + 1, None)
@@ -828,7 +880,8 @@ async fn settle_on(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            confirms.push((i, c, id));
+            has_copy[i] = true;
+            confirms.push((i, c, id, true));
         }
         if let Some(status) = status {
             let correlation = m.event.as_ref().and_then(|e| e.correlation_id.clone());
@@ -861,38 +914,50 @@ async fn settle_on(
                 )
                 .await
                 .map_err(|e| e.to_string())?;
-            confirms.push((i, c, envelope.id.to_string()));
+            confirms.push((i, c, envelope.id.to_string(), false));
         }
     }
 
-    // Wait for every confirm; a message is settled only if all its publishes were confirmed
-    // and none came back unroutable.
-    let mut failed: Vec<bool> = vec![false; messages.len()];
+    // Wait for every confirm. A message is settled (acked) when its copy (retry, dead letter,
+    // requeue) is confirmed and not returned; with no copy, when its status report is. A lost
+    // status report next to a confirmed copy is only logged: the copy will report again, and
+    // requeueing the original too would double the message.
+    let mut copy_failed = vec![false; messages.len()];
+    let mut status_failed = vec![false; messages.len()];
     let mut returned: Vec<String> = Vec::new();
     let mut broken = None;
     let mut waited = Vec::with_capacity(confirms.len());
-    for (i, c, id) in confirms {
+    for (i, c, id, is_copy) in confirms {
+        let failed = if is_copy {
+            &mut copy_failed
+        } else {
+            &mut status_failed
+        };
         match ctx.broker.op("confirm", c).await {
-            Ok(Confirmation::Ack(None)) => waited.push((i, id)),
-            Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r))) => {
-                if let Some(rid) = r.properties.message_id() {
-                    returned.push(rid.as_str().to_owned());
-                }
+            Ok(Confirmation::Ack(None)) => waited.push((i, id, is_copy)),
+            Ok(Confirmation::Ack(Some(r))) => {
                 // Attribute by message id below (lapin may attach a return to another confirm).
-                waited.push((i, id));
-                failed[i] = r.properties.message_id().is_none();
+                match r.properties.message_id() {
+                    Some(rid) => returned.push(rid.as_str().to_owned()),
+                    None => failed[i] = true,
+                }
+                waited.push((i, id, is_copy));
             }
-            Ok(Confirmation::Nack(None)) | Ok(Confirmation::NotRequested) => failed[i] = true,
+            Ok(Confirmation::Nack(_)) | Ok(Confirmation::NotRequested) => failed[i] = true,
             Err(e) => {
                 failed[i] = true;
                 broken = Some(e.to_string());
             }
         }
     }
-    for (i, id) in waited {
+    for (i, id, is_copy) in waited {
         if returned.contains(&id) {
-            tracing::error!(message_id = %id, "outcome message returned unroutable; the order will be retried");
-            failed[i] = true;
+            tracing::error!(message_id = %id, is_copy, "outcome message returned unroutable");
+            if is_copy {
+                copy_failed[i] = true;
+            } else {
+                status_failed[i] = true;
+            }
         }
     }
     if let Some(e) = broken {
@@ -902,20 +967,30 @@ async fn settle_on(
     }
 
     for (i, (m, action)) in messages.iter().zip(&actions).enumerate() {
-        let settle_ok = !failed[i] && !requeue_now.contains(&i);
+        let settle_ok = !copy_failed[i] && (has_copy[i] || !status_failed[i]);
+        if has_copy[i] && status_failed[i] {
+            tracing::warn!(message_id = ?m.delivery.properties.message_id(), "status report not delivered; the message's next outcome reports again");
+        }
         let r = if settle_ok {
-            m.delivery.acker.ack(BasicAckOptions::default()).await
+            ctx.broker
+                .op(
+                    "basic.ack",
+                    m.delivery.acker.ack(BasicAckOptions::default()),
+                )
+                .await
         } else {
-            m.delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
+            ctx.broker
+                .op(
+                    "basic.nack",
+                    m.delivery.acker.nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    }),
+                )
                 .await
         };
         r.map_err(|e| format!("ack failed: {e}"))?;
-        if !settle_ok {
+        if !settle_ok || matches!(action, Action::Requeue) {
             metrics
                 .requeued_total
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
