@@ -327,6 +327,9 @@ pub struct FieldDescribe {
     pub updateable: bool,
     #[serde(default)]
     pub external_id: bool,
+    /// A unique field: Salesforce refuses a second record with the same value.
+    #[serde(default)]
+    pub unique: bool,
     #[serde(default)]
     pub length: u32,
     #[serde(default)]

@@ -796,6 +796,15 @@ pub async fn check_against_salesforce(
         };
         let sobject = &object.sobject;
         match describe.field(&object.external_id_field) {
+            // `create` relies on Salesforce refusing a second record with the same key
+            // (DUPLICATE_VALUE means "written before"); without Unique, a redelivery would
+            // write a duplicate.
+            Some(f) if f.external_id && object.write == WriteMode::Create && !f.unique => {
+                problems.0.push(format!(
+                    "{place}.external_id_field: {sobject}.{} must be Unique for \"write\": \"create\" (mark it Unique in Salesforce), or redeliveries would create duplicates",
+                    object.external_id_field
+                ))
+            }
             Some(f) if f.external_id || f.name == "Id" => {}
             Some(_) => problems.0.push(format!(
                 "{place}.external_id_field: {sobject}.{} is not an External ID field",

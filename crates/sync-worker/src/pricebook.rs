@@ -150,21 +150,21 @@ impl PriceBook {
                 .collect::<Vec<_>>()
                 .join(", ");
             let soql = format!(
-                "SELECT Id, Product2.ProductCode FROM PricebookEntry WHERE Pricebook2Id = {} AND IsActive = true AND Product2.ProductCode IN ({list})",
+                "SELECT Id, Product2.ProductCode FROM PricebookEntry WHERE Pricebook2Id = {} AND IsActive = true AND Product2.ProductCode IN ({list}) ORDER BY Id",
                 soql_literal(&pricebook.id)
             );
             let rows = self.client.query_collect::<EntryRow>(&soql).await?;
+            // SOQL compares text case-insensitively, so match the same way here. Several
+            // products may share a code: the lowest entry id wins, the same every time.
             let mut found: HashMap<String, String> = HashMap::new();
             for row in rows {
                 if let Some(code) = row.product2.and_then(|p| p.product_code) {
-                    // Several products may share a code; the first entry wins, consistently
-                    // for the life of the cache.
-                    found.entry(code).or_insert(row.id);
+                    found.entry(code.to_lowercase()).or_insert(row.id);
                 }
             }
             let mut cache = self.entries.lock().await;
             for sku in chunk {
-                let entry = found.remove(*sku);
+                let entry = found.get(&sku.to_lowercase()).cloned();
                 let ttl = if entry.is_some() {
                     FOUND_TTL
                 } else {

@@ -67,8 +67,14 @@ pub struct CallFailure {
 
 impl CallFailure {
     fn from_error(e: &Error) -> Self {
+        // A 2xx whose body cannot be read (a proxy's page, an API change) says nothing about
+        // the orders: treat it as an outage, not as their permanent failure.
+        let class = match e {
+            Error::InvalidResponse { .. } => ErrorClass::Retryable,
+            _ => e.class(),
+        };
         Self {
-            class: e.class(),
+            class,
             code: e
                 .codes()
                 .first()
@@ -112,6 +118,9 @@ struct Prepared {
     order_record: Map<String, Value>,
     /// The account's external id and record, when the mapping has an account.
     account: Option<(String, Map<String, Value>)>,
+    /// When the order was accepted: of several orders of one customer in a call, the newest
+    /// one's account values are written.
+    created_at: chrono::DateTime<chrono::Utc>,
     items: Vec<(String, Map<String, Value>)>,
 }
 
@@ -185,47 +194,24 @@ impl Writer {
             }
         }
 
+        // Calls go one after another; after a call fails for a reason that is not the orders'
+        // (outage, budget, session), the rest are not attempted: they would fail the same way
+        // and only burn time and budget while the worker should pause.
+        let mut stopped: Option<CallFailure> = None;
         for call in pack(&prepared, self.mapping.account.is_some()) {
-            let outcome = self.send(&call).await;
-            match outcome {
-                Ok(per_order) => {
-                    for (i, r) in per_order {
-                        results[i] = Some(r);
+            if let Some(f) = &stopped {
+                for (i, _) in &call {
+                    results[*i] = Some(OrderResult::CallFailed(f.clone()));
+                }
+                continue;
+            }
+            if let Err(f) = self.send_isolating(&call, &mut results).await {
+                for (i, _) in &call {
+                    if results[*i].is_none() {
+                        results[*i] = Some(OrderResult::CallFailed(f.clone()));
                     }
                 }
-                Err(failure)
-                    if call.len() > 1
-                        && matches!(failure.class, ErrorClass::Permanent | ErrorClass::Config)
-                        && failure.code != "AUTH" =>
-                {
-                    // A request refused as a whole for a reason that is not an outage: one
-                    // order may make it invalid. Retry each alone so one bad order cannot fail
-                    // its neighbours (costs calls, and only happens in this rare case).
-                    tracing::warn!(code = %failure.code, error = %failure.message, orders = call.len(), "composite refused as a whole; writing its orders one by one");
-                    for one in &call {
-                        let single = [*one];
-                        match self.send(&single).await {
-                            Ok(per_order) => {
-                                for (i, r) in per_order {
-                                    results[i] = Some(r);
-                                }
-                            }
-                            Err(f) if matches!(f.class, ErrorClass::Permanent) => {
-                                results[one.0] = Some(OrderResult::Failed(Failure {
-                                    retryable: false,
-                                    code: f.code,
-                                    message: f.message,
-                                }));
-                            }
-                            Err(f) => results[one.0] = Some(OrderResult::CallFailed(f)),
-                        }
-                    }
-                }
-                Err(failure) => {
-                    for (i, _) in &call {
-                        results[*i] = Some(OrderResult::CallFailed(failure.clone()));
-                    }
-                }
+                stopped = Some(f);
             }
         }
 
@@ -248,6 +234,44 @@ impl Writer {
                 })
             })
             .collect()
+    }
+
+    /// Sends `call`; when Salesforce refuses the request as a whole for a reason that is the
+    /// request's (a malformed record, not an outage), splits it in halves and tries again, so
+    /// one bad order ends as that order's permanent failure and its neighbours go through
+    /// (about 2 × log2(n) extra calls per bad order). `Err` is a failure that is not the
+    /// orders' (outage, budget, session); the caller stops there.
+    fn send_isolating<'a>(
+        &'a self,
+        call: &'a [&'a (usize, Prepared)],
+        results: &'a mut [Option<OrderResult>],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), CallFailure>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            match self.send(call).await {
+                Ok(per_order) => {
+                    for (i, r) in per_order {
+                        results[i] = Some(r);
+                    }
+                    Ok(())
+                }
+                Err(f) if f.class == ErrorClass::Permanent && call.len() == 1 => {
+                    results[call[0].0] = Some(OrderResult::Failed(Failure {
+                        retryable: false,
+                        code: f.code,
+                        message: f.message,
+                    }));
+                    Ok(())
+                }
+                Err(f) if f.class == ErrorClass::Permanent => {
+                    tracing::warn!(code = %f.code, error = %f.message, orders = call.len(), "composite refused as a whole; splitting it to find the order at fault");
+                    let (a, b) = call.split_at(call.len() / 2);
+                    self.send_isolating(a, results).await?;
+                    self.send_isolating(b, results).await
+                }
+                Err(f) => Err(f),
+            }
+        })
     }
 
     async fn entries_for(
@@ -361,6 +385,7 @@ impl Writer {
             order_key,
             order_record,
             account,
+            created_at: order.created_at,
             items,
         })
     }
@@ -379,16 +404,26 @@ impl Writer {
             retry_after: None,
         };
 
-        // Accounts: one record per distinct key; the latest order's values win (orders are
-        // time-ordered ids, so the last one in the call is the newest).
+        // Accounts: one record per distinct key, with the values of the newest order (by
+        // acceptance time, not delivery order: a retried or replayed old order must not
+        // overwrite a newer address within the call).
         let mut account_keys: Vec<String> = Vec::new();
-        let mut account_records: HashMap<String, Map<String, Value>> = HashMap::new();
+        let mut account_records: HashMap<
+            String,
+            (chrono::DateTime<chrono::Utc>, Map<String, Value>),
+        > = HashMap::new();
         for (_, p) in call {
             if let Some((key, record)) = &p.account {
-                if !account_records.contains_key(key) {
-                    account_keys.push(key.clone());
+                match account_records.get(key) {
+                    None => {
+                        account_keys.push(key.clone());
+                        account_records.insert(key.clone(), (p.created_at, record.clone()));
+                    }
+                    Some((at, _)) if *at < p.created_at => {
+                        account_records.insert(key.clone(), (p.created_at, record.clone()));
+                    }
+                    Some(_) => {}
                 }
-                account_records.insert(key.clone(), record.clone());
             }
         }
         let mut refs: Vec<(String, Kind, Vec<usize>)> = Vec::new();
@@ -396,7 +431,7 @@ impl Writer {
             for (n, chunk) in account_keys.chunks(COLLECTION).enumerate() {
                 let records: Vec<&Map<String, Value>> = chunk
                     .iter()
-                    .filter_map(|k| account_records.get(k))
+                    .filter_map(|k| account_records.get(k).map(|(_, r)| r))
                     .collect();
                 let r = format!("acc{n}");
                 add_collection(&mut composite, &r, &a.object, &records).map_err(build_err)?;
@@ -620,10 +655,13 @@ fn record_fate(record: &RecordResult, object: &ObjectMapping) -> RecordFate {
     if record.success {
         return RecordFate::Written(record.id.clone());
     }
-    if object.write == WriteMode::Create
-        && let Some(existing) = already_exists(&record.errors, &object.external_id_field)
-    {
-        return RecordFate::Written(existing);
+    if let Some(existing) = already_exists(&record.errors, &object.external_id_field) {
+        return match object.write {
+            WriteMode::Create => RecordFate::Written(existing),
+            // Two upserts of a new external id racing (two batches with the same new
+            // customer): the loser's retry finds the record and updates it.
+            WriteMode::Upsert => RecordFate::Refused(record.errors.clone(), ErrorClass::Retryable),
+        };
     }
     let class = record
         .errors
@@ -697,20 +735,27 @@ fn decide(
             message: format!("Salesforce returned no result for the {what}"),
         })
     };
-    match account {
-        Some(None) => return missing("account"),
+    // The account decides only when the order itself was not written (its refusal is then
+    // most likely a consequence). An order written with all its items is synced even if the
+    // account upsert was refused: it links to the existing account by external id.
+    let account_failure = match account {
+        Some(None) => Some(missing("account")),
         Some(Some(RecordFate::Refused(errors, class))) => {
-            return OrderResult::Failed(failure("account", &errors, class));
+            Some(OrderResult::Failed(failure("account", &errors, class)))
         }
-        _ => {}
-    }
+        _ => None,
+    };
     let order_id = match order {
-        None => return missing("order"),
+        None => return account_failure.unwrap_or_else(|| missing("order")),
         Some(RecordFate::Refused(errors, class)) => {
-            return OrderResult::Failed(failure("order", &errors, class));
+            return account_failure
+                .unwrap_or_else(|| OrderResult::Failed(failure("order", &errors, class)));
         }
         Some(RecordFate::Written(id)) => id,
     };
+    if let Some(f) = &account_failure {
+        tracing::warn!(order = order_key, account_error = ?f, "order written, but its account could not be updated");
+    }
     for (n, item) in items.iter().enumerate() {
         match item {
             None => return missing("order item"),

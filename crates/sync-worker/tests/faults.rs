@@ -202,3 +202,30 @@ async fn retryable_failures_that_never_pass_end_dead_lettered() {
     );
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn a_composite_refused_as_a_whole_is_split_and_no_order_is_blamed() {
+    let mut h = Harness::new().await;
+    let warm = order("C-0", 1);
+    h.start_worker(&["--batch-linger", "200ms"]).await;
+    h.publish_orders(std::slice::from_ref(&warm)).await;
+    h.wait_synced(std::slice::from_ref(&warm), WAIT).await;
+    let before = h.composite_calls().await;
+
+    // The next call is refused whole with a request error (400): not an outage, not any one
+    // order's fault. The worker splits the batch and every order goes through.
+    h.faults(json!({"fail_next": {"JSON_PARSER_ERROR": 1}}))
+        .await;
+    let orders: Vec<_> = (1..=6).map(|i| order(&format!("C-{i}"), 2)).collect();
+    h.publish_orders(&orders).await;
+    let statuses = h.wait_synced(&orders, WAIT).await;
+    assert!(
+        statuses.iter().all(|s| s.data.state == SyncState::Synced),
+        "{statuses:?}"
+    );
+    assert_exactly_once(&h, &orders).await;
+    // The refused call, then the two halves.
+    assert_eq!(h.composite_calls().await - before, 3);
+    assert_eq!(h.message_count(&h.topology.dead_letter_queue).await, 0);
+    h.cleanup().await;
+}

@@ -30,6 +30,8 @@ fn schema_with_custom_case_fields(dir: &std::path::Path) -> std::path::PathBuf {
     );
     fields.push(json!({"name": "Division__c", "type": "string", "length": 40}));
     fields.push(json!({"name": "Order_Total__c", "type": "currency"}));
+    // An external id that is not Unique: unusable as a create key.
+    fields.push(json!({"name": "Legacy_Id__c", "type": "string", "external_id": true}));
     let path = dir.join("schema.json");
     std::fs::write(&path, schema.to_string()).unwrap();
     path
@@ -69,6 +71,17 @@ async fn orders_become_cases_with_custom_fields() {
     let wrong = Mapping::parse(&CASE_MAPPING.replace("Division__c", "Region__c"), "m").unwrap();
     let problems = check_against_salesforce(&client, &wrong).await.unwrap();
     assert_eq!(problems.0, ["order.fields: Case has no field Region__c"]);
+    // A create key that is not Unique would let a redelivery write a duplicate: refused.
+    let not_unique =
+        Mapping::parse(&CASE_MAPPING.replace("Order_Id__c", "Legacy_Id__c"), "m").unwrap();
+    let problems = check_against_salesforce(&client, &not_unique)
+        .await
+        .unwrap();
+    assert_eq!(problems.0.len(), 1, "{problems}");
+    assert!(
+        problems.0[0].contains("Legacy_Id__c must be Unique"),
+        "{problems}"
+    );
 
     h.start_worker_with_mapping(&[], mapping).await;
     let orders = vec![order("CUST-1", 2), order("CUST-2", 1)];
