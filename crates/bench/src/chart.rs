@@ -221,7 +221,7 @@ pub fn render(chart: &Chart) -> String {
                 r#"<line x1="{LEFT}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="{c}" stroke-dasharray="3 3"/><text x="{:.1}" y="{:.1}" fill="{c}">{}</text>"#,
                 LEFT + plot_w,
                 LEFT + 4.0,
-                py - 4.0,
+                py + 14.0,
                 escape(&g.label),
                 c = g.color,
             );
@@ -249,8 +249,17 @@ pub fn render(chart: &Chart) -> String {
         );
     }
 
-    // Legend, bottom right of the plot.
+    // Legend, bottom right of the plot, on white so a curve passing behind it stays readable.
     let legend_y = TOP + plot_h - 14.0 - 18.0 * chart.series.len() as f64;
+    if !chart.series.is_empty() {
+        let _ = writeln!(
+            svg,
+            r##"<rect x="{:.1}" y="{:.1}" width="326" height="{:.1}" fill="white" fill-opacity="0.85" stroke="#cccccc"/>"##,
+            LEFT + plot_w - 336.0,
+            legend_y - 14.0,
+            18.0 * chart.series.len() as f64 + 10.0
+        );
+    }
     for (i, s) in chart.series.iter().enumerate() {
         let y = legend_y + 18.0 * i as f64;
         let x = LEFT + plot_w - 330.0;

@@ -162,6 +162,69 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
     );
 }
 
+/// `sum / count` of a Prometheus histogram in an exposition text.
+pub fn metric_mean(text: &str, name: &str) -> Option<f64> {
+    let value = |suffix: &str| -> Option<f64> {
+        let key = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (sum, count) = (value("sum")?, value("count")?);
+    (count > 0.0).then(|| sum / count)
+}
+
+fn metric_count(text: &str, name: &str) -> Option<f64> {
+    let key = format!("{name}_count ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// What the services' own metrics say about batching and latency, as table rows and JSON.
+pub fn metrics_rows(t: &mut Table, scraped: &[(String, String)]) -> Value {
+    let mut json = serde_json::Map::new();
+    for (service, text) in scraped {
+        match service.as_str() {
+            crate::stack::WORKER => {
+                let batches = metric_count(text, "sync_worker_batch_size");
+                let size = metric_mean(text, "sync_worker_batch_size");
+                let call = metric_mean(text, "sync_worker_salesforce_call_seconds");
+                let lag = metric_mean(text, "sync_worker_end_to_end_lag_seconds");
+                if let (Some(b), Some(s), Some(c)) = (batches, size, call) {
+                    t.info(
+                        "worker: batches, mean batch, mean Salesforce call",
+                        format!("{b:.0}, {s:.1} orders, {:.0} ms", c * 1e3),
+                    );
+                }
+                json.insert(
+                    service.clone(),
+                    json!({"batches": batches, "mean_batch_size": size,
+                           "mean_salesforce_call_s": call, "mean_event_to_synced_s": lag}),
+                );
+            }
+            crate::stack::RELAY => {
+                let confirm = metric_mean(text, "outbox_relay_confirm_latency_seconds");
+                let lag = metric_mean(text, "outbox_relay_commit_to_confirm_lag_seconds");
+                let apply = metric_mean(text, "outbox_relay_status_apply_lag_seconds");
+                if let (Some(c), Some(l)) = (confirm, lag) {
+                    t.info(
+                        "relay: mean publish → confirm, commit → confirm",
+                        format!("{:.1} ms, {:.1} ms", c * 1e3, l * 1e3),
+                    );
+                }
+                json.insert(
+                    service.clone(),
+                    json!({"mean_publish_to_confirm_s": confirm, "mean_commit_to_confirm_s": lag,
+                           "mean_status_apply_lag_s": apply}),
+                );
+            }
+            _ => {}
+        }
+    }
+    Value::Object(json)
+}
+
 /// Writes the files, prints the table; `Ok(false)` when a correctness check failed.
 pub fn finish(stack: &Stack, t: &Table, json: &Value, charts: &[(&str, String)]) -> Result<bool> {
     let written = report::write(&stack.out, t, json, charts)?;
@@ -171,4 +234,18 @@ pub fn finish(stack: &Stack, t: &Table, json: &Value, charts: &[(&str, String)])
     }
     println!("service logs: {}", stack.out.join("logs").display());
     Ok(!t.failed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_mean_from_exposition() {
+        let text = "# HELP x_seconds h\nx_seconds_bucket{le=\"1\"} 2\nx_seconds_sum 3.5\nx_seconds_count 2\n";
+        assert_eq!(metric_mean(text, "x_seconds"), Some(1.75));
+        assert_eq!(metric_count(text, "x_seconds"), Some(2.0));
+        assert_eq!(metric_mean(text, "y"), None);
+        assert_eq!(metric_mean("x_sum 0\nx_count 0\n", "x"), None);
+    }
 }

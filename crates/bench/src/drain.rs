@@ -111,6 +111,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
     let cpu = cpu_before.usage_until(&CpuSnapshot::take(&stack.pids()));
     let load_after = procfs::loadavg();
     let rss = stack.peak_rss_kib();
+    let scraped = stack.scrape_metrics().await;
     let stats = stack.emulator_stats().await?;
     let calls = stats["api_calls_total"]
         .as_u64()
@@ -198,6 +199,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         Goal::AtMost(common::TARGET_CALLS_PER_1000),
         "<= 6",
     );
+    let service_metrics = common::metrics_rows(&mut t, &scraped);
     common::rss_rows(&mut t, &rss, &[EMULATOR]);
     common::cpu_rows(&mut t, &cpu, synced.len());
     t.check(
@@ -237,6 +239,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
             "per_1000_orders": calls_per_1000, "stats_at_end": stats,
         },
         "peak_rss_mib": common::rss_json(&rss),
+        "service_metrics": service_metrics,
         "verification": verification.to_json(),
         "table": t.to_json(),
     });

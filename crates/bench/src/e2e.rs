@@ -507,6 +507,7 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
     let load_after = procfs::loadavg();
     stack.check_running()?;
     let rss = stack.peak_rss_kib();
+    let scraped = stack.scrape_metrics().await;
     let stats = stack.emulator_stats().await?;
     let calls = stats["api_calls_total"]
         .as_u64()
@@ -714,6 +715,7 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
         Goal::AtMost(common::TARGET_CALLS_PER_1000),
         "<= 6",
     );
+    let service_metrics = common::metrics_rows(&mut t, &scraped);
     common::rss_rows(&mut t, &rss, &[EMULATOR]);
     common::cpu_rows(&mut t, &cpu, accepted);
     t.check(
@@ -790,6 +792,7 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
             "stats_at_end": stats,
         },
         "peak_rss_mib": common::rss_json(&rss),
+        "service_metrics": service_metrics,
         "verification": verification.to_json(),
         "table": t.to_json(),
     });

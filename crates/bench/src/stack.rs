@@ -499,6 +499,27 @@ impl Stack {
             .ok_or_else(|| anyhow!("emulator stats lack api_calls_total"))
     }
 
+    /// Each running service's Prometheus metrics (relay, worker: the ones with an admin port),
+    /// also saved as `metrics-<service>.txt` in the output directory.
+    pub async fn scrape_metrics(&self) -> Vec<(String, String)> {
+        let mut scraped = Vec::new();
+        for svc in &self.services {
+            let Some(base) = svc.ready_url.strip_suffix("/health/ready") else {
+                continue;
+            };
+            if svc.name == API {
+                continue;
+            }
+            let text = match self.http.get(format!("{base}/metrics")).send().await {
+                Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+                _ => continue,
+            };
+            let _ = fs::write(self.out.join(format!("metrics-{}.txt", svc.name)), &text);
+            scraped.push((svc.name.to_owned(), text));
+        }
+        scraped
+    }
+
     /// (service, pid) of everything running.
     pub fn pids(&self) -> Vec<(String, u32)> {
         self.services
