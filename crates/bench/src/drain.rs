@@ -76,6 +76,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
     let worker_ready_in = worker_start.elapsed().as_secs_f64();
 
     let startup_calls = stack.api_calls().await?;
+    let pg_before = common::PgCounters::take(stack.pool()?).await?;
     let load_before = procfs::loadavg();
     let cpu_before = CpuSnapshot::take(&stack.pids());
     tracing::info!("starting the relay: the clock runs");
@@ -112,6 +113,9 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
     let load_after = procfs::loadavg();
     let rss = stack.peak_rss_kib();
     let scraped = stack.scrape_metrics().await;
+    // Backends report their counters at most once a second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pg_after = common::PgCounters::take(stack.pool()?).await?;
     let stats = stack.emulator_stats().await?;
     let calls = stats["api_calls_total"]
         .as_u64()
@@ -199,7 +203,8 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         Goal::AtMost(common::TARGET_CALLS_PER_1000),
         "<= 6",
     );
-    let service_metrics = common::metrics_rows(&mut t, &scraped);
+    let service_metrics = common::metrics_rows(&mut t, &scraped, true);
+    let pg_json = pg_before.rows(&pg_after, orders, &mut t);
     common::rss_rows(&mut t, &rss, &[EMULATOR]);
     common::cpu_rows(&mut t, &cpu, synced.len());
     t.check(
@@ -240,6 +245,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         },
         "peak_rss_mib": common::rss_json(&rss),
         "service_metrics": service_metrics,
+        "postgres_per_order": pg_json,
         "verification": verification.to_json(),
         "table": t.to_json(),
     });
