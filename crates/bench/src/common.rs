@@ -1,0 +1,318 @@
+//! Rows, context and output shared by the subcommands: the machine, memory, CPU, the
+//! Salesforce check, writing the files.
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::procfs::{self, CpuUsage};
+use crate::report::{self, Goal, Table};
+use crate::stack::Stack;
+use crate::verify::Verification;
+
+/// The issue's targets shared by several subcommands.
+pub const TARGET_CALLS_PER_1000: f64 = 6.0;
+pub const TARGET_RSS_MIB: f64 = 64.0;
+
+fn load_text(load: Option<[f64; 3]>) -> String {
+    load.map_or_else(|| "?".to_owned(), |l| format!("{:.2}", l[0]))
+}
+
+/// Context lines: cores, load, how busy the machine was, which binaries.
+pub fn machine_context(
+    t: &mut Table,
+    stack: &Stack,
+    before: Option<[f64; 3]>,
+    after: Option<[f64; 3]>,
+    cpu: &CpuUsage,
+) {
+    let busy = cpu.machine_busy.map_or_else(String::new, |b| {
+        format!(
+            "; all cores {:.0}% busy during the run (anyone's work)",
+            b * 100.0
+        )
+    });
+    t.context(format!(
+        "machine: {} cores, 1-min load {} before, {} after{busy}",
+        procfs::cores(),
+        load_text(before),
+        load_text(after)
+    ));
+    let profile = stack.profile();
+    let warning = if profile == "release" {
+        ""
+    } else {
+        " — NOT release binaries: figures are not comparable"
+    };
+    t.context(format!(
+        "binaries: {} ({profile}){warning}",
+        stack.bin_dir.display()
+    ));
+    if !stack.args.env.is_empty() {
+        let env: Vec<String> = stack
+            .args
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        t.context(format!("service environment: {}", env.join(" ")));
+    }
+}
+
+pub fn machine_json(
+    stack: &Stack,
+    before: Option<[f64; 3]>,
+    after: Option<[f64; 3]>,
+    cpu: &CpuUsage,
+) -> Value {
+    json!({
+        "cores": procfs::cores(),
+        "loadavg_before": before,
+        "loadavg_after": after,
+        "cpu_busy_share": cpu.machine_busy,
+        "cpu_seconds": cpu.seconds,
+        "cpu_window_s": cpu.wall_s,
+        "bin_dir": stack.bin_dir.display().to_string(),
+        "profile": stack.profile(),
+        "database": stack.database,
+        "namespace": stack.namespace,
+    })
+}
+
+/// Peak RSS per service; those in `no_target` (the emulator: a stand-in) get no target.
+pub fn rss_rows(t: &mut Table, rss: &[(String, Option<u64>)], no_target: &[&str]) {
+    for (name, kib) in rss {
+        let Some(kib) = kib else {
+            t.info(format!("peak RSS {name}"), "?");
+            continue;
+        };
+        let mib = *kib as f64 / 1024.0;
+        if no_target.contains(&name.as_str()) {
+            t.info(
+                format!("peak RSS {name} (stand-in)"),
+                format!("{mib:.1} MiB"),
+            );
+        } else {
+            t.target(
+                format!("peak RSS {name}"),
+                mib,
+                format!("{mib:.1} MiB"),
+                Goal::AtMost(TARGET_RSS_MIB),
+                "<= 64 MiB",
+            );
+        }
+    }
+}
+
+pub fn rss_json(rss: &[(String, Option<u64>)]) -> Value {
+    Value::Object(
+        rss.iter()
+            .map(|(name, kib)| {
+                (
+                    name.clone(),
+                    kib.map_or(Value::Null, |k| {
+                        json!(crate::stats::round(k as f64 / 1024.0))
+                    }),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// CPU seconds per process over the run, and per order.
+pub fn cpu_rows(t: &mut Table, cpu: &CpuUsage, orders: usize) {
+    for (name, secs) in &cpu.seconds {
+        let per_order = if orders > 0 {
+            format!(", {:.2} ms/order", secs * 1e3 / orders as f64)
+        } else {
+            String::new()
+        };
+        t.info(
+            format!("CPU {name}"),
+            format!(
+                "{secs:.1} s ({:.0}% of a core{per_order})",
+                100.0 * secs / cpu.wall_s.max(1e-9)
+            ),
+        );
+    }
+}
+
+pub fn verification_rows(t: &mut Table, v: &Verification) {
+    t.check(
+        "lost: accepted, no Salesforce Order",
+        v.missing.len().to_string(),
+        v.missing.is_empty(),
+    );
+    t.check(
+        "duplicated: external id on > 1 Salesforce Order",
+        v.duplicated.len().to_string(),
+        v.duplicated.is_empty(),
+    );
+    t.check(
+        "unexpected: Salesforce Order for no accepted order",
+        v.unexpected.len().to_string(),
+        v.unexpected.is_empty(),
+    );
+    t.check(
+        "order lines missing / duplicated / unexpected in Salesforce",
+        format!(
+            "{} / {} / {}",
+            v.items_missing, v.items_duplicated, v.items_unexpected
+        ),
+        v.items_missing == 0 && v.items_duplicated == 0 && v.items_unexpected == 0,
+    );
+}
+
+/// The bench database's activity counters (`pg_stat_database`): what Postgres did per order.
+/// Backends report them at transaction end (idle ones within seconds), so take the second
+/// snapshot a little after the run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PgCounters {
+    commits: i64,
+    returned: i64,
+    fetched: i64,
+    inserted: i64,
+    updated: i64,
+    deleted: i64,
+}
+
+impl PgCounters {
+    pub async fn take(pool: &sqlx::PgPool) -> Result<Self> {
+        let (commits, returned, fetched, inserted, updated, deleted): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT xact_commit, tup_returned, tup_fetched, tup_inserted, tup_updated,
+                        tup_deleted
+                 FROM pg_stat_database WHERE datname = current_database()",
+        )
+        .fetch_one(pool)
+        .await?;
+        Ok(Self {
+            commits,
+            returned,
+            fetched,
+            inserted,
+            updated,
+            deleted,
+        })
+    }
+
+    /// Per-order deltas from `self` to `later`, as a row and JSON.
+    pub fn rows(&self, later: &Self, orders: usize, t: &mut Table) -> Value {
+        let n = orders.max(1) as f64;
+        let per = |a: i64, b: i64| (b - a) as f64 / n;
+        let (commits, inserted, updated, fetched, returned, deleted) = (
+            per(self.commits, later.commits),
+            per(self.inserted, later.inserted),
+            per(self.updated, later.updated),
+            per(self.fetched, later.fetched),
+            per(self.returned, later.returned),
+            per(self.deleted, later.deleted),
+        );
+        t.info(
+            "Postgres per order: commits, rows inserted / updated / fetched",
+            format!("{commits:.2}, {inserted:.1} / {updated:.1} / {fetched:.1}"),
+        );
+        json!({"commits": commits, "inserted": inserted, "updated": updated,
+               "fetched": fetched, "returned": returned, "deleted": deleted})
+    }
+}
+
+/// `sum / count` of a Prometheus histogram in an exposition text.
+pub fn metric_mean(text: &str, name: &str) -> Option<f64> {
+    let value = |suffix: &str| -> Option<f64> {
+        let key = format!("{name}_{suffix} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let (sum, count) = (value("sum")?, value("count")?);
+    (count > 0.0).then(|| sum / count)
+}
+
+fn metric_count(text: &str, name: &str) -> Option<f64> {
+    let key = format!("{name}_count ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// What the services' own metrics say about batching and latency, as table rows and JSON.
+/// With a `backlog` (rows written before the relay ran) commit → confirm measures the backlog's
+/// age, not the relay, and is left out of the table.
+pub fn metrics_rows(t: &mut Table, scraped: &[(String, String)], backlog: bool) -> Value {
+    let mut json = serde_json::Map::new();
+    for (service, text) in scraped {
+        match service.as_str() {
+            crate::stack::WORKER => {
+                let batches = metric_count(text, "sync_worker_batch_size");
+                let size = metric_mean(text, "sync_worker_batch_size");
+                let call = metric_mean(text, "sync_worker_salesforce_call_seconds");
+                let lag = metric_mean(text, "sync_worker_end_to_end_lag_seconds");
+                if let (Some(b), Some(s), Some(c)) = (batches, size, call) {
+                    t.info(
+                        "worker: batches, mean batch, mean Salesforce call",
+                        format!("{b:.0}, {s:.1} orders, {:.0} ms", c * 1e3),
+                    );
+                }
+                json.insert(
+                    service.clone(),
+                    json!({"batches": batches, "mean_batch_size": size,
+                           "mean_salesforce_call_s": call, "mean_event_to_synced_s": lag}),
+                );
+            }
+            crate::stack::RELAY => {
+                let confirm = metric_mean(text, "outbox_relay_confirm_latency_seconds");
+                let lag = metric_mean(text, "outbox_relay_commit_to_confirm_lag_seconds");
+                let apply = metric_mean(text, "outbox_relay_status_apply_lag_seconds");
+                match (confirm, lag) {
+                    (Some(c), Some(l)) if !backlog => t.info(
+                        "relay: mean publish → confirm, commit → confirm",
+                        format!("{:.1} ms, {:.1} ms", c * 1e3, l * 1e3),
+                    ),
+                    (Some(c), _) => t.info(
+                        "relay: mean publish → confirm",
+                        format!("{:.1} ms", c * 1e3),
+                    ),
+                    _ => {}
+                }
+                json.insert(
+                    service.clone(),
+                    json!({"mean_publish_to_confirm_s": confirm, "mean_commit_to_confirm_s": lag,
+                           "mean_status_apply_lag_s": apply}),
+                );
+            }
+            _ => {}
+        }
+    }
+    Value::Object(json)
+}
+
+/// Writes the files, prints the table; `Ok(false)` when a correctness check failed.
+pub fn finish(stack: &Stack, t: &Table, json: &Value, charts: &[(&str, String)]) -> Result<bool> {
+    let written = report::write(&stack.out, t, json, charts)?;
+    println!("{}", t.render());
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    println!("service logs: {}", stack.out.join("logs").display());
+    Ok(!t.failed())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_mean_from_exposition() {
+        let text = "# HELP x_seconds h\nx_seconds_bucket{le=\"1\"} 2\nx_seconds_sum 3.5\nx_seconds_count 2\n";
+        assert_eq!(metric_mean(text, "x_seconds"), Some(1.75));
+        assert_eq!(metric_count(text, "x_seconds"), Some(2.0));
+        assert_eq!(metric_mean(text, "y"), None);
+        assert_eq!(metric_mean("x_sum 0\nx_count 0\n", "x"), None);
+    }
+}

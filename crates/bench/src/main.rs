@@ -1,0 +1,76 @@
+//! `orderbridge-bench`: measures the whole pipeline as it runs in production (the release
+//! binaries, real Postgres and RabbitMQ, the Salesforce emulator at a realistic latency), prints
+//! each figure beside its target from issue 6, and checks at the end that every accepted order
+//! is in Salesforce exactly once.
+//!
+//! Every subcommand builds its own [`stack::Stack`] (a fresh database, a broker namespace, the
+//! services on free ports, logs in the output directory) and tears it down. A new subcommand is
+//! a module with an `Args` struct flattening [`stack::StackArgs`] and a `run` returning whether
+//! its correctness checks held; the report, JSON and chart helpers are shared.
+
+mod chart;
+mod common;
+mod drain;
+mod e2e;
+mod procfs;
+mod report;
+mod stack;
+mod stats;
+mod verify;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use orderbridge_runtime::LogConfig;
+
+/// Benchmarks of the orderbridge pipeline against the targets of issue 6.
+///
+/// Each run starts what it measures (a fresh Postgres database, a RabbitMQ namespace, the
+/// Salesforce emulator and the release binaries on free ports), tears it down afterwards, and
+/// writes report.txt, report.json and an SVG chart to its output directory. Build the binaries
+/// first: `cargo build --release --bins`. Exit status: 0 when every accepted order reached
+/// Salesforce exactly once (performance targets are reported, not enforced), 1 when a
+/// correctness check failed, 2 when the run could not be done.
+#[derive(Debug, Parser)]
+#[command(name = "orderbridge-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    log: LogConfig,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Orders through the whole path at a given rate: orders/s, POST→synced latency observed
+    /// through the API, Salesforce API calls per 1,000 orders, peak RSS per process.
+    E2e(e2e::E2eArgs),
+    /// A backlog already in the outbox drained into Salesforce: orders/s from the relay's start
+    /// to the last synced order, time to publish everything, API calls per 1,000 orders.
+    Drain(drain::DrainArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = cli.log.init() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        Command::E2e(args) => e2e::run(args).await,
+        Command::Drain(args) => drain::run(args).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("a correctness check FAILED (see the table)");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
