@@ -204,11 +204,16 @@ pub fn render(chart: &Chart) -> String {
     for g in &chart.guides {
         if let Some(x) = g.x {
             let px = sx(x);
+            // The label goes left of the line, or right of it when the line is near the left edge.
+            let (anchor, lx) = if px < LEFT + 160.0 {
+                ("start", px + 4.0)
+            } else {
+                ("end", px - 4.0)
+            };
             let _ = writeln!(
                 svg,
-                r#"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="{c}" stroke-dasharray="3 3"/><text x="{:.1}" y="{:.1}" text-anchor="end" fill="{c}">{}</text>"#,
+                r#"<line x1="{px:.1}" y1="{TOP}" x2="{px:.1}" y2="{:.1}" stroke="{c}" stroke-dasharray="3 3"/><text x="{lx:.1}" y="{:.1}" text-anchor="{anchor}" fill="{c}">{}</text>"#,
                 TOP + plot_h,
-                px - 4.0,
                 TOP + plot_h - 6.0,
                 escape(&g.label),
                 c = g.color,
