@@ -290,9 +290,14 @@ impl Client {
     }
 
     /// `GET /limits`; also updates [`Client::usage`] from `DailyApiRequests`.
+    ///
+    /// This call is not held back by the usage guard: it is how a caller finds out that a spent
+    /// budget is back. Going through the guard, it would be refused locally until
+    /// `SF_API_USAGE_RECHECK` passed, and a paused worker would stay paused that long after
+    /// Salesforce had long since answered again.
     pub async fn limits(&self) -> Result<Limits, Error> {
         let response = self
-            .request(Method::GET, Target::Data(&["limits"]), &[], None)
+            .send(Method::GET, Target::Data(&["limits"]), &[], None)
             .await?;
         let limits: Limits = response.json()?;
         if let Some(usage) = limits.daily_api_requests() {
@@ -426,6 +431,17 @@ impl Client {
         body: Option<&serde_json::Value>,
     ) -> Result<RawResponse, Error> {
         let _permit = self.inner.usage.admit().await?;
+        self.send(method, target, query, body).await
+    }
+
+    /// [`Client::request`] without the usage guard.
+    async fn send(
+        &self,
+        method: Method,
+        target: Target<'_>,
+        query: &[(&str, &str)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<RawResponse, Error> {
         let mut slot = self.session().await?;
         let mut replayed = false;
         loop {

@@ -84,6 +84,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // dead-letter every order. Salesforce being down is not a reason to exit: wait for it.
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
+        if !client.usage_within_share() {
+            // The last reading says the budget is spent, so the client's guard would refuse the
+            // check locally for SF_API_USAGE_RECHECK. `/limits` bypasses the guard: ask it.
+            if let Err(e) = client.limits().await {
+                tracing::debug!(error = %e, "API budget probe failed");
+            }
+        }
         match check_against_salesforce(&client, &mapping).await {
             Ok(p) if p.0.is_empty() => break,
             Ok(p) => bail!("the mapping does not fit the Salesforce org: {p}"),

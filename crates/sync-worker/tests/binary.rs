@@ -417,6 +417,35 @@ async fn sigterm_while_paused_exits_at_once() {
     h.cleanup().await;
 }
 
+/// A worker started while the API budget is spent waits in its start-up check, and starts as
+/// soon as the budget is back: not `SF_API_USAGE_RECHECK` (5 minutes by default) later.
+#[tokio::test]
+async fn started_with_a_spent_budget_starts_when_it_returns() {
+    let h = Harness::new().await;
+    h.faults(json!({"daily_limit_remaining": 0})).await;
+    let proc = Proc::start(&h, &[]);
+    eventually(WAIT, "the start-up check refused", || async {
+        proc.log.read().contains("REQUEST_LIMIT_EXCEEDED")
+    })
+    .await;
+    // Let the guard's local refusal take hold (the reading says the budget is spent).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        proc.get("/health/ready")
+            .await
+            .is_none_or(|(s, _)| s != 200),
+        "ready while the budget is spent; log:\n{}",
+        proc.log.read()
+    );
+    h.faults(json!({"daily_limit_remaining": 100000})).await;
+    proc.wait_ready().await;
+    let orders: Vec<_> = (1..=2).map(|i| order(&format!("C-{i}"), 1)).collect();
+    h.publish_orders(&orders).await;
+    h.wait_synced(&orders, WAIT).await;
+    assert!(proc.stop().await.success());
+    h.cleanup().await;
+}
+
 /// `/health/live`, `/health/ready` (503 while an outage pauses consumption), `/metrics`.
 #[tokio::test]
 async fn admin_endpoints_follow_the_worker() {

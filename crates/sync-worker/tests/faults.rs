@@ -90,9 +90,11 @@ async fn expired_sessions_are_refreshed_transparently() {
 #[tokio::test]
 async fn a_spent_api_budget_pauses_until_it_returns() {
     let mut h = Harness::new().await;
-    // The client's usage guard refuses calls for SF_API_USAGE_RECHECK once usage is over its
-    // share; short here so the test need not wait the default 5 minutes.
-    let metrics = h.start_worker(&["--sf-api-usage-recheck", "1s"]).await;
+    // The client's usage guard refuses calls for SF_API_USAGE_RECHECK (default 5 minutes) once
+    // usage is over its share. The worker's budget probe (`/limits`) must not wait for that: with
+    // the default recheck and the harness's short probe interval, the orders must still sync
+    // within WAIT.
+    let metrics = h.start_worker(&[]).await;
     let warm = order("C-0", 1);
     h.publish_orders(std::slice::from_ref(&warm)).await;
     h.wait_synced(std::slice::from_ref(&warm), WAIT).await;
