@@ -430,6 +430,18 @@ impl Client {
         query: &[(&str, &str)],
         body: Option<&serde_json::Value>,
     ) -> Result<RawResponse, Error> {
+        self.request_body(method, target, query, body.map(Body::Json))
+            .await
+    }
+
+    /// [`Client::request`] with a body that may already be serialised.
+    pub(crate) async fn request_body(
+        &self,
+        method: Method,
+        target: Target<'_>,
+        query: &[(&str, &str)],
+        body: Option<Body<'_>>,
+    ) -> Result<RawResponse, Error> {
         let _permit = self.inner.usage.admit().await?;
         self.send(method, target, query, body).await
     }
@@ -440,7 +452,7 @@ impl Client {
         method: Method,
         target: Target<'_>,
         query: &[(&str, &str)],
-        body: Option<&serde_json::Value>,
+        body: Option<Body<'_>>,
     ) -> Result<RawResponse, Error> {
         let mut slot = self.session().await?;
         let mut replayed = false;
@@ -496,7 +508,7 @@ impl Client {
         url: Url,
         path: &str,
         token: &SecretString,
-        body: Option<&serde_json::Value>,
+        body: Option<Body<'_>>,
     ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let started = Instant::now();
         let host = url.host_str().unwrap_or_default().to_owned();
@@ -513,8 +525,16 @@ impl Client {
         {
             request = request.header(QUERY_OPTIONS, options.clone());
         }
-        if let Some(body) = body {
-            request = request.header(CONTENT_TYPE, "application/json").json(body);
+        match body {
+            Some(Body::Json(value)) => {
+                request = request.header(CONTENT_TYPE, "application/json").json(value);
+            }
+            Some(Body::Serialized(bytes)) => {
+                request = request
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(bytes.to_vec());
+            }
+            None => {}
         }
         let transport = |e: reqwest::Error| {
             if e.is_timeout() {
@@ -543,4 +563,12 @@ impl Client {
         tracing::debug!(%method, path, status, elapsed = ?started.elapsed(), "salesforce call");
         Ok((status, headers, bytes))
     }
+}
+
+/// A request body: a JSON value, or JSON already serialised (a large request is written once,
+/// straight from its parts, instead of first being copied into a `Value` tree).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Body<'a> {
+    Json(&'a serde_json::Value),
+    Serialized(&'a [u8]),
 }

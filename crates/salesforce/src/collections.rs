@@ -27,33 +27,39 @@ pub(crate) fn prepare_records<T: Serialize>(
     records
         .iter()
         .enumerate()
-        .map(|(i, record)| {
-            let mut value = serde_json::to_value(record).map_err(|e| {
-                Error::InvalidRequest(format!("record {i} cannot be serialised: {e}"))
-            })?;
-            let Value::Object(object) = &mut value else {
-                return Err(Error::InvalidRequest(format!(
-                    "record {i} is not a JSON object"
-                )));
-            };
-            let attributes = object
-                .entry("attributes")
-                .or_insert_with(|| Value::Object(Map::new()));
-            match attributes {
-                Value::Object(attributes) => {
-                    attributes
-                        .entry("type")
-                        .or_insert_with(|| Value::String(sobject.to_owned()));
-                }
-                _ => {
-                    return Err(Error::InvalidRequest(format!(
-                        "record {i}: attributes must be an object"
-                    )));
-                }
-            }
-            Ok(value)
-        })
+        .map(|(i, record)| prepare_record(sobject, i, record))
         .collect()
+}
+
+/// One record of [`prepare_records`]; `i` is its position, for the error.
+pub(crate) fn prepare_record<T: Serialize>(
+    sobject: &str,
+    i: usize,
+    record: &T,
+) -> Result<Value, Error> {
+    let mut value = serde_json::to_value(record)
+        .map_err(|e| Error::InvalidRequest(format!("record {i} cannot be serialised: {e}")))?;
+    let Value::Object(object) = &mut value else {
+        return Err(Error::InvalidRequest(format!(
+            "record {i} is not a JSON object"
+        )));
+    };
+    let attributes = object
+        .entry("attributes")
+        .or_insert_with(|| Value::Object(Map::new()));
+    match attributes {
+        Value::Object(attributes) => {
+            attributes
+                .entry("type")
+                .or_insert_with(|| Value::String(sobject.to_owned()));
+        }
+        _ => {
+            return Err(Error::InvalidRequest(format!(
+                "record {i}: attributes must be an object"
+            )));
+        }
+    }
+    Ok(value)
 }
 
 #[derive(Clone, Copy)]

@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, HashSet};
 use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use crate::client::{Client, Target};
-use crate::collections::{COLLECTION_LIMIT, prepare_records};
+use crate::client::{Body, Client, Target};
+use crate::collections::{COLLECTION_LIMIT, prepare_record};
 use crate::error::{ApiError, Error, ErrorClass, classify_api};
 use crate::query::QueryResult;
 use crate::sobjects::RecordResult;
@@ -78,7 +79,9 @@ struct Subrequest {
     segments: Vec<String>,
     query: Vec<(String, String)>,
     reference_id: String,
-    body: Option<Value>,
+    /// Serialised when added: a batch's records are held once, as compact JSON, rather than as
+    /// `Value` trees copied again into the request.
+    body: Option<Box<RawValue>>,
     kind: SubrequestKind,
 }
 
@@ -124,7 +127,7 @@ impl Composite {
         method: Method,
         segments: &[&str],
         query: Vec<(String, String)>,
-        body: Option<Value>,
+        body: Option<Box<RawValue>>,
     ) -> Result<Ref, Error> {
         let valid_ref = reference_id
             .chars()
@@ -334,37 +337,84 @@ impl Composite {
             .subrequests
             .iter()
             .map(|s| {
-                let mut url = format!("/services/data/v{version}");
-                for segment in &s.segments {
-                    url.push('/');
-                    url.push_str(&encode(segment, false));
-                }
-                if matches!(s.kind, SubrequestKind::Create) {
-                    url.push('/');
-                }
-                for (i, (k, v)) in s.query.iter().enumerate() {
-                    url.push(if i == 0 { '?' } else { '&' });
-                    url.push_str(&encode(k, true));
-                    url.push('=');
-                    url.push_str(&encode(v, true));
-                }
+                let url = s.url(version);
                 let mut request = serde_json::json!({
                     "method": s.method.as_str(),
                     "url": url,
                     "referenceId": s.reference_id,
                 });
                 if let (Some(body), Value::Object(map)) = (&s.body, &mut request) {
-                    map.insert("body".into(), body.clone());
+                    map.insert(
+                        "body".into(),
+                        serde_json::from_str(body.get()).unwrap_or(Value::Null),
+                    );
                 }
                 request
             })
             .collect();
         serde_json::json!({ "allOrNone": self.all_or_none, "compositeRequest": requests })
     }
+
+    /// The request as sent: the same document as [`Composite::to_json`], serialised straight
+    /// from the subrequests.
+    pub fn to_bytes(&self, version: &str) -> Result<Vec<u8>, Error> {
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            #[serde(rename = "allOrNone")]
+            all_or_none: bool,
+            #[serde(rename = "compositeRequest")]
+            composite_request: Vec<WireSub<'a>>,
+        }
+        #[derive(Serialize)]
+        struct WireSub<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            body: Option<&'a RawValue>,
+            method: &'a str,
+            #[serde(rename = "referenceId")]
+            reference_id: &'a str,
+            url: String,
+        }
+        let wire = Wire {
+            all_or_none: self.all_or_none,
+            composite_request: self
+                .subrequests
+                .iter()
+                .map(|s| WireSub {
+                    body: s.body.as_deref(),
+                    method: s.method.as_str(),
+                    reference_id: &s.reference_id,
+                    url: s.url(version),
+                })
+                .collect(),
+        };
+        serde_json::to_vec(&wire)
+            .map_err(|e| Error::InvalidRequest(format!("request cannot be serialised: {e}")))
+    }
 }
 
-fn value(record: impl Serialize) -> Result<Value, Error> {
-    serde_json::to_value(record)
+impl Subrequest {
+    /// The subrequest's URL with the API version.
+    fn url(&self, version: &str) -> String {
+        let mut url = format!("/services/data/v{version}");
+        for segment in &self.segments {
+            url.push('/');
+            url.push_str(&encode(segment, false));
+        }
+        if matches!(self.kind, SubrequestKind::Create) {
+            url.push('/');
+        }
+        for (i, (k, v)) in self.query.iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&encode(k, true));
+            url.push('=');
+            url.push_str(&encode(v, true));
+        }
+        url
+    }
+}
+
+fn value(record: impl Serialize) -> Result<Box<RawValue>, Error> {
+    serde_json::value::to_raw_value(&record)
         .map_err(|e| Error::InvalidRequest(format!("record cannot be serialised: {e}")))
 }
 
@@ -372,15 +422,30 @@ fn collection_body<T: Serialize>(
     sobject: &str,
     records: &[T],
     all_or_none: bool,
-) -> Result<Value, Error> {
+) -> Result<Box<RawValue>, Error> {
     if records.is_empty() || records.len() > COLLECTION_LIMIT {
         return Err(Error::InvalidRequest(format!(
             "a collection subrequest holds 1 to {COLLECTION_LIMIT} records, not {}",
             records.len()
         )));
     }
-    let records = prepare_records(sobject, records)?;
-    Ok(serde_json::json!({ "allOrNone": all_or_none, "records": records }))
+    // Record by record, straight to compact JSON: a whole collection never exists as a
+    // `Value` tree (those trees were most of the worker's memory with batches in flight).
+    let records = records
+        .iter()
+        .enumerate()
+        .map(|(i, record)| value(prepare_record(sobject, i, record)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    #[derive(Serialize)]
+    struct CollectionBody {
+        #[serde(rename = "allOrNone")]
+        all_or_none: bool,
+        records: Vec<Box<RawValue>>,
+    }
+    value(CollectionBody {
+        all_or_none,
+        records,
+    })
 }
 
 /// Percent-encodes a URL part, leaving `@{…}` references readable as Salesforce expects them.
@@ -546,10 +611,16 @@ impl Client {
                 "a composite request needs at least one subrequest".into(),
             ));
         }
-        let body = request.to_json(self.api_version());
+        let body = request.to_bytes(self.api_version())?;
         let response = self
-            .request(Method::POST, Target::Data(&["composite"]), &[], Some(&body))
+            .request_body(
+                Method::POST,
+                Target::Data(&["composite"]),
+                &[],
+                Some(Body::Serialized(&body)),
+            )
             .await?;
+        drop(body);
         let raw: RawCompositeResponse = response.json()?;
         let kinds: HashSet<&str> = request
             .subrequests

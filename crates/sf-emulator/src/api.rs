@@ -63,6 +63,8 @@ pub struct Req {
     pub body: Option<Value>,
     /// From `Sforce-Query-Options: batchSize=N`.
     pub batch_size: Option<usize>,
+    /// Request data done with, freed by the caller once the state lock is released.
+    pub spent: Vec<Value>,
 }
 
 /// Decodes `%XX` escapes (and `+` as space when `plus` is set).
@@ -226,8 +228,9 @@ fn object<'a>(shared: &'a Shared, name: &str) -> Result<&'a ObjectDef, Reply> {
     shared.schema.object(name).ok_or_else(Reply::not_found)
 }
 
-/// Runs one data API request.
-pub fn execute(ctx: &Ctx<'_>, inner: &mut Inner, route: &Route, req: &Req) -> Reply {
+/// Runs one data API request. A Composite request's body is taken out of `req` (its
+/// subrequests are run from it without a copy).
+pub fn execute(ctx: &Ctx<'_>, inner: &mut Inner, route: &Route, req: &mut Req) -> Reply {
     let m = req.method.as_str();
     let result = match (route, m) {
         (Route::Resources, "GET") => Ok(resources(ctx)),
@@ -723,14 +726,13 @@ fn collections_write(
     if let Write::Upsert(o, f) = &write
         && let Some(fd) = ctx.shared.schema.object(o).and_then(|d| d.field(f))
     {
-        let mut seen: Vec<String> = Vec::new();
+        let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
         for r in records {
             if let Some(v) = r.get(&fd.name).and_then(crate::store::text_of) {
                 let v = v.to_lowercase();
-                if seen.contains(&v) && !dup_values.contains(&v) {
-                    dup_values.push(v.clone());
+                if !seen.insert(v.clone()) && !dup_values.contains(&v) {
+                    dup_values.push(v);
                 }
-                seen.push(v);
             }
         }
     }

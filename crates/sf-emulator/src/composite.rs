@@ -23,21 +23,22 @@ struct Sub {
     body: Option<Value>,
 }
 
-fn parse(body: &Map<String, Value>) -> Result<(bool, Vec<Sub>), Reply> {
+fn parse(mut body: Map<String, Value>) -> Result<(bool, Vec<Sub>), Reply> {
     let all_or_none = body
         .get("allOrNone")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let list = body
-        .get("compositeRequest")
-        .and_then(Value::as_array)
-        .ok_or_else(|| {
-            Reply::error(
-                400,
-                "JSON_PARSER_ERROR",
-                "compositeRequest is required and must be an array",
-            )
-        })?;
+    let mut list = match body.remove("compositeRequest") {
+        Some(Value::Array(list)) => Ok(list),
+        _ => Err(()),
+    }
+    .map_err(|()| {
+        Reply::error(
+            400,
+            "JSON_PARSER_ERROR",
+            "compositeRequest is required and must be an array",
+        )
+    })?;
     if list.is_empty() {
         return Err(Reply::error(
             400,
@@ -56,7 +57,7 @@ fn parse(body: &Map<String, Value>) -> Result<(bool, Vec<Sub>), Reply> {
         ));
     }
     let mut subs = Vec::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
+    for (i, item) in list.iter_mut().enumerate() {
         let text = |k: &str| item.get(k).and_then(Value::as_str).map(str::to_owned);
         let (Some(method), Some(url), Some(reference_id)) =
             (text("method"), text("url"), text("referenceId"))
@@ -91,7 +92,8 @@ fn parse(body: &Map<String, Value>) -> Result<(bool, Vec<Sub>), Reply> {
             method: method.to_ascii_uppercase(),
             url,
             reference_id,
-            body: item.get("body").cloned(),
+            // Moved, not copied: a body can be five Collections of 200 records.
+            body: item.as_object_mut().and_then(|o| o.remove("body")),
         });
     }
     let heavy = subs
@@ -118,11 +120,38 @@ fn split_url(url: &str) -> Option<(String, String, String)> {
     Some((version.to_owned(), format!("/{path}"), query.to_owned()))
 }
 
+/// Earlier successful results by reference id.
+trait Results {
+    fn result(&self, reference: &str) -> Option<&Value>;
+}
+
+impl Results for HashMap<String, Value> {
+    fn result(&self, reference: &str) -> Option<&Value> {
+        self.get(reference)
+    }
+}
+
+static NULL: Value = Value::Null;
+
+/// The results of a running Composite request: reference id → index of its reply, so a
+/// result is read where it is rather than copied for later references.
+struct Done<'a> {
+    by_reference: &'a HashMap<String, usize>,
+    replies: &'a [Reply],
+}
+
+impl Results for Done<'_> {
+    fn result(&self, reference: &str) -> Option<&Value> {
+        let reply = self.replies.get(*self.by_reference.get(reference)?)?;
+        Some(reply.body.as_ref().unwrap_or(&NULL))
+    }
+}
+
 /// Looks up `ref.path` among earlier successful results.
-fn lookup<'a>(expr: &str, done: &'a HashMap<String, Value>) -> Option<&'a Value> {
+fn lookup<'a>(expr: &str, done: &'a impl Results) -> Option<&'a Value> {
     let split = expr.find(['.', '[']).unwrap_or(expr.len());
     let (reference, mut path) = expr.split_at(split);
-    let mut v = done.get(reference)?;
+    let mut v = done.result(reference)?;
     while !path.is_empty() {
         if let Some(rest) = path.strip_prefix('.') {
             let end = rest.find(['.', '[']).unwrap_or(rest.len());
@@ -148,7 +177,7 @@ fn as_text(v: &Value) -> String {
 }
 
 /// Replaces every `@{…}` in `s`; the error names the reference that has no value.
-fn interpolate(s: &str, done: &HashMap<String, Value>) -> Result<String, String> {
+fn interpolate(s: &str, done: &impl Results) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(start) = rest.find("@{") {
@@ -163,53 +192,60 @@ fn interpolate(s: &str, done: &HashMap<String, Value>) -> Result<String, String>
     Ok(out)
 }
 
-fn resolve_value(v: &Value, done: &HashMap<String, Value>) -> Result<Value, String> {
-    Ok(match v {
+/// Replaces the references in a subrequest body, in place (most bodies have none, and a copy of
+/// a 200-record collection per subrequest was most of a Composite call's cost).
+fn resolve_value(v: &mut Value, done: &impl Results) -> Result<(), String> {
+    match v {
         Value::String(s) => {
+            if !s.contains("@{") {
+                return Ok(());
+            }
             // A value that is exactly one reference keeps the referenced JSON type.
             if let Some(expr) = s.strip_prefix("@{").and_then(|x| x.strip_suffix('}'))
                 && !expr.contains('}')
             {
-                lookup(expr, done).cloned().ok_or_else(|| expr.to_owned())?
+                *v = lookup(expr, done).cloned().ok_or_else(|| expr.to_owned())?;
             } else {
-                Value::String(interpolate(s, done)?)
+                *s = interpolate(s, done)?;
             }
         }
-        Value::Array(a) => Value::Array(
-            a.iter()
-                .map(|x| resolve_value(x, done))
-                .collect::<Result<_, _>>()?,
-        ),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, x)| resolve_value(x, done).map(|x| (k.clone(), x)))
-                .collect::<Result<_, _>>()?,
-        ),
-        other => other.clone(),
-    })
+        Value::Array(a) => {
+            for x in a {
+                resolve_value(x, done)?;
+            }
+        }
+        Value::Object(m) => {
+            for x in m.values_mut() {
+                resolve_value(x, done)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn halted(message: &str) -> Reply {
     Reply::error(400, "PROCESSING_HALTED", message)
 }
 
-fn entry(reference_id: &str, reply: &Reply) -> Value {
+fn entry(reference_id: &str, reply: Reply) -> Value {
     let headers: Map<String, Value> = reply
         .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .into_iter()
+        .map(|(k, v)| (k, Value::String(v)))
         .collect();
     json!({
-        "body": reply.body.clone().unwrap_or(Value::Null),
+        "body": reply.body.unwrap_or(Value::Null),
         "httpHeaders": headers,
         "httpStatusCode": reply.status,
         "referenceId": reference_id,
     })
 }
 
-/// Runs a Composite request (already counted as one API call by the caller).
-pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &Req) -> Reply {
-    let Some(Value::Object(body)) = &req.body else {
+/// Runs a Composite request (already counted as one API call by the caller). Takes the body
+/// out of `req`.
+pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &mut Req) -> Reply {
+    let Some(Value::Object(body)) = req.body.take() else {
         return Reply::error(
             400,
             "JSON_PARSER_ERROR",
@@ -221,21 +257,32 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &Req) -> Reply {
         Err(e) => return e,
     };
     let savepoint = all_or_none.then(|| inner.store.begin());
-    let mut done: HashMap<String, Value> = HashMap::new();
+    let mut done: HashMap<String, usize> = HashMap::new();
     let mut replies: Vec<Reply> = Vec::with_capacity(subs.len());
     let mut failed_at: Option<usize> = None;
-    for (i, sub) in subs.iter().enumerate() {
+    // Every subrequest answers, also those never run after an allOrNone failure.
+    let references: Vec<String> = subs.iter().map(|s| s.reference_id.clone()).collect();
+    for (i, sub) in subs.into_iter().enumerate() {
         inner.stats.composite_subrequests += 1;
-        let reply = run_one(ctx, inner, sub, &done);
-        if reply.is_success() {
-            done.insert(
-                sub.reference_id.clone(),
-                reply.body.clone().unwrap_or(Value::Null),
-            );
+        let Sub {
+            method,
+            url,
+            reference_id,
+            body,
+        } = sub;
+        let reply = {
+            let results = Done {
+                by_reference: &done,
+                replies: &replies,
+            };
+            run_one(ctx, inner, method, &url, body, &results, &mut req.spent)
+        };
+        let ok = reply.is_success();
+        if ok {
+            done.insert(reference_id, replies.len());
         }
-        let failed = !reply.is_success();
         replies.push(reply);
-        if failed && all_or_none {
+        if !ok && all_or_none {
             failed_at = Some(i);
             break;
         }
@@ -251,24 +298,34 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &Req) -> Reply {
             let rolled = halted(
                 "The transaction was rolled back since another operation in the same transaction failed.",
             );
-            subs.iter()
+            let mut replies = replies.into_iter();
+            references
+                .iter()
                 .enumerate()
-                .map(|(i, s)| match replies.get(i) {
-                    Some(r) if i == bad => entry(&s.reference_id, r),
-                    _ => entry(&s.reference_id, &rolled),
+                .map(|(i, r)| match replies.next() {
+                    Some(reply) if i == bad => entry(r, reply),
+                    _ => entry(r, rolled.clone()),
                 })
                 .collect()
         }
-        _ => subs
+        _ => references
             .iter()
-            .zip(&replies)
-            .map(|(s, r)| entry(&s.reference_id, r))
+            .zip(replies)
+            .map(|(r, reply)| entry(r, reply))
             .collect(),
     };
     Reply::json(200, json!({"compositeResponse": out}))
 }
 
-fn run_one(ctx: &Ctx<'_>, inner: &mut Inner, sub: &Sub, done: &HashMap<String, Value>) -> Reply {
+fn run_one(
+    ctx: &Ctx<'_>,
+    inner: &mut Inner,
+    method: String,
+    url: &str,
+    mut body: Option<Value>,
+    done: &impl Results,
+    spent: &mut Vec<Value>,
+) -> Reply {
     let missing = |expr: String| {
         halted(&format!(
             "Invalid reference specified. No value for {expr} found in {}. Provided referenceId ('{}') must be of a previous, successful subrequest.",
@@ -276,19 +333,15 @@ fn run_one(ctx: &Ctx<'_>, inner: &mut Inner, sub: &Sub, done: &HashMap<String, V
             expr.split(['.', '[']).next().unwrap_or_default(),
         ))
     };
-    let url = match interpolate(&sub.url, done) {
+    let url = match interpolate(url, done) {
         Ok(u) => u,
         Err(expr) => return missing(expr),
     };
-    let body = match sub
-        .body
-        .as_ref()
-        .map(|b| resolve_value(b, done))
-        .transpose()
+    if let Some(b) = body.as_mut()
+        && let Err(expr) = resolve_value(b, done)
     {
-        Ok(b) => b,
-        Err(expr) => return missing(expr),
-    };
+        return missing(expr);
+    }
     let Some((version, path, query)) = split_url(&url) else {
         return Reply::error(
             400,
@@ -307,14 +360,18 @@ fn run_one(ctx: &Ctx<'_>, inner: &mut Inner, sub: &Sub, done: &HashMap<String, V
         shared: ctx.shared,
         base: format!("/services/data/v{version}"),
     };
-    let sub_req = Req {
-        method: sub.method.clone(),
+    let mut sub_req = Req {
+        method,
         path,
         query,
         body,
         batch_size: None,
+        spent: Vec::new(),
     };
-    api::execute(&sub_ctx, inner, &route, &sub_req)
+    let reply = api::execute(&sub_ctx, inner, &route, &mut sub_req);
+    spent.extend(sub_req.body);
+    spent.append(&mut sub_req.spent);
+    reply
 }
 
 #[cfg(test)]
@@ -331,10 +388,9 @@ mod tests {
             interpolate("/x/@{acc.id}/@{q.records[0].Id}", &done).unwrap(),
             "/x/001X/801Y"
         );
-        assert_eq!(
-            resolve_value(&json!({"a": "@{acc.n}"}), &done).unwrap(),
-            json!({"a": 3})
-        );
+        let mut body = json!({"a": "@{acc.n}", "b": ["x/@{acc.id}", 2]});
+        resolve_value(&mut body, &done).unwrap();
+        assert_eq!(body, json!({"a": 3, "b": ["x/001X", 2]}));
         assert_eq!(interpolate("@{nope.id}", &done).unwrap_err(), "nope.id");
         assert_eq!(
             split_url("/services/data/v62.0/query?q=x").unwrap(),

@@ -249,6 +249,15 @@ async fn data(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
 
+    // Parsed before the state lock is taken (a Composite body can be a megabyte), so calls
+    // overlap here; a malformed body is still answered only after the checks below.
+    let parsed_body: Result<Option<Value>, serde_json::Error> = if body.is_empty() {
+        Ok(None)
+    } else {
+        serde_json::from_slice::<Value>(&body).map(Some)
+    };
+    drop(body);
+
     let mut inner = s.lock();
     let max = s.config.daily_api_limit;
     let limit_info = |used: u64| Some(format!("api-usage={used}/{max}"));
@@ -288,36 +297,35 @@ async fn data(
         *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;
         return to_response(fault_reply(&code), limit_info(used));
     }
-    let parsed_body = if body.is_empty() {
-        None
-    } else {
-        match serde_json::from_slice::<Value>(&body) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                return to_response(
-                    Reply::error(
-                        400,
-                        "JSON_PARSER_ERROR",
-                        format!("Unexpected character in the request body: {e}"),
-                    ),
-                    limit_info(used),
-                );
-            }
+    let parsed_body = match parsed_body {
+        Ok(v) => v,
+        Err(e) => {
+            return to_response(
+                Reply::error(
+                    400,
+                    "JSON_PARSER_ERROR",
+                    format!("Unexpected character in the request body: {e}"),
+                ),
+                limit_info(used),
+            );
         }
     };
     let ctx = Ctx {
         shared: &s,
         base: format!("/services/data/v{version}"),
     };
-    let req = Req {
+    let mut req = Req {
         method: method_name,
         path,
         query: uri.query().unwrap_or_default().to_owned(),
         body: parsed_body,
         batch_size: batch_size(&headers),
+        spent: Vec::new(),
     };
-    let reply = api::execute(&ctx, &mut inner, &route, &req);
+    let reply = api::execute(&ctx, &mut inner, &route, &mut req);
     drop(inner);
+    // Freed outside the lock too.
+    drop(req);
     tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
     if method == Method::HEAD {
         return to_response(

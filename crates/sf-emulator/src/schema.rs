@@ -186,6 +186,9 @@ pub enum SchemaError {
 pub struct Schema {
     objects: Vec<ObjectDef>,
     by_name: HashMap<String, usize>,
+    /// The same, by the schema's own spelling: the store asks by it on every record write, and
+    /// this spares lower-casing (an allocation) each time.
+    by_exact_name: HashMap<String, usize>,
     by_prefix: HashMap<String, usize>,
 }
 
@@ -209,6 +212,7 @@ impl Schema {
         let file: SchemaFile = serde_json::from_str(text)?;
         let mut objects = Vec::new();
         let mut by_name = HashMap::new();
+        let mut by_exact_name = HashMap::new();
         let mut by_prefix = HashMap::new();
         for mut obj in file.objects {
             if obj.key_prefix.len() != 3
@@ -259,6 +263,7 @@ impl Schema {
                     obj.name
                 )));
             }
+            by_exact_name.insert(obj.name.clone(), idx);
             if by_prefix.insert(obj.key_prefix.clone(), idx).is_some() {
                 return Err(SchemaError::Invalid(format!(
                     "key prefix {} used twice",
@@ -270,6 +275,7 @@ impl Schema {
         let schema = Self {
             objects,
             by_name,
+            by_exact_name,
             by_prefix,
         };
         for obj in &schema.objects {
@@ -290,8 +296,9 @@ impl Schema {
 
     /// The object named `name`, case-insensitively.
     pub fn object(&self, name: &str) -> Option<&ObjectDef> {
-        self.by_name
-            .get(&name.to_ascii_lowercase())
+        self.by_exact_name
+            .get(name)
+            .or_else(|| self.by_name.get(&name.to_ascii_lowercase()))
             .and_then(|&i| self.objects.get(i))
     }
 

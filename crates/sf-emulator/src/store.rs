@@ -212,26 +212,27 @@ impl Store {
         store
     }
 
-    fn indexed_fields(&self, obj: &str) -> Vec<String> {
+    /// Whether `field` (schema spelling) of `obj` is kept in the index.
+    fn is_indexed(&self, obj: &str, field: &str) -> bool {
         self.schema
             .object(obj)
-            .map(|d| {
-                d.fields
-                    .iter()
-                    .filter(|f| f.external_id || f.unique)
-                    .map(|f| f.name.clone())
-                    .collect()
-            })
-            .unwrap_or_default()
+            .and_then(|d| d.fields.iter().find(|f| f.name == field))
+            .is_some_and(|f| f.external_id || f.unique)
     }
 
     fn index_add(&mut self, obj: &str, id: &str, rec: &Record) {
-        for field in self.indexed_fields(obj) {
-            if let Some(v) = rec.get(&field).and_then(text_of) {
+        // The schema is shared and immutable: hold our own handle so its field list can be
+        // walked while the index changes (no per-write copy of the field names).
+        let schema = Arc::clone(&self.schema);
+        let Some(def) = schema.object(obj) else {
+            return;
+        };
+        for field in def.fields.iter().filter(|f| f.external_id || f.unique) {
+            if let Some(v) = rec.get(&field.name).and_then(text_of) {
                 self.index
                     .entry(obj.to_owned())
                     .or_default()
-                    .entry(field)
+                    .entry(field.name.clone())
                     .or_default()
                     .entry(v.to_lowercase())
                     .or_default()
@@ -241,11 +242,15 @@ impl Store {
     }
 
     fn index_remove(&mut self, obj: &str, id: &str, rec: &Record) {
-        for field in self.indexed_fields(obj) {
-            let Some(v) = rec.get(&field).and_then(text_of) else {
+        let schema = Arc::clone(&self.schema);
+        let Some(def) = schema.object(obj) else {
+            return;
+        };
+        for field in def.fields.iter().filter(|f| f.external_id || f.unique) {
+            let Some(v) = rec.get(&field.name).and_then(text_of) else {
                 continue;
             };
-            if let Some(values) = self.index.get_mut(obj).and_then(|f| f.get_mut(&field)) {
+            if let Some(values) = self.index.get_mut(obj).and_then(|f| f.get_mut(&field.name)) {
                 let key = v.to_lowercase();
                 if let Some(list) = values.get_mut(&key) {
                     list.retain(|x| x != id);
@@ -425,7 +430,7 @@ impl Store {
     /// Ids of the records of `obj` whose `field` equals `value` (case-insensitive, as external
     /// ids match).
     pub fn find_by(&self, obj: &str, field: &str, value: &str) -> Vec<String> {
-        if self.indexed_fields(obj).iter().any(|f| f == field) {
+        if self.is_indexed(obj, field) {
             let mut found = self
                 .index
                 .get(obj)
@@ -984,15 +989,18 @@ impl Store {
         {
             return;
         }
-        let Some(mut order) = self
+        // In place: TotalAmount is not indexed, so only the undo log needs the old version
+        // (copying the whole order for every line made bulk loads allocation-bound).
+        let in_transaction = self.depth > 0;
+        let Some(order) = self
             .data
             .tables
-            .get("Order")
-            .and_then(|t| t.get(order_id))
-            .cloned()
+            .get_mut("Order")
+            .and_then(|t| t.get_mut(order_id))
         else {
             return;
         };
+        let old = in_transaction.then(|| order.clone());
         let current = order
             .get("TotalAmount")
             .and_then(Value::as_f64)
@@ -1000,7 +1008,13 @@ impl Store {
         // Currency: keep cents exact despite binary floating point.
         let total = ((current + delta) * 100.0).round() / 100.0;
         order.insert("TotalAmount".into(), json!(total));
-        self.put("Order", order_id, order);
+        if let Some(old) = old {
+            self.journal.push(Undo::Replaced {
+                obj: "Order".to_owned(),
+                id: order_id.to_owned(),
+                old,
+            });
+        }
     }
 
     /// Updates a record from a request body.
@@ -1039,17 +1053,21 @@ impl Store {
             .with_fields(vec!["Id".into()]));
         }
         let changes = self.prepare(def, body, Mode::Update)?;
-        let mut rec = current.clone();
+        // What the old version is needed for, taken before it becomes the new one (one copy
+        // of the record per update, not two).
+        let lock_keys = Self::lock_keys(def, &id, Some(&current));
+        let old_total = line_total(&current);
+        let mut rec = current;
         for (k, v) in &changes {
             rec.insert(k.clone(), v.clone());
         }
         self.derive(def, &mut rec)?;
         self.validate(def, Some(&id), &rec, &changes, Mode::Update)?;
-        Self::check_lock(locks, &Self::lock_keys(def, &id, Some(&current)), &id)?;
+        Self::check_lock(locks, &lock_keys, &id)?;
         let now = json!(sf_datetime(Utc::now()));
         rec.insert("LastModifiedDate".into(), now.clone());
         rec.insert("SystemModstamp".into(), now);
-        let delta = line_total(&rec) - line_total(&current);
+        let delta = line_total(&rec) - old_total;
         let order = rec
             .get("OrderId")
             .and_then(Value::as_str)

@@ -63,6 +63,13 @@ pub struct WorkerConfig {
     /// How long the first message of a batch waits for more before the batch goes out anyway.
     #[arg(long, env = "WORKER_BATCH_LINGER", default_value = "50ms", value_parser = orderbridge_runtime::parse_interval, global = true)]
     pub batch_linger: Duration,
+    /// End-to-end time a batch that is not full may spend waiting for more orders: it goes out
+    /// once its oldest order (by the event's `occurred_at`) could no longer be written within
+    /// this time, judged by how long recent writes took, and never sooner than
+    /// WORKER_BATCH_LINGER after its first message. Fewer, fuller Composite calls at modest
+    /// rates (API budget) at a bounded latency; `0s`: batches wait WORKER_BATCH_LINGER only.
+    #[arg(long, env = "WORKER_LATENCY_TARGET", default_value = "800ms", value_parser = humantime::parse_duration, global = true)]
+    pub latency_target: Duration,
     /// Batches being written to Salesforce at once, so its latency does not cap throughput.
     #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
     pub max_in_flight: u16,

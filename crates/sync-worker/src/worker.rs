@@ -2,7 +2,7 @@
 //!
 //! ```text
 //!  {ns}.sf-sync ──deliveries (manual ack, prefetch = batch × (in-flight + 1))──► batcher
-//!                                   up to WORKER_BATCH_SIZE or WORKER_BATCH_LINGER
+//!                up to WORKER_BATCH_SIZE, or WORKER_BATCH_LINGER stretched by WORKER_LATENCY_TARGET
 //!                                                                  │ ≤ WORKER_MAX_IN_FLIGHT batches
 //!                                                                  ▼
 //!  per batch: decode ─► dedupe per order ─► Writer (Composite calls) ─► per-order outcome
@@ -91,6 +91,73 @@ pub struct Worker {
     /// Outage probe backoff. Kept across pauses, so a Salesforce that answers the probe but
     /// fails real calls is not hammered; reset after a long enough healthy stretch.
     probe_backoff: Mutex<Backoff>,
+    /// How long a batch takes from dispatch to settled, smoothed (see [`WriteTime`]).
+    write_time: Arc<WriteTime>,
+}
+
+/// A moving average of the time a batch takes from dispatch to settled (Salesforce calls,
+/// status reports, acks): what a lingering batch must leave for after it goes out.
+#[derive(Debug, Default)]
+pub struct WriteTime {
+    micros: std::sync::atomic::AtomicU64,
+}
+
+impl WriteTime {
+    fn get(&self) -> Duration {
+        Duration::from_micros(self.micros.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Folds one observation in (weight 1/4: a few batches adapt it, one outlier does not
+    /// decide it).
+    fn observe(&self, took: Duration) {
+        let new = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let _ = self.micros.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |old| {
+                Some(if old == 0 {
+                    new
+                } else {
+                    old - old / 4 + new / 4
+                })
+            },
+        );
+    }
+}
+
+/// When a batch that is not full goes out: not before `linger` after its first message; with a
+/// latency target, as late as its oldest order can still be settled within the target given
+/// the recent write time, but never later than the target after its first message.
+fn batch_deadline(
+    first_at: tokio::time::Instant,
+    oldest: Option<DateTime<Utc>>,
+    linger: Duration,
+    target: Duration,
+    write_time: Duration,
+) -> tokio::time::Instant {
+    let earliest = first_at + linger;
+    let (false, Some(oldest)) = (target.is_zero(), oldest) else {
+        return earliest;
+    };
+    let latest = first_at + target;
+    // The order's age by the wall clock (the event was stamped by another process, perhaps on
+    // another host: the cap above bounds what a skewed clock can do).
+    let age = (Utc::now() - oldest).to_std().unwrap_or_default();
+    let left = target.saturating_sub(age).saturating_sub(write_time);
+    (tokio::time::Instant::now() + left)
+        .min(latest)
+        .max(earliest)
+}
+
+/// The `occurred_at` of an event, read without decoding the rest of it.
+fn occurred_at(body: &[u8]) -> Option<DateTime<Utc>> {
+    #[derive(serde::Deserialize)]
+    struct Stamp {
+        occurred_at: DateTime<Utc>,
+    }
+    serde_json::from_slice::<Stamp>(body)
+        .ok()
+        .map(|s| s.occurred_at)
 }
 
 /// Consuming this long without a pause counts as recovered: the next outage starts probing at
@@ -106,6 +173,7 @@ struct Ctx {
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
     publish_channels: Mutex<Vec<Channel>>,
+    write_time: Arc<WriteTime>,
 }
 
 impl Worker {
@@ -128,6 +196,7 @@ impl Worker {
             metrics,
             breaker,
             probe_backoff,
+            write_time: Arc::default(),
         })
     }
 
@@ -211,6 +280,7 @@ impl Worker {
             metrics: self.metrics.clone(),
             breaker: self.breaker.clone(),
             publish_channels: Mutex::new(publish_channels),
+            write_time: self.write_time.clone(),
         });
         self.metrics
             .broker_up
@@ -376,6 +446,8 @@ impl Worker {
         let mut in_flight: JoinSet<Result<(), String>> = JoinSet::new();
         let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut first_at = tokio::time::Instant::now();
+        let mut oldest: Option<DateTime<Utc>> = None;
 
         let mut health = tokio::time::interval(Duration::from_secs(1));
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -418,9 +490,22 @@ impl Worker {
                 next = consumer.next(), if want_more => match next {
                     Some(Ok(delivery)) => {
                         if buffer.is_empty() {
-                            deadline = Some(tokio::time::Instant::now() + self.config.batch_linger);
+                            first_at = tokio::time::Instant::now();
+                            oldest = None;
+                        }
+                        if !self.config.latency_target.is_zero()
+                            && let Some(at) = occurred_at(&delivery.data)
+                        {
+                            oldest = Some(oldest.map_or(at, |o| o.min(at)));
                         }
                         buffer.push(delivery);
+                        deadline = Some(batch_deadline(
+                            first_at,
+                            oldest,
+                            self.config.batch_linger,
+                            self.config.latency_target,
+                            ctx.write_time.get(),
+                        ));
                     }
                     Some(Err(e)) => break Stop::Lost(e.to_string()),
                     None => break Stop::Lost("the broker cancelled the consumer".into()),
@@ -573,6 +658,13 @@ enum Action {
 /// Processes one batch. `Err` means the broker session is unusable (the caller reconnects;
 /// unacked messages are redelivered).
 async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), String> {
+    let started = Instant::now();
+    let result = process_batch(&ctx, deliveries).await;
+    ctx.write_time.observe(started.elapsed());
+    result
+}
+
+async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), String> {
     ctx.metrics.batch_size.observe(deliveries.len() as f64);
 
     let messages: Vec<Message> = deliveries.into_iter().map(read).collect();
@@ -674,7 +766,7 @@ async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), String>
         );
         tokio::time::sleep(pause).await;
     }
-    settle(&ctx, &messages, actions).await
+    settle(ctx, &messages, actions).await
 }
 
 fn read(delivery: Delivery) -> Message {

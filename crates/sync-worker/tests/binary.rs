@@ -53,6 +53,7 @@ fn command(h: &Harness, env: &[(&str, &str)], args: &[&str]) -> Command {
         "WORKER_FAULT_PAUSE_BEFORE_ACK",
         "WORKER_SHUTDOWN_GRACE",
         "WORKER_BATCH_LINGER",
+        "WORKER_LATENCY_TARGET",
     ] {
         cmd.env_remove(var);
     }
