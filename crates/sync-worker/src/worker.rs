@@ -97,9 +97,24 @@ pub struct Worker {
 
 /// A moving average of the time a batch takes from dispatch to settled (Salesforce calls,
 /// status reports, acks): what a lingering batch must leave for after it goes out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct WriteTime {
     micros: std::sync::atomic::AtomicU64,
+}
+
+/// The guess before the first batch: a Composite call at Salesforce's usual latency, the
+/// price book lookup a cold cache adds, and the reports. Guessing low made the first batches
+/// of a run the slowest orders.
+const FIRST_WRITE_GUESS: Duration = Duration::from_millis(400);
+
+impl Default for WriteTime {
+    fn default() -> Self {
+        Self {
+            micros: std::sync::atomic::AtomicU64::new(
+                u64::try_from(FIRST_WRITE_GUESS.as_micros()).unwrap_or(u64::MAX),
+            ),
+        }
+    }
 }
 
 impl WriteTime {
@@ -114,13 +129,7 @@ impl WriteTime {
         let _ = self.micros.fetch_update(
             std::sync::atomic::Ordering::Relaxed,
             std::sync::atomic::Ordering::Relaxed,
-            |old| {
-                Some(if old == 0 {
-                    new
-                } else {
-                    old - old / 4 + new / 4
-                })
-            },
+            |old| Some(old - old / 4 + new / 4),
         );
     }
 }
