@@ -228,6 +228,8 @@ async fn sigkill_between_the_salesforce_write_and_the_ack_writes_nothing_twice()
         &[
             ("WORKER_FAULT_PAUSE_BEFORE_ACK", "60s"),
             ("WORKER_BATCH_LINGER", "200ms"),
+            // Dispatch exactly after the linger: these tests time the batch in flight.
+            ("WORKER_LATENCY_TARGET", "0s"),
         ],
     );
     eventually(WAIT, "every order written to Salesforce", || async {
@@ -282,6 +284,8 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_acks_it() {
         &[
             ("WORKER_SHUTDOWN_GRACE", "10s"),
             ("WORKER_BATCH_LINGER", "200ms"),
+            // Dispatch exactly after the linger: these tests time the batch in flight.
+            ("WORKER_LATENCY_TARGET", "0s"),
         ],
     );
     proc.wait_ready().await;
@@ -340,6 +344,8 @@ async fn sigterm_past_the_grace_leaves_the_batch_for_redelivery() {
         &[
             ("WORKER_SHUTDOWN_GRACE", "1s"),
             ("WORKER_BATCH_LINGER", "200ms"),
+            // Dispatch exactly after the linger: these tests time the batch in flight.
+            ("WORKER_LATENCY_TARGET", "0s"),
         ],
     );
     proc.wait_ready().await;
