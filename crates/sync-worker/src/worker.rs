@@ -1169,3 +1169,51 @@ fn status_of(
         source_occurred_at: e.occurred_at,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_batch_lingers_by_its_oldest_orders_budget() {
+        let now = tokio::time::Instant::now();
+        let deadline = |age_ms: i64, target: Duration| {
+            let oldest = Utc::now() - chrono::Duration::milliseconds(age_ms);
+            batch_deadline(now, Some(oldest), 50 * MS, target, 200 * MS) - now
+        };
+        // A fresh order: the target less its age and the write time (800 − 10 − 200 ≈ 590 ms).
+        let fresh = deadline(10, 800 * MS);
+        assert!(fresh > 550 * MS && fresh < 600 * MS, "{fresh:?}");
+        // An old one (a backlog, a retry): the plain linger.
+        assert_eq!(deadline(60_000, 800 * MS), 50 * MS);
+        // A stamp from a clock ahead of ours counts as brand new, not as a reason to wait more.
+        let ahead = deadline(-60_000, 800 * MS);
+        assert!(ahead > 550 * MS && ahead < 610 * MS, "{ahead:?}");
+        // Without a target, or without a readable stamp: the plain linger.
+        assert_eq!(deadline(10, Duration::ZERO), 50 * MS);
+        assert_eq!(
+            batch_deadline(now, None, 50 * MS, 800 * MS, 200 * MS) - now,
+            50 * MS
+        );
+    }
+
+    #[test]
+    fn the_write_time_moves_a_quarter_of_the_way() {
+        let w = WriteTime::default();
+        assert_eq!(w.get(), FIRST_WRITE_GUESS);
+        w.observe(200 * MS);
+        assert_eq!(w.get(), 350 * MS);
+    }
+
+    #[test]
+    fn occurred_at_is_read_from_an_envelope() {
+        let body = br#"{"id":"0192","type":"order.submitted","version":1,"occurred_at":"2026-11-24T07:00:00.123Z","data":{"big":[1,2,3]}}"#;
+        assert_eq!(
+            occurred_at(body).map(|t| t.to_rfc3339()),
+            Some("2026-11-24T07:00:00.123+00:00".into())
+        );
+        assert_eq!(occurred_at(b"not json"), None);
+    }
+}
