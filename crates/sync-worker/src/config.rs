@@ -68,7 +68,7 @@ pub struct WorkerConfig {
     /// this time, judged by how long recent writes took, and never sooner than
     /// WORKER_BATCH_LINGER after its first message. Fewer, fuller Composite calls at modest
     /// rates (API budget) at a bounded latency; `0s`: batches wait WORKER_BATCH_LINGER only.
-    #[arg(long, env = "WORKER_LATENCY_TARGET", default_value = "800ms", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WORKER_LATENCY_TARGET", default_value = "700ms", value_parser = humantime::parse_duration, global = true)]
     pub latency_target: Duration,
     /// Batches being written to Salesforce at once, so its latency does not cap throughput.
     #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
