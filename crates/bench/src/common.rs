@@ -207,6 +207,28 @@ impl PgCounters {
         })
     }
 
+    /// `later` − `self`: what happened in between.
+    pub fn delta(&self, later: &Self) -> Self {
+        Self {
+            commits: later.commits - self.commits,
+            returned: later.returned - self.returned,
+            fetched: later.fetched - self.fetched,
+            inserted: later.inserted - self.inserted,
+            updated: later.updated - self.updated,
+            deleted: later.deleted - self.deleted,
+        }
+    }
+
+    /// Sums two deltas.
+    pub fn add(&mut self, other: &Self) {
+        self.commits += other.commits;
+        self.returned += other.returned;
+        self.fetched += other.fetched;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+    }
+
     /// Per-order deltas from `self` to `later`, as a row and JSON.
     pub fn rows(&self, later: &Self, orders: usize, t: &mut Table) -> Value {
         self.rows_labelled(

@@ -16,12 +16,15 @@
 //!    serialized order), commit. What the API adds on top (HTTP, JSON parsing and validation,
 //!    the API-key lookup, its 16-connection pool) is what the ratio measures.
 //!
-//! Both write into the same fresh database (the direct phase second, so its tables are the
-//! larger; at these sizes that costs nothing measurable). The check at the end: every order
+//! The phases alternate in `--rounds` rounds (API, direct, API, direct…; `--duration` split
+//! evenly), so the other load on a shared machine, which changes from minute to minute, weighs
+//! on both alike; the report gives each round's figures. Both write into the same fresh
+//! database. The check at the end: every order
 //! the API answered 201 for is in Postgres exactly once, with its 3 lines, one outbox event and
 //! its idempotency key (no worker runs, so Salesforce is not involved).
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
@@ -47,12 +50,16 @@ const TARGET_RATIO: f64 = 0.8;
 
 #[derive(Debug, Clone, Args)]
 pub struct IntakeArgs {
-    /// Measured time of each phase (API, then direct Postgres).
+    /// Measured time of each phase (API, direct Postgres), over all rounds.
     #[arg(long, default_value = "20s", value_parser = orderbridge_runtime::parse_interval)]
     pub duration: Duration,
-    /// Load before each measured window (connections, pools, caches warm up).
+    /// Load before the first measured window of each phase (later rounds: 1 s at most).
     #[arg(long, default_value = "3s", value_parser = orderbridge_runtime::parse_interval)]
     pub warmup: Duration,
+    /// The phases alternate this many times (API, direct, API, direct…), `--duration` split
+    /// evenly, so a change in the machine's other load weighs on both.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Concurrent clients in both phases: HTTP connections, then Postgres connections.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub connections: u32,
@@ -75,27 +82,63 @@ struct Created {
     id: Uuid,
 }
 
-/// What happened around one phase: CPU, Postgres counters, load.
+/// What happened around one phase (all its rounds): CPU, Postgres counters, load.
 struct PhaseContext {
     cpu: CpuUsage,
-    pg: (common::PgCounters, common::PgCounters),
+    /// Postgres's counters over the measured windows.
+    pg: common::PgCounters,
     load_before: Option<[f64; 3]>,
     load_after: Option<[f64; 3]>,
+    /// (orders/s, 1-min load at the window's start) of each round.
+    rounds: Vec<(f64, Option<f64>)>,
 }
 
-/// Runs `drive` while snapshotting CPU and Postgres counters at the window's edges.
-async fn phase<F, Fut>(
+impl PhaseContext {
+    fn new() -> Self {
+        Self {
+            cpu: CpuUsage {
+                wall_s: 0.0,
+                seconds: std::collections::BTreeMap::new(),
+                machine_busy: None,
+            },
+            pg: common::PgCounters::default(),
+            load_before: None,
+            load_after: None,
+            rounds: Vec::new(),
+        }
+    }
+
+    fn add_cpu(&mut self, cpu: &CpuUsage) {
+        let wall = self.cpu.wall_s + cpu.wall_s;
+        self.cpu.machine_busy = match (self.cpu.machine_busy, cpu.machine_busy) {
+            (Some(a), Some(b)) if wall > 0.0 => Some((a * self.cpu.wall_s + b * cpu.wall_s) / wall),
+            (a, b) => a.or(b),
+        };
+        self.cpu.wall_s = wall;
+        for (name, s) in &cpu.seconds {
+            *self.cpu.seconds.entry(name.clone()).or_insert(0.0) += s;
+        }
+    }
+}
+
+/// One round of a phase: `drive` for `warmup` + `duration`, with CPU and Postgres counters
+/// snapshotted at the window's edges; adds its figures to `result` and `ctx`.
+#[allow(clippy::too_many_arguments)]
+async fn round<F, Fut>(
     stack: &Stack,
     connections: usize,
-    args: &IntakeArgs,
-    label: &str,
-    op: F,
-) -> Result<(LoadResult, PhaseContext)>
+    warmup: Duration,
+    duration: Duration,
+    op: Arc<F>,
+    next: Arc<AtomicUsize>,
+    result: &mut LoadResult,
+    ctx: &mut PhaseContext,
+) -> Result<()>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = (Outcome, Option<u16>)> + Send,
 {
-    let window = Window::new(Instant::now(), args.warmup, args.duration);
+    let window = Window::new(Instant::now(), warmup, duration);
     let pids = stack.pids();
     let pool = stack.pool()?.clone();
     let sampler = async move {
@@ -109,24 +152,19 @@ where
         let cpu_after = CpuSnapshot::take(&pids);
         let load_after = procfs::loadavg();
         // Backends report their counters at transaction end, at most once a second.
-        tokio::time::sleep(Duration::from_millis(1200)).await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let pg_after = common::PgCounters::take(&pool).await;
         (before, cpu_after, load_after, pg_after)
     };
-    tracing::info!(phase = label, connections, "load");
-    let (result, ((cpu0, pg0, load_before), cpu1, load_after, pg1)) =
-        tokio::join!(load::drive(connections, window, op), sampler);
-    let cpu = cpu0.usage_until(&cpu1);
-    let pg = (pg0?, pg1?);
-    Ok((
-        result,
-        PhaseContext {
-            cpu,
-            pg,
-            load_before,
-            load_after,
-        },
-    ))
+    let (r, ((cpu0, pg0, load_before), cpu1, load_after, pg1)) =
+        tokio::join!(load::drive(connections, window, op, next), sampler);
+    ctx.add_cpu(&cpu0.usage_until(&cpu1));
+    ctx.pg.add(&pg0?.delta(&pg1?));
+    ctx.load_before = ctx.load_before.or(load_before);
+    ctx.load_after = load_after;
+    ctx.rounds.push((r.per_second(), load_before.map(|l| l[0])));
+    result.merge(r);
+    Ok(())
 }
 
 async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
@@ -140,29 +178,27 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
         .ok_or_else(|| anyhow!("order-api has no URL"))?;
     let connections = args.connections as usize;
     let mut t = Table::new(format!(
-        "orderbridge-bench intake: {connections} concurrent clients, {} s measured after {} s warm-up, per phase",
+        "orderbridge-bench intake: {connections} concurrent clients, {} s measured per phase in {} alternating rounds, after {} s warm-up",
         args.duration.as_secs_f64(),
+        args.rounds,
         args.warmup.as_secs_f64()
     ));
 
-    // Phase 1: the API.
+    // The two phases alternate in rounds, so that the others' load on a shared machine, which
+    // changes from minute to minute, weighs on both alike.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(connections + 1)
         .timeout(Duration::from_secs(30))
         .build()?;
     let run = format!("intake-{}", Uuid::now_v7().simple());
     let ctx = Arc::new((http, api, key, run.clone()));
-    let (api_result, api_ctx) = phase(stack, connections, args, "API", move |i| {
+    let api_op = Arc::new(move |i| {
         let ctx = ctx.clone();
         async move {
             let (http, api, key, run) = &*ctx;
             post(http, api, key, run, i).await
         }
-    })
-    .await?;
-    let rss = stack.peak_rss_kib();
-
-    // Phase 2: the same transaction straight on Postgres.
+    });
     let pool = PgPoolOptions::new()
         .max_connections(args.connections)
         .min_connections(args.connections)
@@ -171,7 +207,7 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
         .await?;
     let direct_run = format!("direct-{}", Uuid::now_v7().simple());
     let shared = Arc::new((pool.clone(), client_id, direct_run));
-    let (direct_result, direct_ctx) = phase(stack, connections, args, "direct", move |i| {
+    let direct_op = Arc::new(move |i| {
         let shared = shared.clone();
         async move {
             let (pool, client_id, run) = &*shared;
@@ -180,8 +216,45 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
                 Err(e) => (Outcome::Unknown(format!("{e:#}")), None),
             }
         }
-    })
-    .await?;
+    });
+    let (api_next, direct_next) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (mut api_result, mut direct_result) = (LoadResult::default(), LoadResult::default());
+    let (mut api_ctx, mut direct_ctx) = (PhaseContext::new(), PhaseContext::new());
+    let rounds = args.rounds.max(1);
+    let slice = args.duration / rounds;
+    for r in 0..rounds {
+        // The first round of each phase warms up fully; later ones only let the switch settle.
+        let warmup = if r == 0 {
+            args.warmup
+        } else {
+            args.warmup.min(Duration::from_secs(1))
+        };
+        tracing::info!(round = r + 1, rounds, connections, "API");
+        round(
+            stack,
+            connections,
+            warmup,
+            slice,
+            api_op.clone(),
+            api_next.clone(),
+            &mut api_result,
+            &mut api_ctx,
+        )
+        .await?;
+        tracing::info!(round = r + 1, rounds, connections, "direct");
+        round(
+            stack,
+            connections,
+            warmup,
+            slice,
+            direct_op.clone(),
+            direct_next.clone(),
+            &mut direct_result,
+            &mut direct_ctx,
+        )
+        .await?;
+    }
+    let rss = stack.peak_rss_kib();
     pool.close().await;
     stack.check_running()?;
 
@@ -214,13 +287,27 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
         &api_ctx.cpu,
     );
     t.context(format!(
-        "1-min load at the start of each window: API {}, direct {}; all cores busy: API {}, direct {}",
-        load_text(api_ctx.load_before),
-        load_text(direct_ctx.load_before),
+        "rounds, orders/s API / direct (1-min load): {}",
+        api_ctx
+            .rounds
+            .iter()
+            .zip(&direct_ctx.rounds)
+            .map(|((a, la), (d, _))| format!(
+                "{a:.0} / {d:.0} ({})",
+                la.map_or_else(|| "?".to_owned(), |l| format!("{l:.1}"))
+            ))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    t.context(format!(
+        "all cores busy: API {}, direct {}",
         busy_text(&api_ctx.cpu),
         busy_text(&direct_ctx.cpu)
     ));
-    t.context("only order-api runs (no relay, worker or emulator: intake ends at the commit)");
+    t.context(format!(
+        "only order-api runs (no relay, worker or emulator: intake ends at the commit); its pool: DB_MAX_CONNECTIONS={}",
+        stack.setting("DB_MAX_CONNECTIONS").unwrap_or("16 (default)")
+    ));
     t.context(
         "direct = the API's transaction via its own functions (advisory lock, idempotency lookup, order + lines, outbox event, idempotency key), one per order",
     );
@@ -254,14 +341,15 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
             );
         }
     }
-    let api_pg = api_ctx.pg.0.rows_labelled(
-        &api_ctx.pg.1,
+    let zero = common::PgCounters::default();
+    let api_pg = zero.rows_labelled(
+        &api_ctx.pg,
         api_result.accepted_in_window,
         "API: Postgres per order: commits, rows inserted / updated / fetched",
         &mut t,
     );
-    let direct_pg = direct_ctx.pg.0.rows_labelled(
-        &direct_ctx.pg.1,
+    let direct_pg = zero.rows_labelled(
+        &direct_ctx.pg,
         direct_result.accepted_in_window,
         "direct: Postgres per order: commits, rows inserted / updated / fetched",
         &mut t,
@@ -308,7 +396,7 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
         "started_at": Utc::now(),
         "args": {
             "duration_s": args.duration.as_secs_f64(), "warmup_s": args.warmup.as_secs_f64(),
-            "connections": connections,
+            "connections": connections, "rounds": args.rounds,
             "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "machine": common::machine_json(stack, api_ctx.load_before, direct_ctx.load_after, &api_ctx.cpu),
@@ -418,10 +506,6 @@ async fn direct_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Re
     .await?;
     tx.commit().await?;
     Ok(order.id)
-}
-
-fn load_text(load: Option<[f64; 3]>) -> String {
-    load.map_or_else(|| "?".to_owned(), |l| format!("{:.2}", l[0]))
 }
 
 fn busy_text(cpu: &CpuUsage) -> String {

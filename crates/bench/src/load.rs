@@ -41,6 +41,25 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
+    /// Adds another window's figures (the rounds of one phase).
+    pub fn merge(&mut self, other: LoadResult) {
+        self.latencies_ms.extend(other.latencies_ms);
+        self.accepted_in_window += other.accepted_in_window;
+        self.failed_in_window += other.failed_in_window;
+        self.window_s += other.window_s;
+        self.accepted.extend(other.accepted);
+        self.unknown += other.unknown;
+        self.refused += other.refused;
+        for (s, n) in other.statuses {
+            *self.statuses.entry(s).or_insert(0) += n;
+        }
+        for e in other.errors {
+            if self.errors.len() < 10 {
+                self.errors.push(e);
+            }
+        }
+    }
+
     pub fn per_second(&self) -> f64 {
         if self.window_s > 0.0 {
             self.accepted_in_window as f64 / self.window_s
@@ -81,15 +100,19 @@ impl Window {
     }
 }
 
-/// Runs `op(i)` for i = 0, 1, 2, … on `connections` concurrent tasks until the window ends;
-/// operations started before then finish and count if they end inside it.
-pub async fn drive<F, Fut>(connections: usize, window: Window, op: F) -> LoadResult
+/// Runs `op(i)` for i = `next`, `next` + 1, … on `connections` concurrent tasks until the
+/// window ends; operations started before then finish and count if they end inside it. `next`
+/// carries on across calls, so every operation of a run gets its own index.
+pub async fn drive<F, Fut>(
+    connections: usize,
+    window: Window,
+    op: Arc<F>,
+    next: Arc<AtomicUsize>,
+) -> LoadResult
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = (Outcome, Option<u16>)> + Send,
 {
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let (op, next) = (op.clone(), next.clone());

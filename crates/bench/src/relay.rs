@@ -73,6 +73,11 @@ pub struct RelayArgs {
     /// Load before the fixed-rate window (not counted).
     #[arg(long, default_value = "3s", value_parser = orderbridge_runtime::parse_interval)]
     pub warmup: Duration,
+    /// In the fixed-rate phase commit only the outbox row (the same event, the same size), not
+    /// the order and its lines: for a machine where Postgres cannot commit `--rate` whole
+    /// orders a second. The relay's marking then finds no order to move to `published`.
+    #[arg(long)]
+    pub events_only: bool,
     /// Postgres connections committing the fixed-rate orders.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub connections: u32,
@@ -396,12 +401,20 @@ struct Committed {
 
 /// An order with its event in one transaction, as the API writes them (without the idempotency
 /// key, which the relay never reads).
-async fn commit_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Result<Uuid> {
+async fn commit_order(
+    pool: &PgPool,
+    client_id: Uuid,
+    run: &str,
+    i: usize,
+    events_only: bool,
+) -> Result<Uuid> {
     let order = workload::stored_order(run, i, Uuid::now_v7(), Utc::now().trunc_subsecs(6))?;
     let envelope = OrderEvent::Submitted(Box::new(order.clone()))
         .into_envelope(order.created_at, Some(format!("{run}-{i}")));
     let mut tx = pool.begin().await?;
-    order_api::store::insert_order(&mut tx, client_id, &order).await?;
+    if !events_only {
+        order_api::store::insert_order(&mut tx, client_id, &order).await?;
+    }
     orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
     tx.commit().await?;
     Ok(envelope.id)
@@ -425,6 +438,7 @@ async fn fixed_rate(
     let window = (start + args.warmup, start + args.warmup + args.duration);
     let total = ((args.warmup + args.duration).as_secs_f64() * args.rate).ceil() as usize;
     let run = Arc::new(run);
+    let events_only = args.events_only;
     let mut tasks = JoinSet::new();
     let mut result = RateResult {
         committed: Vec::with_capacity(total),
@@ -453,7 +467,7 @@ async fn fixed_rate(
         let permit = permits.clone().acquire_owned().await?;
         let (pool, run) = (pool.clone(), run.clone());
         tasks.spawn(async move {
-            let id = commit_order(&pool, client_id, &run, i).await;
+            let id = commit_order(&pool, client_id, &run, i, events_only).await;
             let committed = Instant::now();
             drop(permit);
             Ok(Committed {
@@ -664,6 +678,11 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
     t.context(format!(
         "only outbox-relay runs; the bench commits the orders and consumes {work_queue} (acks every 200 messages or 20 ms)"
     ));
+    t.context(if args.events_only {
+        "fixed rate: one transaction per event, the outbox row only (--events-only)"
+    } else {
+        "fixed rate: one transaction per order: the order, its 3 lines, its outbox row"
+    });
     t.context("lag = client's moment after COMMIT returned → message received by the bench (message_id = event id)");
     t.context(format!("output: {}", stack.out.display()));
 
@@ -787,6 +806,7 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
             "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
             "warmup_s": args.warmup.as_secs_f64(), "connections": args.connections,
             "backlog": backlog, "raw_messages": args.raw_messages, "raw_batch": args.raw_batch,
+            "events_only": args.events_only,
             "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
         },
         "machine": common::machine_json(stack, load_rate_before, load_after, &cpu_rate),
