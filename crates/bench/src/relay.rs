@@ -541,6 +541,18 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
         true
     };
     let drain_received = relay_started.elapsed().as_secs_f64();
+    // The bench may receive a batch before the relay's marking transaction commits.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while backlog > 0 && Instant::now() < deadline {
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+                .fetch_one(stack.pool()?)
+                .await?;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let backlog_published: Vec<DateTime<Utc>> = sqlx::query_scalar(
         "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY 1",
     )
@@ -641,18 +653,16 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
     let secs = |d: chrono::Duration| d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6;
     let (sat_rate, sat_first, sat_last) =
         match (backlog_published.first(), backlog_published.last()) {
-            (Some(f), Some(l)) if backlog_published.len() > 1 && backlog > 0 => {
-                let span = secs(*l - *f);
-                let r = if span > 0.0 {
-                    (backlog_published.len() - 1) as f64 / span
+            (Some(f), Some(l)) if backlog > 0 => {
+                let (first, last) = (secs(*f - relay_started_wall), secs(*l - relay_started_wall));
+                // Rows marked in one transaction share their published_at: with a single batch
+                // there is no span, so count from the relay's start instead.
+                let r = if last > first {
+                    (backlog_published.len() - 1) as f64 / (last - first)
                 } else {
-                    0.0
+                    backlog_published.len() as f64 / last.max(1e-3)
                 };
-                (
-                    Some(r),
-                    secs(*f - relay_started_wall),
-                    secs(*l - relay_started_wall),
-                )
+                (Some(r), first, last)
             }
             _ => (None, 0.0, 0.0),
         };
