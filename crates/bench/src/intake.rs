@@ -536,6 +536,7 @@ fn phase_json(c: &PhaseContext, pg: Value) -> Value {
     json!({
         "loadavg_before": c.load_before,
         "loadavg_after": c.load_after,
+        "rounds": c.rounds.iter().map(|(r, l)| json!({"orders_per_s": r, "loadavg_1m": l})).collect::<Vec<_>>(),
         "cpu_busy_share": c.cpu.machine_busy,
         "cpu_seconds": c.cpu.seconds,
         "cpu_window_s": c.cpu.wall_s,

@@ -875,6 +875,12 @@ fn lag_chart(describe: &str, received: &[f64], marked: &[f64]) -> String {
     let s = Summary::of(received);
     let p99 = s.map_or(0.0, |s| s.p99);
     let x_max = (p99 * 1.3).max(TARGET_P99_MS * 1.3);
+    let slowest = s.map_or(0.0, |s| s.max);
+    let describe = if slowest > x_max {
+        format!("{describe}; x axis cut at {x_max:.0} ms, slowest {slowest:.0} ms")
+    } else {
+        describe.to_owned()
+    };
     let mut markers = Vec::new();
     if let Some(s) = s {
         for (label, v, p) in [
@@ -892,7 +898,7 @@ fn lag_chart(describe: &str, received: &[f64], marked: &[f64]) -> String {
     }
     chart::render(&Chart {
         title: "Outbox commit → publish lag, cumulative".into(),
-        subtitle: describe.to_owned(),
+        subtitle: describe,
         x_label: "lag from COMMIT (ms)".into(),
         y_label: "events at or below (%)".into(),
         x_max,
