@@ -1,7 +1,8 @@
 //! `orderbridge-bench`: measures the whole pipeline as it runs in production (the release
 //! binaries, real Postgres and RabbitMQ, the Salesforce emulator at a realistic latency), prints
 //! each figure beside its target from issue 6, and checks at the end that every accepted order
-//! is in Salesforce exactly once.
+//! is in Salesforce exactly once (`orderbridge_cli::reconcile`; intake, which runs no worker,
+//! checks Postgres, and relay checks what it received from the broker).
 //!
 //! Every subcommand builds its own [`stack::Stack`] (a fresh database, a broker namespace, the
 //! services on free ports, logs in the output directory) and tears it down. A new subcommand is
@@ -12,7 +13,10 @@ mod chart;
 mod common;
 mod drain;
 mod e2e;
+mod intake;
+mod load;
 mod procfs;
+mod relay;
 mod report;
 mod stack;
 mod stats;
@@ -46,6 +50,12 @@ enum Command {
     /// Orders through the whole path at a given rate: orders/s, POST→synced latency observed
     /// through the API, Salesforce API calls per 1,000 orders, peak RSS per process.
     E2e(e2e::E2eArgs),
+    /// POST /v1/orders at full speed on N connections beside the same transaction straight on
+    /// Postgres (the limit): orders/s, latency, the ratio. Only order-api runs.
+    Intake(intake::IntakeArgs),
+    /// Outbox → RabbitMQ: a raw publish-with-confirms loop (the limit), the relay draining a
+    /// backlog, and commit → publish lag at a fixed rate. Only outbox-relay runs.
+    Relay(relay::RelayArgs),
     /// A backlog already in the outbox drained into Salesforce: orders/s from the relay's start
     /// to the last synced order, time to publish everything, API calls per 1,000 orders.
     Drain(drain::DrainArgs),
@@ -61,6 +71,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::E2e(args) => e2e::run(args).await,
         Command::Drain(args) => drain::run(args).await,
+        Command::Intake(args) => intake::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

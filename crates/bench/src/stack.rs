@@ -231,6 +231,16 @@ impl Stack {
         })
     }
 
+    /// A service setting given with `--env` (the last one wins).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.args
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
     /// The cargo profile the binaries come from (the directory's name: `release`, `debug`…).
     pub fn profile(&self) -> String {
         self.bin_dir
@@ -575,7 +585,7 @@ impl Stack {
 
     /// The broker settings the services ran with (an `--env` may change the queue arguments,
     /// which name the retry queues).
-    fn broker_config(&self) -> Result<BrokerConfig> {
+    pub fn broker_config(&self) -> Result<BrokerConfig> {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
@@ -610,6 +620,24 @@ impl Stack {
         let deleted = supervisor
             .topology()
             .delete(&config, &session.channel)
+            .await;
+        // What `relay`'s raw loop declares; it deletes them itself, unless the run failed.
+        let raw = format!("{}.bench-raw", self.namespace);
+        let _ = config
+            .op(
+                "queue.delete",
+                session
+                    .channel
+                    .queue_delete(raw.as_str().into(), Default::default()),
+            )
+            .await;
+        let _ = config
+            .op(
+                "exchange.delete",
+                session
+                    .channel
+                    .exchange_delete(raw.as_str().into(), Default::default()),
+            )
             .await;
         session.close(&config).await;
         Ok(deleted?)

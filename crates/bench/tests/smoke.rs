@@ -1,7 +1,7 @@
 //! `orderbridge-bench` end to end through the real binaries, tiny and without emulated latency:
-//! it must start everything, push the orders through, find each exactly once in Salesforce,
-//! write its files and leave no database behind. Figures are not checked (timing assertions do
-//! not belong in tests).
+//! it must start everything, push the orders through, find each exactly once in Salesforce
+//! (intake: in Postgres; relay: on the broker), write its files and leave no database behind.
+//! Figures are not checked (timing assertions do not belong in tests).
 //!
 //! The service binaries of this test's cargo profile are built first with `cargo build --bins`
 //! (cargo builds only this package's binary for its tests); on a fresh target directory that
@@ -30,6 +30,28 @@ fn service_bins() -> PathBuf {
     let profile_dir = Path::new(BENCH).parent().unwrap().to_path_buf();
     let target_dir = profile_dir.parent().unwrap();
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    // The test runs with the variables cargo sets for this package (CARGO_PKG_*,
+    // CARGO_MANIFEST_DIR, CARGO_CRATE_NAME…); passed on, they would make the inner build see
+    // another environment than a plain `cargo build` and rebuild. Only cargo's own settings
+    // (home, build jobs, target, profiles, network, registries, terminal) go through.
+    const KEEP: [&str; 10] = [
+        "CARGO_HOME",
+        "CARGO_BUILD_",
+        "CARGO_TARGET_",
+        "CARGO_PROFILE_",
+        "CARGO_NET_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+        "CARGO_HTTP_",
+        "CARGO_TERM_",
+        "CARGO_INCREMENTAL",
+    ];
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
     cmd.args(["build", "--bins"])
         .args([
             "-p",
@@ -147,6 +169,92 @@ async fn drain_small_backlog_through_the_real_binaries() {
     assert_verified(&report, 300);
     assert!(report["throughput"]["orders_per_s"].as_f64().unwrap() > 0.0);
     let svg = std::fs::read_to_string(out.join("progress.svg")).unwrap();
+    assert!(svg.contains("<polyline"));
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test]
+async fn intake_short_run_through_the_real_binaries() {
+    let out = out_dir("intake");
+    let report = bench(
+        &[
+            "intake",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "4",
+        ],
+        &out,
+    );
+    for phase in ["api", "direct"] {
+        assert!(
+            report[phase]["accepted_in_window"].as_u64().unwrap() > 0,
+            "{phase}: {report}"
+        );
+        assert!(report[phase]["latency_ms"]["p99"].as_f64().is_some());
+    }
+    let v = &report["verification"];
+    assert_eq!(v["ok"], Value::Bool(true), "{v}");
+    assert_eq!(
+        v["accepted"].as_u64(),
+        report["api"]["accepted_total"].as_u64(),
+        "{v}"
+    );
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_rss_mib"]["order-api"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(svg.contains("<polyline"));
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test]
+async fn relay_short_run_through_the_real_binaries() {
+    let out = out_dir("relay");
+    let report = bench(
+        &[
+            "relay",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "4",
+            "--backlog",
+            "500",
+            "--raw-messages",
+            "1000",
+            "--raw-batch",
+            "200",
+        ],
+        &out,
+    );
+    assert_eq!(
+        report["received"]["not_received"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(
+        report["received"]["duplicates"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(report["unpublished_at_end"].as_i64(), Some(0), "{report}");
+    assert_eq!(report["raw"]["received"].as_u64(), Some(1000), "{report}");
+    assert!(report["saturation"]["events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["fixed_rate"]["commit_to_received_ms"]["p99"]
+            .as_f64()
+            .is_some()
+    );
+    let svg = std::fs::read_to_string(out.join("lag.svg")).unwrap();
     assert!(svg.contains("<polyline"));
     let db = report["machine"]["database"].as_str().unwrap();
     assert!(!database_exists(db).await, "database {db} left behind");
