@@ -954,6 +954,8 @@ fn latency_chart(
                 color: chart::GREY,
             },
         ],
+        lanes: Vec::new(),
+        bands: Vec::new(),
     })
 }
 
