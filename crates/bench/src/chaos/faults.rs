@@ -139,7 +139,7 @@ impl<'a> Executor<'a> {
                 Phase::Begin => "begin",
                 Phase::End => "end",
             },
-            planned_s: at,
+            planned_s: (at * 1000.0).round() / 1000.0,
             at_s,
             ok,
             note,

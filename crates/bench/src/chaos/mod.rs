@@ -450,6 +450,16 @@ async fn dead_letters(stack: &Stack) -> Result<Vec<DeadLetter>> {
     Ok(letters)
 }
 
+/// An order at the end: id, sync state, last error code, created_at, and when it was written to
+/// Salesforce (synced ones).
+type OrderRow = (
+    Uuid,
+    String,
+    Option<String>,
+    DateTime<Utc>,
+    Option<DateTime<Utc>>,
+);
+
 /// A Salesforce client for the emulator, as the services are configured (the dev credentials
 /// are the client's defaults).
 fn salesforce_client(emulator: &str) -> Result<Client> {
@@ -547,13 +557,7 @@ async fn chaos(
     let client = salesforce_client(stack.emulator()?)?;
     let report = reconcile::reconcile(stack.pool()?, &client, &mapping, Scope::all()).await?;
     let letters = dead_letters(stack).await?;
-    let rows: Vec<(
-        Uuid,
-        String,
-        Option<String>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-    )> = sqlx::query_as(
+    let rows: Vec<OrderRow> = sqlx::query_as(
         "SELECT id, sync_state, last_error_code, created_at,
                     CASE WHEN sync_state = 'synced' THEN coalesce(synced_at, updated_at) END
              FROM orders",
@@ -843,13 +847,7 @@ fn format_ms(d: Duration) -> String {
 fn timeline_chart(
     describe: &str,
     started: DateTime<Utc>,
-    rows: &[(
-        Uuid,
-        String,
-        Option<String>,
-        DateTime<Utc>,
-        Option<DateTime<Utc>>,
-    )],
+    rows: &[OrderRow],
     events: &[faults::Event],
     end_s: f64,
     orders: usize,
