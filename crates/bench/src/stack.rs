@@ -538,6 +538,32 @@ impl Stack {
         }
     }
 
+    /// Waits (up to 20 s each) for the processes [`Self::stop`] signalled without waiting, and
+    /// returns (service, pid, exit status, whether it exited 0). A service that does not exit
+    /// cleanly on SIGTERM is a shutdown bug.
+    pub async fn reap_stopped(&mut self) -> Vec<(String, u32, String, bool)> {
+        let mut reaped = Vec::new();
+        for mut svc in std::mem::take(&mut self.stopping) {
+            let (status, clean) =
+                match tokio::time::timeout(Duration::from_secs(20), svc.child.wait()).await {
+                    Ok(Ok(status)) => (status.to_string(), status.success()),
+                    Ok(Err(e)) => (format!("cannot wait: {e}"), false),
+                    Err(_) => {
+                        let _ = svc.child.kill().await;
+                        (
+                            "still running 20 s after the signal; killed".to_owned(),
+                            false,
+                        )
+                    }
+                };
+            if !clean {
+                tracing::warn!(service = svc.name, pid = svc.pid, %status, log = %svc.log.display(), "did not exit cleanly after the signal");
+            }
+            reaped.push((svc.name.to_owned(), svc.pid, status, clean));
+        }
+        reaped
+    }
+
     pub fn emulator(&self) -> Result<&str> {
         self.emulator_url
             .as_deref()

@@ -539,6 +539,12 @@ async fn chaos(
 
     let quiet = wait_quiet(stack, Instant::now() + args.stack.timeout).await?;
     let quiet_at_s = started.elapsed().as_secs_f64();
+    let stopped = stack.reap_stopped().await;
+    let unclean: Vec<String> = stopped
+        .iter()
+        .filter(|(_, _, _, clean)| !clean)
+        .map(|(name, pid, status, _)| format!("{name} {pid}: {status}"))
+        .collect();
     let cpu = cpu_before.usage_until(&CpuSnapshot::take(&stack.pids()));
     let load_after = procfs::loadavg();
     let rss = stack.peak_rss_kib();
@@ -747,6 +753,15 @@ async fn chaos(
         outcome.not_terminal.is_empty() && quiet.reached,
     );
     t.check(
+        "services stopped with SIGTERM that did not exit cleanly",
+        if unclean.is_empty() {
+            format!("0 of {}", stopped.len())
+        } else {
+            unclean.join("; ")
+        },
+        unclean.is_empty(),
+    );
+    t.check(
         "POSTs never accepted (after retries until the timeout)",
         posted.refused.len().to_string(),
         posted.refused.is_empty(),
@@ -801,6 +816,9 @@ async fn chaos(
             "not_terminal": quiet.not_terminal, "unpublished": quiet.unpublished,
             "queues": quiet.queues,
         },
+        "stopped_with_sigterm": stopped.iter()
+            .map(|(name, pid, status, clean)| json!({"service": name, "pid": pid, "status": status, "clean": clean}))
+            .collect::<Vec<_>>(),
         "classification": outcome.to_json(),
         "reconcile": {
             "counts": report.counts,
