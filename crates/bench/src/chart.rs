@@ -268,18 +268,8 @@ pub fn render(chart: &Chart) -> String {
         );
     }
 
-    // Lanes at the top of the plot: a label on the left, the bands as translucent bars (at
-    // least 2 px wide, so an instant shows).
-    for (i, name) in chart.lanes.iter().enumerate() {
-        let y = TOP + 4.0 + LANE_HEIGHT * i as f64;
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="{GREY}">{}</text>"#,
-            LEFT + 4.0,
-            y + LANE_HEIGHT - 3.0,
-            escape(name)
-        );
-    }
+    // Lanes at the top of the plot: the bands as translucent bars (at least 2 px wide, so an
+    // instant shows), then each lane's name on a white halo so a bar under it stays readable.
     for b in &chart.bands {
         let y = TOP + 4.0 + LANE_HEIGHT * b.lane as f64;
         let (x0, x1) = (sx(b.x0), sx(b.x1.max(b.x0)));
@@ -291,6 +281,16 @@ pub fn render(chart: &Chart) -> String {
             (x1 - x0).max(2.0),
             LANE_HEIGHT - 2.0,
             b.color
+        );
+    }
+    for (i, name) in chart.lanes.iter().enumerate() {
+        let y = TOP + 4.0 + LANE_HEIGHT * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="{GREY}" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+            LEFT + 4.0,
+            y + LANE_HEIGHT - 3.0,
+            escape(name)
         );
     }
 
