@@ -305,6 +305,8 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         ],
         markers: Vec::new(),
         guides: Vec::new(),
+        lanes: Vec::new(),
+        bands: Vec::new(),
     });
     common::finish(stack, &t, &json, &[("progress.svg", svg)])
 }

@@ -961,6 +961,8 @@ fn latency_chart(
                 color: chart::GREY,
             },
         ],
+        lanes: Vec::new(),
+        bands: Vec::new(),
     })
 }
 

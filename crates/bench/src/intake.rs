@@ -593,6 +593,8 @@ fn latency_chart(describe: &str, api: &[f64], direct: &[f64]) -> String {
             label: "99%".into(),
             color: chart::GREY,
         }],
+        lanes: Vec::new(),
+        bands: Vec::new(),
     })
 }
 

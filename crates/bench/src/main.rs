@@ -9,6 +9,7 @@
 //! a module with an `Args` struct flattening [`stack::StackArgs`] and a `run` returning whether
 //! its correctness checks held; the report, JSON and chart helpers are shared.
 
+mod chaos;
 mod chart;
 mod common;
 mod drain;
@@ -59,6 +60,12 @@ enum Command {
     /// A backlog already in the outbox drained into Salesforce: orders/s from the relay's start
     /// to the last synced order, time to publish everything, API calls per 1,000 orders.
     Drain(drain::DrainArgs),
+    /// Orders at a steady rate while processes are killed and doubled, connections cut,
+    /// Salesforce made to fail in every documented way and poison put on the queue; then every
+    /// order classified (ok, lost, duplicated, unexpected, failed). Fails unless nothing was
+    /// lost, duplicated or unexpected and only the poison was dead-lettered. See
+    /// crates/bench/CHAOS.md.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 #[tokio::main]
@@ -73,6 +80,7 @@ async fn main() -> ExitCode {
         Command::Drain(args) => drain::run(args).await,
         Command::Intake(args) => intake::run(args).await,
         Command::Relay(args) => relay::run(args).await,
+        Command::Chaos(args) => chaos::run(*args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

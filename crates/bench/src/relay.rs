@@ -932,6 +932,8 @@ fn lag_chart(describe: &str, received: &[f64], marked: &[f64]) -> String {
                 color: chart::GREY,
             },
         ],
+        lanes: Vec::new(),
+        bands: Vec::new(),
     })
 }
 

@@ -4,87 +4,17 @@
 //! Figures are not checked (timing assertions do not belong in tests).
 //!
 //! The service binaries of this test's cargo profile are built first with `cargo build --bins`
-//! (cargo builds only this package's binary for its tests); on a fresh target directory that
-//! first build takes a few minutes, afterwards it is a no-op.
+//! (cargo builds only this package's binary for its tests; see `common::service_bins`); on a
+//! fresh target directory that first build takes a few minutes, afterwards it is a no-op.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
+use common::{BENCH, database_exists, out_dir, service_bins};
 use serde_json::Value;
-use sqlx::Connection;
-
-const BENCH: &str = env!("CARGO_BIN_EXE_orderbridge-bench");
-
-/// The profile directory (`target/debug`) with order-api, outbox-relay, sync-worker and
-/// sf-emulator built from the current sources.
-fn service_bins() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(dir) = built.as_ref() {
-        return dir.clone();
-    }
-    let profile_dir = Path::new(BENCH).parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    // The test runs with the variables cargo sets for this package (CARGO_PKG_*,
-    // CARGO_MANIFEST_DIR, CARGO_CRATE_NAME…); passed on, they would make the inner build see
-    // another environment than a plain `cargo build` and rebuild. Only cargo's own settings
-    // (home, build jobs, target, profiles, network, registries, terminal) go through.
-    const KEEP: [&str; 10] = [
-        "CARGO_HOME",
-        "CARGO_BUILD_",
-        "CARGO_TARGET_",
-        "CARGO_PROFILE_",
-        "CARGO_NET_",
-        "CARGO_REGISTRIES_",
-        "CARGO_REGISTRY_",
-        "CARGO_HTTP_",
-        "CARGO_TERM_",
-        "CARGO_INCREMENTAL",
-    ];
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("CARGO_") && !KEEP.iter().any(|p| k.starts_with(p)) {
-            cmd.env_remove(&key);
-        }
-    }
-    cmd.args(["build", "--bins"])
-        .args([
-            "-p",
-            "order-api",
-            "-p",
-            "outbox-relay",
-            "-p",
-            "sync-worker",
-            "-p",
-            "sf-emulator",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-        None => panic!("unexpected binary location {BENCH}"),
-    }
-    let status = cmd.status().unwrap();
-    assert!(status.success(), "building the service binaries failed");
-    *built = Some(profile_dir.clone());
-    profile_dir
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ob-bench-{name}-{}", uuid::Uuid::now_v7().simple()))
-}
 
 /// Runs the bench; returns its report.json.
 fn bench(args: &[&str], out: &Path) -> Value {
@@ -108,21 +38,6 @@ fn bench(args: &[&str], out: &Path) -> Value {
     assert!(stdout.contains("measured"), "no table printed:\n{stdout}");
     let json = std::fs::read_to_string(out.join("report.json")).unwrap();
     serde_json::from_str(&json).unwrap()
-}
-
-async fn database_exists(name: &str) -> bool {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/orderbridge".into());
-    let (server, _) = url.rsplit_once('/').unwrap();
-    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    n > 0
 }
 
 fn assert_verified(report: &Value, orders: u64) {
