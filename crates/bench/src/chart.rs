@@ -11,6 +11,8 @@ const LEFT: f64 = 80.0;
 const RIGHT: f64 = 24.0;
 const TOP: f64 = 64.0;
 const BOTTOM: f64 = 56.0;
+/// Height of one lane of bands.
+const LANE_HEIGHT: f64 = 12.0;
 
 /// Colours that stay apart for colour-blind readers (Okabe–Ito).
 pub const BLUE: &str = "#0072B2";
@@ -43,6 +45,15 @@ pub struct Guide {
     pub color: &'static str,
 }
 
+/// A stretch of time in one lane above the curves (a fault's window; an instant when
+/// `x0 == x1`).
+pub struct Band {
+    pub x0: f64,
+    pub x1: f64,
+    pub lane: usize,
+    pub color: &'static str,
+}
+
 pub struct Chart {
     pub title: String,
     pub subtitle: String,
@@ -54,6 +65,9 @@ pub struct Chart {
     pub series: Vec<Series>,
     pub markers: Vec<Marker>,
     pub guides: Vec<Guide>,
+    /// Names of the lanes drawn at the top of the plot, first at the top; `bands` refer to them.
+    pub lanes: Vec<String>,
+    pub bands: Vec<Band>,
 }
 
 /// The empirical CDF of `values` as (value, % at or below) points, at most ~1,000 of them.
@@ -254,6 +268,32 @@ pub fn render(chart: &Chart) -> String {
         );
     }
 
+    // Lanes at the top of the plot: the bands as translucent bars (at least 2 px wide, so an
+    // instant shows), then each lane's name on a white halo so a bar under it stays readable.
+    for b in &chart.bands {
+        let y = TOP + 4.0 + LANE_HEIGHT * b.lane as f64;
+        let (x0, x1) = (sx(b.x0), sx(b.x1.max(b.x0)));
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.7"/>"#,
+            x0,
+            y + 1.0,
+            (x1 - x0).max(2.0),
+            LANE_HEIGHT - 2.0,
+            b.color
+        );
+    }
+    for (i, name) in chart.lanes.iter().enumerate() {
+        let y = TOP + 4.0 + LANE_HEIGHT * i as f64;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="{GREY}" stroke="white" stroke-width="3" paint-order="stroke">{}</text>"#,
+            LEFT + 4.0,
+            y + LANE_HEIGHT - 3.0,
+            escape(name)
+        );
+    }
+
     // Legend, bottom right of the plot, on white so a curve passing behind it stays readable.
     let legend_y = TOP + plot_h - 14.0 - 18.0 * chart.series.len() as f64;
     if !chart.series.is_empty() {
@@ -335,6 +375,13 @@ mod tests {
                 y: None,
                 label: "target".into(),
                 color: RED,
+            }],
+            lanes: vec!["outage".into()],
+            bands: vec![Band {
+                x0: 100.0,
+                x1: 300.0,
+                lane: 0,
+                color: ORANGE,
             }],
         };
         let svg = render(&chart);

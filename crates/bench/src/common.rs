@@ -136,6 +136,7 @@ pub fn cpu_rows(t: &mut Table, cpu: &CpuUsage, orders: usize) {
     }
 }
 
+/// The rows of the end-of-run reconciliation (`orderbridge_cli::reconcile`).
 pub fn verification_rows(t: &mut Table, v: &Verification) {
     t.check(
         "lost: accepted, no Salesforce Order",
@@ -151,6 +152,11 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
         "unexpected: Salesforce Order for no accepted order",
         v.unexpected.len().to_string(),
         v.unexpected.is_empty(),
+    );
+    t.check(
+        "mismatched: record exists, other Salesforce id or order not synced",
+        v.mismatched.len().to_string(),
+        v.mismatched.is_empty(),
     );
     t.check(
         "order lines missing / duplicated / unexpected in Salesforce",
@@ -201,8 +207,40 @@ impl PgCounters {
         })
     }
 
+    /// `later` − `self`: what happened in between.
+    pub fn delta(&self, later: &Self) -> Self {
+        Self {
+            commits: later.commits - self.commits,
+            returned: later.returned - self.returned,
+            fetched: later.fetched - self.fetched,
+            inserted: later.inserted - self.inserted,
+            updated: later.updated - self.updated,
+            deleted: later.deleted - self.deleted,
+        }
+    }
+
+    /// Sums two deltas.
+    pub fn add(&mut self, other: &Self) {
+        self.commits += other.commits;
+        self.returned += other.returned;
+        self.fetched += other.fetched;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+    }
+
     /// Per-order deltas from `self` to `later`, as a row and JSON.
     pub fn rows(&self, later: &Self, orders: usize, t: &mut Table) -> Value {
+        self.rows_labelled(
+            later,
+            orders,
+            "Postgres per order: commits, rows inserted / updated / fetched",
+            t,
+        )
+    }
+
+    /// [`Self::rows`] under another label.
+    pub fn rows_labelled(&self, later: &Self, orders: usize, label: &str, t: &mut Table) -> Value {
         let n = orders.max(1) as f64;
         let per = |a: i64, b: i64| (b - a) as f64 / n;
         let (commits, inserted, updated, fetched, returned, deleted) = (
@@ -214,7 +252,7 @@ impl PgCounters {
             per(self.deleted, later.deleted),
         );
         t.info(
-            "Postgres per order: commits, rows inserted / updated / fetched",
+            label,
             format!("{commits:.2}, {inserted:.1} / {updated:.1} / {fetched:.1}"),
         );
         json!({"commits": commits, "inserted": inserted, "updated": updated,

@@ -136,7 +136,14 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
             .fetch_all(stack.pool()?)
             .await?;
     tracing::info!(synced = synced.len(), "drained; checking Salesforce");
-    let verification = verify::verify(stack.pool()?, &stack.http, stack.emulator()?).await?;
+    let verification = verify::verify(
+        stack.pool()?,
+        stack.emulator()?,
+        stack
+            .setting("WORKER_MAPPING_FILE")
+            .map(std::path::Path::new),
+    )
+    .await?;
 
     let since_start = |t: &DateTime<Utc>| secs(*t - started_wall);
     let last_synced = synced.last().map_or(0.0, since_start);
@@ -298,6 +305,8 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         ],
         markers: Vec::new(),
         guides: Vec::new(),
+        lanes: Vec::new(),
+        bands: Vec::new(),
     });
     common::finish(stack, &t, &json, &[("progress.svg", svg)])
 }

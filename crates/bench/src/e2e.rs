@@ -568,7 +568,14 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
         sqlx::query_as("SELECT sync_state, count(*) FROM orders GROUP BY 1 ORDER BY 1")
             .fetch_all(stack.pool()?)
             .await?;
-    let verification = verify::verify(stack.pool()?, &stack.http, stack.emulator()?).await?;
+    let verification = verify::verify(
+        stack.pool()?,
+        stack.emulator()?,
+        stack
+            .setting("WORKER_MAPPING_FILE")
+            .map(std::path::Path::new),
+    )
+    .await?;
 
     // Latencies, ms. Instants become wall-clock times through the run's start.
     let wall = |i: Instant| {
@@ -954,6 +961,8 @@ fn latency_chart(
                 color: chart::GREY,
             },
         ],
+        lanes: Vec::new(),
+        bands: Vec::new(),
     })
 }
 

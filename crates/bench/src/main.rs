@@ -1,18 +1,23 @@
 //! `orderbridge-bench`: measures the whole pipeline as it runs in production (the release
 //! binaries, real Postgres and RabbitMQ, the Salesforce emulator at a realistic latency), prints
 //! each figure beside its target from issue 6, and checks at the end that every accepted order
-//! is in Salesforce exactly once.
+//! is in Salesforce exactly once (`orderbridge_cli::reconcile`; intake, which runs no worker,
+//! checks Postgres, and relay checks what it received from the broker).
 //!
 //! Every subcommand builds its own [`stack::Stack`] (a fresh database, a broker namespace, the
 //! services on free ports, logs in the output directory) and tears it down. A new subcommand is
 //! a module with an `Args` struct flattening [`stack::StackArgs`] and a `run` returning whether
 //! its correctness checks held; the report, JSON and chart helpers are shared.
 
+mod chaos;
 mod chart;
 mod common;
 mod drain;
 mod e2e;
+mod intake;
+mod load;
 mod procfs;
+mod relay;
 mod report;
 mod stack;
 mod stats;
@@ -46,9 +51,21 @@ enum Command {
     /// Orders through the whole path at a given rate: orders/s, POST→synced latency observed
     /// through the API, Salesforce API calls per 1,000 orders, peak RSS per process.
     E2e(e2e::E2eArgs),
+    /// POST /v1/orders at full speed on N connections beside the same transaction straight on
+    /// Postgres (the limit): orders/s, latency, the ratio. Only order-api runs.
+    Intake(intake::IntakeArgs),
+    /// Outbox → RabbitMQ: a raw publish-with-confirms loop (the limit), the relay draining a
+    /// backlog, and commit → publish lag at a fixed rate. Only outbox-relay runs.
+    Relay(relay::RelayArgs),
     /// A backlog already in the outbox drained into Salesforce: orders/s from the relay's start
     /// to the last synced order, time to publish everything, API calls per 1,000 orders.
     Drain(drain::DrainArgs),
+    /// Orders at a steady rate while processes are killed and doubled, connections cut,
+    /// Salesforce made to fail in every documented way and poison put on the queue; then every
+    /// order classified (ok, lost, duplicated, unexpected, failed). Fails unless nothing was
+    /// lost, duplicated or unexpected and only the poison was dead-lettered. See
+    /// crates/bench/CHAOS.md.
+    Chaos(Box<chaos::ChaosArgs>),
 }
 
 #[tokio::main]
@@ -61,6 +78,9 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::E2e(args) => e2e::run(args).await,
         Command::Drain(args) => drain::run(args).await,
+        Command::Intake(args) => intake::run(args).await,
+        Command::Relay(args) => relay::run(args).await,
+        Command::Chaos(args) => chaos::run(*args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

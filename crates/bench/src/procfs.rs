@@ -177,6 +177,54 @@ impl CpuSnapshot {
     }
 }
 
+/// Local ports of the TCP connections that processes `pids` hold to `remote_port` (their
+/// sockets in `/proc/<pid>/fd`, looked up by inode in `/proc/net/tcp` and `tcp6`). This is how
+/// the chaos run finds *its own* broker connections among everyone's: RabbitMQ lists each
+/// connection's `peer_port`, which is this local port.
+pub fn tcp_ports_to(pids: &[u32], remote_port: u16) -> std::collections::HashSet<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    for pid in pids {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && let Some(inode) = target
+                    .to_str()
+                    .and_then(|t| t.strip_prefix("socket:["))
+                    .and_then(|t| t.strip_suffix(']'))
+                    .and_then(|t| t.parse::<u64>().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    let mut ports = std::collections::HashSet::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            if let Some((local, remote, inode)) = parse_tcp_line(line)
+                && remote == remote_port
+                && inodes.contains(&inode)
+            {
+                ports.insert(local);
+            }
+        }
+    }
+    ports
+}
+
+/// (local port, remote port, inode) of a `/proc/net/tcp` line.
+fn parse_tcp_line(line: &str) -> Option<(u16, u16, u64)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit_once(':')?.1, 16).ok();
+    Some((
+        port(fields.get(1)?)?,
+        port(fields.get(2)?)?,
+        fields.get(9)?.parse().ok()?,
+    ))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -196,5 +244,12 @@ mod tests {
         assert!(process_ticks(std::process::id()).is_some());
         let (busy, total) = machine_ticks().unwrap();
         assert!(busy <= total);
+    }
+
+    #[test]
+    fn tcp_lines_parse() {
+        let line = "   3: 0100007F:D431 0100007F:1628 01 00000000:00000000 00:00000000 00000000     0        0 123456 1 0000000000000000 20 4 30 10 -1";
+        assert_eq!(parse_tcp_line(line), Some((0xD431, 5672, 123456)));
+        assert_eq!(parse_tcp_line("garbage"), None);
     }
 }

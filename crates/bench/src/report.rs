@@ -105,12 +105,23 @@ impl Table {
         });
     }
 
-    /// A correctness check.
+    /// A correctness check whose target is zero.
     pub fn check(&mut self, metric: impl Into<String>, value: impl Into<String>, ok: bool) {
+        self.check_target(metric, value, "= 0", ok);
+    }
+
+    /// A correctness check with its target spelled out (`all`, …).
+    pub fn check_target(
+        &mut self,
+        metric: impl Into<String>,
+        value: impl Into<String>,
+        target: impl Into<String>,
+        ok: bool,
+    ) {
         self.rows.push(Row {
             metric: metric.into(),
             value: value.into(),
-            target: "= 0".into(),
+            target: target.into(),
             verdict: if ok { Verdict::Ok } else { Verdict::Fail },
         });
     }

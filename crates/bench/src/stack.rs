@@ -12,7 +12,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser};
 use orderbridge_broker::{BrokerConfig, Supervisor};
 use serde_json::{Value, json};
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgPool};
 use tokio::process::{Child, Command};
 use uuid::Uuid;
@@ -28,6 +28,13 @@ pub const BINARIES: [&str; 4] = [EMULATOR, API, RELAY, WORKER];
 
 /// The name under which the bench's API client and key are created.
 pub const CLIENT_NAME: &str = "bench";
+
+/// `application_name` of the bench's own Postgres connections, so the chaos run's backend
+/// terminations can spare them.
+pub const BENCH_APPLICATION_NAME: &str = "orderbridge-bench";
+
+/// The emulator's daily API allocation: more than any run uses.
+pub const EMULATOR_DAILY_API_LIMIT: u64 = 1_000_000_000;
 
 /// Variables the services read that must not leak in from the caller's environment (a
 /// `SF_USERNAME` of a real org, say): the bench sets what it needs, `--env` adds the rest.
@@ -187,6 +194,10 @@ pub struct Stack {
     pub emulator_url: Option<String>,
     pub api_url: Option<String>,
     services: Vec<Service>,
+    /// Processes sent a signal by [`Self::stop`] and not yet reaped.
+    stopping: Vec<Service>,
+    /// Instances started so far per binary (names the logs of restarts).
+    started: std::collections::HashMap<&'static str, u32>,
 }
 
 impl Stack {
@@ -228,7 +239,19 @@ impl Stack {
             emulator_url: None,
             api_url: None,
             services: Vec::new(),
+            stopping: Vec::new(),
+            started: std::collections::HashMap::new(),
         })
+    }
+
+    /// A service setting given with `--env` (the last one wins).
+    pub fn setting(&self, key: &str) -> Option<&str> {
+        self.args
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The cargo profile the binaries come from (the directory's name: `release`, `debug`…).
@@ -289,10 +312,14 @@ impl Stack {
         if key.is_empty() {
             bail!("order-api create-api-key printed no key");
         }
+        let options: PgConnectOptions = self
+            .database_url
+            .parse()
+            .context("DATABASE_URL is not a Postgres URL")?;
         self.pool = Some(
             PgPoolOptions::new()
                 .max_connections(4)
-                .connect(&self.database_url)
+                .connect_with(options.application_name(BENCH_APPLICATION_NAME))
                 .await
                 .context("cannot connect to the bench database")?,
         );
@@ -314,13 +341,21 @@ impl Stack {
             .context("the bench's API client is missing")
     }
 
+    /// Starts `name`; returns its pid. The first instance of a binary logs to `<name>.log`, later
+    /// ones (restarts, second instances) to `<name>.<n>.log`.
     fn spawn(
         &mut self,
         name: &'static str,
         ready_url: String,
         env: &[(&str, String)],
-    ) -> Result<()> {
-        let log = self.out.join(format!("logs/{name}.log"));
+    ) -> Result<u32> {
+        let started = self.started.entry(name).or_insert(0);
+        *started += 1;
+        let log = if *started == 1 {
+            self.out.join(format!("logs/{name}.log"))
+        } else {
+            self.out.join(format!("logs/{name}.{started}.log"))
+        };
         let file = File::create(&log)?;
         let child = self
             .command(name, env)
@@ -337,7 +372,7 @@ impl Stack {
             ready_url,
             child,
         });
-        Ok(())
+        Ok(pid)
     }
 
     /// Starts the emulator with the seed catalogue, a daily API allocation no run exhausts, and
@@ -359,7 +394,10 @@ impl Stack {
             &[
                 ("SF_EMULATOR_ADDR", format!("127.0.0.1:{port}")),
                 ("SF_EMULATOR_SEED_FILE", seed.display().to_string()),
-                ("SF_EMULATOR_DAILY_API_LIMIT", "1000000000".into()),
+                (
+                    "SF_EMULATOR_DAILY_API_LIMIT",
+                    EMULATOR_DAILY_API_LIMIT.to_string(),
+                ),
             ],
         )?;
         self.wait_ready(EMULATOR).await?;
@@ -373,10 +411,10 @@ impl Stack {
 
     /// Starts order-api. The per-client rate limit is lifted: the bench is one client sending
     /// more than the default 1,000 requests/s, and it measures the pipeline, not the limiter.
-    pub fn spawn_api(&mut self) -> Result<()> {
+    pub fn spawn_api(&mut self) -> Result<u32> {
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
-        self.spawn(
+        let pid = self.spawn(
             API,
             format!("{base}/health/ready"),
             &[
@@ -386,10 +424,11 @@ impl Stack {
             ],
         )?;
         self.api_url = Some(base);
-        Ok(())
+        Ok(pid)
     }
 
-    pub fn spawn_relay(&mut self) -> Result<()> {
+    /// Starts an outbox-relay (several may run: one leads, the others stand by); returns its pid.
+    pub fn spawn_relay(&mut self) -> Result<u32> {
         let port = free_port()?;
         self.spawn(
             RELAY,
@@ -398,7 +437,8 @@ impl Stack {
         )
     }
 
-    pub fn spawn_worker(&mut self) -> Result<()> {
+    /// Starts a sync-worker (several may run: competing consumers); returns its pid.
+    pub fn spawn_worker(&mut self) -> Result<u32> {
         if self.emulator_url.is_none() {
             bail!("start the emulator before the worker");
         }
@@ -410,15 +450,28 @@ impl Stack {
         )
     }
 
+    /// Waits until the latest instance of `name` is ready (see [`Self::wait_ready_pid`]).
+    pub async fn wait_ready(&mut self, name: &str) -> Result<()> {
+        let pid = self
+            .services
+            .iter()
+            .rev()
+            .find(|s| s.name == name)
+            .map(|s| s.pid)
+            .ok_or_else(|| anyhow!("{name} was not started"))?;
+        self.wait_ready_pid(pid).await
+    }
+
     /// Waits until the service's readiness URL answers 200; fails with its log's tail when it
     /// exits or takes longer than a minute.
-    pub async fn wait_ready(&mut self, name: &str) -> Result<()> {
+    pub async fn wait_ready_pid(&mut self, pid: u32) -> Result<()> {
         let http = self.http.clone();
         let svc = self
             .services
             .iter_mut()
-            .find(|s| s.name == name)
-            .ok_or_else(|| anyhow!("{name} was not started"))?;
+            .find(|s| s.pid == pid)
+            .ok_or_else(|| anyhow!("process {pid} is not one of the run's"))?;
+        let name = svc.name;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = svc.child.try_wait()? {
@@ -456,6 +509,69 @@ impl Stack {
             }
         }
         Ok(())
+    }
+
+    /// Pids of the running instances of `name`, oldest first.
+    pub fn instances(&self, name: &str) -> Vec<u32> {
+        self.services
+            .iter()
+            .filter(|s| s.name == name)
+            .map(|s| s.pid)
+            .collect()
+    }
+
+    /// Sends `signal` (`KILL`, `TERM`…) to one of the run's processes and forgets it. After a
+    /// SIGKILL it waits for the exit (immediate) and returns the status; any other signal does
+    /// not wait (a graceful shutdown may take seconds, and a chaos run's next step should not),
+    /// and [`Self::shutdown`] reaps the process later.
+    pub async fn stop(&mut self, pid: u32, signal: &str) -> Result<String> {
+        let i = self
+            .services
+            .iter()
+            .position(|s| s.pid == pid)
+            .ok_or_else(|| anyhow!("process {pid} is not one of the run's"))?;
+        let mut svc = self.services.remove(i);
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()?;
+        if !sent.success() {
+            bail!("kill -{signal} {pid} failed ({sent})");
+        }
+        if signal != "KILL" {
+            let note = format!("SIG{signal} sent");
+            self.stopping.push(svc);
+            return Ok(note);
+        }
+        match tokio::time::timeout(Duration::from_secs(10), svc.child.wait()).await {
+            Ok(status) => Ok(status?.to_string()),
+            Err(_) => bail!("{} {pid} still running 10 s after SIGKILL", svc.name),
+        }
+    }
+
+    /// Waits (up to 20 s each) for the processes [`Self::stop`] signalled without waiting, and
+    /// returns (service, pid, exit status, whether it exited 0). A service that does not exit
+    /// cleanly on SIGTERM is a shutdown bug.
+    pub async fn reap_stopped(&mut self) -> Vec<(String, u32, String, bool)> {
+        let mut reaped = Vec::new();
+        for mut svc in std::mem::take(&mut self.stopping) {
+            let (status, clean) =
+                match tokio::time::timeout(Duration::from_secs(20), svc.child.wait()).await {
+                    Ok(Ok(status)) => (status.to_string(), status.success()),
+                    Ok(Err(e)) => (format!("cannot wait: {e}"), false),
+                    Err(_) => {
+                        let _ = svc.child.kill().await;
+                        (
+                            "still running 20 s after the signal; killed".to_owned(),
+                            false,
+                        )
+                    }
+                };
+            if !clean {
+                tracing::warn!(service = svc.name, pid = svc.pid, %status, log = %svc.log.display(), "did not exit cleanly after the signal");
+            }
+            reaped.push((svc.name.to_owned(), svc.pid, status, clean));
+        }
+        reaped
     }
 
     pub fn emulator(&self) -> Result<&str> {
@@ -540,6 +656,22 @@ impl Stack {
     /// drops the database unless `--keep`. Problems are logged, not returned: this runs after
     /// failures too and must get as far as it can.
     pub async fn shutdown(mut self) {
+        for mut svc in std::mem::take(&mut self.stopping) {
+            match tokio::time::timeout(Duration::from_secs(15), svc.child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => {
+                    tracing::warn!(service = svc.name, pid = svc.pid, %status, log = %svc.log.display(), "stopped earlier; exited with an error")
+                }
+                _ => {
+                    tracing::warn!(
+                        service = svc.name,
+                        pid = svc.pid,
+                        "stopped earlier but still running; killed"
+                    );
+                    let _ = svc.child.kill().await;
+                }
+            }
+        }
         while let Some(mut svc) = self.services.pop() {
             let _ = std::process::Command::new("kill")
                 .args(["-TERM", &svc.pid.to_string()])
@@ -575,7 +707,7 @@ impl Stack {
 
     /// The broker settings the services ran with (an `--env` may change the queue arguments,
     /// which name the retry queues).
-    fn broker_config(&self) -> Result<BrokerConfig> {
+    pub fn broker_config(&self) -> Result<BrokerConfig> {
         #[derive(Parser)]
         struct Wrapper {
             #[command(flatten)]
@@ -610,6 +742,24 @@ impl Stack {
         let deleted = supervisor
             .topology()
             .delete(&config, &session.channel)
+            .await;
+        // What `relay`'s raw loop declares; it deletes them itself, unless the run failed.
+        let raw = format!("{}.bench-raw", self.namespace);
+        let _ = config
+            .op(
+                "queue.delete",
+                session
+                    .channel
+                    .queue_delete(raw.as_str().into(), Default::default()),
+            )
+            .await;
+        let _ = config
+            .op(
+                "exchange.delete",
+                session
+                    .channel
+                    .exchange_delete(raw.as_str().into(), Default::default()),
+            )
             .await;
         session.close(&config).await;
         Ok(deleted?)

@@ -14,6 +14,11 @@ pub const CUSTOMERS: usize = 200;
 /// Lines per order, as in the targets.
 pub const LINES: usize = 3;
 
+/// The external id of customer `i`'s Account (the orders' `customer.external_id`).
+pub fn customer_external_id(i: usize) -> String {
+    format!("BENCH-CUST-{i:03}")
+}
+
 /// The body of `POST /v1/orders` for the run's `i`-th order. `run` makes `client_ref`s unique.
 pub fn order_request(run: &str, i: usize) -> Value {
     let customer = i % CUSTOMERS;
@@ -31,7 +36,7 @@ pub fn order_request(run: &str, i: usize) -> Value {
     json!({
         "client_ref": format!("{run}-{i}"),
         "customer": {
-            "external_id": format!("BENCH-CUST-{customer:03}"),
+            "external_id": customer_external_id(customer),
             "name": format!("Bench customer {customer}"),
             "email": format!("buyer{customer}@bench.example"),
         },

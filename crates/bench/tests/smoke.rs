@@ -1,68 +1,20 @@
 //! `orderbridge-bench` end to end through the real binaries, tiny and without emulated latency:
-//! it must start everything, push the orders through, find each exactly once in Salesforce,
-//! write its files and leave no database behind. Figures are not checked (timing assertions do
-//! not belong in tests).
+//! it must start everything, push the orders through, find each exactly once in Salesforce
+//! (intake: in Postgres; relay: on the broker), write its files and leave no database behind.
+//! Figures are not checked (timing assertions do not belong in tests).
 //!
 //! The service binaries of this test's cargo profile are built first with `cargo build --bins`
-//! (cargo builds only this package's binary for its tests); on a fresh target directory that
-//! first build takes a few minutes, afterwards it is a no-op.
+//! (cargo builds only this package's binary for its tests; see `common::service_bins`); on a
+//! fresh target directory that first build takes a few minutes, afterwards it is a no-op.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-use std::sync::Mutex;
 
+use common::{BENCH, database_exists, out_dir, service_bins};
 use serde_json::Value;
-use sqlx::Connection;
-
-const BENCH: &str = env!("CARGO_BIN_EXE_orderbridge-bench");
-
-/// The profile directory (`target/debug`) with order-api, outbox-relay, sync-worker and
-/// sf-emulator built from the current sources.
-fn service_bins() -> PathBuf {
-    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
-    let mut built = BUILT
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some(dir) = built.as_ref() {
-        return dir.clone();
-    }
-    let profile_dir = Path::new(BENCH).parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "--bins"])
-        .args([
-            "-p",
-            "order-api",
-            "-p",
-            "outbox-relay",
-            "-p",
-            "sync-worker",
-            "-p",
-            "sf-emulator",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-        None => panic!("unexpected binary location {BENCH}"),
-    }
-    let status = cmd.status().unwrap();
-    assert!(status.success(), "building the service binaries failed");
-    *built = Some(profile_dir.clone());
-    profile_dir
-}
-
-fn out_dir(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("ob-bench-{name}-{}", uuid::Uuid::now_v7().simple()))
-}
 
 /// Runs the bench; returns its report.json.
 fn bench(args: &[&str], out: &Path) -> Value {
@@ -86,21 +38,6 @@ fn bench(args: &[&str], out: &Path) -> Value {
     assert!(stdout.contains("measured"), "no table printed:\n{stdout}");
     let json = std::fs::read_to_string(out.join("report.json")).unwrap();
     serde_json::from_str(&json).unwrap()
-}
-
-async fn database_exists(name: &str) -> bool {
-    let url = std::env::var("DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/orderbridge".into());
-    let (server, _) = url.rsplit_once('/').unwrap();
-    let mut conn = sqlx::PgConnection::connect(&format!("{server}/postgres"))
-        .await
-        .unwrap();
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_database WHERE datname = $1")
-        .bind(name)
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    n > 0
 }
 
 fn assert_verified(report: &Value, orders: u64) {
@@ -147,6 +84,92 @@ async fn drain_small_backlog_through_the_real_binaries() {
     assert_verified(&report, 300);
     assert!(report["throughput"]["orders_per_s"].as_f64().unwrap() > 0.0);
     let svg = std::fs::read_to_string(out.join("progress.svg")).unwrap();
+    assert!(svg.contains("<polyline"));
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test]
+async fn intake_short_run_through_the_real_binaries() {
+    let out = out_dir("intake");
+    let report = bench(
+        &[
+            "intake",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "4",
+        ],
+        &out,
+    );
+    for phase in ["api", "direct"] {
+        assert!(
+            report[phase]["accepted_in_window"].as_u64().unwrap() > 0,
+            "{phase}: {report}"
+        );
+        assert!(report[phase]["latency_ms"]["p99"].as_f64().is_some());
+    }
+    let v = &report["verification"];
+    assert_eq!(v["ok"], Value::Bool(true), "{v}");
+    assert_eq!(
+        v["accepted"].as_u64(),
+        report["api"]["accepted_total"].as_u64(),
+        "{v}"
+    );
+    assert!(report["ratio"].as_f64().unwrap() > 0.0);
+    assert!(report["peak_rss_mib"]["order-api"].as_f64().unwrap() > 0.0);
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(svg.contains("<polyline"));
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[tokio::test]
+async fn relay_short_run_through_the_real_binaries() {
+    let out = out_dir("relay");
+    let report = bench(
+        &[
+            "relay",
+            "--rate",
+            "200",
+            "--duration",
+            "2s",
+            "--warmup",
+            "500ms",
+            "--connections",
+            "4",
+            "--backlog",
+            "500",
+            "--raw-messages",
+            "1000",
+            "--raw-batch",
+            "200",
+        ],
+        &out,
+    );
+    assert_eq!(
+        report["received"]["not_received"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(
+        report["received"]["duplicates"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(report["unpublished_at_end"].as_i64(), Some(0), "{report}");
+    assert_eq!(report["raw"]["received"].as_u64(), Some(1000), "{report}");
+    assert!(report["saturation"]["events_per_s"].as_f64().unwrap() > 0.0);
+    assert!(
+        report["fixed_rate"]["commit_to_received_ms"]["p99"]
+            .as_f64()
+            .is_some()
+    );
+    let svg = std::fs::read_to_string(out.join("lag.svg")).unwrap();
     assert!(svg.contains("<polyline"));
     let db = report["machine"]["database"].as_str().unwrap();
     assert!(!database_exists(db).await, "database {db} left behind");

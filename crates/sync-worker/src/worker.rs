@@ -647,6 +647,8 @@ struct Message {
     event: Option<Envelope<Order>>,
     decode_error: Option<DecodeError>,
     attempts: u32,
+    /// Times the broker has delivered it before without it being settled (`x-delivery-count`).
+    returned: u32,
 }
 
 /// What to publish for one message before acking it.
@@ -677,12 +679,16 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     ctx.metrics.batch_size.observe(deliveries.len() as f64);
 
     let messages: Vec<Message> = deliveries.into_iter().map(read).collect();
+    let last_delivery = last_delivery(ctx.topology.delivery_limit);
 
     // One write per order: the newest event (highest order version, then latest) wins; older
     // ones in the same batch are settled without a write of their own.
     let mut newest: HashMap<Uuid, usize> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(e) = &m.event else { continue };
+        if m.returned >= last_delivery {
+            continue;
+        }
         match newest.get(&e.data.id) {
             Some(&j) => {
                 let other = messages[j]
@@ -731,6 +737,15 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
                     message: e.map(ToString::to_string).unwrap_or_default(),
                 }
             }
+            (Some(_), None) if m.returned >= last_delivery => Action::DeadLetter {
+                reason: "redelivered",
+                code: "REDELIVERY_LIMIT".into(),
+                message: format!(
+                    "delivered {} times without being settled (a worker may crash on it); \
+                     dead-lettered before the broker's delivery limit would drop its status",
+                    m.returned + 1
+                ),
+            },
             (Some(_), None) => Action::Drop,
             (Some(_), Some(OrderResult::Synced { salesforce_id })) => Action::Synced(salesforce_id),
             (Some(_), Some(OrderResult::Failed(f))) if !f.retryable => Action::DeadLetter {
@@ -778,8 +793,24 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     settle(ctx, &messages, actions).await
 }
 
+/// How many times a message may have come back unsettled (`x-delivery-count`) before the worker
+/// dead-letters it itself instead of trying it again.
+///
+/// The broker dead-letters a message returned more than `BROKER_DELIVERY_LIMIT` times: a message
+/// that kills every worker it reaches ends there. But the broker says nothing to the portal,
+/// whose order would stay `published` until someone looked. So one delivery before the broker's
+/// limit, the worker dead-letters the message with a reason and reports the order `failed`
+/// (replayable like any dead letter). Pauses and requeues republish instead of returning, so only
+/// crashes, lost connections and shutdowns past their grace count here.
+fn last_delivery(delivery_limit: u32) -> u32 {
+    delivery_limit.saturating_sub(1).max(1)
+}
+
 fn read(delivery: Delivery) -> Message {
     let attempts = header_u32(&delivery.properties, headers::ATTEMPTS).unwrap_or(0);
+    // Set by quorum queues on a message returned to the queue (RabbitMQ 3.x; absent on the first
+    // delivery).
+    let returned = header_u32(&delivery.properties, "x-delivery-count").unwrap_or(0);
     match OrderEvent::decode(&delivery.data) {
         Ok(env) => {
             let OrderEvent::Submitted(order) = env.data;
@@ -794,6 +825,7 @@ fn read(delivery: Delivery) -> Message {
                 }),
                 decode_error: None,
                 attempts,
+                returned,
                 delivery,
             }
         }
@@ -802,6 +834,7 @@ fn read(delivery: Delivery) -> Message {
             event: None,
             decode_error: Some(e),
             attempts,
+            returned,
         },
     }
 }

@@ -207,6 +207,63 @@ async fn a_poison_message_is_dead_lettered_and_the_rest_flow() {
     h.cleanup().await;
 }
 
+/// A message that came back unsettled as often as the broker allows but once (what a worker
+/// crashing on it leaves) is dead-lettered by the worker, with a reason and a `failed` report the
+/// portal can read, instead of tried once more and then dropped silently by the broker.
+#[tokio::test]
+async fn a_message_at_its_last_delivery_is_dead_lettered_with_a_failed_report() {
+    let mut h = Harness::new().await;
+    let crashing = order("CUST-1", 1);
+    h.publish_orders(std::slice::from_ref(&crashing)).await;
+    eventually(Duration::from_secs(10), "the order queued", || async {
+        h.message_count(&h.topology.sf_sync_queue).await == 1
+    })
+    .await;
+    // BROKER_DELIVERY_LIMIT is 10 here: nine returns make the next delivery the last.
+    assert_eq!(h.topology.delivery_limit, 10);
+    h.return_unsettled(&h.topology.sf_sync_queue, 9).await;
+    let good = order("CUST-2", 1);
+    h.publish_orders(std::slice::from_ref(&good)).await;
+    h.start_worker(&[]).await;
+
+    let mut reports = Vec::new();
+    h.statuses_until(Duration::from_secs(20), &mut reports, |r| {
+        r.iter()
+            .any(|s| s.data.order_id == crashing.id && s.data.state == SyncState::Failed)
+            && r.iter()
+                .any(|s| s.data.order_id == good.id && s.data.state == SyncState::Synced)
+    })
+    .await;
+    let failed = reports
+        .iter()
+        .find(|s| s.data.order_id == crashing.id)
+        .unwrap();
+    assert_eq!(failed.data.state, SyncState::Failed);
+    let error = failed.data.error.as_ref().unwrap();
+    assert_eq!(error.code, "REDELIVERY_LIMIT");
+    assert!(
+        error.message.contains("delivered 10 times"),
+        "{}",
+        error.message
+    );
+
+    let dead = h.drain(&h.topology.dead_letter_queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0].0, headers::REASON).as_deref(),
+        Some("redelivered")
+    );
+    assert_eq!(
+        header(&dead[0].0, headers::ERROR_CODE).as_deref(),
+        Some("REDELIVERY_LIMIT")
+    );
+    // Not written: the worker did not try it again.
+    let orders = h.count_by_external_id("Order").await;
+    assert!(!orders.contains_key(&crashing.id.to_string()), "{orders:?}");
+    assert_eq!(orders[&good.id.to_string()], 1);
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn redelivery_of_a_written_order_creates_nothing_new() {
     let mut h = Harness::new().await;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use orderbridge_broker::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
 };
 use orderbridge_broker::lapin::types::FieldTable;
 use orderbridge_broker::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
@@ -292,6 +292,28 @@ impl Harness {
         .unwrap()
         .await
         .unwrap();
+        conn.close(200, "bye".into()).await.ok();
+    }
+
+    /// Takes the message at the head of `queue` and returns it unsettled, `times` times over: what
+    /// a worker crashing on it would do (each return raises its `x-delivery-count`).
+    pub async fn return_unsettled(&self, queue: &str, times: u32) {
+        let (conn, ch) = self.channel().await;
+        for _ in 0..times {
+            let m = ch
+                .basic_get(queue.into(), BasicGetOptions::default())
+                .await
+                .unwrap()
+                .expect("a message to return");
+            m.delivery
+                .acker
+                .nack(BasicNackOptions {
+                    multiple: false,
+                    requeue: true,
+                })
+                .await
+                .unwrap();
+        }
         conn.close(200, "bye".into()).await.ok();
     }
 

@@ -1,0 +1,118 @@
+//! A scaled-down chaos run of the real `orderbridge-bench chaos` (issue 6): 400 orders at 20/s
+//! while every fault kind happens at least once (a fixed seed), three poison messages; it must
+//! end with every order ok (synced, exactly once in Salesforce), nothing lost, duplicated or
+//! unexpected, the poison dead-lettered, and the database gone.
+//!
+//! Broker connections are closed only for the run's own processes (`--close-connections own`),
+//! so this test can run beside the others on the shared broker. The services come from this
+//! test's cargo profile (see `common::service_bins`).
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+
+use common::{BENCH, database_exists, out_dir, service_bins};
+use serde_json::Value;
+
+const ORDERS: u64 = 400;
+const POISON: u64 = 3;
+
+#[tokio::test]
+async fn small_chaos_run_loses_and_duplicates_nothing() {
+    let out = out_dir("chaos");
+    let output = Command::new(BENCH)
+        .args(["chaos", "--orders", &ORDERS.to_string(), "--rate", "20"])
+        .args([
+            "--seed",
+            "20261124",
+            "--fault-gap",
+            "1500ms",
+            "--fault-window",
+            "3s",
+        ])
+        .args([
+            "--poison",
+            &POISON.to_string(),
+            "--close-connections",
+            "own",
+        ])
+        .args([
+            "--latency-ms",
+            "20",
+            "--jitter-ms",
+            "10",
+            "--timeout",
+            "120s",
+        ])
+        .arg("--bin-dir")
+        .arg(service_bins())
+        .arg("--out")
+        .arg(&out)
+        .env("LOG_FORMAT", "pretty")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chaos run failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("chaos seed 20261124"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["seed"].as_u64(), Some(20261124));
+
+    let c = &report["classification"];
+    assert_eq!(c["clean"], Value::Bool(true), "{c}");
+    assert_eq!(c["accepted"].as_u64(), Some(ORDERS), "{c}");
+    assert_eq!(c["ok"].as_u64(), Some(ORDERS), "{c}");
+    for class in [
+        "lost",
+        "duplicated",
+        "unexpected",
+        "failed",
+        "real_dead_letters",
+        "not_terminal",
+        "mismatched",
+    ] {
+        assert_eq!(c[class].as_u64(), Some(0), "{class}: {c}");
+    }
+    assert_eq!(c["poison_dead_lettered"].as_u64(), Some(POISON), "{c}");
+    assert_eq!(
+        report["dead_letters"]["by_reason"]["undecodable"].as_u64(),
+        Some(POISON),
+        "{}",
+        report["dead_letters"]
+    );
+    assert_eq!(report["quiescence"]["reached"], Value::Bool(true));
+
+    // Every kind of fault was carried out, and succeeded.
+    let timeline = report["timeline"].as_array().unwrap();
+    for kind in [
+        "kill-relay",
+        "kill-worker",
+        "two-relays",
+        "two-workers",
+        "broker-close",
+        "pg-terminate",
+        "sf-outage",
+        "expire-sessions",
+        "request-limit",
+        "lock-row",
+        "latency-spike",
+    ] {
+        let steps: Vec<&Value> = timeline.iter().filter(|e| e["fault"] == kind).collect();
+        assert!(!steps.is_empty(), "{kind} never happened");
+        assert!(
+            steps.iter().all(|e| e["ok"] == Value::Bool(true)),
+            "{kind}: {steps:?}"
+        );
+    }
+    let svg = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
+    assert!(svg.contains("<polyline") && svg.contains("kill-worker"));
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}
