@@ -3,7 +3,7 @@
 //! Dead letters reach `{ns}.dead-letters` two ways:
 //!
 //! - the worker gives up on a message (permanent Salesforce error, attempts exhausted,
-//!   undecodable) and publishes it to the dead-letter exchange with our failure headers
+//!   undecodable, at its last delivery) and publishes it to the dead-letter exchange with our failure headers
 //!   ([`crate::headers`]); it came from the Salesforce work queue;
 //! - the broker dead-letters it itself (delivery limit exceeded on the work queue, a consumer
 //!   rejecting a status event, …). Those carry RabbitMQ's `x-death` header and none of ours.

@@ -148,12 +148,18 @@ fn batch_deadline(
     let (false, Some(oldest)) = (target.is_zero(), oldest) else {
         return earliest;
     };
-    let latest = first_at + target;
+    // `checked_add`: an absurd target (say `100y`) must not overflow the clock.
+    let latest = first_at
+        .checked_add(target)
+        .unwrap_or(earliest)
+        .max(earliest);
     // The order's age by the wall clock (the event was stamped by another process, perhaps on
     // another host: the cap above bounds what a skewed clock can do).
     let age = (Utc::now() - oldest).to_std().unwrap_or_default();
     let left = target.saturating_sub(age).saturating_sub(write_time);
-    (tokio::time::Instant::now() + left)
+    tokio::time::Instant::now()
+        .checked_add(left)
+        .unwrap_or(latest)
         .min(latest)
         .max(earliest)
 }
@@ -686,9 +692,6 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     let mut newest: HashMap<Uuid, usize> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(e) = &m.event else { continue };
-        if m.returned >= last_delivery {
-            continue;
-        }
         match newest.get(&e.data.id) {
             Some(&j) => {
                 let other = messages[j]
@@ -704,8 +707,16 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
             }
         }
     }
-    let mut writes: Vec<usize> = newest.values().copied().collect();
+    // The newest event of an order at its last delivery is dead-lettered untried (below), and
+    // its older ones in the batch are dropped with it: writing an older event instead would
+    // report `synced` for a version the newest then contradicts.
+    let mut writes: Vec<usize> = newest
+        .values()
+        .copied()
+        .filter(|&i| messages[i].returned < last_delivery)
+        .collect();
     writes.sort_unstable();
+    let newest: std::collections::HashSet<usize> = newest.into_values().collect();
     let orders: Vec<&Order> = writes
         .iter()
         .filter_map(|i| messages[*i].event.as_ref().map(|e| &e.data))
@@ -737,15 +748,17 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
                     message: e.map(ToString::to_string).unwrap_or_default(),
                 }
             }
-            (Some(_), None) if m.returned >= last_delivery => Action::DeadLetter {
-                reason: "redelivered",
-                code: "REDELIVERY_LIMIT".into(),
-                message: format!(
-                    "delivered {} times without being settled (a worker may crash on it); \
-                     dead-lettered before the broker's delivery limit would drop its status",
-                    m.returned + 1
-                ),
-            },
+            (Some(_), None) if m.returned >= last_delivery && newest.contains(&i) => {
+                Action::DeadLetter {
+                    reason: "redelivered",
+                    code: "REDELIVERY_LIMIT".into(),
+                    message: format!(
+                        "returned unsettled {} times (a worker may crash on it): dead-lettered at \
+                     its last delivery instead of tried again",
+                        m.returned
+                    ),
+                }
+            }
             (Some(_), None) => Action::Drop,
             (Some(_), Some(OrderResult::Synced { salesforce_id })) => Action::Synced(salesforce_id),
             (Some(_), Some(OrderResult::Failed(f))) if !f.retryable => Action::DeadLetter {
@@ -793,17 +806,19 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     settle(ctx, &messages, actions).await
 }
 
-/// How many times a message may have come back unsettled (`x-delivery-count`) before the worker
-/// dead-letters it itself instead of trying it again.
+/// The `x-delivery-count` of a message's last delivery: the worker dead-letters it itself then
+/// instead of trying it again.
 ///
-/// The broker dead-letters a message returned more than `BROKER_DELIVERY_LIMIT` times: a message
-/// that kills every worker it reaches ends there. But the broker says nothing to the portal,
-/// whose order would stay `published` until someone looked. So one delivery before the broker's
-/// limit, the worker dead-letters the message with a reason and reports the order `failed`
-/// (replayable like any dead letter). Pauses and requeues republish instead of returning, so only
-/// crashes, lost connections and shutdowns past their grace count here.
+/// A quorum queue counts every return of a message (a crash, a lost connection, a `nack` with
+/// requeue: the worker's own at shutdown too) and dead-letters it when the count would exceed
+/// `BROKER_DELIVERY_LIMIT`, so the delivery with the count at the limit is the last one: a
+/// message that kills every worker it reaches ends there. But the broker says nothing to the
+/// portal, whose order would stay `published` until someone looked. So at that delivery the
+/// worker dead-letters the message with a reason and reports the order `failed` (replayable like
+/// any dead letter). Pauses and whole-call failures republish instead of returning, so they do
+/// not count.
 fn last_delivery(delivery_limit: u32) -> u32 {
-    delivery_limit.saturating_sub(1).max(1)
+    delivery_limit
 }
 
 fn read(delivery: Delivery) -> Message {
@@ -1230,6 +1245,14 @@ mod tests {
             batch_deadline(now, None, 50 * MS, 800 * MS, 200 * MS) - now,
             50 * MS
         );
+    }
+
+    #[test]
+    fn an_absurd_target_does_not_overflow_the_clock() {
+        let now = tokio::time::Instant::now();
+        let target = Duration::from_secs(u64::MAX / 4);
+        let d = batch_deadline(now, Some(Utc::now()), 50 * MS, target, 200 * MS);
+        assert!(d >= now + 50 * MS);
     }
 
     #[test]

@@ -219,9 +219,12 @@ async fn a_message_at_its_last_delivery_is_dead_lettered_with_a_failed_report() 
         h.message_count(&h.topology.sf_sync_queue).await == 1
     })
     .await;
-    // BROKER_DELIVERY_LIMIT is 10 here: nine returns make the next delivery the last.
+    // BROKER_DELIVERY_LIMIT is 10 here: the broker dead-letters a message returned more than
+    // ten times, so after ten returns the next delivery is the last. (This also checks the
+    // broker's rule: were it "at ten", the message would be gone from the work queue by now.)
     assert_eq!(h.topology.delivery_limit, 10);
-    h.return_unsettled(&h.topology.sf_sync_queue, 9).await;
+    h.return_unsettled(&h.topology.sf_sync_queue, 10).await;
+    assert_eq!(h.message_count(&h.topology.sf_sync_queue).await, 1);
     let good = order("CUST-2", 1);
     h.publish_orders(std::slice::from_ref(&good)).await;
     h.start_worker(&[]).await;
@@ -242,7 +245,7 @@ async fn a_message_at_its_last_delivery_is_dead_lettered_with_a_failed_report() 
     let error = failed.data.error.as_ref().unwrap();
     assert_eq!(error.code, "REDELIVERY_LIMIT");
     assert!(
-        error.message.contains("delivered 10 times"),
+        error.message.contains("returned unsettled 10 times"),
         "{}",
         error.message
     );
