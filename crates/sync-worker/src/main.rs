@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Err(e) => {
                 let wait = backoff.fail();
-                tracing::warn!(error = %e, retry_in = ?wait, "Salesforce not reachable yet; checking the mapping again");
+                tracing::warn!(error = %e, retry_in = ?wait, "Salesforce not usable yet (unreachable, or the API budget is spent); checking the mapping again");
                 let mut rx = shutdown_rx.clone();
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
