@@ -148,10 +148,19 @@ pub fn python_tool(name: &str) -> io::Result<PathBuf> {
     let lock = File::create(root.join("target/py-venv.lock"))?;
     lock.lock()?;
 
-    let wanted = hex(&Sha256::digest(fs::read(&requirements)?));
+    // The stamp names the venv's own path too: a virtualenv's scripts point at their
+    // interpreter by absolute path, so a target directory moved or copied elsewhere (a CI
+    // cache) holds a venv whose tools no longer start, and it is rebuilt from scratch.
+    let wanted = format!(
+        "{} {}",
+        hex(&Sha256::digest(fs::read(&requirements)?)),
+        venv.display()
+    );
     let stamp = venv.join(".requirements-sha256");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
-        run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+        run(Command::new("python3")
+            .args(["-m", "venv", "--clear"])
+            .arg(&venv))?;
         run(Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "--disable-pip-version-check", "-r"])
             .arg(&requirements))?;
