@@ -45,6 +45,28 @@ pub struct Guide {
     pub color: &'static str,
 }
 
+impl Guide {
+    /// The target as a red vertical line at `x`.
+    pub fn target(x: f64, label: impl Into<String>) -> Self {
+        Self {
+            x: Some(x),
+            y: None,
+            label: label.into(),
+            color: RED,
+        }
+    }
+
+    /// The 99th percentile as a grey horizontal line on a CDF.
+    pub fn p99() -> Self {
+        Self {
+            x: None,
+            y: Some(99.0),
+            label: "99%".into(),
+            color: GREY,
+        }
+    }
+}
+
 /// A stretch of time in one lane above the curves (a fault's window; an instant when
 /// `x0 == x1`).
 pub struct Band {
@@ -54,6 +76,7 @@ pub struct Band {
     pub color: &'static str,
 }
 
+#[derive(Default)]
 pub struct Chart {
     pub title: String,
     pub subtitle: String,

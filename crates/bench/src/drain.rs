@@ -305,8 +305,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         ],
         markers: Vec::new(),
         guides: Vec::new(),
-        lanes: Vec::new(),
-        bands: Vec::new(),
+        ..Default::default()
     });
     common::finish(stack, &t, &json, &[("progress.svg", svg)])
 }

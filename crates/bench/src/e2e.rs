@@ -40,7 +40,7 @@ use uuid::Uuid;
 use crate::chart::{self, Chart, Guide, Marker, Series};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Goal, Table, thousands};
-use crate::stack::{API, EMULATOR, RELAY, Stack, StackArgs, WORKER};
+use crate::stack::{EMULATOR, Stack, StackArgs};
 use crate::stats::{Summary, summary_json};
 use crate::{common, verify, workload};
 
@@ -482,18 +482,7 @@ pub async fn run(args: E2eArgs) -> Result<bool> {
 }
 
 async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
-    stack.start_emulator().await?;
-    let key = stack.create_api_key().await?;
-    stack.spawn_api()?;
-    stack.spawn_relay()?;
-    stack.spawn_worker()?;
-    for svc in [API, RELAY, WORKER] {
-        stack.wait_ready(svc).await?;
-    }
-    let api = stack
-        .api_url
-        .clone()
-        .ok_or_else(|| anyhow!("order-api has no URL"))?;
+    let (key, api) = stack.start_pipeline().await?;
     let orders = args.orders as usize;
     let connections = args.connections as usize;
     let ctx = Arc::new(Ctx {
@@ -948,21 +937,10 @@ fn latency_chart(
         ],
         markers,
         guides: vec![
-            Guide {
-                x: Some(TARGET_P99_MS),
-                y: None,
-                label: "target: p99 ≤ 1 s".into(),
-                color: chart::RED,
-            },
-            Guide {
-                x: None,
-                y: Some(99.0),
-                label: "99%".into(),
-                color: chart::GREY,
-            },
+            Guide::target(TARGET_P99_MS, "target: p99 ≤ 1 s"),
+            Guide::p99(),
         ],
-        lanes: Vec::new(),
-        bands: Vec::new(),
+        ..Default::default()
     })
 }
 

@@ -587,14 +587,8 @@ fn latency_chart(describe: &str, api: &[f64], direct: &[f64]) -> String {
             },
         ],
         markers,
-        guides: vec![Guide {
-            x: None,
-            y: Some(99.0),
-            label: "99%".into(),
-            color: chart::GREY,
-        }],
-        lanes: Vec::new(),
-        bands: Vec::new(),
+        guides: vec![Guide::p99()],
+        ..Default::default()
     })
 }
 

@@ -919,21 +919,10 @@ fn lag_chart(describe: &str, received: &[f64], marked: &[f64]) -> String {
         ],
         markers,
         guides: vec![
-            Guide {
-                x: Some(TARGET_P99_MS),
-                y: None,
-                label: "target: p99 ≤ 50 ms".into(),
-                color: chart::RED,
-            },
-            Guide {
-                x: None,
-                y: Some(99.0),
-                label: "99%".into(),
-                color: chart::GREY,
-            },
+            Guide::target(TARGET_P99_MS, "target: p99 ≤ 50 ms"),
+            Guide::p99(),
         ],
-        lanes: Vec::new(),
-        bands: Vec::new(),
+        ..Default::default()
     })
 }
 

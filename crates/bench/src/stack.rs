@@ -450,6 +450,24 @@ impl Stack {
         )
     }
 
+    /// The whole pipeline, ready: the emulator, an API key, order-api, outbox-relay and
+    /// sync-worker. Returns the API key and the API's base URL.
+    pub async fn start_pipeline(&mut self) -> Result<(String, String)> {
+        self.start_emulator().await?;
+        let key = self.create_api_key().await?;
+        self.spawn_api()?;
+        self.spawn_relay()?;
+        self.spawn_worker()?;
+        for svc in [API, RELAY, WORKER] {
+            self.wait_ready(svc).await?;
+        }
+        let api = self
+            .api_url
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("order-api has no URL"))?;
+        Ok((key, api))
+    }
+
     /// Waits until the latest instance of `name` is ready (see [`Self::wait_ready_pid`]).
     pub async fn wait_ready(&mut self, name: &str) -> Result<()> {
         let pid = self

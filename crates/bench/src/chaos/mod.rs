@@ -28,7 +28,7 @@ use uuid::Uuid;
 use crate::chart::{self, Band, Chart, Series};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Table, thousands};
-use crate::stack::{API, RELAY, Stack, StackArgs, WORKER};
+use crate::stack::{Stack, StackArgs};
 use crate::{common, workload};
 
 use classify::{DeadLetter, Inputs, Stored, classify};
@@ -479,18 +479,7 @@ async fn chaos(
     kinds: &[FaultKind],
     schedule: &[Planned],
 ) -> Result<bool> {
-    stack.start_emulator().await?;
-    let key = stack.create_api_key().await?;
-    stack.spawn_api()?;
-    stack.spawn_relay()?;
-    stack.spawn_worker()?;
-    for svc in [API, RELAY, WORKER] {
-        stack.wait_ready(svc).await?;
-    }
-    let api = stack
-        .api_url
-        .clone()
-        .ok_or_else(|| anyhow!("order-api has no URL"))?;
+    let (key, api) = stack.start_pipeline().await?;
     let orders = args.orders as usize;
     let connections = args.connections as usize;
     let ctx = Arc::new(Ctx {
