@@ -341,6 +341,83 @@ pub fn finish(stack: &Stack, t: &Table, json: &Value, charts: &[(&str, String)])
     Ok(!t.failed())
 }
 
+/// What the pipeline suites (`e2e`, `drain`, `relay`) measured around their run, for
+/// [`footer_rows`].
+pub struct Footer<'a> {
+    pub scraped: &'a [(String, String)],
+    /// The relay read from a backlog (its batch-size metrics are the interesting ones).
+    pub backlog: bool,
+    pub pg_before: &'a PgCounters,
+    pub pg_after: &'a PgCounters,
+    /// Orders the per-order figures divide by.
+    pub orders: usize,
+    pub rss: &'a [(String, Option<u64>)],
+    /// Services measured without a memory target (stand-ins such as the emulator).
+    pub rss_no_target: &'a [&'a str],
+    pub cpu: &'a CpuUsage,
+}
+
+/// The rows every pipeline suite ends its table with, in the same order: the services' own
+/// metrics, Postgres work per order, peak memory, CPU. Returns the service metrics and the
+/// Postgres figures for the JSON report.
+pub fn footer_rows(t: &mut Table, f: &Footer<'_>) -> (Value, Value) {
+    let service_metrics = metrics_rows(t, f.scraped, f.backlog);
+    let pg = f.pg_before.rows(f.pg_after, f.orders, t);
+    rss_rows(t, f.rss, f.rss_no_target);
+    cpu_rows(t, f.cpu, f.orders);
+    (service_metrics, pg)
+}
+
+/// The Salesforce API call rows (total, and per 1,000 orders against the target); returns the
+/// calls per 1,000 orders.
+pub fn salesforce_call_rows(t: &mut Table, calls: u64, startup_calls: u64, orders: usize) -> f64 {
+    let per_1000 = if orders > 0 {
+        calls as f64 * 1000.0 / orders as f64
+    } else {
+        0.0
+    };
+    t.info(
+        "Salesforce API calls (after the worker's start-up)",
+        format!("{calls} (+{startup_calls} at start-up)"),
+    );
+    t.target(
+        "Salesforce API calls per 1,000 orders",
+        per_1000,
+        format!("{per_1000:.2}"),
+        Goal::AtMost(TARGET_CALLS_PER_1000),
+        "<= 6",
+    );
+    per_1000
+}
+
+/// A latency's p50 / p90, its p99 (against `target` when the run is one the target is about,
+/// else as information with `off_target` saying when it applies) and its max.
+pub fn latency_rows(
+    t: &mut Table,
+    label: &str,
+    s: &crate::stats::Summary,
+    decimals: usize,
+    target: Option<(f64, &str)>,
+    off_target: &str,
+) {
+    let ms = |v: f64| format!("{v:.decimals$} ms");
+    t.info(
+        format!("{label} p50 / p90"),
+        format!("{:.decimals$} / {:.decimals$} ms", s.p50, s.p90),
+    );
+    match target {
+        Some((limit, text)) => t.target(
+            format!("{label} p99"),
+            s.p99,
+            ms(s.p99),
+            Goal::AtMost(limit),
+            text,
+        ),
+        None => t.info(format!("{label} p99 ({off_target})"), ms(s.p99)),
+    }
+    t.info(format!("{label} max"), ms(s.max));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

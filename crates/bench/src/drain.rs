@@ -154,11 +154,6 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
     let drain_rate = rate(synced.len(), last_synced);
     let steady_rate = rate(synced.len().saturating_sub(1), last_synced - first_synced);
     let publish_rate = rate(published.len(), last_published);
-    let calls_per_1000 = if synced.is_empty() {
-        0.0
-    } else {
-        calls as f64 * 1000.0 / synced.len() as f64
-    };
     let not_synced = orders.saturating_sub(synced.len());
 
     let mut t = Table::new(format!(
@@ -199,21 +194,20 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         "outbox drained (all published)",
         format!("after {last_published:.1} s: {publish_rate:.0} events/s (first after {first_published:.2} s)"),
     );
-    t.info(
-        "Salesforce API calls (after the worker's start-up)",
-        format!("{calls} (+{startup_calls} at start-up)"),
+    let calls_per_1000 = common::salesforce_call_rows(&mut t, calls, startup_calls, synced.len());
+    let (service_metrics, pg_json) = common::footer_rows(
+        &mut t,
+        &common::Footer {
+            scraped: &scraped,
+            backlog: true,
+            pg_before: &pg_before,
+            pg_after: &pg_after,
+            orders,
+            rss: &rss,
+            rss_no_target: &[EMULATOR],
+            cpu: &cpu,
+        },
     );
-    t.target(
-        "Salesforce API calls per 1,000 orders",
-        calls_per_1000,
-        format!("{calls_per_1000:.2}"),
-        Goal::AtMost(common::TARGET_CALLS_PER_1000),
-        "<= 6",
-    );
-    let service_metrics = common::metrics_rows(&mut t, &scraped, true);
-    let pg_json = pg_before.rows(&pg_after, orders, &mut t);
-    common::rss_rows(&mut t, &rss, &[EMULATOR]);
-    common::cpu_rows(&mut t, &cpu, synced.len());
     t.check(
         "orders not synced by the end",
         format!(

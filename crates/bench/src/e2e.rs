@@ -33,16 +33,15 @@ use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use uuid::Uuid;
 
 use crate::chart::{self, Chart, Guide, Marker, Series};
+use crate::poster::{Posted, Poster, Retry, post_paced};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Goal, Table, thousands};
 use crate::stack::{EMULATOR, Stack, StackArgs};
 use crate::stats::{Summary, summary_json};
-use crate::{common, verify, workload};
+use crate::{common, verify};
 
 /// The targets that apply here.
 const TARGET_RATIO: f64 = 0.9;
@@ -54,7 +53,12 @@ const ORDER_MARGIN: chrono::Duration = chrono::Duration::milliseconds(250);
 /// Extra rows per page for the orders inside that margin.
 const MARGIN_ROWS: usize = 50;
 /// Attempts per order on 429/503/409-in-flight or a transport error, same Idempotency-Key.
-const MAX_ATTEMPTS: u32 = 10;
+/// Up to 10 attempts per order, each within the client's 30 s timeout.
+const RETRY: Retry = Retry {
+    attempts: 10,
+    give_up: None,
+    timeout: None,
+};
 
 #[derive(Debug, Clone, Args)]
 pub struct E2eArgs {
@@ -122,111 +126,6 @@ fn lock(w: &Mutex<Watch>) -> std::sync::MutexGuard<'_, Watch> {
     w.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-struct Ctx {
-    http: reqwest::Client,
-    api: String,
-    key: String,
-    run: String,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    id: Uuid,
-    created_at: DateTime<Utc>,
-}
-
-struct PostResult {
-    sent: Instant,
-    answered: Instant,
-    accepted: bool,
-    statuses: Vec<u16>,
-    transport_errors: u32,
-    error: Option<String>,
-}
-
-/// Posts order `i` until it is accepted, retrying what a careful client retries (429, 503,
-/// 409 "key in flight", connection errors) with the same Idempotency-Key.
-async fn post_one(ctx: &Ctx, watch: &Mutex<Watch>, i: usize, due: Instant) -> PostResult {
-    let body = match serde_json::to_vec(&workload::order_request(&ctx.run, i)) {
-        Ok(b) => b,
-        Err(e) => {
-            let now = Instant::now();
-            return PostResult {
-                sent: now,
-                answered: now,
-                accepted: false,
-                statuses: Vec::new(),
-                transport_errors: 0,
-                error: Some(format!("cannot serialise order {i}: {e}")),
-            };
-        }
-    };
-    let idempotency_key = format!("{}-{i}", ctx.run);
-    let sent = Instant::now();
-    let mut result = PostResult {
-        sent,
-        answered: sent,
-        accepted: false,
-        statuses: Vec::new(),
-        transport_errors: 0,
-        error: None,
-    };
-    for _ in 0..MAX_ATTEMPTS {
-        let resp = ctx
-            .http
-            .post(format!("{}/v1/orders", ctx.api))
-            .bearer_auth(&ctx.key)
-            .header("Idempotency-Key", &idempotency_key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .send()
-            .await;
-        let resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                result.transport_errors += 1;
-                result.error = Some(format!("transport: {e}"));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let status = resp.status();
-        result.statuses.push(status.as_u16());
-        if status == reqwest::StatusCode::CREATED {
-            let created: Result<Created, _> = resp.json().await;
-            result.answered = Instant::now();
-            match created {
-                Ok(c) => {
-                    lock(watch).add(c.id, c.created_at, Sent { due, sent });
-                    result.accepted = true;
-                    result.error = None;
-                }
-                Err(e) => result.error = Some(format!("unreadable 201 body: {e}")),
-            }
-            return result;
-        }
-        let retry_after = resp
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let text = resp.text().await.unwrap_or_default();
-        result.error = Some(format!(
-            "{status}: {}",
-            text.chars().take(300).collect::<String>()
-        ));
-        let retryable =
-            matches!(status.as_u16(), 409 | 429 | 503) && !text.contains("duplicate-client-ref");
-        if !retryable {
-            break;
-        }
-        let wait = retry_after.map_or(Duration::from_millis(100), Duration::from_secs);
-        tokio::time::sleep(wait.min(Duration::from_secs(5))).await;
-    }
-    result.answered = Instant::now();
-    result
-}
-
 #[derive(Default)]
 struct PostTotals {
     accepted: usize,
@@ -242,16 +141,17 @@ struct PostTotals {
 }
 
 impl PostTotals {
-    fn absorb(&mut self, r: PostResult) {
+    fn absorb(&mut self, r: Posted) {
         for s in &r.statuses {
             *self.statuses.entry(*s).or_insert(0) += 1;
         }
         self.transport_errors += u64::from(r.transport_errors);
-        if r.statuses.len() + r.transport_errors as usize > 1 {
+        if r.retried() {
             self.retried_orders += 1;
         }
         self.first_sent = Some(self.first_sent.map_or(r.sent, |f| f.min(r.sent)));
-        if r.accepted {
+        // A duplicate client_ref is a failure of idempotency here, not an acceptance.
+        if r.created_at.is_some() {
             self.accepted += 1;
             self.post_ms
                 .push(r.answered.duration_since(r.sent).as_secs_f64() * 1e3);
@@ -267,43 +167,27 @@ impl PostTotals {
     }
 }
 
+/// Posts every order at `rate` (see [`post_paced`]), each until accepted ([`RETRY`]); an
+/// accepted order joins the watch list as soon as its 201 arrives.
 async fn post_all(
-    ctx: Arc<Ctx>,
+    poster: Arc<Poster>,
     watch: Arc<Mutex<Watch>>,
     orders: usize,
     rate: f64,
     connections: usize,
 ) -> PostTotals {
-    let permits = Arc::new(Semaphore::new(connections));
-    let mut tasks = JoinSet::new();
     let mut totals = PostTotals::default();
-    let start = Instant::now();
-    for i in 0..orders {
-        let slot = (rate > 0.0).then(|| start + Duration::from_secs_f64(i as f64 / rate));
-        if let Some(slot) = slot {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(slot)).await;
-        }
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let due = slot.unwrap_or_else(Instant::now);
-        let (ctx, watch) = (ctx.clone(), watch.clone());
-        tasks.spawn(async move {
-            let r = post_one(&ctx, &watch, i, due).await;
-            drop(permit);
-            r
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok(r) = done {
-                totals.absorb(r);
+    let job = |i, due| {
+        let (poster, watch) = (poster.clone(), watch.clone());
+        async move {
+            let p = poster.post(i, RETRY).await;
+            if let (Some(id), Some(created_at)) = (p.id, p.created_at) {
+                lock(&watch).add(id, created_at, Sent { due, sent: p.sent });
             }
+            p
         }
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(r) = done {
-            totals.absorb(r);
-        }
-    }
+    };
+    post_paced(orders, rate, connections, job, |p| totals.absorb(p)).await;
     totals
 }
 
@@ -354,7 +238,7 @@ struct ObserveTotals {
 /// Lists the orders in `state` created after `after`, all pages; `found` gets each item and the
 /// time its page arrived.
 async fn list(
-    ctx: &Ctx,
+    ctx: &Poster,
     totals: &mut ObserveTotals,
     state: &str,
     oldest: DateTime<Utc>,
@@ -400,7 +284,7 @@ async fn list(
 }
 
 async fn observe(
-    ctx: Arc<Ctx>,
+    ctx: Arc<Poster>,
     watch: Arc<Mutex<Watch>>,
     posting_done: Arc<AtomicBool>,
     poll: Duration,
@@ -485,7 +369,7 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
     let (key, api) = stack.start_pipeline().await?;
     let orders = args.orders as usize;
     let connections = args.connections as usize;
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(Poster {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 1)
             .timeout(Duration::from_secs(30))
@@ -627,11 +511,6 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
     } else {
         0.0
     };
-    let calls_per_1000 = if accepted > 0 {
-        calls as f64 * 1000.0 / accepted as f64
-    } else {
-        0.0
-    };
     let steady_accepted = steady_rate(posted.answered.clone());
     let steady_synced = steady_rate(observed.seen.iter().map(|s| s.seen).collect());
 
@@ -699,23 +578,15 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
         );
     }
     if let Some(s) = Summary::of(&observed_ms) {
-        t.info("POST → synced (observed) p50", format!("{:.0} ms", s.p50));
-        t.info("POST → synced (observed) p90", format!("{:.0} ms", s.p90));
-        if args.rate > 0.0 && args.rate <= TARGET_P99_RATE {
-            t.target(
-                "POST → synced (observed) p99",
-                s.p99,
-                format!("{:.0} ms", s.p99),
-                Goal::AtMost(TARGET_P99_MS),
-                "<= 1,000 ms at 500/s",
-            );
-        } else {
-            t.info(
-                "POST → synced (observed) p99 (target is at <= 500/s)",
-                format!("{:.0} ms", s.p99),
-            );
-        }
-        t.info("POST → synced (observed) max", format!("{:.0} ms", s.max));
+        let at_target_rate = args.rate > 0.0 && args.rate <= TARGET_P99_RATE;
+        common::latency_rows(
+            &mut t,
+            "POST → synced (observed)",
+            &s,
+            0,
+            at_target_rate.then_some((TARGET_P99_MS, "<= 1,000 ms at 500/s")),
+            "target is at <= 500/s",
+        );
     }
     if let Some(s) = Summary::of(&applied_ms) {
         t.info(
@@ -737,21 +608,20 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
             );
         }
     }
-    t.info(
-        "Salesforce API calls (after the worker's start-up)",
-        format!("{calls} (+{startup_calls} at start-up)"),
+    let calls_per_1000 = common::salesforce_call_rows(&mut t, calls, startup_calls, accepted);
+    let (service_metrics, pg_json) = common::footer_rows(
+        &mut t,
+        &common::Footer {
+            scraped: &scraped,
+            backlog: false,
+            pg_before: &pg_before,
+            pg_after: &pg_after,
+            orders: accepted,
+            rss: &rss,
+            rss_no_target: &[EMULATOR],
+            cpu: &cpu,
+        },
     );
-    t.target(
-        "Salesforce API calls per 1,000 orders",
-        calls_per_1000,
-        format!("{calls_per_1000:.2}"),
-        Goal::AtMost(common::TARGET_CALLS_PER_1000),
-        "<= 6",
-    );
-    let service_metrics = common::metrics_rows(&mut t, &scraped, false);
-    let pg_json = pg_before.rows(&pg_after, accepted, &mut t);
-    common::rss_rows(&mut t, &rss, &[EMULATOR]);
-    common::cpu_rows(&mut t, &cpu, accepted);
     t.check(
         "orders the API refused (after retries)",
         posted.rejected.to_string(),

@@ -11,9 +11,8 @@
 //!    window; latency is request → 201.
 //! 2. **Direct**: the API's own transaction run by the bench on `--connections` Postgres
 //!    connections, one transaction per order, with the API's functions: the idempotency
-//!    advisory lock and lookup, `order_api::store::insert_order` (order + lines),
-//!    `orderbridge_db::outbox::enqueue`, `order_api::store::store_idempotent_response` (the
-//!    serialized order), commit. What the API adds on top (HTTP, JSON parsing and validation,
+//!    advisory lock and lookup, order + lines, outbox event, remembered response (the
+//!    serialized order), commit: `orderbridge_db::create::create_order`, as the API calls it. What the API adds on top (HTTP, JSON parsing and validation,
 //!    the API-key lookup, its 16-connection pool) is what the ratio measures.
 //!
 //! The phases alternate in `--rounds` rounds (API, direct, API, direct…; `--duration` split
@@ -30,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use chrono::{SubsecRound, Utc};
 use clap::Args;
-use orderbridge_domain::OrderEvent;
+use orderbridge_db::create::{self, Idempotency, create_order};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -457,7 +456,10 @@ async fn post(
         };
     }
     let text = resp.text().await.unwrap_or_default();
-    let error = format!("{status}: {}", text.chars().take(200).collect::<String>());
+    let error = format!(
+        "{status}: {}",
+        orderbridge_domain::text::truncate(&text, 200)
+    );
     if status == reqwest::StatusCode::SERVICE_UNAVAILABLE {
         (Outcome::Unknown(error), code)
     } else {
@@ -465,47 +467,26 @@ async fn post(
     }
 }
 
-/// The API's order-creating transaction (`create_in_transaction` in order-api's orders.rs),
-/// through the same functions and SQL.
+/// The API's order-creating transaction, `orderbridge_db::create::create_order`, called directly:
+/// the same function, SQL and round trips, without HTTP.
 async fn direct_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Result<Uuid> {
     // Postgres keeps microseconds; the API truncates the same way.
     let order = workload::stored_order(run, i, Uuid::now_v7(), Utc::now().trunc_subsecs(6))?;
     let key = format!("{run}-{i}");
-    let mut tx = pool.begin().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-            .bind(format!("idempotency:{client_id}:{key}"))
-            .fetch_one(&mut *tx)
-            .await?;
-    if !locked {
-        return Err(anyhow!("idempotency key {key} is locked"));
-    }
-    if order_api::store::take_idempotent_response(&mut tx, client_id, &key)
-        .await?
-        .is_some()
-    {
-        return Err(anyhow!("idempotency key {key} already used"));
-    }
-    order_api::store::insert_order(&mut tx, client_id, &order).await?;
-    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
-        .into_envelope(order.created_at, Some(key.clone()));
-    orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
-    let body = serde_json::to_vec(&order)?;
     // The API stores SHA-256 of the request; any 32 bytes cost Postgres the same.
     let mut fingerprint = [0u8; 32];
     fingerprint[..16].copy_from_slice(order.id.as_bytes());
-    order_api::store::store_idempotent_response(
-        &mut *tx,
-        client_id,
-        &key,
-        &fingerprint,
-        (201, &body),
-        order.id,
-        Utc::now() + chrono::Duration::hours(24),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(order.id)
+    let idempotency = Idempotency {
+        key: key.clone(),
+        fingerprint,
+        expires_at: Utc::now() + chrono::Duration::hours(24),
+    };
+    match create_order(pool, client_id, Some(&idempotency), order, Some(key)).await? {
+        create::Created::New { order, .. } => Ok(order.id),
+        create::Created::Replayed(_) => {
+            Err(anyhow!("idempotency key {} already used", idempotency.key))
+        }
+    }
 }
 
 fn busy_text(cpu: &CpuUsage) -> String {

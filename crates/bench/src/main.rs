@@ -16,6 +16,7 @@ mod drain;
 mod e2e;
 mod intake;
 mod load;
+mod poster;
 mod procfs;
 mod relay;
 mod report;

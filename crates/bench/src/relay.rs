@@ -16,7 +16,7 @@
 //!    the relay starts (as `drain` writes them); events/s from the relay's first to its last
 //!    `published_at`, and as received.
 //! 3. **Fixed rate**: orders committed at `--rate` per second (open loop, `--connections`
-//!    writers, one transaction per order: `order_api::store::insert_order` and
+//!    writers, one transaction per order: `orderbridge_db::create::insert_order` and
 //!    `orderbridge_db::outbox::enqueue`, i.e. the rows the API writes but the idempotency key),
 //!    for `--warmup` + `--duration`. For each event committed inside the window, the lag from
 //!    the client's moment after `COMMIT` returned to the moment the bench received the message
@@ -53,7 +53,7 @@ use uuid::Uuid;
 
 use crate::chart::{self, Chart, Guide, Marker, Series};
 use crate::procfs::{self, CpuSnapshot};
-use crate::report::{Goal, Table, thousands};
+use crate::report::{Table, thousands};
 use crate::stack::{RELAY, Stack, StackArgs};
 use crate::stats::{Summary, summary_json};
 use crate::{common, workload};
@@ -413,7 +413,7 @@ async fn commit_order(
         .into_envelope(order.created_at, Some(format!("{run}-{i}")));
     let mut tx = pool.begin().await?;
     if !events_only {
-        order_api::store::insert_order(&mut tx, client_id, &order).await?;
+        orderbridge_db::create::insert_order(&mut tx, client_id, &order).await?;
     }
     orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
     tx.commit().await?;
@@ -754,26 +754,15 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
         );
     }
     if let Some(s) = Summary::of(&lag_ms) {
-        t.info(
-            "commit → received p50 / p90",
-            format!("{:.1} / {:.1} ms", s.p50, s.p90),
-        );
         let at_target_rate = committed_rate >= TARGET_RATE * 0.95;
-        if at_target_rate {
-            t.target(
-                "commit → received p99",
-                s.p99,
-                format!("{:.1} ms", s.p99),
-                Goal::AtMost(TARGET_P99_MS),
-                "<= 50 ms at 1,000/s",
-            );
-        } else {
-            t.info(
-                "commit → received p99 (target is at 1,000/s)",
-                format!("{:.1} ms", s.p99),
-            );
-        }
-        t.info("commit → received max", format!("{:.1} ms", s.max));
+        common::latency_rows(
+            &mut t,
+            "commit → received",
+            &s,
+            1,
+            at_target_rate.then_some((TARGET_P99_MS, "<= 50 ms at 1,000/s")),
+            "target is at 1,000/s",
+        );
     }
     if let Some(s) = Summary::of(&marked_ms) {
         t.info(
@@ -781,10 +770,19 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
             format!("{:.1} / {:.1} / {:.1} ms", s.p50, s.p99, s.max),
         );
     }
-    let service_metrics = common::metrics_rows(&mut t, &scraped, true);
-    let pg_json = pg_before.rows(&pg_after, rate.committed.len(), &mut t);
-    common::rss_rows(&mut t, &rss, &[]);
-    common::cpu_rows(&mut t, &cpu_rate, rate.committed.len());
+    let (service_metrics, pg_json) = common::footer_rows(
+        &mut t,
+        &common::Footer {
+            scraped: &scraped,
+            backlog: true,
+            pg_before: &pg_before,
+            pg_after: &pg_after,
+            orders: rate.committed.len(),
+            rss: &rss,
+            rss_no_target: &[],
+            cpu: &cpu_rate,
+        },
+    );
     t.check(
         "fixed-rate transactions that failed",
         rate.errors.to_string(),

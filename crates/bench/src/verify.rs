@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use orderbridge_cli::reconcile::{ObjectKind, Problem, Report, Scope, reconcile};
+use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use sync_worker::mapping::Mapping;
 use uuid::Uuid;
 
 #[derive(Debug, Default)]

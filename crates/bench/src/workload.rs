@@ -4,6 +4,7 @@
 
 use anyhow::{Result, anyhow};
 use chrono::{DateTime, SubsecRound, Utc};
+use orderbridge_db::{create, outbox};
 use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -53,147 +54,9 @@ pub fn stored_order(run: &str, i: usize, id: Uuid, now: DateTime<Utc>) -> Result
     Ok(new.into_order(id, now))
 }
 
-/// Column arrays for one multi-row insert of orders, lines and outbox rows.
-#[derive(Default)]
-struct Chunk {
-    ids: Vec<Uuid>,
-    client_refs: Vec<String>,
-    customers: Vec<String>,
-    billing: Vec<Option<String>>,
-    shipping: Vec<Option<String>>,
-    currencies: Vec<String>,
-    notes: Vec<Option<String>>,
-    totals: Vec<String>,
-    statuses: Vec<String>,
-    sync_states: Vec<String>,
-    versions: Vec<i64>,
-    created: Vec<DateTime<Utc>>,
-    line_order: Vec<Uuid>,
-    line_numbers: Vec<i32>,
-    line_skus: Vec<String>,
-    line_names: Vec<String>,
-    line_quantities: Vec<i32>,
-    line_prices: Vec<String>,
-    line_totals: Vec<String>,
-    event_ids: Vec<Uuid>,
-    event_types: Vec<String>,
-    payloads: Vec<String>,
-    headers: Vec<String>,
-}
-
-impl Chunk {
-    fn push(&mut self, order: &Order, correlation_id: String) -> Result<()> {
-        self.ids.push(order.id);
-        self.client_refs.push(order.client_ref.clone());
-        self.customers.push(to_json(&order.customer)?);
-        self.billing
-            .push(order.billing_address.as_ref().map(to_json).transpose()?);
-        self.shipping
-            .push(order.shipping_address.as_ref().map(to_json).transpose()?);
-        self.currencies.push(order.currency.clone());
-        self.notes.push(order.notes.clone());
-        self.totals.push(order.total.to_string());
-        self.statuses.push(order.status.clone());
-        self.sync_states.push(order.sync.state.as_str().to_owned());
-        self.versions.push(order.version);
-        self.created.push(order.created_at);
-        for l in &order.lines {
-            self.line_order.push(order.id);
-            self.line_numbers.push(i32::try_from(l.line_number)?);
-            self.line_skus.push(l.sku.clone());
-            self.line_names.push(l.name.clone());
-            self.line_quantities.push(i32::try_from(l.quantity)?);
-            self.line_prices.push(l.unit_price.to_string());
-            self.line_totals.push(l.line_total.to_string());
-        }
-        // As order-api does: the envelope of the whole order, and the headers
-        // `orderbridge_db::outbox::enqueue` writes.
-        let envelope = OrderEvent::Submitted(Box::new(order.clone()))
-            .into_envelope(order.created_at, Some(correlation_id));
-        self.event_ids.push(envelope.id);
-        self.event_types.push(envelope.event_type.clone());
-        self.headers.push(
-            json!({"correlation_id": envelope.correlation_id, "schema_version": envelope.version})
-                .to_string(),
-        );
-        self.payloads.push(serde_json::to_string(&envelope)?);
-        Ok(())
-    }
-
-    /// One transaction: the orders, their lines, their outbox rows (in order, so `position`
-    /// follows creation as it does for orders posted one after another).
-    async fn insert(self, pool: &PgPool, client_id: Uuid) -> Result<()> {
-        let mut tx = pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO orders (id, client_id, client_ref, customer, billing_address,
-                 shipping_address, currency, notes, total, status, sync_state, version,
-                 created_at, updated_at)
-             SELECT id, $1, client_ref, customer::jsonb, billing::jsonb, shipping::jsonb,
-                 currency, notes, total::numeric, status, sync_state, version, created, created
-             FROM UNNEST($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                         $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[],
-                         $13::timestamptz[])
-                  AS t(id, client_ref, customer, billing, shipping, currency, notes, total,
-                       status, sync_state, version, created)",
-        )
-        .bind(client_id)
-        .bind(&self.ids)
-        .bind(&self.client_refs)
-        .bind(&self.customers)
-        .bind(&self.billing)
-        .bind(&self.shipping)
-        .bind(&self.currencies)
-        .bind(&self.notes)
-        .bind(&self.totals)
-        .bind(&self.statuses)
-        .bind(&self.sync_states)
-        .bind(&self.versions)
-        .bind(&self.created)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO order_lines (order_id, line_number, sku, name, quantity, unit_price,
-                 line_total)
-             SELECT o, n, s, nm, q, p::numeric, t::numeric
-             FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::text[], $5::int[], $6::text[],
-                         $7::text[]) AS x(o, n, s, nm, q, p, t)",
-        )
-        .bind(&self.line_order)
-        .bind(&self.line_numbers)
-        .bind(&self.line_skus)
-        .bind(&self.line_names)
-        .bind(&self.line_quantities)
-        .bind(&self.line_prices)
-        .bind(&self.line_totals)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload,
-                 headers)
-             SELECT e, 'order', a, t, p::jsonb, h::jsonb
-             FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[])
-                  WITH ORDINALITY AS x(e, a, t, p, h, n)
-             ORDER BY n",
-        )
-        .bind(&self.event_ids)
-        .bind(&self.ids)
-        .bind(&self.event_types)
-        .bind(&self.payloads)
-        .bind(&self.headers)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Result<String> {
-    serde_json::to_string(value)
-}
-
 /// Writes `n` orders with their lines and `order.submitted` outbox rows, `chunk` per
 /// transaction, as if posted through the API (without idempotency keys, which only the API's
-/// replay path reads).
+/// replay path reads): the API's own row writers, many orders per statement.
 pub async fn insert_backlog(
     pool: &PgPool,
     client_id: Uuid,
@@ -207,12 +70,24 @@ pub async fn insert_backlog(
         let end = (start + chunk).min(n);
         // Postgres keeps microseconds; order-api truncates the same way.
         let now = Utc::now().trunc_subsecs(6);
-        let mut rows = Chunk::default();
-        for i in start..end {
-            let order = stored_order(run, i, Uuid::now_v7(), now)?;
-            rows.push(&order, format!("{run}-{i}"))?;
-        }
-        rows.insert(pool, client_id).await?;
+        let orders = (start..end)
+            .map(|i| stored_order(run, i, Uuid::now_v7(), now))
+            .collect::<Result<Vec<_>>>()?;
+        let envelopes: Vec<_> = orders
+            .iter()
+            .zip(start..end)
+            .map(|(order, i)| {
+                OrderEvent::Submitted(Box::new(order.clone()))
+                    .into_envelope(order.created_at, Some(format!("{run}-{i}")))
+            })
+            .collect();
+        let events: Vec<_> = orders.iter().map(|o| o.id).zip(&envelopes).collect();
+        // One transaction: the orders, their lines, their outbox rows in order (so `position`
+        // follows creation as it does for orders posted one after another).
+        let mut tx = pool.begin().await?;
+        create::insert_orders(&mut tx, client_id, &orders).await?;
+        outbox::enqueue_many(&mut *tx, "order", &events).await?;
+        tx.commit().await?;
         start = end;
     }
     Ok(())

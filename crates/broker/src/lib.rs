@@ -1,6 +1,7 @@
 //! RabbitMQ plumbing shared by the orderbridge binaries that talk to the broker (the outbox relay,
 //! the sync worker): the configuration ([`BrokerConfig`]), the topology every one of them declares
-//! at start-up ([`Topology`]) and a supervised connection ([`Supervisor`]).
+//! at start-up ([`Topology`]), a supervised connection ([`Supervisor`]) and the message headers
+//! they exchange ([`headers`]: names, [`DeadLetterReason`], one reader for every value type).
 //!
 //! ```text
 //!                      ┌────────────────────────────┐
@@ -25,6 +26,7 @@
 //! lapin await in this crate runs under [`BrokerConfig::broker_op_timeout`].
 
 mod backoff;
+pub mod headers;
 mod topology;
 
 use std::future::Future;
@@ -38,6 +40,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use backoff::Backoff;
+pub use headers::DeadLetterReason;
 pub use lapin;
 pub use topology::{RetryTier, Topology};
 
@@ -112,6 +115,29 @@ pub enum BrokerError {
 }
 
 impl BrokerConfig {
+    /// These settings as the environment variables that set them, for a child process that
+    /// takes the same broker settings (`sync-worker dlq` runs `orderbridge dlq`).
+    pub fn to_env(&self) -> Vec<(&'static str, String)> {
+        let tiers: Vec<String> = self
+            .broker_retry_tiers
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        vec![
+            ("AMQP_URL", self.amqp_url.expose_secret().to_owned()),
+            ("BROKER_NAMESPACE", self.broker_namespace.clone()),
+            ("BROKER_OP_TIMEOUT", duration(self.broker_op_timeout)),
+            ("BROKER_RECONNECT_MIN", duration(self.broker_reconnect_min)),
+            ("BROKER_RECONNECT_MAX", duration(self.broker_reconnect_max)),
+            (
+                "BROKER_DELIVERY_LIMIT",
+                self.broker_delivery_limit.to_string(),
+            ),
+            ("BROKER_RETRY_TIERS", tiers.join(",")),
+        ]
+    }
+
     /// The exchange and queue names and arguments for this namespace.
     pub fn topology(&self) -> Result<Topology, BrokerError> {
         Topology::new(

@@ -210,6 +210,34 @@ impl Topology {
         Ok(())
     }
 
+    /// Ready messages in the dead-letter queue (for the worker's dead-letter gauge and the
+    /// operator CLI). Messages someone holds unacknowledged (a running `dlq` command) are not
+    /// counted.
+    ///
+    /// A passive declare of a queue that does not exist is a channel error (404) that closes
+    /// `channel`; [`Topology::declare`] creates the queue on every connect, so that only happens
+    /// if someone deleted it since, but pass a channel whose loss the caller handles.
+    pub async fn dead_letter_count(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+    ) -> Result<u32, BrokerError> {
+        let queue = config
+            .op(
+                "queue.declare",
+                channel.queue_declare(
+                    self.dead_letter_queue.as_str().into(),
+                    QueueDeclareOptions {
+                        passive: true,
+                        ..QueueDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        Ok(queue.message_count())
+    }
+
     /// Deletes every queue and exchange of this namespace (tests, or tearing down a
     /// deployment). Messages in the queues are lost.
     pub async fn delete(

@@ -1,16 +1,18 @@
-//! Command line and environment, and the `reconcile` subcommand.
+//! Command line and environment, and the `reconcile` subcommand (`dlq` is in [`crate::dlq`]).
 
 use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
+use orderbridge_broker::BrokerConfig;
 use orderbridge_db::DbConfig;
+use orderbridge_mapping::{Mapping, MappingError};
 use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
-use sync_worker::mapping::{Mapping, MappingError};
 
+use crate::dlq::DlqCommand;
 use crate::progress::TerminalProgress;
 use crate::reconcile::{
     FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_with_progress,
@@ -28,6 +30,8 @@ pub struct Cli {
     #[command(flatten)]
     pub salesforce: SalesforceConfig,
     #[command(flatten)]
+    pub broker: BrokerConfig,
+    #[command(flatten)]
     pub log: LogConfig,
 }
 
@@ -37,6 +41,11 @@ pub enum Command {
     /// duplicated, mismatched and orphaned ones. Exit status 0 when clean, 1 when not, 2 on
     /// errors.
     Reconcile(ReconcileArgs),
+    /// Inspect and replay the dead-letter queue. Exit status 0 on success, 2 on errors.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
 }
 
 /// `orderbridge reconcile` options.

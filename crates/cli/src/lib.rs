@@ -4,9 +4,11 @@
 //! - [`reconcile::reconcile`]: compares Postgres orders with Salesforce records by external id
 //!   and returns a [`reconcile::Report`] (missing, duplicated, mismatched, orphaned);
 //! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
+//! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
 pub mod command;
+pub mod dlq;
 pub mod progress;
 pub mod reconcile;
 pub mod render;

@@ -25,6 +25,17 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { command } => {
+            // Not locked: `run` needs a `Send` writer (a lock guard is not).
+            let mut out = std::io::stdout();
+            match orderbridge_cli::dlq::run(command.clone(), &cli.broker, &mut out).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
     }
 }
 

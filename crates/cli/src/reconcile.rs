@@ -20,11 +20,11 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use orderbridge_db::orders::{ResyncError, queue_resync};
+use orderbridge_mapping::{Mapping, Scope as MappingScope};
 use orderbridge_salesforce::Client;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use sqlx::PgPool;
-use sync_worker::mapping::{Mapping, Scope as MappingScope};
 use uuid::Uuid;
 
 use crate::progress::{PhaseProgress, Progress};

@@ -13,11 +13,11 @@ use chrono::{DateTime, Utc};
 use orderbridge_cli::progress::NoProgress;
 use orderbridge_cli::reconcile::{FixOptions, ObjectKind, Problem, Report, Scope, fix, reconcile};
 use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent};
+use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use orderbridge_testkit::{TestDatabase, workspace_root};
 use serde_json::{Map, Value, json};
 use sf_emulator::{EmulatorConfig, RunningEmulator};
-use sync_worker::mapping::Mapping;
 use sync_worker::metrics::Metrics;
 use sync_worker::pricebook::PriceBook;
 use sync_worker::writer::{OrderResult, Writer};
@@ -82,7 +82,7 @@ impl Env {
         let id = Uuid::now_v7();
         let order = order(id, created_at);
         let mut tx = self.db.pool.begin().await.unwrap();
-        order_api::store::insert_order(&mut tx, self.client_id, &order)
+        orderbridge_db::create::insert_order(&mut tx, self.client_id, &order)
             .await
             .unwrap();
         let envelope = OrderEvent::Submitted(Box::new(order.clone()))

@@ -1,7 +1,10 @@
 //! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
-//! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]) and the order reads
-//! and writes more than one binary needs ([`orders`]).
+//! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]), the order-creating
+//! transaction ([`create`], with its [`idempotency`] keys) and the order reads and writes more
+//! than one binary needs ([`orders`]).
 
+pub mod create;
+pub mod idempotency;
 pub mod orders;
 pub mod outbox;
 

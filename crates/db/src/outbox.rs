@@ -7,6 +7,7 @@
 use orderbridge_domain::Envelope;
 use serde_json::{Value, json};
 use sqlx::PgExecutor;
+use sqlx::types::Json;
 use uuid::Uuid;
 
 /// The Postgres channel the outbox trigger notifies on commit.
@@ -20,20 +21,44 @@ pub async fn enqueue<'e>(
     aggregate_id: Uuid,
     envelope: &Envelope<Value>,
 ) -> Result<(), sqlx::Error> {
-    let headers = json!({
-        "correlation_id": envelope.correlation_id,
-        "schema_version": envelope.version,
-    });
+    enqueue_many(executor, aggregate_type, &[(aggregate_id, envelope)]).await
+}
+
+/// Appends events to the outbox in one statement, in the order given (so `position` follows
+/// it, as it would for events written one after another).
+pub async fn enqueue_many<'e>(
+    executor: impl PgExecutor<'e>,
+    aggregate_type: &str,
+    events: &[(Uuid, &Envelope<Value>)],
+) -> Result<(), sqlx::Error> {
+    let mut event_ids = Vec::with_capacity(events.len());
+    let mut aggregate_ids = Vec::with_capacity(events.len());
+    let mut event_types = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    let mut headers = Vec::with_capacity(events.len());
+    for (aggregate_id, envelope) in events {
+        event_ids.push(envelope.id);
+        aggregate_ids.push(*aggregate_id);
+        event_types.push(envelope.event_type.as_str());
+        payloads.push(Json(*envelope));
+        headers.push(json!({
+            "correlation_id": envelope.correlation_id,
+            "schema_version": envelope.version,
+        }));
+    }
     sqlx::query(
         "INSERT INTO outbox (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+         SELECT e, $1, a, t, p, h
+         FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::jsonb[], $6::jsonb[])
+              WITH ORDINALITY AS x(e, a, t, p, h, n)
+         ORDER BY n",
     )
-    .bind(envelope.id)
     .bind(aggregate_type)
-    .bind(aggregate_id)
-    .bind(&envelope.event_type)
-    .bind(sqlx::types::Json(envelope))
-    .bind(headers)
+    .bind(&event_ids)
+    .bind(&aggregate_ids)
+    .bind(&event_types)
+    .bind(&payloads)
+    .bind(&headers)
     .execute(executor)
     .await?;
     Ok(())

@@ -11,6 +11,7 @@
 pub mod currency;
 pub mod events;
 pub mod order;
+pub mod text;
 pub mod validation;
 
 pub use currency::Currency;

@@ -5,6 +5,7 @@
 //! recommends; failures specific to this API use a `urn:orderbridge:problem:*` type that clients
 //! can match on. Database and internal errors are logged in full and answered opaquely.
 
+use orderbridge_db::create::CreateError;
 use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
@@ -87,6 +88,24 @@ impl From<sqlx::Error> for ApiError {
             Self::Unavailable(e)
         } else {
             Self::Internal(e.into())
+        }
+    }
+}
+
+impl From<CreateError> for ApiError {
+    fn from(e: CreateError) -> Self {
+        match e {
+            CreateError::KeyInFlight => Self::IdempotencyKeyInFlight,
+            CreateError::KeyReused => Self::IdempotencyKeyReused,
+            CreateError::DuplicateClientRef {
+                client_ref,
+                existing,
+            } => Self::DuplicateClientRef {
+                client_ref,
+                existing,
+            },
+            CreateError::Serialize(e) => Self::Internal(e.into()),
+            CreateError::Database(e) => e.into(),
         }
     }
 }

@@ -130,7 +130,9 @@ pub fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
             state.rate_limiter.housekeeping();
             // Small batches until none are left, so no delete holds locks for long.
             loop {
-                match store::purge_expired_idempotency_keys(&state.pool, 1000).await {
+                match orderbridge_db::idempotency::purge_expired_idempotency_keys(&state.pool, 1000)
+                    .await
+                {
                     Ok(1000) => continue,
                     Ok(n) => {
                         if n > 0 {

@@ -8,9 +8,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
+use orderbridge_db::create::{self, Created, Idempotency};
 use orderbridge_db::orders::{self, ResyncError};
-use orderbridge_db::outbox;
-use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent, SyncState};
+use orderbridge_domain::{NewOrder, NewOrderRequest, Order, SyncState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -89,13 +89,18 @@ pub async fn create_order(
 
     // The transaction runs in its own task: if the client disconnects or the request times
     // out, it still commits or rolls back as a whole, never abandoned mid-BEGIN (sqlx #4393).
-    let task = tokio::spawn(create_in_transaction(
-        state.pool.clone(),
-        client.id,
-        idempotency,
-        order,
-        request_id,
-    ));
+    let pool = state.pool.clone();
+    let client_id = client.id;
+    let task = tokio::spawn(async move {
+        create::create_order(
+            &pool,
+            client_id,
+            idempotency.as_ref(),
+            order,
+            Some(request_id),
+        )
+        .await
+    });
     let created = task
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("order creation task failed: {e}")))??;
@@ -123,87 +128,6 @@ pub async fn create_order(
             Ok((status, headers, stored.response_body).into_response())
         }
     }
-}
-
-struct Idempotency {
-    key: String,
-    fingerprint: [u8; 32],
-    expires_at: DateTime<Utc>,
-}
-
-enum Created {
-    /// The new order and its serialized response body (the bytes an Idempotency-Key replays).
-    New {
-        order: Box<Order>,
-        body: Vec<u8>,
-    },
-    Replayed(store::StoredResponse),
-}
-
-async fn create_in_transaction(
-    pool: PgPool,
-    client_id: Uuid,
-    idempotency: Option<Idempotency>,
-    order: Order,
-    correlation_id: String,
-) -> Result<Created, ApiError> {
-    let mut tx = pool.begin().await?;
-    if let Some(idem) = &idempotency {
-        // Held until commit; a concurrent request with the same key fails to take it: 409.
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(format!("idempotency:{client_id}:{}", idem.key))
-                .fetch_one(&mut *tx)
-                .await?;
-        if !locked {
-            return Err(ApiError::IdempotencyKeyInFlight);
-        }
-        if let Some(stored) = store::take_idempotent_response(&mut tx, client_id, &idem.key).await?
-        {
-            return if stored.request_hash == idem.fingerprint {
-                Ok(Created::Replayed(stored))
-            } else {
-                Err(ApiError::IdempotencyKeyReused)
-            };
-        }
-    }
-
-    if let Err(e) = store::insert_order(&mut tx, client_id, &order).await {
-        if is_constraint(&e, "orders_client_ref_key") {
-            tx.rollback().await?;
-            let existing = store::find_by_client_ref(&pool, client_id, &order.client_ref).await?;
-            return Err(ApiError::DuplicateClientRef {
-                client_ref: order.client_ref,
-                existing,
-            });
-        }
-        return Err(e.into());
-    }
-    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
-        .into_envelope(order.created_at, Some(correlation_id));
-    outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
-    let body = serde_json::to_vec(&order).map_err(|e| ApiError::Internal(e.into()))?;
-    if let Some(idem) = &idempotency {
-        store::store_idempotent_response(
-            &mut *tx,
-            client_id,
-            &idem.key,
-            &idem.fingerprint,
-            (StatusCode::CREATED.as_u16(), &body),
-            order.id,
-            idem.expires_at,
-        )
-        .await?;
-    }
-    tx.commit().await?;
-    Ok(Created::New {
-        order: Box::new(order),
-        body,
-    })
-}
-
-fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.constraint() == Some(name))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {

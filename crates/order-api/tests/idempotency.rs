@@ -126,7 +126,7 @@ async fn an_expired_key_starts_afresh() {
     assert_ne!(second.json()["id"], first["id"]);
     // The purge removes expired keys (none left here: the reuse replaced it).
     assert_eq!(
-        order_api::store::purge_expired_idempotency_keys(&app.pool, 10)
+        orderbridge_db::idempotency::purge_expired_idempotency_keys(&app.pool, 10)
             .await
             .unwrap(),
         0

@@ -17,11 +17,11 @@ use orderbridge_broker::lapin::options::{
 use orderbridge_broker::lapin::types::FieldTable;
 use orderbridge_broker::lapin::{BasicProperties, Connection, ConnectionProperties};
 use orderbridge_domain::{NewOrder, NewOrderRequest, OrderEvent, SyncState, SyncStatus};
+use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::Client;
 use serde_json::json;
 use sf_emulator::EmulatorConfig;
 use sync_worker::config::Cli;
-use sync_worker::mapping::Mapping;
 use sync_worker::metrics::Metrics;
 use sync_worker::pricebook::PriceBook;
 use sync_worker::worker::Worker;

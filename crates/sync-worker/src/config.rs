@@ -1,5 +1,6 @@
 //! Command line and environment.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,8 +9,6 @@ use clap::{Args, Parser, Subcommand};
 use orderbridge_broker::BrokerConfig;
 use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::SalesforceConfig;
-
-use crate::dlq::DlqCommand;
 
 /// Writes order events from RabbitMQ to Salesforce in batches; reports each order's sync status.
 #[derive(Debug, Clone, Parser)]
@@ -31,10 +30,11 @@ pub struct Cli {
 pub enum Command {
     /// Consume and sync (the default).
     Run,
-    /// Inspect and replay dead letters.
+    /// Inspect and replay dead letters: an alias of `orderbridge dlq` (same arguments).
     Dlq {
-        #[command(subcommand)]
-        command: DlqCommand,
+        /// `list [--limit N] [--json]`, `show <id>`, `replay <id>|--all`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+        args: Vec<OsString>,
     },
     /// Check the mapping file, and with `--salesforce` also against the org's objects and fields
     /// and the price book, then exit.

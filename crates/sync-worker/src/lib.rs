@@ -2,9 +2,7 @@
 //! them to Salesforce in batches (see README.md beside this crate).
 
 pub mod config;
-pub mod dlq;
-pub mod headers;
-pub mod mapping;
+pub mod dlq_alias;
 pub mod metrics;
 pub mod pricebook;
 pub mod worker;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use orderbridge_broker::Backoff;
+use orderbridge_mapping::{Mapping, check_against_salesforce};
 use orderbridge_runtime::admin;
 use orderbridge_salesforce::{Client, ErrorClass};
 use sync_worker::config::{Cli, Command};
-use sync_worker::mapping::{Mapping, check_against_salesforce};
 use sync_worker::metrics::Metrics;
 use sync_worker::pricebook::PriceBook;
 use sync_worker::worker::Worker;
@@ -22,10 +22,10 @@ async fn main() -> anyhow::Result<()> {
     cli.log.init()?;
 
     match cli.command.clone().unwrap_or(Command::Run) {
-        Command::Dlq { command } => {
-            let mut out = std::io::stdout();
-            sync_worker::dlq::run(command, &cli.broker, &mut out).await?;
-            Ok(())
+        Command::Dlq { args } => {
+            let status = sync_worker::dlq_alias::run(&cli.broker, args).await?;
+            // The CLI's own exit code (0, or 2 on errors), as if it had been run directly.
+            std::process::exit(status.code().unwrap_or(2));
         }
         Command::CheckMapping { salesforce } => check_mapping(&cli, salesforce).await,
         Command::Run => run(cli).await,

@@ -27,8 +27,8 @@ use orderbridge_salesforce::{
 };
 use serde_json::{Map, Value};
 
-use crate::mapping::{Mapping, ObjectMapping, Scope, WriteMode};
 use crate::pricebook::{PriceBook, PriceBookError, Resolved, soql_literal};
+use orderbridge_mapping::{Mapping, ObjectMapping, Scope, WriteMode};
 
 const COLLECTION: usize = 200;
 const COLLECTIONS_PER_CALL: usize = 5;

@@ -522,7 +522,7 @@ async fn check_mapping_against_the_org() {
     assert!(status.success(), "{status:?}: {err}");
     assert!(out.contains("mapping fits the org"), "{out}");
 
-    let mut m: Value = serde_json::from_str(sync_worker::mapping::DEFAULT_MAPPING).unwrap();
+    let mut m: Value = serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
     m["order"]["fields"]["Nope__c"] = json!("client_ref");
     let file = TempFile::with("mapping.json", &m.to_string());
     let path = file.0.to_str().unwrap();
@@ -561,7 +561,7 @@ async fn check_mapping_against_the_org() {
         "{err}"
     );
     // A wrong type names the exact field.
-    let mut m: Value = serde_json::from_str(sync_worker::mapping::DEFAULT_MAPPING).unwrap();
+    let mut m: Value = serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
     m["items"]["external_id_field"] = json!(42);
     let typed = TempFile::with("typed.json", &m.to_string());
     let env = [("WORKER_MAPPING_FILE", typed.0.to_str().unwrap())];
@@ -577,6 +577,12 @@ async fn check_mapping_against_the_org() {
 #[tokio::test]
 async fn dead_letter_replayed_after_the_product_is_added() {
     let h = Harness::new().await;
+    // `sync-worker dlq` runs the operator CLI's `orderbridge dlq`, which must sit beside it.
+    orderbridge_testkit::build_bins(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sync-worker")),
+        &["orderbridge-cli"],
+    )
+    .unwrap();
     let dlq = |args: &[&str]| {
         let mut all = vec!["dlq"];
         all.extend_from_slice(args);

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{Harness, assert_exactly_once, eventually, order};
 use orderbridge_domain::SyncState;
+use orderbridge_mapping::Mapping;
 use serde_json::json;
-use sync_worker::mapping::Mapping;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -125,7 +125,7 @@ async fn a_required_field_salesforce_misses_dead_letters_the_orders() {
     // A mapping without the Order's required Status: Salesforce answers REQUIRED_FIELD_MISSING
     // per record; that is permanent, so each order is dead-lettered at once, with the reason.
     let default: serde_json::Value =
-        serde_json::from_str(sync_worker::mapping::DEFAULT_MAPPING).unwrap();
+        serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
     let mut m = default.clone();
     m["order"]["fields"]
         .as_object_mut()
@@ -191,15 +191,15 @@ async fn retryable_failures_that_never_pass_end_dead_lettered() {
     let props = &dead[0].0;
     use common::header;
     assert_eq!(
-        header(props, sync_worker::headers::REASON).as_deref(),
+        header(props, orderbridge_broker::headers::REASON).as_deref(),
         Some("attempts_exhausted")
     );
     assert_eq!(
-        header(props, sync_worker::headers::ERROR_CODE).as_deref(),
+        header(props, orderbridge_broker::headers::ERROR_CODE).as_deref(),
         Some("UNABLE_TO_LOCK_ROW")
     );
     assert_eq!(
-        header(props, sync_worker::headers::ATTEMPTS).as_deref(),
+        header(props, orderbridge_broker::headers::ATTEMPTS).as_deref(),
         Some("3")
     );
     h.cleanup().await;

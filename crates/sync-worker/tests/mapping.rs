@@ -7,9 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, order};
+use orderbridge_mapping::{Mapping, check_against_salesforce};
 use serde_json::{Value, json};
 use sf_emulator::EmulatorConfig;
-use sync_worker::mapping::{Mapping, check_against_salesforce};
 
 /// The emulator's default schema with two custom fields on Case.
 fn schema_with_custom_case_fields(dir: &std::path::Path) -> std::path::PathBuf {

@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::{Harness, eventually, header, order, order_with_skus};
+use orderbridge_broker::headers;
 use orderbridge_domain::SyncState;
-use sync_worker::headers;
 
 #[tokio::test]
 async fn a_batch_of_orders_becomes_accounts_orders_and_items_in_one_call() {

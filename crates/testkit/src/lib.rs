@@ -6,6 +6,8 @@
 //! - [`FreshDatabase`]: a uniquely named database that does not exist yet, for tests that start
 //!   our binaries (which create it), dropped afterwards.
 //! - [`free_port`], [`ChildGuard`]: run our binaries as a user would, and always clean them up.
+//! - [`build_bins`]: our binaries built from the current sources beside a test's own, for tests
+//!   that run other packages' binaries (`cargo test` builds only the package under test's).
 //! - [`python_tool`]: public tools that test us better than we could (schemathesis,
 //!   simple-salesforce), installed on demand into a virtualenv pinned by
 //!   `tools/requirements-test.txt`, so `cargo test` stays the only command to run.
@@ -28,7 +30,7 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// `DATABASE_URL` (set for tests by `.cargo/config.toml`), or the documented default.
+/// `DATABASE_URL` from the environment, or the documented default (the local Postgres).
 pub fn server_database_url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/orderbridge".into())
@@ -184,4 +186,76 @@ fn run(cmd: &mut Command) -> io::Result<()> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Cargo's settings from the environment that a nested `cargo build` should keep (the user's
+/// configuration); every other `CARGO_*` variable is one cargo set for *this test* (package
+/// name, version, manifest dir, binary paths…), and passing those on to the nested build makes
+/// it see a changed environment and rebuild.
+const CARGO_SETTINGS: [&str; 10] = [
+    "CARGO_HOME",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_",
+    "CARGO_NET_",
+    "CARGO_HTTP_",
+    "CARGO_REGISTRIES_",
+    "CARGO_REGISTRY_",
+    "CARGO_TERM_",
+    "CARGO_PROFILE_",
+    "CARGO_INCREMENTAL",
+];
+
+/// Removes the `CARGO_*` variables cargo set for the running test from `cmd`'s environment.
+pub fn strip_cargo_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let setting = CARGO_SETTINGS.iter().any(|s| {
+            if s.ends_with('_') {
+                k.starts_with(s)
+            } else {
+                k == *s
+            }
+        });
+        if k.starts_with("CARGO") && !setting {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// Builds the binaries of `packages` from the current sources into the profile directory that
+/// holds `beside` (a binary of the running test's package, e.g. `env!("CARGO_BIN_EXE_…")`), and
+/// returns that directory. A no-op build when they are current; run once per test binary.
+pub fn build_bins(beside: &Path, packages: &[&str]) -> io::Result<PathBuf> {
+    let not_in_target = || {
+        io::Error::other(format!(
+            "{} is not in a cargo target directory",
+            beside.display()
+        ))
+    };
+    let profile_dir = beside.parent().ok_or_else(not_in_target)?.to_path_buf();
+    let target_dir = profile_dir.parent().ok_or_else(not_in_target)?;
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    strip_cargo_env(&mut cmd);
+    cmd.args(["build", "--bins"])
+        .args(packages.iter().flat_map(|p| ["-p", p]))
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace_root());
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+        None => return Err(not_in_target()),
+    }
+    let status = cmd.status()?;
+    if !status.success() {
+        return Err(io::Error::other(format!(
+            "building {packages:?} failed: {status}"
+        )));
+    }
+    Ok(profile_dir)
 }

@@ -15,21 +15,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser};
+use orderbridge_cli::dlq::DlqCommand;
 use orderbridge_cli::reconcile::{self, Scope};
+use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Deserialize;
-use serde_json::{Value, json};
-use sync_worker::dlq::DlqCommand;
-use sync_worker::mapping::Mapping;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use serde_json::json;
 use uuid::Uuid;
 
 use crate::chart::{self, Band, Chart, Series};
+use crate::common;
+use crate::poster::{Posted, Poster, Retry, post_paced};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Table, thousands};
 use crate::stack::{Stack, StackArgs};
-use crate::{common, workload};
 
 use classify::{DeadLetter, Inputs, Stored, classify};
 use faults::{CloseScope, Executor};
@@ -146,120 +145,6 @@ pub async fn run(mut args: ChaosArgs) -> Result<bool> {
     result
 }
 
-struct Ctx {
-    http: reqwest::Client,
-    api: String,
-    key: String,
-    run: String,
-}
-
-/// One order's POSTs.
-#[derive(Debug, Default)]
-struct Posted {
-    id: Option<Uuid>,
-    attempts: u32,
-    statuses: Vec<u16>,
-    transport_errors: u32,
-    duplicate_client_ref: bool,
-    error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct Created {
-    id: Uuid,
-}
-
-/// Posts order `i` until the API accepts it, retrying errors, 5xx, 408, 409 "in flight" and
-/// 429 with the same Idempotency-Key (a request that timed out may have committed: the retry
-/// then replays its answer), until `give_up`.
-async fn post_until_accepted(ctx: &Ctx, i: usize, give_up: Instant) -> Posted {
-    let mut posted = Posted::default();
-    let body = match serde_json::to_vec(&workload::order_request(&ctx.run, i)) {
-        Ok(b) => b,
-        Err(e) => {
-            posted.error = Some(format!("cannot serialise order {i}: {e}"));
-            return posted;
-        }
-    };
-    let key = format!("{}-{i}", ctx.run);
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        posted.attempts += 1;
-        let sent = ctx
-            .http
-            .post(format!("{}/v1/orders", ctx.api))
-            .bearer_auth(&ctx.key)
-            .header("Idempotency-Key", &key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body.clone())
-            .timeout(POST_TIMEOUT)
-            .send()
-            .await;
-        let mut wait = backoff;
-        match sent {
-            Err(e) => {
-                posted.transport_errors += 1;
-                posted.error = Some(format!("transport: {e}"));
-            }
-            Ok(resp) => {
-                let status = resp.status();
-                posted.statuses.push(status.as_u16());
-                let retry_after = resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                let text = resp.text().await.unwrap_or_default();
-                if status == reqwest::StatusCode::CREATED {
-                    match serde_json::from_str::<Created>(&text) {
-                        Ok(c) => {
-                            posted.id = Some(c.id);
-                            posted.error = None;
-                            return posted;
-                        }
-                        Err(e) => posted.error = Some(format!("unreadable 201 body: {e}")),
-                    }
-                } else if status == reqwest::StatusCode::CONFLICT
-                    && text.contains("duplicate-client-ref")
-                {
-                    // The order exists but the key did not replay it: idempotency failed.
-                    // Counted (a check), and the existing order is the one accepted.
-                    posted.duplicate_client_ref = true;
-                    let existing = serde_json::from_str::<Value>(&text).ok().and_then(|v| {
-                        v.get("existing_order_id")
-                            .and_then(Value::as_str)
-                            .and_then(|s| s.parse().ok())
-                    });
-                    if let Some(id) = existing {
-                        posted.id = Some(id);
-                        return posted;
-                    }
-                    posted.error = Some(format!("409 without existing_order_id: {text}"));
-                    return posted;
-                } else {
-                    posted.error = Some(format!(
-                        "{status}: {}",
-                        text.chars().take(300).collect::<String>()
-                    ));
-                    let retryable =
-                        status.is_server_error() || matches!(status.as_u16(), 408 | 409 | 429);
-                    if !retryable {
-                        return posted;
-                    }
-                    if let Some(s) = retry_after {
-                        wait = Duration::from_secs(s.min(5));
-                    }
-                }
-            }
-        }
-        if Instant::now() + wait > give_up {
-            return posted;
-        }
-        tokio::time::sleep(wait).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
 #[derive(Default)]
 struct PostTotals {
     accepted: HashMap<Uuid, usize>,
@@ -274,20 +159,27 @@ struct PostTotals {
     last_accepted: Option<Instant>,
 }
 
+/// Posts every order at `rate`, each until accepted or `give_up` (see [`Poster::post`]).
 async fn post_all(
-    ctx: Arc<Ctx>,
+    poster: Arc<Poster>,
     orders: usize,
     rate: f64,
     connections: usize,
     give_up: Instant,
 ) -> PostTotals {
-    let permits = Arc::new(Semaphore::new(connections));
-    let mut tasks = JoinSet::new();
+    let retry = Retry {
+        attempts: u32::MAX,
+        give_up: Some(give_up),
+        timeout: Some(POST_TIMEOUT),
+    };
     let mut totals = PostTotals::default();
-    let start = Instant::now();
-    let absorb = |totals: &mut PostTotals, (i, p): (usize, Posted)| {
+    let job = |i, _due| {
+        let poster = poster.clone();
+        async move { (i, poster.post(i, retry).await) }
+    };
+    let absorb = |(i, p): (usize, Posted)| {
         totals.attempts += u64::from(p.attempts);
-        if p.attempts > 1 {
+        if p.retried() {
             totals.retried_orders += 1;
         }
         for s in &p.statuses {
@@ -307,29 +199,7 @@ async fn post_all(
                 .push((i, p.error.unwrap_or_else(|| "unknown".into()))),
         }
     };
-    for i in 0..orders {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            let p = post_until_accepted(&ctx, i, give_up).await;
-            drop(permit);
-            (i, p)
-        });
-        while let Some(done) = tasks.try_join_next() {
-            if let Ok(r) = done {
-                absorb(&mut totals, r);
-            }
-        }
-    }
-    while let Some(done) = tasks.join_next().await {
-        if let Ok(r) = done {
-            absorb(&mut totals, r);
-        }
-    }
+    post_paced(orders, rate, connections, job, absorb).await;
     totals
 }
 
@@ -406,7 +276,7 @@ async fn dead_letters(stack: &Stack) -> Result<Vec<DeadLetter>> {
         origin_queue: Option<String>,
     }
     let mut out = Vec::new();
-    sync_worker::dlq::run(
+    orderbridge_cli::dlq::run(
         DlqCommand::List {
             limit: 1_000_000,
             json: true,
@@ -482,7 +352,7 @@ async fn chaos(
     let (key, api) = stack.start_pipeline().await?;
     let orders = args.orders as usize;
     let connections = args.connections as usize;
-    let ctx = Arc::new(Ctx {
+    let ctx = Arc::new(Poster {
         http: reqwest::Client::builder()
             .pool_max_idle_per_host(connections + 1)
             .build()?,

@@ -6,43 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
+use orderbridge_testkit::strip_cargo_env;
 use sqlx::Connection;
 
 pub const BENCH: &str = env!("CARGO_BIN_EXE_orderbridge-bench");
-
-/// Cargo's settings from the environment that a nested `cargo build` should keep (the user's
-/// configuration); every other `CARGO_*` variable is one cargo set for *this test* (package
-/// name, version, manifest dir, binary paths…), and passing those on to the nested build makes
-/// it see a changed environment and rebuild.
-const CARGO_SETTINGS: [&str; 10] = [
-    "CARGO_HOME",
-    "CARGO_TARGET_DIR",
-    "CARGO_BUILD_",
-    "CARGO_NET_",
-    "CARGO_HTTP_",
-    "CARGO_REGISTRIES_",
-    "CARGO_REGISTRY_",
-    "CARGO_TERM_",
-    "CARGO_PROFILE_",
-    "CARGO_INCREMENTAL",
-];
-
-/// Removes the `CARGO_*` variables cargo set for the running test from `cmd`'s environment.
-pub fn strip_cargo_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        let setting = CARGO_SETTINGS.iter().any(|s| {
-            if s.ends_with('_') {
-                k.starts_with(s)
-            } else {
-                k == *s
-            }
-        });
-        if k.starts_with("CARGO") && !setting {
-            cmd.env_remove(&key);
-        }
-    }
-}
 
 /// The profile directory (`target/debug`) with order-api, outbox-relay, sync-worker and
 /// sf-emulator built from the current sources (one `cargo build` per test binary; a no-op when
@@ -55,38 +22,13 @@ pub fn service_bins() -> PathBuf {
     if let Some(dir) = built.as_ref() {
         return dir.clone();
     }
-    let profile_dir = Path::new(BENCH).parent().unwrap().to_path_buf();
-    let target_dir = profile_dir.parent().unwrap();
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    strip_cargo_env(&mut cmd);
-    cmd.args(["build", "--bins"])
-        .args([
-            "-p",
-            "order-api",
-            "-p",
-            "outbox-relay",
-            "-p",
-            "sync-worker",
-            "-p",
-            "sf-emulator",
-        ])
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => {}
-        Some("release") => {
-            cmd.arg("--release");
-        }
-        Some(other) => {
-            cmd.args(["--profile", other]);
-        }
-        None => panic!("unexpected binary location {BENCH}"),
-    }
-    let status = cmd.status().unwrap();
-    assert!(status.success(), "building the service binaries failed");
-    *built = Some(profile_dir.clone());
-    profile_dir
+    let dir = orderbridge_testkit::build_bins(
+        Path::new(BENCH),
+        &["order-api", "outbox-relay", "sync-worker", "sf-emulator"],
+    )
+    .unwrap();
+    *built = Some(dir.clone());
+    dir
 }
 
 pub fn out_dir(name: &str) -> PathBuf {

@@ -1,4 +1,4 @@
-//! `sync-worker dlq` against the real local RabbitMQ: dead letters seeded both ways (published
+//! `orderbridge dlq` against the real local RabbitMQ: dead letters seeded both ways (published
 //! by "the worker" with our headers, and dead-lettered by the broker past the delivery limit),
 //! then listed, shown and replayed.
 #![allow(clippy::unwrap_used)]
@@ -12,10 +12,10 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
+use orderbridge_broker::headers;
 use orderbridge_broker::{BrokerConfig, Session, Supervisor, Topology};
+use orderbridge_cli::dlq::{self, DlqCommand, DlqError};
 use secrecy::SecretString;
-use sync_worker::dlq::{self, DlqCommand, DlqError};
-use sync_worker::headers;
 
 fn config() -> BrokerConfig {
     BrokerConfig {
@@ -317,7 +317,7 @@ async fn list_and_show_leave_dead_letters_in_place() {
     .await;
     env.expect_count(&env.t.dead_letter_queue, 3).await;
     assert_eq!(
-        dlq::count(&env.cfg, env.ch(), &env.t).await.unwrap(),
+        env.t.dead_letter_count(&env.cfg, env.ch()).await.unwrap(),
         3,
         "the gauge's count"
     );
@@ -631,7 +631,10 @@ async fn list_of_an_empty_dead_letter_queue_returns_at_once() {
         "{:?}",
         started.elapsed()
     );
-    assert_eq!(dlq::count(&env.cfg, env.ch(), &env.t).await.unwrap(), 0);
+    assert_eq!(
+        env.t.dead_letter_count(&env.cfg, env.ch()).await.unwrap(),
+        0
+    );
     env.cleanup().await;
 }
 

@@ -1,0 +1,162 @@
+//! Message headers: the names orderbridge writes on retried and dead-lettered messages, why a
+//! message was dead-lettered ([`DeadLetterReason`]), and the one way every process reads header
+//! values back. Changing a name or a reason's text is a message-contract change.
+//!
+//! Header values arrive in whatever AMQP type the publisher chose (RabbitMQ itself writes
+//! `x-delivery-count` as a long, other clients a long-long or even a string), so readers accept
+//! every integer width and numeric text rather than the one type we happen to write.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, LongString};
+
+/// Salesforce write attempts made for this message so far (long integer).
+pub const ATTEMPTS: &str = "x-orderbridge-attempts";
+/// Why the worker dead-lettered the message: a [`DeadLetterReason`].
+pub const REASON: &str = "x-orderbridge-reason";
+/// The Salesforce (or decoding) error code of the last failure, e.g. `REQUIRED_FIELD_MISSING`.
+pub const ERROR_CODE: &str = "x-orderbridge-error-code";
+/// The error message of the last failure.
+pub const ERROR_MESSAGE: &str = "x-orderbridge-error-message";
+/// RFC 3339 time of the first failed attempt.
+pub const FIRST_FAILURE_AT: &str = "x-orderbridge-first-failure-at";
+/// RFC 3339 time of the last failed attempt.
+pub const LAST_FAILURE_AT: &str = "x-orderbridge-last-failure-at";
+/// RFC 3339 time the message was replayed from the dead-letter queue (set by `dlq replay`).
+pub const REPLAYED_AT: &str = "x-orderbridge-replayed-at";
+/// Set by RabbitMQ on a message returned to a quorum queue (absent on the first delivery).
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Every header orderbridge writes when a message fails, in the order `dlq show` lists them.
+pub const FAILURE_HEADERS: [&str; 7] = [
+    ATTEMPTS,
+    REASON,
+    ERROR_CODE,
+    ERROR_MESSAGE,
+    FIRST_FAILURE_AT,
+    LAST_FAILURE_AT,
+    REPLAYED_AT,
+];
+
+/// Why the worker dead-lettered a message (the [`REASON`] header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    /// Salesforce refused the order for a reason retrying cannot fix.
+    Permanent,
+    /// Retryable failures until the attempts ran out.
+    AttemptsExhausted,
+    /// The message is not an event the worker can read.
+    Undecodable,
+    /// The message reached its last delivery (it kept coming back, e.g. it crashed the worker).
+    Redelivered,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [Self; 4] = [
+        Self::Permanent,
+        Self::AttemptsExhausted,
+        Self::Undecodable,
+        Self::Redelivered,
+    ];
+
+    /// The header's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Permanent => "permanent",
+            Self::AttemptsExhausted => "attempts_exhausted",
+            Self::Undecodable => "undecodable",
+            Self::Redelivered => "redelivered",
+        }
+    }
+
+    /// The reason a header names; `None` for text this version does not know.
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for DeadLetterReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A header's value as text: long and short strings, and byte arrays read as UTF-8.
+pub fn as_text(v: &AMQPValue) -> Option<String> {
+    match v {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.to_string()),
+        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        _ => None,
+    }
+}
+
+/// A header's value as an integer: any integer width, or text holding one.
+pub fn as_int(v: &AMQPValue) -> Option<i64> {
+    match *v {
+        AMQPValue::ShortShortInt(n) => Some(n.into()),
+        AMQPValue::ShortShortUInt(n) => Some(n.into()),
+        AMQPValue::ShortInt(n) => Some(n.into()),
+        AMQPValue::ShortUInt(n) => Some(n.into()),
+        AMQPValue::LongInt(n) => Some(n.into()),
+        AMQPValue::LongUInt(n) => Some(n.into()),
+        AMQPValue::LongLongInt(n) => Some(n),
+        _ => as_text(v).and_then(|s| s.trim().parse().ok()),
+    }
+}
+
+/// The named header of a message, if present.
+pub fn get<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
+    props.headers().as_ref()?.inner().get(name)
+}
+
+/// The named header as text ([`as_text`]).
+pub fn text(props: &BasicProperties, name: &str) -> Option<String> {
+    get(props, name).and_then(as_text)
+}
+
+/// The named header as a count: an integer ([`as_int`]) that fits a `u32`.
+pub fn count(props: &BasicProperties, name: &str) -> Option<u32> {
+    get(props, name)
+        .and_then(as_int)
+        .and_then(|n| u32::try_from(n).ok())
+}
+
+/// A string header value, as RabbitMQ and other clients expect text (a long string).
+pub fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::{FieldTable, ShortString};
+
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_through_their_text() {
+        for r in DeadLetterReason::ALL {
+            assert_eq!(DeadLetterReason::parse(r.as_str()), Some(r));
+        }
+        assert_eq!(DeadLetterReason::parse("gone"), None);
+    }
+
+    #[test]
+    fn counts_are_read_from_any_integer_width_and_from_text() {
+        let mut table = FieldTable::default();
+        table.insert("a".into(), AMQPValue::LongInt(3));
+        table.insert("b".into(), AMQPValue::LongLongInt(4));
+        table.insert("c".into(), AMQPValue::ShortShortUInt(5));
+        table.insert("d".into(), long_string(" 6 "));
+        table.insert("e".into(), AMQPValue::LongLongInt(-1));
+        table.insert("f".into(), AMQPValue::ShortString(ShortString::from("x")));
+        let props = BasicProperties::default().with_headers(table);
+        assert_eq!(count(&props, "a"), Some(3));
+        assert_eq!(count(&props, "b"), Some(4));
+        assert_eq!(count(&props, "c"), Some(5));
+        assert_eq!(count(&props, "d"), Some(6));
+        assert_eq!(count(&props, "e"), None, "negative is no count");
+        assert_eq!(count(&props, "f"), None);
+        assert_eq!(text(&props, "f").as_deref(), Some("x"));
+        assert_eq!(count(&props, "missing"), None);
+    }
+}

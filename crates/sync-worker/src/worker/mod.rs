@@ -1,0 +1,267 @@
+//! The consume → batch → write → report → ack loop.
+//!
+//! ```text
+//!  {ns}.sf-sync ──deliveries (manual ack, prefetch = batch × (in-flight + 1))──► batcher
+//!                up to WORKER_BATCH_SIZE, or WORKER_BATCH_LINGER stretched by WORKER_LATENCY_TARGET
+//!                                                                  │ ≤ WORKER_MAX_IN_FLIGHT batches
+//!                                                                  ▼
+//!  per batch: decode ─► dedupe per order ─► Writer (Composite calls) ─► per-order outcome
+//!     synced      → status `synced`                                        ┐ published on the
+//!     retryable   → copy to {ns}.retry (tier by attempt) + status `retrying`│ batch's confirm
+//!     permanent / attempts exhausted / unreadable → {ns}.dlx + `failed`   ┘ channel; then ack
+//!     call failed as a whole (outage, budget, auth) → nack(requeue) + circuit breaker
+//! ```
+//!
+//! Every outcome is published (and confirmed by the broker) before the original delivery is
+//! acked, so a crash anywhere redelivers instead of losing; redelivery is harmless because
+//! Salesforce writes are idempotent by external id and status reports are applied monotonically.
+//!
+//! The stages, one file each:
+//! - this module: the [`Worker`], its broker sessions and what a batch task shares ([`Ctx`]);
+//! - `breaker`: why consumption pauses ([`Pause`]) and the probing until Salesforce answers;
+//! - `batcher`: consuming into batches, when a batch goes out, and the shutdown hand-back;
+//! - `decision`: reading a batch and deciding each message's outcome ([`Action`]);
+//! - `settle`: publishing the outcomes with confirms, then acking or requeueing.
+
+mod batcher;
+mod breaker;
+mod decision;
+mod settle;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::Channel;
+use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
+use orderbridge_broker::{Backoff, BrokerConfig, BrokerError, Session, Supervisor, Topology};
+use tokio::sync::watch;
+
+use crate::config::WorkerConfig;
+use crate::metrics::Metrics;
+use crate::writer::Writer;
+use batcher::WriteTime;
+use breaker::HEALTHY_STRETCH;
+pub use breaker::Pause;
+
+/// A fatal worker error (start-up only; at run time everything is retried).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Why a batch could not be settled. The broker session is then unusable: the caller
+/// reconnects, and whatever the batch had not acked is redelivered.
+#[derive(Debug, thiserror::Error)]
+enum BatchError {
+    #[error("no publish channel free")]
+    NoPublishChannel,
+    #[error("{0}")]
+    Publish(#[source] BrokerError),
+    #[error("cannot serialize a status report: {0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("publishing outcomes failed: {0}")]
+    Confirm(#[source] BrokerError),
+    #[error("ack failed: {0}")]
+    Ack(#[source] BrokerError),
+}
+
+/// Why a consuming session ended.
+enum Stop {
+    Shutdown,
+    Paused,
+    Lost(String),
+}
+
+/// The worker.
+pub struct Worker {
+    config: WorkerConfig,
+    supervisor: Supervisor,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    breaker: watch::Sender<Option<Pause>>,
+    /// Outage probe backoff. Kept across pauses, so a Salesforce that answers the probe but
+    /// fails real calls is not hammered; reset after a long enough healthy stretch.
+    probe_backoff: Mutex<Backoff>,
+    /// How long a batch takes from dispatch to settled, smoothed (see [`WriteTime`]).
+    write_time: Arc<WriteTime>,
+}
+
+/// What a batch task needs.
+struct Ctx {
+    config: WorkerConfig,
+    broker: BrokerConfig,
+    topology: Topology,
+    writer: Writer,
+    metrics: Arc<Metrics>,
+    breaker: watch::Sender<Option<Pause>>,
+    publish_channels: Mutex<Vec<Channel>>,
+    write_time: Arc<WriteTime>,
+}
+
+impl Worker {
+    pub fn new(
+        config: WorkerConfig,
+        broker: BrokerConfig,
+        writer: Writer,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, WorkerError> {
+        let supervisor = Supervisor::new(broker, "sync-worker")?;
+        let (breaker, _) = watch::channel(None);
+        let probe_backoff = Mutex::new(Backoff::new(
+            config.breaker_probe_min,
+            config.breaker_probe_max,
+        ));
+        Ok(Self {
+            config,
+            supervisor,
+            writer,
+            metrics,
+            breaker,
+            probe_backoff,
+            write_time: Arc::default(),
+        })
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` turns true; then stops consuming, lets in-flight batches finish
+    /// (up to WORKER_SHUTDOWN_GRACE), acks and returns.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let session = tokio::select! {
+                s = self.supervisor.connect() => s,
+                _ = shutdown.wait_for(|v| *v) => return Ok(()),
+            };
+            let started = Instant::now();
+            let stop = self.session(&session, &mut shutdown).await;
+            self.metrics
+                .broker_up
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            session.close(self.supervisor.config()).await;
+            match stop {
+                Stop::Shutdown => return Ok(()),
+                Stop::Paused => {}
+                Stop::Lost(why) => {
+                    tracing::warn!(why, "broker session lost");
+                    self.metrics
+                        .broker_reconnects_total
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if started.elapsed() > Duration::from_secs(30) {
+                        self.supervisor.session_succeeded();
+                    }
+                    self.supervisor.session_lost();
+                }
+            }
+        }
+    }
+
+    /// One broker session: consume while Salesforce is usable, pause while it is not.
+    async fn session(&self, session: &Session, shutdown: &mut watch::Receiver<bool>) -> Stop {
+        let config = self.supervisor.config();
+        let mut publish_channels = Vec::with_capacity(usize::from(self.config.max_in_flight));
+        for _ in 0..self.config.max_in_flight {
+            let ch = match config
+                .op("channel.open", session.connection.create_channel())
+                .await
+            {
+                Ok(ch) => ch,
+                Err(e) => return Stop::Lost(e.to_string()),
+            };
+            if let Err(e) = config
+                .op(
+                    "confirm.select",
+                    ch.confirm_select(ConfirmSelectOptions::default()),
+                )
+                .await
+            {
+                return Stop::Lost(e.to_string());
+            }
+            publish_channels.push(ch);
+        }
+        if let Err(e) = config
+            .op(
+                "basic.qos",
+                session
+                    .channel
+                    .basic_qos(self.config.prefetch(), BasicQosOptions::default()),
+            )
+            .await
+        {
+            return Stop::Lost(e.to_string());
+        }
+        let ctx = Arc::new(Ctx {
+            config: self.config.clone(),
+            broker: config.clone(),
+            topology: self.supervisor.topology().clone(),
+            writer: self.writer.clone(),
+            metrics: self.metrics.clone(),
+            breaker: self.breaker.clone(),
+            publish_channels: Mutex::new(publish_channels),
+            write_time: self.write_time.clone(),
+        });
+        self.metrics
+            .broker_up
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+
+        // Its own channel: a passive declare of a missing queue closes the channel it runs on.
+        let count_channel = match config
+            .op("channel.open", session.connection.create_channel())
+            .await
+        {
+            Ok(ch) => ch,
+            Err(e) => return Stop::Lost(e.to_string()),
+        };
+        let dlq_counter = tokio::spawn(count_dead_letters(
+            count_channel,
+            config.clone(),
+            self.supervisor.topology().clone(),
+            self.config.dlq_check_interval,
+            self.metrics.clone(),
+        ));
+        let stop = loop {
+            let paused = self.breaker.borrow().clone();
+            if let Some(pause) = paused {
+                match self.wait_until_usable(pause, session, shutdown).await {
+                    Some(stop) => break stop,
+                    None => continue,
+                }
+            }
+            let consuming_since = Instant::now();
+            let stop = self.consume(&ctx, session, shutdown).await;
+            if consuming_since.elapsed() >= HEALTHY_STRETCH {
+                self.probe_backoff
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .reset();
+            }
+            match stop {
+                Stop::Paused => continue,
+                other => break other,
+            }
+        };
+        dlq_counter.abort();
+        stop
+    }
+}
+
+/// Keeps the dead-letter gauge current while a session lasts.
+async fn count_dead_letters(
+    channel: Channel,
+    config: BrokerConfig,
+    topology: Topology,
+    every: Duration,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        if let Ok(n) = topology.dead_letter_count(&config, &channel).await {
+            metrics.set_dead_letters(n);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
