@@ -12,10 +12,10 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::Response;
 use axum::routing::{any, get, post};
 use rand::Rng;
@@ -24,35 +24,13 @@ use serde_json::Value;
 use crate::admin;
 use crate::api::{self, Ctx, Req, Route};
 use crate::auth;
+// `to_response` lived here before it moved next to `Reply`; the old path keeps working.
+pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
 use crate::state::AppState;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
-/// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
-pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut builder = Response::builder().status(status);
-    for (k, v) in &reply.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    if let Some(info) = limit_info {
-        builder = builder.header("Sforce-Limit-Info", info);
-    }
-    let body = match reply.body {
-        Some(v) => {
-            builder = builder.header(header::CONTENT_TYPE, "application/json;charset=UTF-8");
-            Body::from(serde_json::to_vec(&v).unwrap_or_default())
-        }
-        None => Body::empty(),
-    };
-    builder.body(body).unwrap_or_else(|_| {
-        let mut r = Response::new(Body::from("invalid response header"));
-        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
-}
 
 /// The emulator's router.
 pub fn app(state: AppState) -> Router {
