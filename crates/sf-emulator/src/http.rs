@@ -22,11 +22,12 @@ use rand::Rng;
 use serde_json::Value;
 
 use crate::admin;
-use crate::api::{self, Ctx, Req, Route};
+use crate::api;
 use crate::auth;
 // `to_response` lived here before it moved next to `Reply`; the old path keeps working.
 pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
+use crate::route::{self, Ctx, Req, Route};
 use crate::state::AppState;
 
 /// Largest request body accepted.
@@ -94,7 +95,7 @@ async fn versions(State(s): State<AppState>) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
-    to_response(Reply::json(200, api::versions()), None)
+    to_response(Reply::json(200, route::versions()), None)
 }
 
 async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -103,10 +104,10 @@ async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: By
     }
     // Form body, plus URL parameters (some clients send the grant there).
     let mut form: std::collections::HashMap<String, String> =
-        api::query_pairs(uri.query().unwrap_or_default())
+        route::query_pairs(uri.query().unwrap_or_default())
             .into_iter()
             .collect();
-    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    form.extend(route::query_pairs(&String::from_utf8_lossy(&body)));
     // Client authentication may come as HTTP Basic (RFC 6749 §2.3.1), as simple-salesforce
     // sends it for client credentials.
     if let Some((id, secret)) = basic_credentials(&headers) {
@@ -126,8 +127,8 @@ async fn revoke(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
-    let mut form = api::query_pairs(uri.query().unwrap_or_default());
-    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    let mut form = route::query_pairs(uri.query().unwrap_or_default());
+    form.extend(route::query_pairs(&String::from_utf8_lossy(&body)));
     let token = form
         .into_iter()
         .find(|(k, _)| k == "token")
@@ -159,8 +160,8 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((
-        api::percent_decode(id, true),
-        api::percent_decode(secret, true),
+        route::percent_decode(id, true),
+        route::percent_decode(secret, true),
     ))
 }
 
@@ -212,7 +213,7 @@ async fn data(
     let (version, path) = rest.split_once('/').unwrap_or((rest, ""));
     let Some(version) = version
         .strip_prefix('v')
-        .filter(|v| api::supported_version(v))
+        .filter(|v| route::supported_version(v))
     else {
         return to_response(Reply::not_found(), None);
     };
