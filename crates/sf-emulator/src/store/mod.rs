@@ -31,6 +31,9 @@ mod transaction;
 mod upsert;
 mod validate;
 
+#[cfg(test)]
+mod tests;
+
 pub use locks::{LockRule, Locks};
 pub use records::{Record, Store, StoreData, sf_datetime, text_of};
 pub use render::render;
