@@ -5,9 +5,10 @@
 //! build these; keeping them out of `api` lets Composite run subrequests through the function it
 //! is handed without `api` and `composite` depending on each other.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::reply::Reply;
+use crate::schema::ObjectDef;
 use crate::state::{Inner, Shared};
 
 /// The highest API version served and the lowest.
@@ -54,6 +55,33 @@ pub struct Req {
     pub batch_size: Option<usize>,
     /// Request data done with, freed by the caller once the state lock is released.
     pub spent: Vec<Value>,
+}
+
+impl<'a> Ctx<'a> {
+    /// The object a path names, in its schema spelling; an unknown one answers 404 as
+    /// Salesforce does.
+    pub fn object(&self, name: &str) -> Result<&'a ObjectDef, Reply> {
+        self.shared.schema.object(name).ok_or_else(Reply::not_found)
+    }
+}
+
+impl Req {
+    /// The body, which must be a JSON object.
+    pub fn body_object(&self) -> Result<&Map<String, Value>, Reply> {
+        match &self.body {
+            Some(Value::Object(m)) => Ok(m),
+            Some(_) => Err(Reply::error(
+                400,
+                "JSON_PARSER_ERROR",
+                "The request body must be a JSON object",
+            )),
+            None => Err(Reply::error(
+                400,
+                "JSON_PARSER_ERROR",
+                "The request body is missing",
+            )),
+        }
+    }
 }
 
 /// Decodes `%XX` escapes (and `+` as space when `plus` is set).
