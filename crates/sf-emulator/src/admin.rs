@@ -9,8 +9,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::to_response;
-use crate::reply::Reply;
+use crate::reply::{Reply, to_response};
 use crate::seed::{self, Seed};
 use crate::state::AppState;
 use crate::store::LockRule;

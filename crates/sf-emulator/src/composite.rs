@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use crate::api::{self, Ctx, Req, Route};
 use crate::reply::Reply;
+use crate::route::{Ctx, Execute, Req, Route, supported_version};
 use crate::state::Inner;
 
 /// Most subrequests in one Composite call.
@@ -243,8 +243,8 @@ fn entry(reference_id: &str, reply: Reply) -> Value {
 }
 
 /// Runs a Composite request (already counted as one API call by the caller). Takes the body
-/// out of `req`.
-pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &mut Req) -> Reply {
+/// out of `req`; each subrequest goes through `execute`, exactly as a direct call would.
+pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &mut Req, execute: Execute) -> Reply {
     let Some(Value::Object(body)) = req.body.take() else {
         return Reply::error(
             400,
@@ -262,20 +262,15 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &mut Req) -> Reply {
     let mut failed_at: Option<usize> = None;
     // Every subrequest answers, also those never run after an allOrNone failure.
     let references: Vec<String> = subs.iter().map(|s| s.reference_id.clone()).collect();
-    for (i, sub) in subs.into_iter().enumerate() {
+    for (i, mut sub) in subs.into_iter().enumerate() {
         inner.stats.composite_subrequests += 1;
-        let Sub {
-            method,
-            url,
-            reference_id,
-            body,
-        } = sub;
+        let reference_id = std::mem::take(&mut sub.reference_id);
         let reply = {
             let results = Done {
                 by_reference: &done,
                 replies: &replies,
             };
-            run_one(ctx, inner, method, &url, body, &results, &mut req.spent)
+            run_one(ctx, inner, execute, sub, &results, &mut req.spent)
         };
         let ok = reply.is_success();
         if ok {
@@ -320,12 +315,17 @@ pub fn run(ctx: &Ctx<'_>, inner: &mut Inner, req: &mut Req) -> Reply {
 fn run_one(
     ctx: &Ctx<'_>,
     inner: &mut Inner,
-    method: String,
-    url: &str,
-    mut body: Option<Value>,
+    execute: Execute,
+    sub: Sub,
     done: &impl Results,
     spent: &mut Vec<Value>,
 ) -> Reply {
+    let Sub {
+        method,
+        url,
+        mut body,
+        ..
+    } = sub;
     let missing = |expr: String| {
         halted(&format!(
             "Invalid reference specified. No value for {expr} found in {}. Provided referenceId ('{}') must be of a previous, successful subrequest.",
@@ -333,7 +333,7 @@ fn run_one(
             expr.split(['.', '[']).next().unwrap_or_default(),
         ))
     };
-    let url = match interpolate(url, done) {
+    let url = match interpolate(&url, done) {
         Ok(u) => u,
         Err(expr) => return missing(expr),
     };
@@ -349,7 +349,7 @@ fn run_one(
             format!("The subrequest url must start with /services/data/vNN.N/: {url}"),
         );
     };
-    if !api::supported_version(&version) {
+    if !supported_version(&version) {
         return Reply::not_found();
     }
     let route = Route::of(&path);
@@ -368,7 +368,7 @@ fn run_one(
         batch_size: None,
         spent: Vec::new(),
     };
-    let reply = api::execute(&sub_ctx, inner, &route, &mut sub_req);
+    let reply = execute(&sub_ctx, inner, &route, &mut sub_req);
     spent.extend(sub_req.body);
     spent.append(&mut sub_req.spent);
     reply

@@ -12,47 +12,26 @@
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::Response;
 use axum::routing::{any, get, post};
 use rand::Rng;
 use serde_json::Value;
 
 use crate::admin;
-use crate::api::{self, Ctx, Req, Route};
+use crate::api;
 use crate::auth;
+// `to_response` lived here before it moved next to `Reply`; the old path keeps working.
+pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
+use crate::route::{self, Ctx, Req, Route};
 use crate::state::AppState;
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
-
-/// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
-pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
-    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut builder = Response::builder().status(status);
-    for (k, v) in &reply.headers {
-        builder = builder.header(k.as_str(), v.as_str());
-    }
-    if let Some(info) = limit_info {
-        builder = builder.header("Sforce-Limit-Info", info);
-    }
-    let body = match reply.body {
-        Some(v) => {
-            builder = builder.header(header::CONTENT_TYPE, "application/json;charset=UTF-8");
-            Body::from(serde_json::to_vec(&v).unwrap_or_default())
-        }
-        None => Body::empty(),
-    };
-    builder.body(body).unwrap_or_else(|_| {
-        let mut r = Response::new(Body::from("invalid response header"));
-        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        r
-    })
-}
 
 /// The emulator's router.
 pub fn app(state: AppState) -> Router {
@@ -116,7 +95,7 @@ async fn versions(State(s): State<AppState>) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
-    to_response(Reply::json(200, api::versions()), None)
+    to_response(Reply::json(200, route::versions()), None)
 }
 
 async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
@@ -125,10 +104,10 @@ async fn token(State(s): State<AppState>, uri: Uri, headers: HeaderMap, body: By
     }
     // Form body, plus URL parameters (some clients send the grant there).
     let mut form: std::collections::HashMap<String, String> =
-        api::query_pairs(uri.query().unwrap_or_default())
+        route::query_pairs(uri.query().unwrap_or_default())
             .into_iter()
             .collect();
-    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    form.extend(route::query_pairs(&String::from_utf8_lossy(&body)));
     // Client authentication may come as HTTP Basic (RFC 6749 §2.3.1), as simple-salesforce
     // sends it for client credentials.
     if let Some((id, secret)) = basic_credentials(&headers) {
@@ -148,8 +127,8 @@ async fn revoke(State(s): State<AppState>, uri: Uri, body: Bytes) -> Response {
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }
-    let mut form = api::query_pairs(uri.query().unwrap_or_default());
-    form.extend(api::query_pairs(&String::from_utf8_lossy(&body)));
+    let mut form = route::query_pairs(uri.query().unwrap_or_default());
+    form.extend(route::query_pairs(&String::from_utf8_lossy(&body)));
     let token = form
         .into_iter()
         .find(|(k, _)| k == "token")
@@ -181,8 +160,8 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let text = String::from_utf8(decoded).ok()?;
     let (id, secret) = text.split_once(':')?;
     Some((
-        api::percent_decode(id, true),
-        api::percent_decode(secret, true),
+        route::percent_decode(id, true),
+        route::percent_decode(secret, true),
     ))
 }
 
@@ -234,7 +213,7 @@ async fn data(
     let (version, path) = rest.split_once('/').unwrap_or((rest, ""));
     let Some(version) = version
         .strip_prefix('v')
-        .filter(|v| api::supported_version(v))
+        .filter(|v| route::supported_version(v))
     else {
         return to_response(Reply::not_found(), None);
     };

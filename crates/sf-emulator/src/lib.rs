@@ -26,6 +26,7 @@ pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod reply;
+pub mod route;
 pub mod schema;
 pub mod seed;
 pub mod soql;

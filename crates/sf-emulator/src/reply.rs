@@ -1,7 +1,14 @@
 //! The shapes the emulator answers with: REST errors (`errorCode`, top level, as an array),
 //! per-record errors (`statusCode`), and a transport-neutral reply that both the HTTP layer and
 //! Composite (which embeds subresponses in its body) can use.
+//!
+//! The one conversion of a [`Reply`] into an HTTP response, [`to_response`], lives here too, so
+//! the data API's wiring (`http`) and the admin API (`admin`) share it without either depending
+//! on the other.
 
+use axum::body::Body;
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use serde_json::{Value, json};
 
 /// A per-record error as Salesforce reports it inside DML results (`statusCode`).
@@ -127,4 +134,28 @@ pub fn fault_reply(code: &str) -> Reply {
             _ => Reply::error(400, other, format!("{other} (emulated fault)")),
         },
     }
+}
+
+/// Converts a reply to an HTTP response, adding `Sforce-Limit-Info` when given.
+pub fn to_response(reply: Reply, limit_info: Option<String>) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut builder = Response::builder().status(status);
+    for (k, v) in &reply.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    if let Some(info) = limit_info {
+        builder = builder.header("Sforce-Limit-Info", info);
+    }
+    let body = match reply.body {
+        Some(v) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json;charset=UTF-8");
+            Body::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        None => Body::empty(),
+    };
+    builder.body(body).unwrap_or_else(|_| {
+        let mut r = Response::new(Body::from("invalid response header"));
+        *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        r
+    })
 }

@@ -1,6 +1,7 @@
 //! Shared emulator state: the org's data, sessions, fault settings, call counters. One mutex
 //! guards it all; no await happens while it is held, so requests serialise like single-row
-//! transactions and `allOrNone` rollbacks are simple snapshots.
+//! transactions and an `allOrNone` rollback only has to undo the store's own journal (no other
+//! request can have seen the changes).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
