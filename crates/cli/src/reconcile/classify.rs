@@ -6,10 +6,10 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::SalesforceSide;
 use super::keys::uuid_time;
+use super::orders::{Scope, StoredOrder};
 use super::report::{Counts, Duplicate, Mismatch, Missing, ObjectKind, Orphan, Problem};
-use super::{Scope, StoredOrder};
+use super::salesforce::SalesforceSide;
 
 /// The comparison itself, free of I/O: fed Salesforce's side, then each order in scope, then
 /// told which leftover ids exist in Postgres at all.
