@@ -1,0 +1,174 @@
+//! A run end to end: the names it needs from the worker's mapping, then the stages in the order
+//! the module documentation explains. This is the only file of reconcile that reads the
+//! mapping (`orderbridge_mapping`, shared with the worker that writes the records).
+
+use orderbridge_mapping::{Mapping, Scope as MappingScope};
+use orderbridge_salesforce::Client;
+use serde_json::json;
+use sqlx::PgPool;
+
+use super::ReconcileError;
+use super::classify::Classifier;
+use super::orders::{self, Scope};
+use super::report::Report;
+use super::salesforce::{self, Objects};
+use crate::progress::Progress;
+
+/// Checks that the mapping keys records the way reconcile reads them (the order by its id, an
+/// item by `<order id>-<line number>`, as the built-in mapping does) by evaluating its keys on a
+/// probe order, and that the names are plain SOQL identifiers.
+pub fn objects(mapping: &Mapping) -> Result<Objects, ReconcileError> {
+    const PROBE: &str = "0190f0a2-7c41-7b3e-9d55-2f1c0e6a1b11";
+    let order = json!({ "id": PROBE });
+    let key = mapping.order.object.key(MappingScope {
+        order: &order,
+        line: None,
+    });
+    if key.as_deref() != Some(PROBE) {
+        return Err(ReconcileError::UnsupportedMapping(
+            "`order.key` must be the order id (`\"key\": \"id\"`)".into(),
+        ));
+    }
+    let order_object = identifier("order.sobject", &mapping.order.object.sobject)?;
+    let order_field = identifier(
+        "order.external_id_field",
+        &mapping.order.object.external_id_field,
+    )?;
+    let items = match &mapping.items {
+        None => None,
+        Some(items) => {
+            let line = json!({ "line_number": 7 });
+            let key = items.object.key(MappingScope {
+                order: &order,
+                line: Some(&line),
+            });
+            if key.as_deref() != Some(&format!("{PROBE}-7")) {
+                return Err(ReconcileError::UnsupportedMapping(
+                    "`items.key` must be `{\"template\": \"{order.id}-{line_number}\"}`".into(),
+                ));
+            }
+            Some((
+                identifier("items.sobject", &items.object.sobject)?,
+                identifier("items.external_id_field", &items.object.external_id_field)?,
+            ))
+        }
+    };
+    Ok(Objects {
+        order_object,
+        order_field,
+        items,
+    })
+}
+
+/// Names go into SOQL text: only letters, digits and underscores (custom and namespaced names
+/// included), so a mapping cannot change the query.
+fn identifier(place: &str, name: &str) -> Result<String, ReconcileError> {
+    if !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(name.to_owned())
+    } else {
+        Err(ReconcileError::UnsupportedMapping(format!(
+            "{place} `{name}` is not a Salesforce API name"
+        )))
+    }
+}
+
+/// Compares Postgres with Salesforce over `scope`, without a progress display.
+pub async fn reconcile(
+    pool: &PgPool,
+    client: &Client,
+    mapping: &Mapping,
+    scope: Scope,
+) -> Result<Report, ReconcileError> {
+    reconcile_with_progress(pool, client, mapping, scope, &crate::progress::NoProgress).await
+}
+
+/// [`reconcile`], reporting progress per phase.
+pub async fn reconcile_with_progress(
+    pool: &PgPool,
+    client: &Client,
+    mapping: &Mapping,
+    scope: Scope,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
+    let objects = objects(mapping)?;
+    let run = std::time::Instant::now();
+    let started_at = orders::now(pool).await?;
+
+    let sf = salesforce::read(client, &objects, &scope, progress).await?;
+    tracing::debug!(
+        orders = sf.order_records,
+        items = sf.item_records,
+        elapsed = ?run.elapsed(),
+        "read Salesforce"
+    );
+
+    let mut classifier = Classifier::new(sf, objects.items.is_some());
+    let total = orders::for_each_order(pool, &scope, started_at, progress, |o| {
+        classifier.order(o);
+    })
+    .await?;
+    tracing::debug!(orders = total, elapsed = ?run.elapsed(), "read Postgres");
+
+    let leftovers = classifier.leftovers();
+    let existing = orders::existing(pool, &leftovers).await?;
+    let classes = classifier.finish(&existing, &scope);
+    tracing::debug!(leftovers = leftovers.len(), elapsed = ?run.elapsed(), "reconciled");
+    Ok(Report {
+        scope,
+        started_at,
+        order_object: objects.order_object,
+        item_object: objects.items.map(|(o, _)| o),
+        counts: classes.counts,
+        missing: classes.missing,
+        missing_failed: classes.missing_failed,
+        duplicated: classes.duplicated,
+        mismatched: classes.mismatched,
+        orphaned: classes.orphaned,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_default_mapping_is_supported_and_others_are_explained() {
+        let objects = objects(&Mapping::load(None).unwrap()).unwrap();
+        assert_eq!(
+            objects,
+            Objects {
+                order_object: "Order".into(),
+                order_field: "External_Id__c".into(),
+                items: Some(("OrderItem".into(), "External_Id__c".into())),
+            }
+        );
+        let by_ref = Mapping::parse(
+            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "client_ref"}}"#,
+            "test",
+        )
+        .unwrap();
+        assert!(matches!(
+            objects_err(&by_ref),
+            ReconcileError::UnsupportedMapping(m) if m.contains("order.key")
+        ));
+        let case = Mapping::parse(
+            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "id"}}"#,
+            "test",
+        )
+        .unwrap();
+        assert_eq!(super::objects(&case).unwrap().items, None);
+        // The mapping checks API names itself; reconcile checks again before writing SOQL.
+        assert!(identifier("x", "ns__Order_Id__c").is_ok());
+        assert!(identifier("x", "Case WHERE Id != null").is_err());
+        assert!(identifier("x", "").is_err());
+    }
+
+    fn objects_err(m: &Mapping) -> ReconcileError {
+        match super::objects(m) {
+            Err(e) => e,
+            Ok(o) => panic!("accepted {o:?}"),
+        }
+    }
+}
