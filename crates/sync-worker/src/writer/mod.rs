@@ -1,0 +1,245 @@
+//! Writes a batch of orders to Salesforce in as few API calls as per-record outcomes allow.
+//!
+//! One Composite request is one API call and carries up to 5 sObject Collections of 200 records.
+//! A batch is packed into Composite calls whose collections go accounts, then orders, then items,
+//! so children reference parents written earlier in the same call by external id:
+//!
+//! ```text
+//!  composite (allOrNone=false) ── acc0: PATCH composite/sobjects/Account/External_Id__c  ≤200 accounts (upsert)
+//!                              ├─ ord0: POST  composite/sobjects                         ≤200 orders   (create)
+//!                              ├─ itm0: POST  composite/sobjects                         ≤200 items    (create)
+//!                              ├─ itm1 …                                                (≤5 collections in all)
+//! ```
+//!
+//! 200 orders of 3 lines fit one call (1 + 1 + 3 collections): 5 calls per 1,000 orders.
+//! Outcomes are per order: an order is synced when its account, itself and every item are
+//! written (or were already there); otherwise the first failure in that order decides, so an
+//! item rejected because its order could not be written reports the order's error.
+//!
+//! The stages, one file each: `prepare` (the mapping applied to each order, price book entries,
+//! packing into calls), `send` (the Composite calls, halving a call Salesforce refuses as a
+//! whole, reading each collection's results), `outcome` (each order's result from its records'
+//! fates).
+
+mod outcome;
+mod prepare;
+mod send;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use orderbridge_domain::Order;
+use orderbridge_salesforce::{ApiError, Client, Error, ErrorClass};
+use serde_json::{Map, Value};
+
+use crate::pricebook::PriceBook;
+use orderbridge_mapping::Mapping;
+use prepare::{pack, pricebook_failure};
+
+const COLLECTION: usize = 200;
+const COLLECTIONS_PER_CALL: usize = 5;
+/// Internal marker: written, id unknown until looked up.
+const NO_ID: &str = "NO_ID";
+
+/// What became of one order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OrderResult {
+    /// Written (or found already written); the id of the order's Salesforce record.
+    Synced { salesforce_id: String },
+    /// This order's records were refused.
+    Failed(Failure),
+    /// The call that carried the order failed as a whole (outage, limits, session): nothing is
+    /// known about the order's records, and the cause is not the order's.
+    CallFailed(CallFailure),
+}
+
+/// A record-level failure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Retry later (row lock, transient server error) or never (validation, unknown SKU).
+    pub retryable: bool,
+    pub code: String,
+    pub message: String,
+}
+
+/// A whole call failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallFailure {
+    pub class: ErrorClass,
+    pub code: String,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl CallFailure {
+    fn from_error(e: &Error) -> Self {
+        // A 2xx whose body cannot be read (a proxy's page, an API change) says nothing about
+        // the orders: treat it as an outage, not as their permanent failure.
+        let class = match e {
+            Error::InvalidResponse { .. } => ErrorClass::Retryable,
+            _ => e.class(),
+        };
+        Self {
+            class,
+            code: e
+                .codes()
+                .first()
+                .map(|c| (*c).to_owned())
+                .unwrap_or_else(|| error_kind(e).to_owned()),
+            message: e.to_string(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::Auth(_) => "AUTH",
+        Error::Timeout { .. } => "TIMEOUT",
+        Error::Transport { .. } => "TRANSPORT",
+        Error::UsageShareExceeded { .. } => "API_USAGE_SHARE_EXCEEDED",
+        Error::Config(_) | Error::Certificate { .. } => "CONFIG",
+        Error::InvalidResponse { .. } => "INVALID_RESPONSE",
+        _ => "SALESFORCE_ERROR",
+    }
+}
+
+/// Observations for metrics, reported per call.
+pub trait CallObserver: Send + Sync {
+    fn call(&self, what: &'static str, elapsed: Duration, error_code: Option<&str>);
+}
+
+/// Writes orders; cheap to clone.
+#[derive(Clone)]
+pub struct Writer {
+    client: Client,
+    mapping: Arc<Mapping>,
+    pricebook: Arc<PriceBook>,
+    observer: Arc<dyn CallObserver>,
+}
+
+/// One order's records, ready to send.
+struct Prepared {
+    order_key: String,
+    order_record: Map<String, Value>,
+    /// The account's external id and record, when the mapping has an account.
+    account: Option<(String, Map<String, Value>)>,
+    /// When the order was accepted: of several orders of one customer in a call, the newest
+    /// one's account values are written.
+    created_at: chrono::DateTime<chrono::Utc>,
+    items: Vec<(String, Map<String, Value>)>,
+}
+
+/// A record's fate inside a call.
+#[derive(Debug, Clone)]
+enum RecordFate {
+    Written(Option<String>),
+    Refused(Vec<ApiError>, ErrorClass),
+}
+
+impl Writer {
+    pub fn new(
+        client: Client,
+        mapping: Arc<Mapping>,
+        pricebook: Arc<PriceBook>,
+        observer: Arc<dyn CallObserver>,
+    ) -> Self {
+        Self {
+            client,
+            mapping,
+            pricebook,
+            observer,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn mapping(&self) -> &Mapping {
+        &self.mapping
+    }
+
+    pub fn pricebook(&self) -> &PriceBook {
+        &self.pricebook
+    }
+
+    /// Writes `orders` (distinct ids) and returns one result per order, in order.
+    pub async fn write(&self, orders: &[&Order]) -> Vec<OrderResult> {
+        let mut results: Vec<Option<OrderResult>> = vec![None; orders.len()];
+        let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(orders.len());
+
+        // Price book entries for every SKU of the batch (cached; one query for new SKUs).
+        let entries = match self.entries_for(orders).await {
+            Ok(e) => e,
+            Err(failure) => {
+                return orders
+                    .iter()
+                    .map(|_| OrderResult::CallFailed(failure.clone()))
+                    .collect();
+            }
+        };
+
+        let pricebook = match &self.mapping.order.pricebook_field {
+            Some(_) => match self.pricebook.resolve().await {
+                Ok(r) => Some(r.clone()),
+                Err(e) => {
+                    let failure = pricebook_failure(e);
+                    return orders
+                        .iter()
+                        .map(|_| OrderResult::CallFailed(failure.clone()))
+                        .collect();
+                }
+            },
+            None => None,
+        };
+        for (i, order) in orders.iter().enumerate() {
+            match self.prepare(order, entries.as_ref(), pricebook.as_ref()) {
+                Ok(p) => prepared.push((i, p)),
+                Err(f) => results[i] = Some(OrderResult::Failed(f)),
+            }
+        }
+
+        // Calls go one after another; after a call fails for a reason that is not the orders'
+        // (outage, budget, session), the rest are not attempted: they would fail the same way
+        // and only burn time and budget while the worker should pause.
+        let mut stopped: Option<CallFailure> = None;
+        for call in pack(&prepared, self.mapping.account.is_some()) {
+            if let Some(f) = &stopped {
+                for (i, _) in &call {
+                    results[*i] = Some(OrderResult::CallFailed(f.clone()));
+                }
+                continue;
+            }
+            if let Err(f) = self.send_isolating(&call, &mut results).await {
+                for (i, _) in &call {
+                    if results[*i].is_none() {
+                        results[*i] = Some(OrderResult::CallFailed(f.clone()));
+                    }
+                }
+                stopped = Some(f);
+            }
+        }
+
+        // Resolve ids of orders that existed already but whose duplicate error gave no id.
+        let keys: HashMap<usize, &str> = prepared
+            .iter()
+            .map(|(i, p)| (*i, p.order_key.as_str()))
+            .collect();
+        self.fill_missing_ids(&keys, &mut results).await;
+
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    OrderResult::Failed(Failure {
+                        retryable: true,
+                        code: "NO_RESULT".into(),
+                        message: "Salesforce returned no result for this order".into(),
+                    })
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,177 @@
+//! Preparing a batch: each order's records from the mapping, the price book entries its items
+//! need, and the packing of orders into Composite calls.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Instant;
+
+use orderbridge_domain::Order;
+use orderbridge_mapping::{ObjectMapping, Scope};
+use orderbridge_salesforce::ErrorClass;
+use serde_json::Value;
+
+use super::{COLLECTION, COLLECTIONS_PER_CALL, CallFailure, Failure, Prepared, Writer};
+use crate::pricebook::{PriceBookError, Resolved};
+
+impl Writer {
+    pub(super) async fn entries_for(
+        &self,
+        orders: &[&Order],
+    ) -> Result<Option<HashMap<String, Option<String>>>, CallFailure> {
+        let Some(items) = &self.mapping.items else {
+            return Ok(None);
+        };
+        if items.pricebook_entry_field.is_none() {
+            return Ok(None);
+        }
+        let skus: BTreeSet<&str> = orders
+            .iter()
+            .flat_map(|o| o.lines.iter().map(|l| l.sku.as_str()))
+            .collect();
+        let started = Instant::now();
+        match self.pricebook.entries(&skus).await {
+            Ok(e) => Ok(Some(e)),
+            Err(e) => {
+                let f = pricebook_failure(e);
+                self.observer
+                    .call("pricebook", started.elapsed(), Some(&f.code));
+                Err(f)
+            }
+        }
+    }
+
+    pub(super) fn prepare(
+        &self,
+        order: &Order,
+        entries: Option<&HashMap<String, Option<String>>>,
+        pricebook: Option<&Resolved>,
+    ) -> Result<Prepared, Failure> {
+        let json = serde_json::to_value(order).map_err(|e| Failure {
+            retryable: false,
+            code: "UNSERIALIZABLE".into(),
+            message: e.to_string(),
+        })?;
+        let scope = Scope {
+            order: &json,
+            line: None,
+        };
+        let key_missing = |obj: &ObjectMapping| Failure {
+            retryable: false,
+            code: "MAPPING_KEY_MISSING".into(),
+            message: format!(
+                "the mapping's key for {} ({}) has no value in this order",
+                obj.sobject, obj.external_id_field
+            ),
+        };
+        let m = &self.mapping;
+        let order_key = m
+            .order
+            .object
+            .key(scope)
+            .ok_or_else(|| key_missing(&m.order.object))?;
+        let mut order_record = m.order.object.record(scope, &order_key);
+        let account = match &m.account {
+            Some(a) => {
+                let key = a.object.key(scope).ok_or_else(|| key_missing(&a.object))?;
+                order_record.insert(a.relationship.clone(), a.object.reference(&key));
+                let record = a.object.record(scope, &key);
+                Some((key, record))
+            }
+            None => None,
+        };
+        if let (Some(field), Some(pb)) = (&m.order.pricebook_field, pricebook) {
+            order_record.insert(field.clone(), Value::String(pb.id.clone()));
+        }
+        let mut items = Vec::new();
+        if let Some(im) = &m.items {
+            let lines = json.get("lines").and_then(Value::as_array);
+            for (line, value) in order.lines.iter().zip(lines.into_iter().flatten()) {
+                let scope = Scope {
+                    order: &json,
+                    line: Some(value),
+                };
+                let key = im
+                    .object
+                    .key(scope)
+                    .ok_or_else(|| key_missing(&im.object))?;
+                let mut record = im.object.record(scope, &key);
+                record.insert(
+                    im.order_relationship.clone(),
+                    m.order.object.reference(&order_key),
+                );
+                if let Some(field) = &im.pricebook_entry_field {
+                    let entry = entries
+                        .and_then(|e| e.get(&line.sku))
+                        .cloned()
+                        .flatten()
+                        .ok_or_else(|| Failure {
+                            retryable: false,
+                            code: "UNKNOWN_SKU".into(),
+                            message: format!(
+                                "SKU {:?} (line {}) has no active entry in price book {}",
+                                line.sku,
+                                line.line_number,
+                                pricebook
+                                    .map(|r| format!("{:?} ({})", r.name, r.id))
+                                    .unwrap_or_else(|| "(none)".into())
+                            ),
+                        })?;
+                    record.insert(field.clone(), Value::String(entry));
+                }
+                items.push((key, record));
+            }
+        }
+        Ok(Prepared {
+            order_key,
+            order_record,
+            account,
+            created_at: order.created_at,
+            items,
+        })
+    }
+}
+
+pub(super) fn pricebook_failure(e: PriceBookError) -> CallFailure {
+    match e {
+        PriceBookError::Salesforce(e) => CallFailure::from_error(&e),
+        PriceBookError::NotFound(message) => CallFailure {
+            class: ErrorClass::Config,
+            code: "PRICEBOOK_NOT_FOUND".into(),
+            message,
+            retry_after: None,
+        },
+    }
+}
+
+/// Splits prepared orders into calls of at most 5 collections of 200 records each.
+pub(super) fn pack(
+    prepared: &[(usize, Prepared)],
+    with_accounts: bool,
+) -> Vec<Vec<&(usize, Prepared)>> {
+    let chunks = |n: usize| n.div_ceil(COLLECTION);
+    let mut calls = Vec::new();
+    let mut current: Vec<&(usize, Prepared)> = Vec::new();
+    let mut accounts: BTreeSet<&str> = BTreeSet::new();
+    let mut items = 0usize;
+    for entry in prepared {
+        let p = &entry.1;
+        let account_key = p.account.as_ref().map(|(k, _)| k.as_str());
+        let new_account = account_key.filter(|k| with_accounts && !accounts.contains(k));
+        let collections = chunks(accounts.len() + usize::from(new_account.is_some()))
+            + chunks(current.len() + 1)
+            + chunks(items + p.items.len());
+        if !current.is_empty() && collections > COLLECTIONS_PER_CALL {
+            calls.push(std::mem::take(&mut current));
+            accounts.clear();
+            items = 0;
+        }
+        if with_accounts && let Some(k) = account_key {
+            accounts.insert(k);
+        }
+        items += p.items.len();
+        current.push(entry);
+    }
+    if !current.is_empty() {
+        calls.push(current);
+    }
+    calls
+}
