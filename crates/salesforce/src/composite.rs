@@ -21,9 +21,8 @@ use serde_json::value::RawValue;
 
 use crate::client::{Body, Client, Target};
 use crate::collections::{COLLECTION_LIMIT, prepare_record};
-use crate::error::{ApiError, Error, ErrorClass, classify_api};
+use crate::error::{ApiError, Error, ErrorClass, RecordResult, classify_api};
 use crate::query::QueryResult;
-use crate::sobjects::RecordResult;
 
 /// Most subrequests in one composite call.
 pub const COMPOSITE_LIMIT: usize = 25;
