@@ -13,7 +13,6 @@
 //! ```
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use chrono::Utc;
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
-use orderbridge_broker::{Backoff, BrokerConfig, BrokerError, Session, Supervisor, with_timeout};
+use orderbridge_broker::{Backoff, BrokerConfig, Session, Supervisor, with_timeout};
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -30,19 +29,12 @@ use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use crate::config::RelayConfig;
+use crate::faults::{HEALTHY_SESSION, db_op, sleep_or_shutdown, wait_shutdown};
 use crate::metrics::{FailureReason, Metrics};
 use crate::outbox::{self, OutboxRow};
 
-/// How long a broker session must stay healthy before the reconnect backoff starts over.
-pub(crate) const HEALTHY_SESSION: Duration = Duration::from_secs(30);
-
-/// Why the relay could not run at all (configuration). Runtime faults never end it: it waits and
-/// reconnects.
-#[derive(Debug, thiserror::Error)]
-pub enum RelayError {
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
-}
+// Their public paths stay `relay::…`: tests and other crates name them there.
+pub use crate::faults::{DbFault, RelayError};
 
 /// How one batch went.
 #[derive(Debug, Default, Clone, Copy)]
@@ -555,37 +547,6 @@ fn truncate(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
-}
-
-/// A database operation failed or timed out.
-#[derive(Debug, thiserror::Error)]
-pub enum DbFault {
-    #[error("database operation timed out")]
-    Timeout,
-    #[error(transparent)]
-    Sql(#[from] sqlx::Error),
-}
-
-pub(crate) async fn db_op<T>(
-    limit: Duration,
-    fut: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, DbFault> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(r) => Ok(r?),
-        Err(_) => Err(DbFault::Timeout),
-    }
-}
-
-/// Resolves when shutdown is requested or its sender is gone.
-pub(crate) async fn wait_shutdown(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|v| *v).await;
-}
-
-pub(crate) async fn sleep_or_shutdown(d: Duration, rx: &mut watch::Receiver<bool>) {
-    tokio::select! {
-        () = tokio::time::sleep(d) => {}
-        () = wait_shutdown(rx) => {}
-    }
 }
 
 /// Keeps a LISTEN open and turns notifications into wake-ups. A lost connection is replaced

@@ -40,8 +40,10 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{RelayConfig, StatusConfig};
+use crate::faults::{
+    DbFault, HEALTHY_SESSION, RelayError, db_op, sleep_or_shutdown, wait_shutdown,
+};
 use crate::metrics::Metrics;
-use crate::relay::{DbFault, HEALTHY_SESSION, RelayError, db_op, sleep_or_shutdown, wait_shutdown};
 
 /// Longest error message kept on an order; Salesforce's are far shorter, this only bounds a
 /// misbehaving producer.
