@@ -20,6 +20,7 @@
 //! See `README.md` beside this crate for the design (leader lock, commit order, failure handling).
 
 pub mod config;
+mod faults;
 pub mod metrics;
 pub mod outbox;
 pub mod relay;

@@ -20,251 +20,37 @@
 //!
 //! A report is acknowledged only after the transaction that applied (or ignored) it committed;
 //! if the process dies in between, the broker redelivers and re-applying is a no-op.
+//!
+//! Reading a message is in `report`, the SQL that applies a batch in `apply`; this module is the
+//! consume/batch loop that connects the two to the broker and Postgres.
 
-use std::collections::{HashMap, HashSet};
+mod apply;
+mod report;
+
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Datelike, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::Consumer;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
 use lapin::types::FieldTable;
 use orderbridge_broker::{Backoff, BrokerConfig, Session, Supervisor};
-use orderbridge_domain::{SyncState, SyncStatus};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::config::{RelayConfig, StatusConfig};
+use crate::faults::{
+    DbFault, HEALTHY_SESSION, RelayError, db_op, sleep_or_shutdown, wait_shutdown,
+};
 use crate::metrics::Metrics;
-use crate::relay::{DbFault, HEALTHY_SESSION, RelayError, db_op, sleep_or_shutdown, wait_shutdown};
 
-/// Longest error message kept on an order; Salesforce's are far shorter, this only bounds a
-/// misbehaving producer.
-const MAX_ERROR_MESSAGE_CHARS: usize = 4000;
-/// Longest error code or Salesforce id kept.
-const MAX_CODE_CHARS: usize = 255;
-
-/// A status report, checked and ready to apply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub order_id: Uuid,
-    /// `data.version` of the `order.submitted` event the report is about.
-    pub order_version: i64,
-    /// `retrying`, `synced` or `failed`.
-    pub state: SyncState,
-    pub salesforce_id: Option<String>,
-    pub attempts: i32,
-    /// `None` when synced, whatever the message said.
-    pub error_code: Option<String>,
-    pub error_message: Option<String>,
-    /// The envelope's `occurred_at`: when the worker made the report.
-    pub occurred_at: DateTime<Utc>,
-}
-
-impl Report {
-    /// Reads and checks a status message. The error says why it cannot be applied; such a
-    /// message is dead-lettered, never retried (it would fail the same way every time).
-    pub fn decode(body: &[u8]) -> Result<Self, String> {
-        let envelope = SyncStatus::decode(body).map_err(|e| e.to_string())?;
-        let status = envelope.data;
-        if !matches!(
-            status.state,
-            SyncState::Retrying | SyncState::Synced | SyncState::Failed
-        ) {
-            return Err(format!(
-                "state `{}` is not something the sync worker reports",
-                status.state
-            ));
-        }
-        if status.order_version < 1 {
-            return Err(format!(
-                "order_version {} is not a version",
-                status.order_version
-            ));
-        }
-        // Postgres refuses timestamps chrono accepts (before 4713 BC); a refused statement
-        // would fail the whole batch. No real report is outside these years.
-        if !(1..=9999).contains(&envelope.occurred_at.year()) {
-            return Err(format!(
-                "occurred_at {} is out of range",
-                envelope.occurred_at
-            ));
-        }
-        let synced = status.state == SyncState::Synced;
-        let (error_code, error_message) = match status.error {
-            Some(e) if !synced => (
-                Some(clean(&e.code, MAX_CODE_CHARS)),
-                Some(clean(&e.message, MAX_ERROR_MESSAGE_CHARS)),
-            ),
-            _ => (None, None),
-        };
-        Ok(Self {
-            order_id: status.order_id,
-            order_version: status.order_version,
-            state: status.state,
-            salesforce_id: status
-                .salesforce_id
-                .map(|id| clean(&id, MAX_CODE_CHARS))
-                .filter(|id| !id.is_empty()),
-            attempts: i32::try_from(status.attempts).unwrap_or(i32::MAX),
-            error_code,
-            error_message,
-            occurred_at: envelope.occurred_at,
-        })
-    }
-}
-
-/// Postgres text cannot hold NUL; and a bound on length, at a character boundary.
-fn clean(s: &str, max_chars: usize) -> String {
-    s.chars()
-        .take(max_chars)
-        .map(|c| if c == '\0' { '\u{fffd}' } else { c })
-        .collect()
-}
-
-/// What applying one report did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// The order changed (its version, hence its ETag, was bumped).
-    Applied,
-    /// Ignored: about an older event, not newer than what the order holds, or a duplicate.
-    Stale,
-    /// No such order.
-    UnknownOrder,
-}
-
-/// One report against the locked order `o` (`r` is the report). Within one statement every
-/// order appears at most once, so each row is judged against its state before the statement.
-const APPLY_SQL: &str = "
-UPDATE orders o SET
-    sync_state = r.state,
-    salesforce_id = coalesce(r.salesforce_id, o.salesforce_id),
-    sync_attempts = r.attempts,
-    last_error_code = r.error_code,
-    last_error_message = r.error_message,
-    synced_at = CASE WHEN r.state = 'synced' THEN r.occurred_at ELSE o.synced_at END,
-    sync_event_version = r.order_version,
-    sync_reported_at = r.occurred_at
-    -- the orders_bump_version trigger bumps version and updated_at, so the ETag changes
-FROM unnest($1::int[], $2::uuid[], $3::bigint[], $4::text[], $5::text[], $6::int[],
-            $7::text[], $8::text[], $9::timestamptz[])
-     AS r(idx, order_id, order_version, state, salesforce_id, attempts, error_code,
-          error_message, occurred_at)
-WHERE o.id = r.order_id
-  -- An event's data.version never exceeds the order's version: a report claiming more is bogus.
-  AND r.order_version <= o.version
-  AND (
-        -- about a newer event (after a resync): it replaces whatever the older one reported
-        r.order_version > o.sync_event_version
-        -- about the same event: synced is final; otherwise synced, or not older, wins
-     OR (r.order_version = o.sync_event_version
-         AND o.sync_state <> 'synced'
-         AND (r.state = 'synced' OR o.sync_reported_at IS NULL
-              OR r.occurred_at >= o.sync_reported_at))
-  )
-  -- A redelivered duplicate changes nothing: not counted as applied.
-  AND (o.sync_state, o.salesforce_id, o.sync_attempts, o.last_error_code, o.last_error_message,
-       o.synced_at, o.sync_event_version, o.sync_reported_at)
-      IS DISTINCT FROM
-      (r.state, coalesce(r.salesforce_id, o.salesforce_id), r.attempts, r.error_code,
-       r.error_message, CASE WHEN r.state = 'synced' THEN r.occurred_at ELSE o.synced_at END,
-       r.order_version, r.occurred_at)
-RETURNING r.idx";
-
-/// Applies reports in one transaction, in the given order, as if one at a time. Returns what
-/// happened to each, in the same order.
-///
-/// The orders are locked first, in id order: concurrent appliers (and the relay, and the API's
-/// resync) then never deadlock among themselves, and every statement below sees the latest
-/// committed row. A batch may hold several reports for one order (`retrying` then `synced`);
-/// they go out in rounds, the n-th report of each order in the n-th statement, so each is judged
-/// against the state the previous one left.
-pub async fn apply_reports(
-    conn: &mut PgConnection,
-    reports: &[Report],
-) -> Result<Vec<Applied>, sqlx::Error> {
-    let mut tx = conn.begin().await?;
-    let ids: Vec<Uuid> = reports.iter().map(|r| r.order_id).collect();
-    let known: HashSet<Uuid> =
-        sqlx::query_scalar("SELECT id FROM orders WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-            .bind(&ids)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-    let mut outcome: Vec<Applied> = reports
-        .iter()
-        .map(|r| {
-            if known.contains(&r.order_id) {
-                Applied::Stale
-            } else {
-                Applied::UnknownOrder
-            }
-        })
-        .collect();
-
-    let mut rounds: Vec<Vec<usize>> = Vec::new();
-    let mut seen: HashMap<Uuid, usize> = HashMap::new();
-    for (i, r) in reports.iter().enumerate() {
-        if !known.contains(&r.order_id) {
-            continue;
-        }
-        let n = seen.entry(r.order_id).or_default();
-        if rounds.len() <= *n {
-            rounds.push(Vec::new());
-        }
-        rounds[*n].push(i);
-        *n += 1;
-    }
-
-    for round in rounds {
-        let mut idx = Vec::with_capacity(round.len());
-        let mut order_ids = Vec::with_capacity(round.len());
-        let mut versions = Vec::with_capacity(round.len());
-        let mut states = Vec::with_capacity(round.len());
-        let mut sf_ids = Vec::with_capacity(round.len());
-        let mut attempts = Vec::with_capacity(round.len());
-        let mut codes = Vec::with_capacity(round.len());
-        let mut messages = Vec::with_capacity(round.len());
-        let mut occurred = Vec::with_capacity(round.len());
-        for i in round {
-            let r = &reports[i];
-            idx.push(i32::try_from(i).unwrap_or(i32::MAX));
-            order_ids.push(r.order_id);
-            versions.push(r.order_version);
-            states.push(r.state.as_str());
-            sf_ids.push(r.salesforce_id.as_deref());
-            attempts.push(r.attempts);
-            codes.push(r.error_code.as_deref());
-            messages.push(r.error_message.as_deref());
-            occurred.push(r.occurred_at);
-        }
-        let applied: Vec<i32> = sqlx::query_scalar(APPLY_SQL)
-            .bind(&idx)
-            .bind(&order_ids)
-            .bind(&versions)
-            .bind(&states)
-            .bind(&sf_ids)
-            .bind(&attempts)
-            .bind(&codes)
-            .bind(&messages)
-            .bind(&occurred)
-            .fetch_all(&mut *tx)
-            .await?;
-        for i in applied {
-            if let Some(o) = usize::try_from(i).ok().and_then(|i| outcome.get_mut(i)) {
-                *o = Applied::Applied;
-            }
-        }
-    }
-    tx.commit().await?;
-    Ok(outcome)
-}
+pub use self::apply::{Applied, apply_reports};
+pub use self::report::Report;
 
 /// Postgres refused the data itself (class 22 data exception, 23 integrity violation): the same
 /// statement would fail again, so retrying cannot help.
@@ -650,57 +436,5 @@ impl StatusApplier {
             }
             Err(e) => Err(e),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use orderbridge_domain::SyncError;
-
-    fn status(state: SyncState) -> SyncStatus {
-        SyncStatus {
-            order_id: Uuid::now_v7(),
-            order_version: 1,
-            state,
-            salesforce_id: Some("801xx0000000001AAA".into()),
-            attempts: 2,
-            error: Some(SyncError {
-                code: "UNABLE_TO_LOCK_ROW".into(),
-                message: "locked\0row".into(),
-            }),
-            source_event_id: Uuid::now_v7(),
-            source_occurred_at: Utc::now(),
-        }
-    }
-
-    fn body(s: SyncStatus) -> Vec<u8> {
-        serde_json::to_vec(&s.into_envelope(Utc::now(), None)).unwrap()
-    }
-
-    #[test]
-    fn decodes_reports_and_refuses_what_cannot_be_applied() {
-        let r = Report::decode(&body(status(SyncState::Retrying))).unwrap();
-        assert_eq!(r.error_code.as_deref(), Some("UNABLE_TO_LOCK_ROW"));
-        assert_eq!(r.error_message.as_deref(), Some("locked\u{fffd}row"));
-        // Synced carries no error, whatever the message says.
-        let r = Report::decode(&body(status(SyncState::Synced))).unwrap();
-        assert_eq!(r.error_code, None);
-        assert_eq!(r.salesforce_id.as_deref(), Some("801xx0000000001AAA"));
-
-        assert!(Report::decode(b"not json").is_err());
-        assert!(Report::decode(&body(status(SyncState::Pending))).is_err());
-        let mut s = status(SyncState::Failed);
-        s.order_version = 0;
-        assert!(Report::decode(&body(s)).is_err());
-        let mut other =
-            serde_json::to_value(status(SyncState::Synced).into_envelope(Utc::now(), None))
-                .unwrap();
-        other["version"] = 2.into();
-        assert!(Report::decode(&serde_json::to_vec(&other).unwrap()).is_err());
-        other["version"] = 1.into();
-        other["occurred_at"] = "-200000-01-01T00:00:00Z".into();
-        assert!(Report::decode(&serde_json::to_vec(&other).unwrap()).is_err());
     }
 }

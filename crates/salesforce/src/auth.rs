@@ -1,5 +1,7 @@
 //! OAuth 2.0 against `{login_url}/services/oauth2/token`: the four flows, the token response, and
-//! auth errors written so that a person knows what to change.
+//! the hints that make an auth error say what a person should change. (The error types
+//! themselves, [`AuthError`] and [`AuthErrorKind`], live in `error`, so that module needs
+//! nothing from this one.)
 //!
 //! ```text
 //!  jwt ─────────────── grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer&assertion=<RS256 JWT>
@@ -20,7 +22,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AuthFlowKind, SalesforceConfig};
-use crate::error::ErrorClass;
+use crate::error::{AuthError, AuthErrorKind, CERTIFICATE_HINT};
 
 /// Lifetime of a JWT bearer assertion. Salesforce allows about 3 minutes of clock skew; a short
 /// lifetime limits what a leaked assertion is worth.
@@ -403,72 +405,6 @@ pub(crate) fn snippet(body: &[u8]) -> String {
         .take(300)
         .collect()
 }
-
-/// Getting an access token failed. `Display` carries a hint saying what to change.
-#[derive(Debug, thiserror::Error)]
-#[error("Salesforce login failed (SF_AUTH_FLOW={flow}, {token_url}): {kind}{}", if .hint.is_empty() { String::new() } else { format!(". {}", .hint) })]
-pub struct AuthError {
-    pub flow: AuthFlowKind,
-    pub token_url: String,
-    pub kind: AuthErrorKind,
-    /// What a person should check or change.
-    pub hint: String,
-}
-
-/// What went wrong while getting a token.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthErrorKind {
-    /// The token endpoint refused: `{"error":"invalid_grant","error_description":"…"}`.
-    #[error("HTTP {status} {error}: {description}")]
-    Rejected {
-        status: u16,
-        error: String,
-        description: String,
-    },
-    #[error("the token request timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("cannot reach the token endpoint: {0}")]
-    Transport(#[source] reqwest::Error),
-    /// The server's TLS certificate was not trusted.
-    #[error("the token endpoint's TLS certificate was refused ({0})")]
-    Certificate(String),
-    #[error("unexpected answer from the token endpoint (HTTP {status}): {detail}")]
-    InvalidResponse { status: u16, detail: String },
-    /// Local configuration problem (missing key file, setting…).
-    #[error("{0}")]
-    Config(String),
-}
-
-impl AuthError {
-    /// Retryable for network trouble and 5xx; rate-limited for `rate_limit_exceeded`; otherwise
-    /// a fatal configuration error.
-    pub fn class(&self) -> ErrorClass {
-        match &self.kind {
-            AuthErrorKind::Timeout(_) | AuthErrorKind::Transport(_) => ErrorClass::Retryable,
-            AuthErrorKind::Rejected { error, .. } if error == "rate_limit_exceeded" => {
-                ErrorClass::RateLimited
-            }
-            AuthErrorKind::Rejected { status, .. }
-            | AuthErrorKind::InvalidResponse { status, .. }
-                if *status >= 500 || *status == 429 =>
-            {
-                ErrorClass::Retryable
-            }
-            _ => ErrorClass::Config,
-        }
-    }
-
-    /// The OAuth `error` code, when the endpoint sent one.
-    pub fn oauth_error(&self) -> Option<&str> {
-        match &self.kind {
-            AuthErrorKind::Rejected { error, .. } => Some(error),
-            _ => None,
-        }
-    }
-}
-
-pub(crate) const CERTIFICATE_HINT: &str = "Check SF_LOGIN_URL's host name; for the emulator's self-signed HTTPS or a \
-TLS-intercepting proxy, set SF_CA_CERT_FILE to the CA certificate (PEM)";
 
 const RECOMMEND: &str = "Salesforce is retiring the username-password flow (enforced from 20 Feb 2027): \
 prefer SF_AUTH_FLOW=jwt (connected app with an uploaded certificate and a pre-authorised user) or \

@@ -69,6 +69,15 @@ struct SessionSlot {
     generation: u64,
 }
 
+/// One entry of `GET /services/data/`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct ApiVersion {
+    pub version: String,
+    #[serde(default)]
+    pub label: String,
+    pub url: String,
+}
+
 /// Where a request goes.
 pub(crate) enum Target<'a> {
     /// Segments after `/services/data/vNN.N/`, each percent-encoded.
@@ -307,7 +316,7 @@ impl Client {
     }
 
     /// `GET /services/data/`: the API versions the instance offers.
-    pub async fn versions(&self) -> Result<Vec<crate::ApiVersion>, Error> {
+    pub async fn versions(&self) -> Result<Vec<ApiVersion>, Error> {
         self.request(Method::GET, Target::Instance("/services/data/"), &[], None)
             .await?
             .json()

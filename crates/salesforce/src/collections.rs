@@ -12,8 +12,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::client::{Client, Target};
-use crate::error::Error;
-use crate::sobjects::RecordResult;
+use crate::error::{Error, RecordResult};
 
 /// Most records Salesforce accepts in one sObject Collections call.
 pub const COLLECTION_LIMIT: usize = 200;

@@ -11,39 +11,34 @@
 //! ```
 //!
 //! Paths in subrequest URLs are rendered with the client's pinned API version at send time.
+//!
+//! This module builds the request and sends it; reading the answer is in `response`.
 
-use std::collections::{BTreeMap, HashSet};
+mod response;
+
+use std::collections::HashSet;
 
 use reqwest::Method;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+use self::response::{RawCompositeResponse, outcome};
 use crate::client::{Body, Client, Target};
 use crate::collections::{COLLECTION_LIMIT, prepare_record};
-use crate::error::{ApiError, Error, ErrorClass, classify_api};
-use crate::query::QueryResult;
-use crate::sobjects::RecordResult;
+use crate::error::Error;
+
+// The answer's types belong to `composite` in the public API: `composite::CompositeResponse`,
+// and at the crate root.
+pub use self::response::{CompositeResponse, SubrequestKind, SubrequestOutcome, SubrequestResult};
 
 /// Most subrequests in one composite call.
 pub const COMPOSITE_LIMIT: usize = 25;
 /// Most subrequests that are sObject Collections or queries in one composite call.
 pub const COMPOSITE_COLLECTION_LIMIT: usize = 5;
 
-/// What a subrequest does; decides how its answer is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubrequestKind {
-    Create,
-    Get,
-    Update,
-    Upsert,
-    Delete,
-    Query,
-    CreateCollection,
-    UpdateCollection,
-    UpsertCollection,
-}
-
+// `SubrequestKind` is defined in `response`, which reads answers by kind; which kinds count
+// against the collection limit is the builder's business, so that stays here.
 impl SubrequestKind {
     fn counts_as_collection(self) -> bool {
         matches!(
@@ -469,138 +464,6 @@ fn encode(s: &str, query: bool) -> String {
         }
     }
     out
-}
-
-#[derive(Deserialize)]
-struct RawCompositeResponse {
-    #[serde(rename = "compositeResponse")]
-    composite_response: Vec<RawSubresponse>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawSubresponse {
-    #[serde(default)]
-    body: Value,
-    #[serde(default)]
-    http_headers: BTreeMap<String, String>,
-    http_status_code: u16,
-    reference_id: String,
-}
-
-/// A subrequest's typed outcome.
-#[derive(Debug, Clone, PartialEq)]
-pub enum SubrequestOutcome {
-    Created {
-        id: String,
-    },
-    Upserted {
-        id: Option<String>,
-        created: bool,
-    },
-    /// Update or delete (204).
-    Done,
-    Record(Value),
-    Query(QueryResult<Value>),
-    Collection(Vec<RecordResult>),
-    /// The subrequest failed; `class` says what to do about it.
-    Failed {
-        status: u16,
-        errors: Vec<ApiError>,
-        class: ErrorClass,
-    },
-}
-
-/// One subrequest's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SubrequestResult {
-    pub reference_id: String,
-    pub kind: SubrequestKind,
-    pub status: u16,
-    pub headers: BTreeMap<String, String>,
-    pub outcome: SubrequestOutcome,
-}
-
-/// The answers, in request order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompositeResponse {
-    pub results: Vec<SubrequestResult>,
-}
-
-impl CompositeResponse {
-    pub fn get(&self, reference_id: &str) -> Option<&SubrequestResult> {
-        self.results.iter().find(|r| r.reference_id == reference_id)
-    }
-
-    /// True when no subrequest failed and no collection record failed.
-    pub fn all_succeeded(&self) -> bool {
-        self.results.iter().all(|r| match &r.outcome {
-            SubrequestOutcome::Failed { .. } => false,
-            SubrequestOutcome::Collection(results) => results.iter().all(|r| r.success),
-            _ => true,
-        })
-    }
-}
-
-fn outcome(kind: SubrequestKind, status: u16, body: Value) -> Result<SubrequestOutcome, String> {
-    if status >= 300 {
-        let errors = if status == 300 {
-            vec![ApiError {
-                code: "MULTIPLE_RECORDS".into(),
-                message: format!("the external id matched several records: {body}"),
-                fields: Vec::new(),
-            }]
-        } else {
-            let bytes = serde_json::to_vec(&body).unwrap_or_default();
-            crate::error::parse_error_body(status, &bytes)
-        };
-        let class = classify_api(status, &errors);
-        return Ok(SubrequestOutcome::Failed {
-            status,
-            errors,
-            class,
-        });
-    }
-    fn parse(what: &'static str) -> impl Fn(serde_json::Error) -> String {
-        move |e| format!("{what} answer not understood: {e}")
-    }
-    Ok(match kind {
-        SubrequestKind::Create => {
-            let r: RecordResult = serde_json::from_value(body).map_err(parse("create"))?;
-            match (r.success, r.id) {
-                (true, Some(id)) => SubrequestOutcome::Created { id },
-                _ => SubrequestOutcome::Failed {
-                    status,
-                    class: classify_api(400, &r.errors),
-                    errors: r.errors,
-                },
-            }
-        }
-        SubrequestKind::Upsert => {
-            if body.is_null() || status == 204 {
-                SubrequestOutcome::Upserted {
-                    id: None,
-                    created: status == 201,
-                }
-            } else {
-                let r: RecordResult = serde_json::from_value(body).map_err(parse("upsert"))?;
-                SubrequestOutcome::Upserted {
-                    id: r.id,
-                    created: r.created.unwrap_or(status == 201),
-                }
-            }
-        }
-        SubrequestKind::Update | SubrequestKind::Delete => SubrequestOutcome::Done,
-        SubrequestKind::Get => SubrequestOutcome::Record(body),
-        SubrequestKind::Query => {
-            SubrequestOutcome::Query(serde_json::from_value(body).map_err(parse("query"))?)
-        }
-        SubrequestKind::CreateCollection
-        | SubrequestKind::UpdateCollection
-        | SubrequestKind::UpsertCollection => SubrequestOutcome::Collection(
-            serde_json::from_value(body).map_err(parse("collection"))?,
-        ),
-    })
 }
 
 impl Client {

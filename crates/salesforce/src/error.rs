@@ -6,13 +6,18 @@
 //! - per-record results (collections, create): `{"statusCode":"…","message":"…","fields":[…]}`.
 //!
 //! Both land in [`ApiError`]; [`ErrorClass`] tells the caller what to do about an error.
+//!
+//! The types [`Error`] carries live here too, though other modules produce them: the per-record
+//! outcome [`RecordResult`] (sObject, collection and composite calls) and the login failure
+//! [`AuthError`] (`auth`). Every other module depends on this one, so this one depends on none
+//! of them (only on `config` for [`AuthFlowKind`], and `config` depends on nothing): the module
+//! graph stays free of cycles. `sobjects::RecordResult` and the crate-root names are re-exports.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::AuthError;
-use crate::sobjects::RecordResult;
+use crate::config::AuthFlowKind;
 
 /// What a caller should do about an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -99,6 +104,104 @@ pub fn classify_code(code: &str) -> Option<ErrorClass> {
     })
 }
 
+/// One record's outcome, as create and the sObject Collections calls report it:
+/// `{"id":"001…","success":true,"errors":[],"created":false}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordResult {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub success: bool,
+    /// Per-record errors use `statusCode` (read into [`ApiError::code`]).
+    #[serde(default)]
+    pub errors: Vec<ApiError>,
+    /// Upserts only: whether the record was created.
+    #[serde(default)]
+    pub created: Option<bool>,
+}
+
+impl RecordResult {
+    /// `None` on success; else what to do about this record (retry a locked row or a rolled-back
+    /// all-or-none batch; dead-letter a validation failure).
+    pub fn error_class(&self) -> Option<ErrorClass> {
+        if self.success {
+            return None;
+        }
+        Some(
+            self.errors
+                .iter()
+                .map(ApiError::class)
+                .find(|c| *c != ErrorClass::Permanent)
+                .unwrap_or(ErrorClass::Permanent),
+        )
+    }
+}
+
+/// Getting an access token failed. `Display` carries a hint saying what to change.
+#[derive(Debug, thiserror::Error)]
+#[error("Salesforce login failed (SF_AUTH_FLOW={flow}, {token_url}): {kind}{}", if .hint.is_empty() { String::new() } else { format!(". {}", .hint) })]
+pub struct AuthError {
+    pub flow: AuthFlowKind,
+    pub token_url: String,
+    pub kind: AuthErrorKind,
+    /// What a person should check or change.
+    pub hint: String,
+}
+
+/// What went wrong while getting a token.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthErrorKind {
+    /// The token endpoint refused: `{"error":"invalid_grant","error_description":"…"}`.
+    #[error("HTTP {status} {error}: {description}")]
+    Rejected {
+        status: u16,
+        error: String,
+        description: String,
+    },
+    #[error("the token request timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot reach the token endpoint: {0}")]
+    Transport(#[source] reqwest::Error),
+    /// The server's TLS certificate was not trusted.
+    #[error("the token endpoint's TLS certificate was refused ({0})")]
+    Certificate(String),
+    #[error("unexpected answer from the token endpoint (HTTP {status}): {detail}")]
+    InvalidResponse { status: u16, detail: String },
+    /// Local configuration problem (missing key file, setting…).
+    #[error("{0}")]
+    Config(String),
+}
+
+impl AuthError {
+    /// Retryable for network trouble and 5xx; rate-limited for `rate_limit_exceeded`; otherwise
+    /// a fatal configuration error.
+    pub fn class(&self) -> ErrorClass {
+        match &self.kind {
+            AuthErrorKind::Timeout(_) | AuthErrorKind::Transport(_) => ErrorClass::Retryable,
+            AuthErrorKind::Rejected { error, .. } if error == "rate_limit_exceeded" => {
+                ErrorClass::RateLimited
+            }
+            AuthErrorKind::Rejected { status, .. }
+            | AuthErrorKind::InvalidResponse { status, .. }
+                if *status >= 500 || *status == 429 =>
+            {
+                ErrorClass::Retryable
+            }
+            _ => ErrorClass::Config,
+        }
+    }
+
+    /// The OAuth `error` code, when the endpoint sent one.
+    pub fn oauth_error(&self) -> Option<&str> {
+        match &self.kind {
+            AuthErrorKind::Rejected { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) const CERTIFICATE_HINT: &str = "Check SF_LOGIN_URL's host name; for the emulator's self-signed HTTPS or a \
+TLS-intercepting proxy, set SF_CA_CERT_FILE to the CA certificate (PEM)";
+
 /// Everything a Salesforce call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -149,7 +252,7 @@ pub enum Error {
     /// The instance's TLS certificate was refused: fix the set-up (SF_CA_CERT_FILE, host name).
     #[error(
         "the TLS certificate of {host} was refused ({detail}). {}",
-        crate::auth::CERTIFICATE_HINT
+        CERTIFICATE_HINT
     )]
     Certificate { host: String, detail: String },
     /// This client's share of the daily API allocation is used up (`SF_MAX_API_USAGE_SHARE`).

@@ -37,26 +37,17 @@ pub mod limits;
 pub mod query;
 pub mod sobjects;
 
-pub use auth::{AuthError, AuthErrorKind, JwtClaims};
-pub use client::Client;
+pub use auth::JwtClaims;
+pub use client::{ApiVersion, Client};
 pub use collections::COLLECTION_LIMIT;
 pub use composite::{
     Composite, CompositeResponse, Ref, SubrequestKind, SubrequestOutcome, SubrequestResult,
 };
 pub use config::{AuthFlowKind, SalesforceConfig, UsagePolicy};
-pub use error::{ApiError, Error, ErrorClass};
+pub use error::{ApiError, AuthError, AuthErrorKind, Error, ErrorClass, RecordResult};
 pub use limits::{ApiUsage, AppUsage, Limit, Limits, parse_limit_info};
 pub use query::QueryResult;
-pub use sobjects::{FieldDescribe, PublishResult, RecordResult, SObjectDescribe, UpsertResult};
-
-/// One entry of `GET /services/data/`.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-pub struct ApiVersion {
-    pub version: String,
-    #[serde(default)]
-    pub label: String,
-    pub url: String,
-}
+pub use sobjects::{FieldDescribe, PublishResult, SObjectDescribe, UpsertResult};
 
 /// Compiles the README's Rust example so it cannot drift from the API.
 #[doc = include_str!("../README.md")]

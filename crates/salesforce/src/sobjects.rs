@@ -6,39 +6,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Client, RawResponse, Target};
-use crate::error::{ApiError, Error, ErrorClass};
+use crate::error::{ApiError, Error};
 
-/// One record's outcome, as create and the sObject Collections calls report it:
-/// `{"id":"001…","success":true,"errors":[],"created":false}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordResult {
-    #[serde(default)]
-    pub id: Option<String>,
-    pub success: bool,
-    /// Per-record errors use `statusCode` (read into [`ApiError::code`]).
-    #[serde(default)]
-    pub errors: Vec<ApiError>,
-    /// Upserts only: whether the record was created.
-    #[serde(default)]
-    pub created: Option<bool>,
-}
-
-impl RecordResult {
-    /// `None` on success; else what to do about this record (retry a locked row or a rolled-back
-    /// all-or-none batch; dead-letter a validation failure).
-    pub fn error_class(&self) -> Option<ErrorClass> {
-        if self.success {
-            return None;
-        }
-        Some(
-            self.errors
-                .iter()
-                .map(ApiError::class)
-                .find(|c| *c != ErrorClass::Permanent)
-                .unwrap_or(ErrorClass::Permanent),
-        )
-    }
-}
+// Defined beside `Error` (which carries it) so that `error` needs nothing from this module;
+// re-exported so `sobjects::RecordResult` keeps working.
+pub use crate::error::RecordResult;
 
 /// Result of an upsert by external id.
 #[derive(Debug, Clone, PartialEq, Eq)]

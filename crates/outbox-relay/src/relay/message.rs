@@ -1,0 +1,75 @@
+//! An outbox row as an AMQP message: its routing key, properties and headers (the row's JSON
+//! headers turned into AMQP field values).
+//!
+//! Kept apart from the batch loop so the row → message mapping sits in one small place, and
+//! swapping the field-value conversion for a shared helper from the broker crate touches only
+//! this file.
+
+use lapin::BasicProperties;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use serde_json::Value;
+
+use crate::outbox::OutboxRow;
+
+/// The routing key and properties for a row.
+pub(crate) fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties), &'static str> {
+    let event_type = ShortString::try_new(row.event_type.as_str())
+        .map_err(|_| "event type longer than 255 bytes")?;
+    let mut headers = FieldTable::default();
+    headers.insert("aggregate_type".into(), long_string(&row.aggregate_type));
+    headers.insert(
+        "aggregate_id".into(),
+        long_string(&row.aggregate_id.to_string()),
+    );
+    let mut correlation_id = None;
+    if let Value::Object(map) = &row.headers.0 {
+        for (k, v) in map {
+            if k == "correlation_id" {
+                correlation_id = v.as_str().map(|s| ShortString::from(truncate(s, 255)));
+                continue;
+            }
+            let Ok(key) = ShortString::try_new(k.as_str()) else {
+                continue;
+            };
+            let value = match v {
+                Value::Null => continue,
+                Value::Bool(b) => AMQPValue::Boolean(*b),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => AMQPValue::LongLongInt(i),
+                    None => long_string(&n.to_string()),
+                },
+                Value::String(s) => long_string(s),
+                other => long_string(&other.to_string()),
+            };
+            headers.insert(key, value);
+        }
+    }
+    let mut properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(row.event_id.to_string().into())
+        .with_type(event_type.clone())
+        .with_timestamp(u64::try_from(row.created_at.timestamp()).unwrap_or(0))
+        .with_app_id("orderbridge-outbox-relay".into())
+        .with_headers(headers);
+    if let Some(c) = correlation_id {
+        properties = properties.with_correlation_id(c);
+    }
+    Ok((event_type, properties))
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
