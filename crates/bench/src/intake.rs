@@ -475,14 +475,14 @@ async fn direct_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Re
     let key = format!("{run}-{i}");
     // The API stores SHA-256 of the request; any 32 bytes cost Postgres the same.
     let mut fingerprint = [0u8; 32];
-    fingerprint[..16].copy_from_slice(order.id.as_bytes());
+    fingerprint[..16].copy_from_slice(order.id.get().as_bytes());
     let idempotency = Idempotency {
         key: key.clone(),
         fingerprint,
         expires_at: Utc::now() + chrono::Duration::hours(24),
     };
-    match create_order(pool, client_id, Some(&idempotency), order, Some(key)).await? {
-        create::Created::New { order, .. } => Ok(order.id),
+    match create_order(pool, client_id.into(), Some(&idempotency), order, Some(key)).await? {
+        create::Created::New { order, .. } => Ok(order.id.get()),
         create::Created::Replayed(_) => {
             Err(anyhow!("idempotency key {} already used", idempotency.key))
         }

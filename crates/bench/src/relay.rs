@@ -413,11 +413,11 @@ async fn commit_order(
         .into_envelope(order.created_at, Some(format!("{run}-{i}")));
     let mut tx = pool.begin().await?;
     if !events_only {
-        orderbridge_db::create::insert_order(&mut tx, client_id, &order).await?;
+        orderbridge_db::create::insert_order(&mut tx, client_id.into(), &order).await?;
     }
-    orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
+    orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id.get(), &envelope).await?;
     tx.commit().await?;
-    Ok(envelope.id)
+    Ok(envelope.id.get())
 }
 
 struct RateResult {

@@ -81,11 +81,11 @@ pub async fn insert_backlog(
                     .into_envelope(order.created_at, Some(format!("{run}-{i}")))
             })
             .collect();
-        let events: Vec<_> = orders.iter().map(|o| o.id).zip(&envelopes).collect();
+        let events: Vec<_> = orders.iter().map(|o| o.id.get()).zip(&envelopes).collect();
         // One transaction: the orders, their lines, their outbox rows in order (so `position`
         // follows creation as it does for orders posted one after another).
         let mut tx = pool.begin().await?;
-        create::insert_orders(&mut tx, client_id, &orders).await?;
+        create::insert_orders(&mut tx, client_id.into(), &orders).await?;
         outbox::enqueue_many(&mut *tx, "order", &events).await?;
         tx.commit().await?;
         start = end;

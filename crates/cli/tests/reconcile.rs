@@ -82,7 +82,7 @@ impl Env {
         let id = Uuid::now_v7();
         let order = order(id, created_at);
         let mut tx = self.db.pool.begin().await.unwrap();
-        orderbridge_db::create::insert_order(&mut tx, self.client_id, &order)
+        orderbridge_db::create::insert_order(&mut tx, self.client_id.into(), &order)
             .await
             .unwrap();
         let envelope = OrderEvent::Submitted(Box::new(order.clone()))
@@ -135,7 +135,7 @@ impl Env {
     async fn synced_order(&self) -> (Order, String) {
         let order = self.create_order().await;
         let sf_id = self.write(&[&order]).await.remove(0);
-        self.apply_synced(order.id, &sf_id).await;
+        self.apply_synced(order.id.get(), &sf_id).await;
         (order, sf_id)
     }
 
@@ -175,7 +175,7 @@ impl Env {
         let refs: Vec<&Order> = orders.iter().collect();
         let ids = self.write(&refs).await;
         for (order, sf_id) in orders.iter().zip(&ids) {
-            self.apply_synced(order.id, sf_id).await;
+            self.apply_synced(order.id.get(), sf_id).await;
         }
         orders.len()
     }
@@ -272,11 +272,11 @@ async fn reports_each_anomaly() {
     let (_ok, _) = env.synced_order().await;
     // Accepted and published, never written: lost if the pipeline is quiet.
     let lost = env.create_order().await;
-    env.set_state(lost.id, "published", None).await;
+    env.set_state(lost.id.get(), "published", None).await;
     // Dead-lettered by the worker with a reason.
     let failed = env.create_order().await;
     env.set_state(
-        failed.id,
+        failed.id.get(),
         "failed",
         Some(("UNKNOWN_SKU", "no price book entry for SKU-TEA")),
     )
@@ -284,19 +284,19 @@ async fn reports_each_anomaly() {
     // The order points at another record than Salesforce holds for its external id.
     let (wrong_id, _) = env.synced_order().await;
     sqlx::query("UPDATE orders SET salesforce_id = '801000000000999AAA' WHERE id = $1")
-        .bind(wrong_id.id)
+        .bind(wrong_id.id.get())
         .execute(&env.db.pool)
         .await
         .unwrap();
     // An item deleted in Salesforce.
     let (short, _) = env.synced_order().await;
-    let items = env.item_ids(short.id).await;
+    let items = env.item_ids(short.id.get()).await;
     assert_eq!(items.len(), 3);
     env.client.delete("OrderItem", &items[2]).await.unwrap();
     // Written, but the status report never applied.
     let unreported = env.create_order().await;
     let unreported_sf = env.write(&[&unreported]).await.remove(0);
-    env.set_state(unreported.id, "published", None).await;
+    env.set_state(unreported.id.get(), "published", None).await;
     // A record for an order Postgres does not have (deleted there, or written by hand).
     let ghost = order(Uuid::now_v7(), Utc::now());
     let ghost_sf = env.write(&[&ghost]).await.remove(0);
@@ -306,9 +306,12 @@ async fn reports_each_anomaly() {
     assert_eq!(report.counts.orders, 6);
     assert_eq!(report.counts.salesforce_orders, 5);
     assert_eq!(report.counts.salesforce_items, 5 * 3 - 1);
-    assert_eq!(ids(&report.missing, |m| m.order_id), vec![lost.id]);
+    assert_eq!(ids(&report.missing, |m| m.order_id), vec![lost.id.get()]);
     assert_eq!(report.missing[0].sync_state, "published");
-    assert_eq!(ids(&report.missing_failed, |m| m.order_id), vec![failed.id]);
+    assert_eq!(
+        ids(&report.missing_failed, |m| m.order_id),
+        vec![failed.id.get()]
+    );
     assert_eq!(
         report.missing_failed[0].error_code.as_deref(),
         Some("UNKNOWN_SKU")
@@ -327,14 +330,17 @@ async fn reports_each_anomaly() {
         mismatched,
         vec![
             (
-                wrong_id.id,
+                wrong_id.id.get(),
                 vec![Problem::SalesforceId {
                     stored: "801000000000999AAA".into(),
                     in_salesforce: wrong_id_sf,
                 }]
             ),
-            (short.id, vec![Problem::ItemCount { lines: 3, items: 2 }]),
-            (unreported.id, vec![Problem::NotSynced]),
+            (
+                short.id.get(),
+                vec![Problem::ItemCount { lines: 3, items: 2 }]
+            ),
+            (unreported.id.get(), vec![Problem::NotSynced]),
         ]
     );
     assert!(!unreported_sf.is_empty());
@@ -392,8 +398,8 @@ async fn the_scope_bounds_both_sides() {
     // Two days old: written to Salesforce, then lost its items; out of the scope below.
     let old = env.create_order_at(Utc::now() - day * 2).await;
     let old_sf = env.write(&[&old]).await.remove(0);
-    env.apply_synced(old.id, &old_sf).await;
-    for item in env.item_ids(old.id).await {
+    env.apply_synced(old.id.get(), &old_sf).await;
+    for item in env.item_ids(old.id.get()).await {
         env.client.delete("OrderItem", &item).await.unwrap();
     }
     let since = Utc::now() - day;
@@ -408,7 +414,10 @@ async fn the_scope_bounds_both_sides() {
         })
         .await;
     assert_eq!(recent.counts.orders, 1);
-    assert_eq!(ids(&recent.missing, |m| m.order_id), vec![recent_lost.id]);
+    assert_eq!(
+        ids(&recent.missing, |m| m.order_id),
+        vec![recent_lost.id.get()]
+    );
     assert!(
         recent.mismatched.is_empty(),
         "the old order is out of scope: {:?}",
@@ -426,7 +435,7 @@ async fn the_scope_bounds_both_sides() {
     assert!(older.missing.is_empty());
     assert_eq!(
         ids(&older.mismatched, |m| m.order_id),
-        vec![old.id],
+        vec![old.id.get()],
         "{:?}",
         older.mismatched
     );
@@ -442,21 +451,25 @@ async fn fix_queues_resyncs_exactly_for_the_missing_and_mismatched() {
     let (ok, _) = env.synced_order().await;
     let lost = env.create_order().await;
     let failed = env.create_order().await;
-    env.set_state(failed.id, "failed", Some(("UNABLE_TO_LOCK_ROW", "gave up")))
-        .await;
+    env.set_state(
+        failed.id.get(),
+        "failed",
+        Some(("UNABLE_TO_LOCK_ROW", "gave up")),
+    )
+    .await;
     let (short, _) = env.synced_order().await;
-    let items = env.item_ids(short.id).await;
+    let items = env.item_ids(short.id.get()).await;
     env.client.delete("OrderItem", &items[0]).await.unwrap();
     let (wrong_id, _) = env.synced_order().await;
     sqlx::query("UPDATE orders SET salesforce_id = '801000000000999AAA' WHERE id = $1")
-        .bind(wrong_id.id)
+        .bind(wrong_id.id.get())
         .execute(&env.db.pool)
         .await
         .unwrap();
     // Only the lost order's first event is still unpublished; mark it published as the relay
     // would, so every unpublished event after the fix is one the fix wrote.
     sqlx::query("UPDATE outbox SET published_at = now() WHERE aggregate_id = ANY($1)")
-        .bind(vec![lost.id, failed.id])
+        .bind(vec![lost.id.get(), failed.id.get()])
         .execute(&env.db.pool)
         .await
         .unwrap();
@@ -469,8 +482,11 @@ async fn fix_queues_resyncs_exactly_for_the_missing_and_mismatched() {
     let outcome = fix(&env.db.pool, &report, &options, &NoProgress)
         .await
         .unwrap();
-    assert_eq!(outcome.queued, sorted(vec![lost.id, short.id, wrong_id.id]));
-    assert_eq!(outcome.skipped_failed, vec![failed.id]);
+    assert_eq!(
+        outcome.queued,
+        sorted(vec![lost.id.get(), short.id.get(), wrong_id.id.get()])
+    );
+    assert_eq!(outcome.skipped_failed, vec![failed.id.get()]);
     assert!(outcome.not_found.is_empty());
 
     for id in &outcome.queued {
@@ -486,10 +502,10 @@ async fn fix_queues_resyncs_exactly_for_the_missing_and_mismatched() {
         assert_eq!(payload["data"]["version"], json!(version));
         assert_eq!(payload["data"]["sync"]["state"], json!("pending"));
     }
-    for id in [ok.id, failed.id] {
+    for id in [ok.id.get(), failed.id.get()] {
         assert_eq!(env.events(id).await.len(), 1, "no resync for {id}");
     }
-    assert_eq!(env.state(failed.id).await.0, "failed");
+    assert_eq!(env.state(failed.id.get()).await.0, "failed");
 
     // The worker writes what is missing; existing records are found by external id.
     assert_eq!(env.run_pipeline().await, 3);
@@ -498,7 +514,10 @@ async fn fix_queues_resyncs_exactly_for_the_missing_and_mismatched() {
     assert!(after.mismatched.is_empty(), "{:?}", after.mismatched);
     assert!(after.duplicated.is_empty(), "{:?}", after.duplicated);
     assert!(after.orphaned.is_empty(), "{:?}", after.orphaned);
-    assert_eq!(ids(&after.missing_failed, |m| m.order_id), vec![failed.id]);
+    assert_eq!(
+        ids(&after.missing_failed, |m| m.order_id),
+        vec![failed.id.get()]
+    );
 
     // Once the cause is fixed, failed orders too.
     let options = FixOptions {
@@ -508,7 +527,7 @@ async fn fix_queues_resyncs_exactly_for_the_missing_and_mismatched() {
     let outcome = fix(&env.db.pool, &after, &options, &NoProgress)
         .await
         .unwrap();
-    assert_eq!(outcome.queued, vec![failed.id]);
+    assert_eq!(outcome.queued, vec![failed.id.get()]);
     assert_eq!(env.run_pipeline().await, 1);
     let clean = env.reconcile(Scope::all()).await;
     assert!(clean.is_clean(), "{clean:#?}");
@@ -557,7 +576,7 @@ async fn reports_duplicated_orders_and_items() {
         .filter(|(k, _)| k != "attributes" && k != "Id")
         .collect();
     let second_order = env.client.create("Order", &copy).await.unwrap();
-    let items = env.item_ids(order.id).await;
+    let items = env.item_ids(order.id.get()).await;
     let item: Map<String, Value> = env
         .client
         .get(
@@ -644,8 +663,8 @@ async fn the_binary_exits_by_outcome_and_prints_json() {
     assert_eq!(code, Some(1), "the report is the state found: {err}");
     let doc: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["fix"]["queued"], json!([lost.id]));
-    assert_eq!(env.state(lost.id).await.0, "pending");
-    assert_eq!(env.events(lost.id).await.len(), 2);
+    assert_eq!(env.state(lost.id.get()).await.0, "pending");
+    assert_eq!(env.events(lost.id.get()).await.len(), 2);
 
     env.run_pipeline().await;
     let (code, out, _) = run(base, &["reconcile"], url).await;
@@ -694,7 +713,7 @@ async fn fifty_thousand_orders() {
     let env = Env::new().await;
     let now = Utc::now();
     let orders: Vec<Order> = (0..N).map(|_| order(Uuid::now_v7(), now)).collect();
-    let ids: Vec<Uuid> = orders.iter().map(|o| o.id).collect();
+    let ids: Vec<Uuid> = orders.iter().map(|o| o.id.get()).collect();
     let sample = &orders[0];
     sqlx::query(
         "INSERT INTO orders (id, client_id, client_ref, customer, currency, total, status,

@@ -5,7 +5,7 @@
 //! backlog many orders per statement.
 
 use chrono::{DateTime, Utc};
-use orderbridge_domain::{Order, OrderEvent};
+use orderbridge_domain::{ClientId, Order, OrderEvent, OrderId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -48,7 +48,7 @@ pub enum CreateError {
     DuplicateClientRef {
         client_ref: String,
         /// The existing order's id (`None` if it vanished in between).
-        existing: Option<Uuid>,
+        existing: Option<OrderId>,
     },
     #[error("cannot serialize the order: {0}")]
     Serialize(#[from] serde_json::Error),
@@ -64,7 +64,7 @@ pub enum CreateError {
 /// (sqlx #4393).
 pub async fn create_order(
     pool: &PgPool,
-    client_id: Uuid,
+    client_id: ClientId,
     idempotency: Option<&Idempotency>,
     order: Order,
     correlation_id: Option<String>,
@@ -99,7 +99,7 @@ pub async fn create_order(
     }
     let envelope = OrderEvent::Submitted(Box::new(order.clone()))
         .into_envelope(order.created_at, correlation_id);
-    outbox::enqueue(&mut *tx, "order", order.id, &envelope).await?;
+    outbox::enqueue(&mut *tx, "order", order.id.get(), &envelope).await?;
     let body = serde_json::to_vec(&order)?;
     if let Some(idem) = idempotency {
         idempotency::store_idempotent_response(
@@ -127,20 +127,22 @@ fn is_constraint(e: &sqlx::Error, name: &str) -> bool {
 /// The id of the client's order with this `client_ref`, if any.
 pub async fn find_by_client_ref<'e>(
     executor: impl PgExecutor<'e>,
-    client_id: Uuid,
+    client_id: ClientId,
     client_ref: &str,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM orders WHERE client_id = $1 AND client_ref = $2")
-        .bind(client_id)
-        .bind(client_ref)
-        .fetch_optional(executor)
-        .await
+) -> Result<Option<OrderId>, sqlx::Error> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT id FROM orders WHERE client_id = $1 AND client_ref = $2")
+            .bind(client_id.get())
+            .bind(client_ref)
+            .fetch_optional(executor)
+            .await?;
+    Ok(id.map(OrderId::from_uuid))
 }
 
 /// Inserts one new order and its lines (in the caller's transaction).
 pub async fn insert_order(
     conn: &mut PgConnection,
-    client_id: Uuid,
+    client_id: ClientId,
     order: &Order,
 ) -> Result<(), sqlx::Error> {
     insert_orders(conn, client_id, std::slice::from_ref(order)).await
@@ -150,7 +152,7 @@ pub async fn insert_order(
 /// server-side), so a backlog of thousands costs what one order does.
 pub async fn insert_orders(
     conn: &mut PgConnection,
-    client_id: Uuid,
+    client_id: ClientId,
     orders: &[Order],
 ) -> Result<(), sqlx::Error> {
     let n = orders.len();
@@ -176,7 +178,7 @@ pub async fn insert_orders(
     let mut prices = Vec::with_capacity(lines);
     let mut line_totals = Vec::with_capacity(lines);
     for order in orders {
-        ids.push(order.id);
+        ids.push(order.id.get());
         client_refs.push(order.client_ref.as_str());
         customers.push(Json(&order.customer));
         billing.push(order.billing_address.as_ref().map(Json));
@@ -191,7 +193,7 @@ pub async fn insert_orders(
         updated.push(order.updated_at);
         for l in &order.lines {
             // The order model bounds both far below i32::MAX (500 lines, quantities ≤ 1e6).
-            line_orders.push(order.id);
+            line_orders.push(order.id.get());
             numbers.push(l.line_number as i32);
             skus.push(l.sku.as_str());
             names.push(l.name.as_str());
@@ -212,7 +214,7 @@ pub async fn insert_orders(
               AS t(id, client_ref, customer, billing, shipping, currency, notes, total,
                    status, sync_state, version, created, updated)",
     )
-    .bind(client_id)
+    .bind(client_id.get())
     .bind(&ids)
     .bind(&client_refs)
     .bind(&customers)

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use orderbridge_domain::{
-    Address, Customer, Order, OrderEvent, OrderLine, SyncError, SyncInfo, SyncState,
+    Address, ClientId, Customer, Order, OrderEvent, OrderId, OrderLine, SyncError, SyncInfo,
+    SyncState,
 };
 use rust_decimal::Decimal;
 use sqlx::types::Json;
@@ -56,7 +57,7 @@ impl OrderRow {
             message: self.last_error_message.unwrap_or_default(),
         });
         Ok(Order {
-            id: self.id,
+            id: OrderId::from_uuid(self.id),
             client_ref: self.client_ref,
             customer: self.customer.0,
             billing_address: self.billing_address.map(|a| a.0),
@@ -122,15 +123,16 @@ pub async fn load_lines(
 /// is `None`, exactly like a missing one, so ids cannot be probed.
 pub async fn get_order(
     conn: &mut PgConnection,
-    id: Uuid,
-    client_id: Option<Uuid>,
+    id: OrderId,
+    client_id: Option<ClientId>,
 ) -> Result<Option<Order>, sqlx::Error> {
+    let id = id.get();
     let row: Option<OrderRow> = sqlx::query_as(&format!(
         "SELECT {ORDER_COLUMNS} FROM orders
          WHERE id = $1 AND ($2::uuid IS NULL OR client_id = $2)"
     ))
     .bind(id)
-    .bind(client_id)
+    .bind(client_id.map(ClientId::get))
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
@@ -148,7 +150,7 @@ pub enum ResyncError {
     /// the order does not have. The caller must not commit.
     #[error("resync of order {order_id}: version {version} != sync_event_version {event_version}")]
     VersionMismatch {
-        order_id: Uuid,
+        order_id: OrderId,
         version: i64,
         event_version: i64,
     },
@@ -169,8 +171,8 @@ pub enum ResyncError {
 /// reset: it orders reports within one event version only.
 pub async fn queue_resync(
     tx: &mut Transaction<'_, Postgres>,
-    order_id: Uuid,
-    client_id: Option<Uuid>,
+    order_id: OrderId,
+    client_id: Option<ClientId>,
     correlation_id: Option<String>,
 ) -> Result<Option<Order>, ResyncError> {
     let event_version: Option<i64> = sqlx::query_scalar(
@@ -180,8 +182,8 @@ pub async fn queue_resync(
          WHERE id = $1 AND ($2::uuid IS NULL OR client_id = $2)
          RETURNING sync_event_version",
     )
-    .bind(order_id)
-    .bind(client_id)
+    .bind(order_id.get())
+    .bind(client_id.map(ClientId::get))
     .fetch_optional(&mut **tx)
     .await?;
     let Some(event_version) = event_version else {
@@ -199,6 +201,6 @@ pub async fn queue_resync(
     }
     let envelope = OrderEvent::Submitted(Box::new(order.clone()))
         .into_envelope(order.updated_at, correlation_id);
-    outbox::enqueue(&mut **tx, "order", order.id, &envelope).await?;
+    outbox::enqueue(&mut **tx, "order", order.id.get(), &envelope).await?;
     Ok(Some(order))
 }

@@ -37,7 +37,7 @@ pub async fn enqueue_many<'e>(
     let mut payloads = Vec::with_capacity(events.len());
     let mut headers = Vec::with_capacity(events.len());
     for (aggregate_id, envelope) in events {
-        event_ids.push(envelope.id);
+        event_ids.push(envelope.id.get());
         aggregate_ids.push(*aggregate_id);
         event_types.push(envelope.event_type.as_str());
         payloads.push(Json(*envelope));

@@ -9,8 +9,8 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
+use crate::ids::{EventId, OrderId};
 use crate::order::{Order, SyncError, SyncState};
 
 /// Event type of [`OrderEvent::Submitted`].
@@ -22,7 +22,7 @@ pub const ORDER_SYNC_STATUS: &str = "order.sync_status";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<T> {
     /// Unique per event; consumers deduplicate on it (it is also the AMQP `message_id`).
-    pub id: Uuid,
+    pub id: EventId,
     /// Event type, also the routing key: `order.submitted`.
     #[serde(rename = "type")]
     pub event_type: String,
@@ -80,7 +80,7 @@ impl OrderEvent {
             Self::Submitted(order) => serde_json::to_value(order).unwrap_or_default(),
         };
         Envelope {
-            id: Uuid::now_v7(),
+            id: EventId::new_v7(),
             event_type: event_type.to_owned(),
             version,
             occurred_at,
@@ -128,7 +128,7 @@ pub enum DecodeError {
 /// later `occurred_at` wins.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStatus {
-    pub order_id: Uuid,
+    pub order_id: OrderId,
     /// `data.version` of the `order.submitted` event this report is about.
     pub order_version: i64,
     /// `retrying`, `synced` or `failed`.
@@ -140,7 +140,7 @@ pub struct SyncStatus {
     /// Why the last attempt failed (`retrying`, `failed`).
     pub error: Option<SyncError>,
     /// The id of the `order.submitted` event.
-    pub source_event_id: Uuid,
+    pub source_event_id: EventId,
     /// When that event was first written (the lag of the whole pipeline ends at `occurred_at`).
     pub source_occurred_at: DateTime<Utc>,
 }
@@ -153,7 +153,7 @@ impl SyncStatus {
         correlation_id: Option<String>,
     ) -> Envelope<SyncStatus> {
         Envelope {
-            id: Uuid::now_v7(),
+            id: EventId::new_v7(),
             event_type: ORDER_SYNC_STATUS.to_owned(),
             version: 1,
             occurred_at,

@@ -10,12 +10,14 @@
 
 pub mod currency;
 pub mod events;
+pub mod ids;
 pub mod order;
 pub mod text;
 pub mod validation;
 
 pub use currency::Currency;
 pub use events::{DecodeError, Envelope, OrderEvent, SyncStatus};
+pub use ids::{ClientId, EventId, OrderId};
 pub use order::{
     Address, Customer, LineInput, NewLine, NewOrder, NewOrderRequest, Order, OrderLine, SyncError,
     SyncInfo, SyncState,

@@ -12,9 +12,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::currency::Currency;
+use crate::ids::OrderId;
 use crate::validation::Violations;
 
 /// Most lines one order may carry.
@@ -232,7 +232,8 @@ impl NewOrder {
     }
 
     /// The order as it is first stored: `submitted`, sync `pending`, version 1.
-    pub fn into_order(self, id: Uuid, now: DateTime<Utc>) -> Order {
+    pub fn into_order(self, id: impl Into<OrderId>, now: DateTime<Utc>) -> Order {
+        let id = id.into();
         let currency = self.currency;
         let lines = self
             .lines
@@ -481,7 +482,8 @@ pub struct SyncInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     /// Server-assigned UUIDv7 (time-ordered).
-    pub id: Uuid,
+    #[schema(value_type = Uuid)]
+    pub id: OrderId,
     #[schema(example = "PO-2026-0001")]
     pub client_ref: String,
     pub customer: Customer,

@@ -103,13 +103,13 @@ fn malformed_messages_are_reported() {
 fn sync_status_round_trips_and_refuses_other_types() {
     use orderbridge_domain::{SyncState, SyncStatus};
     let status = SyncStatus {
-        order_id: uuid::Uuid::now_v7(),
+        order_id: uuid::Uuid::now_v7().into(),
         order_version: 3,
         state: SyncState::Synced,
         salesforce_id: Some("801000000000001AAA".into()),
         attempts: 1,
         error: None,
-        source_event_id: uuid::Uuid::now_v7(),
+        source_event_id: uuid::Uuid::now_v7().into(),
         source_occurred_at: chrono::Utc::now(),
     };
     assert_eq!(status.routing_key(), "order.sync_status.synced");

@@ -8,6 +8,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use orderbridge_domain::ClientId;
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
 use subtle::ConstantTimeEq;
@@ -21,7 +22,7 @@ const PREFIX: &str = "obk_";
 /// The API client a request was authenticated as.
 #[derive(Debug, Clone)]
 pub struct Client {
-    pub id: Uuid,
+    pub id: ClientId,
     pub name: String,
 }
 
@@ -61,7 +62,7 @@ pub async fn create_api_key(pool: &PgPool, name: &str) -> Result<NewApiKey, sqlx
     tx.commit().await?;
     Ok(NewApiKey {
         client: Client {
-            id: client_id,
+            id: ClientId::from_uuid(client_id),
             name: name.to_owned(),
         },
         key,
@@ -93,7 +94,10 @@ pub async fn authenticate<'e>(
     .fetch_optional(executor)
     .await?;
     Ok(row.and_then(|(stored, id, name)| {
-        bool::from(stored.as_slice().ct_eq(&hash(presented))).then_some(Client { id, name })
+        bool::from(stored.as_slice().ct_eq(&hash(presented))).then_some(Client {
+            id: ClientId::from_uuid(id),
+            name,
+        })
     }))
 }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use orderbridge_domain::OrderId;
 use orderbridge_domain::{FieldError, Violations};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -70,7 +71,7 @@ pub enum ApiError {
     #[error("an order with client_ref `{client_ref}` already exists")]
     DuplicateClientRef {
         client_ref: String,
-        existing: Option<Uuid>,
+        existing: Option<OrderId>,
     },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
@@ -202,7 +203,7 @@ impl IntoResponse for ApiError {
         };
         let (errors, existing_order_id) = match self {
             Self::Validation(v) => (v.0, None),
-            Self::DuplicateClientRef { existing, .. } => (Vec::new(), existing),
+            Self::DuplicateClientRef { existing, .. } => (Vec::new(), existing.map(OrderId::get)),
             _ => (Vec::new(), None),
         };
         let mut response = problem_response(

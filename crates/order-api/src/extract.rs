@@ -5,8 +5,8 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::request::Parts;
+use orderbridge_domain::OrderId;
 use serde::de::DeserializeOwned;
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -109,9 +109,9 @@ where
 }
 
 /// An order id from the path. Anything that is not a UUID cannot name an order: 404.
-pub struct OrderId(pub Uuid);
+pub struct OrderPath(pub OrderId);
 
-impl<S: Send + Sync> FromRequestParts<S> for OrderId {
+impl<S: Send + Sync> FromRequestParts<S> for OrderPath {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
@@ -119,7 +119,7 @@ impl<S: Send + Sync> FromRequestParts<S> for OrderId {
             axum::extract::Path::<String>::from_request_parts(parts, state)
                 .await
                 .map_err(|_| ApiError::NotFound)?;
-        Uuid::parse_str(&raw)
+        raw.parse::<OrderId>()
             .map(Self)
             .map_err(|_| ApiError::NotFound)
     }

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use orderbridge_db::create::{self, Created, Idempotency};
 use orderbridge_db::orders::{self, ResyncError};
-use orderbridge_domain::{NewOrder, NewOrderRequest, Order, SyncState};
+use orderbridge_domain::{ClientId, NewOrder, NewOrderRequest, Order, OrderId, SyncState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::AppState;
 use crate::auth::Client;
 use crate::error::ApiError;
-use crate::extract::{JsonBody, OrderId, QueryParams};
+use crate::extract::{JsonBody, OrderPath, QueryParams};
 use crate::request_id::RequestId;
 use crate::store::{self, ListFilter};
 
@@ -85,7 +85,7 @@ pub async fn create_order(
     });
     // Postgres keeps microseconds: truncate so the response equals what a later GET returns.
     let now = Utc::now().trunc_subsecs(6);
-    let order = new_order.into_order(Uuid::now_v7(), now);
+    let order = new_order.into_order(OrderId::new_v7(), now);
 
     // The transaction runs in its own task: if the client disconnects or the request times
     // out, it still commits or rolls back as a whole, never abandoned mid-BEGIN (sqlx #4393).
@@ -122,7 +122,7 @@ pub async fn create_order(
                 .unwrap_or(StatusCode::CREATED);
             let headers = [
                 (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (LOCATION, location(stored.order_id)),
+                (LOCATION, location(stored.order_id())),
                 (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
             ];
             Ok((status, headers, stored.response_body).into_response())
@@ -182,7 +182,7 @@ fn fingerprint(document: &serde_json::Value) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn location(id: Uuid) -> HeaderValue {
+fn location(id: OrderId) -> HeaderValue {
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(&format!("/v1/orders/{id}"))
         .unwrap_or(HeaderValue::from_static("/v1/orders"))
@@ -228,7 +228,7 @@ fn etag_matches(if_none_match: &HeaderValue, version: i64) -> bool {
 pub async fn get_order(
     State(state): State<AppState>,
     client: Client,
-    OrderId(id): OrderId,
+    OrderPath(id): OrderPath,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let no_cache = (CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
@@ -244,7 +244,7 @@ pub async fn get_order(
         }
     }
     let mut conn = state.pool.acquire().await?;
-    let order = store::get_order(&mut conn, client.id, id)
+    let order = orders::get_order(&mut conn, id, Some(client.id))
         .await?
         .ok_or(ApiError::NotFound)?;
     Ok(([(ETAG, etag(order.version)), no_cache], Json(order)).into_response())
@@ -283,7 +283,7 @@ pub async fn get_order(
 pub async fn resync_order(
     State(state): State<AppState>,
     client: Client,
-    OrderId(id): OrderId,
+    OrderPath(id): OrderPath,
     RequestId(request_id): RequestId,
 ) -> Result<Response, ApiError> {
     // Its own task, as for create: a disconnect or timeout never abandons the transaction.
@@ -303,8 +303,8 @@ pub async fn resync_order(
 
 async fn resync_in_transaction(
     pool: PgPool,
-    client_id: Uuid,
-    id: Uuid,
+    client_id: ClientId,
+    id: OrderId,
     correlation_id: String,
 ) -> Result<Order, ApiError> {
     let mut tx = pool.begin().await?;
@@ -410,18 +410,20 @@ pub async fn list_orders(
 // Cursors are opaque to clients; a version byte leaves room to change what they hold.
 const CURSOR_V1: u8 = 1;
 
-fn encode_cursor(id: Uuid) -> String {
+fn encode_cursor(id: OrderId) -> String {
     let mut raw = Vec::with_capacity(17);
     raw.push(CURSOR_V1);
-    raw.extend_from_slice(id.as_bytes());
+    raw.extend_from_slice(id.get().as_bytes());
     URL_SAFE_NO_PAD.encode(raw)
 }
 
-fn decode_cursor(cursor: &str) -> Result<Uuid, ApiError> {
+fn decode_cursor(cursor: &str) -> Result<OrderId, ApiError> {
     let invalid = || ApiError::BadRequest("cursor is not a valid next_cursor value".into());
     let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
     match raw.split_first() {
-        Some((&CURSOR_V1, id)) => Uuid::from_slice(id).map_err(|_| invalid()),
+        Some((&CURSOR_V1, id)) => Uuid::from_slice(id)
+            .map(OrderId::from_uuid)
+            .map_err(|_| invalid()),
         _ => Err(invalid()),
     }
 }
@@ -432,7 +434,7 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_rejects_garbage() {
-        let id = Uuid::now_v7();
+        let id = OrderId::new_v7();
         let cursor = encode_cursor(id);
         assert_eq!(decode_cursor(&cursor).ok(), Some(id));
         // The pattern published in the OpenAPI document: AQ (version 1), 20 free characters,

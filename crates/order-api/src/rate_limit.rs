@@ -5,13 +5,13 @@ use std::sync::Arc;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
-use uuid::Uuid;
+use orderbridge_domain::ClientId;
 
 use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct RateLimiter {
-    limiter: Arc<DefaultKeyedRateLimiter<Uuid>>,
+    limiter: Arc<DefaultKeyedRateLimiter<ClientId>>,
 }
 
 impl RateLimiter {
@@ -23,7 +23,7 @@ impl RateLimiter {
     }
 
     /// Counts one request for `client`; `RateLimited` with the wait when it is over its quota.
-    pub fn check(&self, client: Uuid) -> Result<(), ApiError> {
+    pub fn check(&self, client: ClientId) -> Result<(), ApiError> {
         self.limiter.check_key(&client).map_err(|not_until| {
             let retry_after = not_until.wait_time_from(DefaultClock::default().now());
             ApiError::RateLimited { retry_after }

@@ -1,35 +1,26 @@
-//! The API's order reads: a client's order, its version (conditional GET) and the order list.
+//! The API's order reads: an order's version (conditional GET) and the order list (one order is
+//! `orderbridge_db::orders::get_order`, shared with the CLI).
 //! Functions take `impl PgExecutor` (or a connection) so callers decide the transaction. Writes
 //! live in `orderbridge_db` (`create`, `orders::queue_resync`), which the CLI and the
 //! benchmarks share.
 
 use chrono::{DateTime, Utc};
-use orderbridge_db::orders::{self, ORDER_COLUMNS, OrderRow, load_lines};
-use orderbridge_domain::{Order, SyncState};
+use orderbridge_db::orders::{ORDER_COLUMNS, OrderRow, load_lines};
+use orderbridge_domain::{ClientId, Order, OrderId, SyncState};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
 /// The current version of one of the client's orders: all a conditional GET needs.
 pub async fn order_version<'e>(
     executor: impl PgExecutor<'e>,
-    client_id: Uuid,
-    id: Uuid,
+    client_id: ClientId,
+    id: OrderId,
 ) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT version FROM orders WHERE id = $1 AND client_id = $2")
-        .bind(id)
-        .bind(client_id)
+        .bind(id.get())
+        .bind(client_id.get())
         .fetch_optional(executor)
         .await
-}
-
-/// One of the client's orders, with its lines. Another client's order is `None`, exactly like a
-/// missing one, so ids cannot be probed.
-pub async fn get_order(
-    conn: &mut PgConnection,
-    client_id: Uuid,
-    id: Uuid,
-) -> Result<Option<Order>, sqlx::Error> {
-    orders::get_order(conn, id, Some(client_id)).await
 }
 
 /// Filters for [`list_orders`].
@@ -39,13 +30,13 @@ pub struct ListFilter {
     pub client_ref: Option<String>,
     pub created_after: Option<DateTime<Utc>>,
     /// Only orders older (smaller UUIDv7) than this one: the page cursor.
-    pub before: Option<Uuid>,
+    pub before: Option<OrderId>,
 }
 
 /// The client's orders, newest first, at most `limit`.
 pub async fn list_orders(
     conn: &mut PgConnection,
-    client_id: Uuid,
+    client_id: ClientId,
     filter: &ListFilter,
     limit: i64,
 ) -> Result<Vec<Order>, sqlx::Error> {
@@ -59,11 +50,11 @@ pub async fn list_orders(
          ORDER BY id DESC
          LIMIT $6"
     ))
-    .bind(client_id)
+    .bind(client_id.get())
     .bind(filter.sync_state.map(SyncState::as_str))
     .bind(filter.client_ref.as_deref())
     .bind(filter.created_after)
-    .bind(filter.before)
+    .bind(filter.before.map(OrderId::get))
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;

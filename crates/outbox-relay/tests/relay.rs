@@ -63,9 +63,9 @@ async fn publishes_with_confirms_and_message_properties() {
     );
     // The body is the stored envelope: it decodes to the same event.
     let envelope = OrderEvent::decode(&msg.body).unwrap();
-    assert_eq!(envelope.id, event_id);
+    assert_eq!(envelope.id.get(), event_id);
     let OrderEvent::Submitted(order) = envelope.data;
-    assert_eq!(order.id, order_id);
+    assert_eq!(order.id.get(), order_id);
 
     // Marked published after the confirm, and the order moved pending → published with a new
     // version (so its ETag changes).
@@ -146,6 +146,7 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit() {
     orderbridge_db::outbox::enqueue(&mut *late, "order", late_order, &late_envelope)
         .await
         .unwrap();
+    let late_event_id = late_envelope.id.get();
 
     // Concurrent writers commit around it.
     let mut writers = Vec::new();
@@ -167,16 +168,16 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit() {
         published_count(&pool).await == 40
     })
     .await;
-    assert!(!is_published(&pool, late_envelope.id).await);
+    assert!(!is_published(&pool, late_event_id).await);
     // Only the late transaction itself sees its row yet.
     let late_position: i64 = sqlx::query_scalar("SELECT position FROM outbox WHERE event_id = $1")
-        .bind(late_envelope.id)
+        .bind(late_event_id)
         .fetch_one(&mut *late)
         .await
         .unwrap();
     let min_other: i64 =
         sqlx::query_scalar("SELECT min(position) FROM outbox WHERE event_id <> $1")
-            .bind(late_envelope.id)
+            .bind(late_event_id)
             .fetch_one(&pool)
             .await
             .unwrap();
@@ -187,7 +188,7 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit() {
 
     late.commit().await.unwrap();
     eventually(WAIT, "late row published", || {
-        is_published(&pool, late_envelope.id)
+        is_published(&pool, late_event_id)
     })
     .await;
 
@@ -200,7 +201,7 @@ async fn commit_order_with_concurrent_writers_and_a_late_commit() {
         "no duplicates"
     );
     // Commit order: the late row, committed last, arrives last.
-    assert_eq!(ids.last(), Some(&late_envelope.id));
+    assert_eq!(ids.last(), Some(&late_event_id));
     for id in &early {
         assert!(ids.contains(id));
     }

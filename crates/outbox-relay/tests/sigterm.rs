@@ -220,7 +220,7 @@ async fn sigterm_with_confirms_outstanding_marks_nothing() {
         orderbridge_db::outbox::enqueue(&mut *tx, "order", id, &envelope)
             .await
             .unwrap();
-        written.insert(envelope.id);
+        written.insert(envelope.id.get());
     }
     tx.commit().await.unwrap();
     eventually(WAIT, "the whole batch reached the broker", || async {
@@ -297,13 +297,13 @@ async fn the_binary_applies_sync_status_reports() {
         .await
         .unwrap();
     let status = SyncStatus {
-        order_id: order,
+        order_id: order.into(),
         order_version: 1,
         state: SyncState::Synced,
         salesforce_id: Some("801xx000003GZ8bAAG".into()),
         attempts: 1,
         error: None,
-        source_event_id: event_id,
+        source_event_id: event_id.into(),
         source_occurred_at: chrono::Utc::now(),
     };
     let routing_key = status.routing_key();

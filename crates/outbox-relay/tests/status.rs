@@ -232,13 +232,13 @@ fn report(
         message: format!("attempt {attempts} failed"),
     });
     SyncStatus {
-        order_id,
+        order_id: order_id.into(),
         order_version,
         state,
         salesforce_id: (state == SyncState::Synced).then(|| format!("801{attempts:015}")),
         attempts,
         error,
-        source_event_id: Uuid::now_v7(),
+        source_event_id: Uuid::now_v7().into(),
         source_occurred_at: at,
     }
     .into_envelope(at.trunc_subsecs(6), Some(format!("req-{order_id}")))
@@ -572,7 +572,7 @@ async fn unreadable_messages_are_dead_lettered_and_do_not_block_the_queue() {
 
     let dead = drain(&format!("{}.dead-letters", f.ns), 3, WAIT).await;
     let ids: HashSet<Uuid> = dead.iter().map(|d| d.message_id).collect();
-    assert_eq!(ids, HashSet::from([poison1, poison2, pending.id]));
+    assert_eq!(ids, HashSet::from([poison1, poison2, pending.id.get()]));
     for d in &dead {
         let (queue, reason) = x_death_queue(d.properties.headers().as_ref().unwrap());
         assert_eq!(queue, format!("{}.status-events", f.ns));

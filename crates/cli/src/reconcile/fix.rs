@@ -49,7 +49,14 @@ pub async fn fix(
     };
     for id in targets {
         let mut tx = pool.begin().await?;
-        match queue_resync(&mut tx, id, None, Some(options.correlation_id.clone())).await? {
+        match queue_resync(
+            &mut tx,
+            id.into(),
+            None,
+            Some(options.correlation_id.clone()),
+        )
+        .await?
+        {
             Some(_) => {
                 tx.commit().await?;
                 outcome.queued.push(id);

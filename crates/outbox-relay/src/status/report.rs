@@ -69,7 +69,7 @@ impl Report {
             _ => (None, None),
         };
         Ok(Self {
-            order_id: status.order_id,
+            order_id: status.order_id.get(),
             order_version: status.order_version,
             state: status.state,
             salesforce_id: status
@@ -100,7 +100,7 @@ mod tests {
 
     fn status(state: SyncState) -> SyncStatus {
         SyncStatus {
-            order_id: Uuid::now_v7(),
+            order_id: Uuid::now_v7().into(),
             order_version: 1,
             state,
             salesforce_id: Some("801xx0000000001AAA".into()),
@@ -109,7 +109,7 @@ mod tests {
                 code: "UNABLE_TO_LOCK_ROW".into(),
                 message: "locked\0row".into(),
             }),
-            source_event_id: Uuid::now_v7(),
+            source_event_id: Uuid::now_v7().into(),
             source_occurred_at: Utc::now(),
         }
     }

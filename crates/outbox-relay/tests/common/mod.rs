@@ -225,7 +225,7 @@ pub async fn create_order(pool: &PgPool, client_id: Uuid) -> (Uuid, Uuid) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    (id, envelope.id)
+    (id, envelope.id.get())
 }
 
 /// Adds one more event for an existing order (like a resync), in its own transaction that
@@ -238,7 +238,7 @@ pub async fn add_event(pool: &PgPool, order_id: Uuid, event_type: &str) -> Uuid 
         .await
         .unwrap();
     let envelope = orderbridge_domain::Envelope {
-        id: Uuid::now_v7(),
+        id: Uuid::now_v7().into(),
         event_type: event_type.to_owned(),
         version: 1,
         occurred_at: Utc::now(),
@@ -249,7 +249,7 @@ pub async fn add_event(pool: &PgPool, order_id: Uuid, event_type: &str) -> Uuid 
         .await
         .unwrap();
     tx.commit().await.unwrap();
-    envelope.id
+    envelope.id.get()
 }
 
 pub async fn published_count(pool: &PgPool) -> i64 {

@@ -8,8 +8,7 @@ use std::time::Instant;
 
 use lapin::message::Delivery;
 use orderbridge_broker::{DeadLetterReason, headers};
-use orderbridge_domain::{DecodeError, Envelope, Order, OrderEvent};
-use uuid::Uuid;
+use orderbridge_domain::{DecodeError, Envelope, Order, OrderEvent, OrderId};
 
 use super::breaker;
 use super::settle::settle;
@@ -106,7 +105,7 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
 /// untried, see [`decide`]) and its older ones in the batch are dropped with it: writing an
 /// older event instead would report `synced` for a version the newest then contradicts.
 fn plan_writes(messages: &[Message], last_delivery: u32) -> (Vec<usize>, HashSet<usize>) {
-    let mut newest: HashMap<Uuid, usize> = HashMap::new();
+    let mut newest: HashMap<OrderId, usize> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(e) = &m.event else { continue };
         match newest.get(&e.data.id) {

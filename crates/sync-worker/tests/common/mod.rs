@@ -371,7 +371,7 @@ impl Harness {
         limit: Duration,
     ) -> Vec<Envelope<SyncStatus>> {
         let mut all = Vec::new();
-        let ids: Vec<uuid::Uuid> = orders.iter().map(|o| o.id).collect();
+        let ids: Vec<orderbridge_domain::OrderId> = orders.iter().map(|o| o.id).collect();
         self.statuses_until(limit, &mut all, |s| {
             ids.iter().all(|id| {
                 s.iter().any(|r| {
