@@ -279,14 +279,7 @@ impl Composite {
         all_or_none: bool,
     ) -> Result<Ref, Error> {
         let body = collection_body(sobject, records, all_or_none)?;
-        self.push(
-            reference_id,
-            SubrequestKind::CreateCollection,
-            Method::POST,
-            &["composite", "sobjects"],
-            Vec::new(),
-            Some(body),
-        )
+        self.push_collection(reference_id, SubrequestKind::CreateCollection, &[], body)
     }
 
     pub fn update_collection<T: Serialize>(
@@ -297,14 +290,7 @@ impl Composite {
         all_or_none: bool,
     ) -> Result<Ref, Error> {
         let body = collection_body(sobject, records, all_or_none)?;
-        self.push(
-            reference_id,
-            SubrequestKind::UpdateCollection,
-            Method::PATCH,
-            &["composite", "sobjects"],
-            Vec::new(),
-            Some(body),
-        )
+        self.push_collection(reference_id, SubrequestKind::UpdateCollection, &[], body)
     }
 
     pub fn upsert_collection<T: Serialize>(
@@ -316,14 +302,29 @@ impl Composite {
         all_or_none: bool,
     ) -> Result<Ref, Error> {
         let body = collection_body(sobject, records, all_or_none)?;
-        self.push(
+        self.push_collection(
             reference_id,
             SubrequestKind::UpsertCollection,
-            Method::PATCH,
-            &["composite", "sobjects", sobject, field],
-            Vec::new(),
-            Some(body),
+            &[sobject, field],
+            body,
         )
+    }
+
+    /// A `composite/sobjects[/…]` subrequest: POST to create, PATCH to update or upsert.
+    fn push_collection(
+        &mut self,
+        reference_id: &str,
+        kind: SubrequestKind,
+        below: &[&str],
+        body: Box<RawValue>,
+    ) -> Result<Ref, Error> {
+        let method = match kind {
+            SubrequestKind::CreateCollection => Method::POST,
+            _ => Method::PATCH,
+        };
+        let mut path = vec!["composite", "sobjects"];
+        path.extend_from_slice(below);
+        self.push(reference_id, kind, method, &path, Vec::new(), Some(body))
     }
 
     /// The JSON body sent to `POST /composite`, with URLs for API `version` (e.g. "62.0").

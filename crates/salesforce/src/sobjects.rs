@@ -76,20 +76,7 @@ impl Client {
         id: &str,
         fields: &[&str],
     ) -> Result<T, Error> {
-        let joined = fields.join(",");
-        let query: &[(&str, &str)] = if fields.is_empty() {
-            &[]
-        } else {
-            &[("fields", &joined)]
-        };
-        self.request(
-            Method::GET,
-            Target::Data(&["sobjects", sobject, id]),
-            query,
-            None,
-        )
-        .await?
-        .json()
+        self.get_fields(&["sobjects", sobject, id], fields).await
     }
 
     /// `GET /sobjects/{sobject}/describe`: the object's fields, for checking a field mapping
@@ -113,20 +100,25 @@ impl Client {
         value: &str,
         fields: &[&str],
     ) -> Result<T, Error> {
+        self.get_fields(&["sobjects", sobject, field, value], fields)
+            .await
+    }
+
+    /// `GET` a record at `path`, only `fields` (empty: all fields).
+    async fn get_fields<T: DeserializeOwned>(
+        &self,
+        path: &[&str],
+        fields: &[&str],
+    ) -> Result<T, Error> {
         let joined = fields.join(",");
         let query: &[(&str, &str)] = if fields.is_empty() {
             &[]
         } else {
             &[("fields", &joined)]
         };
-        self.request(
-            Method::GET,
-            Target::Data(&["sobjects", sobject, field, value]),
-            query,
-            None,
-        )
-        .await?
-        .json()
+        self.request(Method::GET, Target::Data(path), query, None)
+            .await?
+            .json()
     }
 
     /// `PATCH /sobjects/{sobject}/{id}` → 204.
