@@ -48,13 +48,10 @@ pub fn machine_context(
         stack.bin_dir.display()
     ));
     if !stack.args.env.is_empty() {
-        let env: Vec<String> = stack
-            .args
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        t.context(format!("service environment: {}", env.join(" ")));
+        t.context(format!(
+            "service environment: {}",
+            stack.args.env_pairs().join(" ")
+        ));
     }
 }
 

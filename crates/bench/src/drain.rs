@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::Result;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde_json::json;
@@ -20,7 +20,7 @@ use uuid::Uuid;
 use crate::chart::{self, Chart, Series};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Goal, Table, thousands};
-use crate::stack::{EMULATOR, Stack, StackArgs, WORKER};
+use crate::stack::{EMULATOR, Stack, StackArgs, WORKER, with_stack};
 use crate::{common, verify, workload};
 
 const TARGET_ORDERS_PER_S: f64 = 5000.0;
@@ -41,13 +41,10 @@ pub struct DrainArgs {
 }
 
 pub async fn run(args: DrainArgs) -> Result<bool> {
-    let mut stack = Stack::create(args.stack.clone(), "drain").await?;
-    let result = tokio::select! {
-        r = measure(&mut stack, &args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    stack.shutdown().await;
-    result
+    with_stack(args.stack.clone(), "drain", async |stack| {
+        measure(stack, &args).await
+    })
+    .await
 }
 
 fn secs(d: chrono::Duration) -> f64 {
@@ -225,7 +222,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
             "orders": orders, "chunk": args.chunk, "poll_ms": args.poll.as_millis() as u64,
             "latency_ms": args.stack.latency_ms, "jitter_ms": args.stack.jitter_ms,
             "service_log": args.stack.service_log,
-            "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, load_before, load_after, &cpu),
         "backlog": {"written_in_s": written_in, "worker_ready_in_s": worker_ready_in},

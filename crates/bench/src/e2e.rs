@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 use clap::Args;
 use serde::Deserialize;
@@ -39,7 +39,7 @@ use crate::chart::{self, Chart, Guide, Marker, Series};
 use crate::poster::{Posted, Poster, Retry, post_paced};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Goal, Table, thousands};
-use crate::stack::{EMULATOR, Stack, StackArgs};
+use crate::stack::{EMULATOR, Stack, StackArgs, with_stack};
 use crate::stats::{Summary, summary_json};
 use crate::{common, verify};
 
@@ -356,13 +356,10 @@ pub async fn run(args: E2eArgs) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate >= 0.0) {
         bail!("--rate must be 0 or a positive number");
     }
-    let mut stack = Stack::create(args.stack.clone(), "e2e").await?;
-    let result = tokio::select! {
-        r = measure(&mut stack, &args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    stack.shutdown().await;
-    result
+    with_stack(args.stack.clone(), "e2e", async |stack| {
+        measure(stack, &args).await
+    })
+    .await
 }
 
 async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
@@ -656,7 +653,7 @@ async fn measure(stack: &mut Stack, args: &E2eArgs) -> Result<bool> {
             "poll_ms": args.poll.as_millis() as u64,
             "latency_ms": args.stack.latency_ms, "jitter_ms": args.stack.jitter_ms,
             "service_log": args.stack.service_log,
-            "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, load_before, load_after, &cpu),
         "orders": {

@@ -40,7 +40,7 @@ use crate::chart::{self, Chart, Guide, Marker, Series};
 use crate::load::{self, LoadResult, Outcome, Window};
 use crate::procfs::{self, CpuSnapshot, CpuUsage};
 use crate::report::{Goal, Table};
-use crate::stack::{API, Stack, StackArgs};
+use crate::stack::{API, Stack, StackArgs, with_stack};
 use crate::stats::Summary;
 use crate::{common, verify, workload};
 
@@ -67,13 +67,10 @@ pub struct IntakeArgs {
 }
 
 pub async fn run(args: IntakeArgs) -> Result<bool> {
-    let mut stack = Stack::create(args.stack.clone(), "intake").await?;
-    let result = tokio::select! {
-        r = measure(&mut stack, &args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    stack.shutdown().await;
-    result
+    with_stack(args.stack.clone(), "intake", async |stack| {
+        measure(stack, &args).await
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -396,7 +393,7 @@ async fn measure(stack: &mut Stack, args: &IntakeArgs) -> Result<bool> {
         "args": {
             "duration_s": args.duration.as_secs_f64(), "warmup_s": args.warmup.as_secs_f64(),
             "connections": connections, "rounds": args.rounds,
-            "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, api_ctx.load_before, direct_ctx.load_after, &api_ctx.cpu),
         "api": api_result.to_json(),

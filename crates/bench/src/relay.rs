@@ -31,7 +31,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, SubsecRound, Utc};
 use clap::Args;
 use futures_util::StreamExt;
@@ -54,7 +54,7 @@ use uuid::Uuid;
 use crate::chart::{self, Chart, Guide, Marker, Series};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Table, thousands};
-use crate::stack::{RELAY, Stack, StackArgs};
+use crate::stack::{RELAY, Stack, StackArgs, with_stack};
 use crate::stats::{Summary, summary_json};
 use crate::{common, workload};
 
@@ -98,13 +98,10 @@ pub async fn run(args: RelayArgs) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number");
     }
-    let mut stack = Stack::create(args.stack.clone(), "relay").await?;
-    let result = tokio::select! {
-        r = measure(&mut stack, &args) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    stack.shutdown().await;
-    result
+    with_stack(args.stack.clone(), "relay", async |stack| {
+        measure(stack, &args).await
+    })
+    .await
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -815,7 +812,7 @@ async fn measure(stack: &mut Stack, args: &RelayArgs) -> Result<bool> {
             "warmup_s": args.warmup.as_secs_f64(), "connections": args.connections,
             "backlog": backlog, "raw_messages": args.raw_messages, "raw_batch": args.raw_batch,
             "events_only": args.events_only,
-            "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, load_rate_before, load_after, &cpu_rate),
         "loadavg_start": load_start,

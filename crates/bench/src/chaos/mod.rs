@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 use clap::{Args, Parser};
 use orderbridge_cli::dlq::DlqCommand;
@@ -28,7 +28,7 @@ use crate::common;
 use crate::poster::{Posted, Poster, Retry, post_paced};
 use crate::procfs::{self, CpuSnapshot};
 use crate::report::{Table, thousands};
-use crate::stack::{Stack, StackArgs};
+use crate::stack::{Stack, StackArgs, interruptible};
 
 use classify::{DeadLetter, Inputs, Stored, classify};
 use faults::{CloseScope, Executor};
@@ -134,10 +134,7 @@ pub async fn run(mut args: ChaosArgs) -> Result<bool> {
     args.stack.env = env;
 
     let mut stack = Stack::create(args.stack.clone(), "chaos").await?;
-    let result = tokio::select! {
-        r = chaos(&mut stack, &args, seed, &kinds, &schedule) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
+    let result = interruptible(chaos(&mut stack, &args, seed, &kinds, &schedule)).await;
     if let Err(e) = &result {
         eprintln!("chaos seed {seed}: the run could not be done: {e:#}");
     }
@@ -648,7 +645,7 @@ async fn chaos(
             "close_connections": args.close_connections,
             "latency_ms": args.stack.latency_ms, "jitter_ms": args.stack.jitter_ms,
             "service_log": args.stack.service_log,
-            "env": args.stack.env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+            "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, load_before, load_after, &cpu),
         "plan": schedule,
