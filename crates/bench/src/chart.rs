@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::percentile_index;
+use crate::stats::{Summary, percentile_index};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 540.0;
@@ -107,6 +107,44 @@ pub fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
         points.push((v[idx], 100.0 * (idx + 1) as f64 / v.len() as f64));
     }
     points
+}
+
+/// Labelled points at the given percentiles (50, 90 or 99) of a latency CDF, the value in ms
+/// to `decimals` places.
+pub fn percentile_markers(
+    s: Option<Summary>,
+    percentiles: &[u8],
+    decimals: usize,
+    color: &'static str,
+) -> Vec<Marker> {
+    let Some(s) = s else { return Vec::new() };
+    percentiles
+        .iter()
+        .filter_map(|p| {
+            let v = match p {
+                50 => s.p50,
+                90 => s.p90,
+                99 => s.p99,
+                _ => return None,
+            };
+            Some(Marker {
+                x: v,
+                y: f64::from(*p),
+                label: format!("p{p} {v:.decimals$} ms"),
+                color,
+            })
+        })
+        .collect()
+}
+
+/// A running count over time: (0, 0), then (t, n) for the n-th of `times`, thinned to `max`
+/// points.
+pub fn cumulative(mut times: Vec<f64>, max: usize) -> Vec<(f64, f64)> {
+    times.sort_by(f64::total_cmp);
+    let points: Vec<(f64, f64)> = std::iter::once((0.0, 0.0))
+        .chain(times.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64)))
+        .collect();
+    thin(&points, max)
 }
 
 /// At most `max` points of a curve, evenly picked (the last one kept).

@@ -133,14 +133,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
             .fetch_all(stack.pool()?)
             .await?;
     tracing::info!(synced = synced.len(), "drained; checking Salesforce");
-    let verification = verify::verify(
-        stack.pool()?,
-        stack.emulator()?,
-        stack
-            .setting("WORKER_MAPPING_FILE")
-            .map(std::path::Path::new),
-    )
-    .await?;
+    let verification = verify::verify(stack).await?;
 
     let since_start = |t: &DateTime<Utc>| secs(*t - started_wall);
     let last_synced = synced.last().map_or(0.0, since_start);

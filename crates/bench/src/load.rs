@@ -157,20 +157,9 @@ where
         ..LoadResult::default()
     };
     while let Some(done) = tasks.join_next().await {
-        let Ok(r) = done else { continue };
-        total.latencies_ms.extend(r.latencies_ms);
-        total.accepted_in_window += r.accepted_in_window;
-        total.failed_in_window += r.failed_in_window;
-        total.accepted.extend(r.accepted);
-        total.unknown += r.unknown;
-        total.refused += r.refused;
-        for (s, n) in r.statuses {
-            *total.statuses.entry(s).or_insert(0) += n;
-        }
-        for e in r.errors {
-            if total.errors.len() < 10 {
-                total.errors.push(e);
-            }
+        // A task's own window_s is 0: the total keeps the window's length.
+        if let Ok(r) = done {
+            total.merge(r);
         }
     }
     total

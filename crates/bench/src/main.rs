@@ -20,6 +20,7 @@ mod poster;
 mod procfs;
 mod relay;
 mod report;
+mod snapshot;
 mod stack;
 mod stats;
 mod verify;

@@ -96,6 +96,27 @@ struct Created {
 }
 
 impl Poster {
+    /// A poster on a client of its own, keeping a keep-alive connection for each of the
+    /// `connections` requests in flight (and one spare); `timeout` bounds every request.
+    pub fn new(
+        api: String,
+        key: String,
+        run: String,
+        connections: usize,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder().pool_max_idle_per_host(connections + 1);
+        if let Some(t) = timeout {
+            http = http.timeout(t);
+        }
+        Ok(Self {
+            http: http.build()?,
+            api,
+            key,
+            run,
+        })
+    }
+
     /// Posts the workload's order `i` until the API accepts it, the answer is final, or `retry`
     /// runs out.
     pub async fn post(&self, i: usize, retry: Retry) -> Posted {
