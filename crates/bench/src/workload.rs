@@ -93,6 +93,15 @@ pub async fn insert_backlog(
     Ok(())
 }
 
+/// Fresh planner statistics after a backlog was written, so the relay's and the progress
+/// queries' plans fit the tables' new size.
+pub async fn analyze(pool: &PgPool) -> Result<()> {
+    sqlx::query("ANALYZE orders, order_lines, outbox")
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
