@@ -225,7 +225,9 @@ async fn answer(posted: &mut Posted, resp: reqwest::Response) -> Next {
 
 /// Runs `job(i, due)` for `i` in `0..orders`, started at `rate` per second (open loop: a slow
 /// answer does not delay the next start; `0` = as fast as `connections` allow), at most
-/// `connections` at once, and hands each result to `absorb` as it finishes.
+/// `connections` at once, and hands each result to `absorb` as it finishes. A job that panics
+/// is not handed on. Not only for POSTs: `relay` paces its fixed-rate commits with it too, so
+/// every open-loop load in the bench keeps the same schedule.
 pub async fn post_paced<T, F, Fut>(
     orders: usize,
     rate: f64,

@@ -124,6 +124,12 @@ impl Stack {
         Ok(Wrapper::try_parse_from(argv)?.broker)
     }
 
+    /// The exchange and queue of `relay`'s raw publish loop: in the run's namespace, so that
+    /// the teardown can remove them if the loop could not.
+    pub fn raw_queue_name(&self) -> String {
+        format!("{}.bench-raw", self.namespace)
+    }
+
     pub(super) async fn delete_namespace(&self) -> Result<()> {
         let config = self.broker_config()?;
         let supervisor = Supervisor::new(config.clone(), "orderbridge-bench")?;
@@ -133,7 +139,7 @@ impl Stack {
             .delete(&config, &session.channel)
             .await;
         // What `relay`'s raw loop declares; it deletes them itself, unless the run failed.
-        let raw = format!("{}.bench-raw", self.namespace);
+        let raw = self.raw_queue_name();
         let _ = config
             .op(
                 "queue.delete",
