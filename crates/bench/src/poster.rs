@@ -1,6 +1,6 @@
-//! Posting the workload's orders to `POST /v1/orders` as a careful client does, for the suites
-//! that drive the whole pipeline (`e2e`, `chaos`): one order ([`Poster::post`]) retried with its
-//! Idempotency-Key, and many at a pace ([`post_paced`]).
+//! Posting the workload's orders to `POST /v1/orders` as a careful client does, for every suite
+//! that posts (`e2e`, `chaos`; `intake` with a single attempt): one order ([`Poster::post`])
+//! retried with its Idempotency-Key, and many at a pace ([`post_paced`]).
 //!
 //! One retry rule for every suite: transport errors, 5xx, 408, 409 "key in flight" and 429 are
 //! retried with the same key (a request that timed out may have committed: the retry then
@@ -156,7 +156,10 @@ impl Poster {
                     Next::Retry(Some(after)) => wait = after.min(MAX_RETRY_AFTER),
                 },
             }
-            if retry.give_up.is_some_and(|g| Instant::now() + wait > g) {
+            // No pause after the last attempt: the caller gets its answer at once.
+            if posted.attempts >= retry.attempts
+                || retry.give_up.is_some_and(|g| Instant::now() + wait > g)
+            {
                 break;
             }
             tokio::time::sleep(wait).await;
