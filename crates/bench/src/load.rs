@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::poster::statuses_json;
 use crate::stats::summary_json;
 
 /// How one operation ended.
@@ -77,7 +78,7 @@ impl LoadResult {
             "accepted_total": self.accepted.len(),
             "refused": self.refused,
             "unknown_outcome": self.unknown,
-            "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "statuses": statuses_json(&self.statuses),
             "errors_sample": self.errors,
             "latency_ms": summary_json(&self.latencies_ms),
         })

@@ -7,6 +7,7 @@
 //! replays its answer); a 409 `duplicate-client-ref` means the key did not replay an order that
 //! exists, which [`Posted::duplicate_client_ref`] reports; every other answer is final.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +88,40 @@ impl Posted {
     pub fn retried(&self) -> bool {
         self.attempts > 1
     }
+}
+
+/// Many orders' POSTs summed, as every posting suite reports them.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub attempts: u64,
+    /// Orders that needed more than one attempt.
+    pub retried_orders: u64,
+    /// Answers by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, p: &Posted) {
+        self.attempts += u64::from(p.attempts);
+        if p.retried() {
+            self.retried_orders += 1;
+        }
+        for s in &p.statuses {
+            *self.statuses.entry(*s).or_insert(0) += 1;
+        }
+        self.transport_errors += u64::from(p.transport_errors);
+    }
+}
+
+/// Counts by HTTP status as a JSON object (`{"201": n, …}`).
+pub fn statuses_json(statuses: &BTreeMap<u16, u64>) -> Value {
+    Value::Object(
+        statuses
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect(),
+    )
 }
 
 #[derive(Deserialize)]

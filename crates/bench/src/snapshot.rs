@@ -13,9 +13,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::common::{Footer, PgCounters};
+use crate::common::{self, Footer, PgCounters};
 use crate::procfs::{self, CpuSnapshot, CpuUsage};
-use crate::stack::Stack;
+use crate::report::Table;
+use crate::stack::{EMULATOR, Stack};
 
 /// The readings just before the orders start to flow.
 pub struct Baseline {
@@ -77,25 +78,53 @@ impl Totals {
         })
     }
 
-    /// The footer rows' inputs ([`crate::common::footer_rows`]) for `orders` orders.
-    pub fn footer<'a>(
-        &'a self,
-        baseline: &'a Baseline,
+    /// The rows `e2e` and `drain` close their table with: Salesforce calls per 1,000 of the
+    /// `synced` orders, then the shared footer (per order of `orders`; `backlog`: the relay
+    /// read a backlog, see [`common::metrics_rows`]).
+    pub fn closing_rows(
+        &self,
+        t: &mut Table,
+        baseline: &Baseline,
+        synced: usize,
         orders: usize,
         backlog: bool,
-        rss_no_target: &'a [&'a str],
-    ) -> Footer<'a> {
-        Footer {
-            scraped: &self.scraped,
-            backlog,
-            pg_before: &baseline.pg,
-            pg_after: &self.pg,
-            orders,
-            rss: &self.rss,
-            rss_no_target,
-            cpu: &self.cpu,
+    ) -> Closing {
+        let calls_per_1000 =
+            common::salesforce_call_rows(t, self.calls, baseline.startup_calls, synced);
+        let (service_metrics, pg) = common::footer_rows(
+            t,
+            &Footer {
+                scraped: &self.scraped,
+                backlog,
+                pg_before: &baseline.pg,
+                pg_after: &self.pg,
+                orders,
+                rss: &self.rss,
+                rss_no_target: &[EMULATOR],
+                cpu: &self.cpu,
+            },
+        );
+        Closing {
+            calls_per_1000,
+            service_metrics,
+            pg,
         }
     }
+
+    /// The report's `salesforce` object.
+    pub fn salesforce_json(&self, baseline: &Baseline, closing: &Closing) -> Value {
+        json!({
+            "api_calls": self.calls, "startup_calls": baseline.startup_calls,
+            "per_1000_orders": closing.calls_per_1000, "stats_at_end": self.stats,
+        })
+    }
+}
+
+/// What [`Totals::closing_rows`] computed, for the JSON.
+pub struct Closing {
+    pub calls_per_1000: f64,
+    pub service_metrics: Value,
+    pub pg: Value,
 }
 
 /// How many orders are in each sync state, as a JSON object for the report.

@@ -2,13 +2,13 @@
 //! Idempotency-Key until accepted or the run gives up, through the shared [`Poster`]; what the
 //! answers were, including every sign that idempotency failed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::poster::{Posted, Poster, Retry, post_paced};
+use crate::poster::{Posted, Poster, Retry, Tally, post_paced};
 
 /// The longest the client waits for one POST before retrying it (same Idempotency-Key).
 const POST_TIMEOUT: Duration = Duration::from_secs(20);
@@ -17,10 +17,7 @@ const POST_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct PostTotals {
     pub accepted: HashMap<Uuid, usize>,
     pub refused: Vec<(usize, String)>,
-    pub attempts: u64,
-    pub retried_orders: u64,
-    pub statuses: BTreeMap<u16, u64>,
-    pub transport_errors: u64,
+    pub tally: Tally,
     pub duplicate_client_ref: u64,
     /// Orders accepted twice under different ids (a second 201 with another id for one index).
     pub double_accepted: u64,
@@ -46,14 +43,7 @@ pub async fn post_all(
         async move { (i, poster.post(i, retry).await) }
     };
     let absorb = |(i, p): (usize, Posted)| {
-        totals.attempts += u64::from(p.attempts);
-        if p.retried() {
-            totals.retried_orders += 1;
-        }
-        for s in &p.statuses {
-            *totals.statuses.entry(*s).or_insert(0) += 1;
-        }
-        totals.transport_errors += u64::from(p.transport_errors);
+        totals.tally.add(&p);
         totals.duplicate_client_ref += u64::from(p.duplicate_client_ref);
         match p.id {
             Some(id) => {

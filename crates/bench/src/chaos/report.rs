@@ -8,13 +8,14 @@ use anyhow::Result;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
+use super::Measured;
 use super::classify;
 use super::faults::{self, CloseScope};
 use super::plan::FaultKind;
 use super::settle::OrderRow;
-use super::{Found, Measured, Run};
 use crate::chart::{self, Band, Chart, Series};
 use crate::common;
+use crate::poster::statuses_json;
 use crate::report::{Table, thousands};
 use crate::stack::Stack;
 
@@ -110,6 +111,7 @@ fn run_rows(t: &mut Table, m: &Measured<'_>) {
         ),
     );
     let statuses: Vec<String> = posted
+        .tally
         .statuses
         .iter()
         .map(|(s, n)| format!("{s}: {n}"))
@@ -118,14 +120,14 @@ fn run_rows(t: &mut Table, m: &Measured<'_>) {
         "POST attempts (answers; transport errors)",
         format!(
             "{} ({}; {})",
-            posted.attempts,
+            posted.tally.attempts,
             statuses.join(", "),
-            posted.transport_errors
+            posted.tally.transport_errors
         ),
     );
     t.info(
         "orders that needed retries (same Idempotency-Key)",
-        posted.retried_orders.to_string(),
+        posted.tally.retried_orders.to_string(),
     );
     t.info(
         "posting and faults done after",
@@ -244,38 +246,16 @@ fn check_rows(t: &mut Table, m: &Measured<'_>) {
 }
 
 fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
-    let (args, seed, kinds, schedule) = (m.args, m.seed, m.kinds, m.schedule);
-    let (orders, connections) = (args.orders as usize, args.connections as usize);
-    let Run {
-        clock,
-        posted,
-        posting_done_s,
-        events,
-        poison_sent,
-        quiet,
-        quiet_at_s,
-        stopped,
-        load_before,
-        load_after,
-        cpu,
-        rss,
-        emulator_stats,
-        ..
-    } = &m.run;
-    let Found {
-        report,
-        letters,
-        rows,
-        accepted,
-        outcome,
-    } = &m.found;
+    let (args, r, f) = (m.args, &m.run, &m.found);
+    let (posted, quiet, report) = (&r.posted, &r.quiet, &f.report);
     json!({
         "command": "chaos",
-        "seed": seed,
-        "started_at": clock.started_wall,
+        "seed": m.seed,
+        "started_at": r.clock.started_wall,
         "args": {
-            "orders": orders, "rate": args.rate, "connections": connections,
-            "faults": kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
+            "orders": args.orders as usize, "rate": args.rate,
+            "connections": args.connections as usize,
+            "faults": m.kinds.iter().map(|k| k.name()).collect::<Vec<_>>(),
             "fault_gap_s": args.fault_gap.as_secs_f64(),
             "fault_window_s": args.fault_window.as_secs_f64(),
             "poison": args.poison,
@@ -284,36 +264,36 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
             "service_log": args.stack.service_log,
             "env": args.stack.env_pairs(),
         },
-        "machine": common::machine_json(stack, *load_before, *load_after, cpu),
-        "plan": schedule,
-        "timeline": events,
+        "machine": common::machine_json(stack, r.load_before, r.load_after, &r.cpu),
+        "plan": m.schedule,
+        "timeline": r.events,
         "orders": {
-            "requested": orders,
-            "accepted": accepted.len(),
+            "requested": args.orders as usize,
+            "accepted": f.accepted.len(),
             "refused": posted.refused.len(),
             "refused_sample": posted.refused.iter().take(20)
                 .map(|(i, e)| json!({"index": i, "error": e})).collect::<Vec<_>>(),
-            "in_postgres": rows.len(),
+            "in_postgres": f.rows.len(),
         },
         "post": {
-            "attempts": posted.attempts,
-            "retried_orders": posted.retried_orders,
-            "retries": posted.attempts.saturating_sub(accepted.len() as u64),
-            "statuses": posted.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "transport_errors": posted.transport_errors,
+            "attempts": posted.tally.attempts,
+            "retried_orders": posted.tally.retried_orders,
+            "retries": posted.tally.attempts.saturating_sub(f.accepted.len() as u64),
+            "statuses": statuses_json(&posted.tally.statuses),
+            "transport_errors": posted.tally.transport_errors,
             "duplicate_client_ref": posted.duplicate_client_ref,
             "double_accepted": posted.double_accepted,
         },
         "quiescence": {
             "reached": quiet.reached, "waited_s": quiet.waited_s,
-            "posting_done_s": posting_done_s, "quiet_at_s": quiet_at_s,
+            "posting_done_s": r.posting_done_s, "quiet_at_s": r.quiet_at_s,
             "not_terminal": quiet.not_terminal, "unpublished": quiet.unpublished,
             "queues": quiet.queues,
         },
-        "stopped_with_sigterm": stopped.iter()
+        "stopped_with_sigterm": r.stopped.iter()
             .map(|(name, pid, status, clean)| json!({"service": name, "pid": pid, "status": status, "clean": clean}))
             .collect::<Vec<_>>(),
-        "classification": outcome.to_json(),
+        "classification": f.outcome.to_json(),
         "reconcile": {
             "counts": report.counts,
             "missing": report.missing.len(),
@@ -323,13 +303,13 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
             "orphaned": report.orphaned.len(),
         },
         "dead_letters": {
-            "total": letters.len(),
-            "by_reason": classify::reasons(letters),
-            "poison_sent": poison_sent,
-            "entries": letters.iter().take(100).collect::<Vec<_>>(),
+            "total": f.letters.len(),
+            "by_reason": classify::reasons(&f.letters),
+            "poison_sent": r.poison_sent,
+            "entries": f.letters.iter().take(100).collect::<Vec<_>>(),
         },
-        "salesforce": {"stats_at_end": emulator_stats},
-        "peak_rss_mib": common::rss_json(rss),
+        "salesforce": {"stats_at_end": r.emulator_stats},
+        "peak_rss_mib": common::rss_json(&r.rss),
         "table": t.to_json(),
     })
 }

@@ -7,23 +7,17 @@ use super::{Measured, TARGET_ORDERS_PER_S};
 use crate::chart::{self, Chart, Series};
 use crate::common::{self, per_second, secs};
 use crate::report::{Goal, Table, thousands};
-use crate::stack::{EMULATOR, Stack};
-
-/// Figures the table's shared rows compute and the JSON repeats.
-struct Shared {
-    calls_per_1000: f64,
-    service_metrics: Value,
-    pg: Value,
-}
+use crate::snapshot::Closing;
+use crate::stack::Stack;
 
 /// Prints and writes the report; `Ok(false)` when a correctness check failed.
 pub fn finish(stack: &Stack, m: &Measured<'_>) -> Result<bool> {
-    let (t, shared) = table(stack, m);
-    let json = json(stack, m, &t, shared);
+    let (t, closing) = table(stack, m);
+    let json = json(stack, m, &t, closing);
     common::finish(stack, &t, &json, &[("progress.svg", chart(m))])
 }
 
-fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Shared) {
+fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Closing) {
     let (args, f) = (m.args, &m.figures);
     let orders = args.orders as usize;
     let mut t = Table::new(format!(
@@ -43,16 +37,9 @@ fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Shared) {
     t.context("clock: from starting the relay; times are the server's (published_at, updated_at)");
     t.context(format!("output: {}", stack.out.display()));
     rate_rows(&mut t, m);
-    let calls_per_1000 = common::salesforce_call_rows(
-        &mut t,
-        m.totals.calls,
-        m.baseline.startup_calls,
-        f.synced.len(),
-    );
-    let (service_metrics, pg) = common::footer_rows(
-        &mut t,
-        &m.totals.footer(&m.baseline, orders, true, &[EMULATOR]),
-    );
+    let closing = m
+        .totals
+        .closing_rows(&mut t, &m.baseline, f.synced.len(), orders, true);
     t.check(
         "orders not synced by the end",
         format!(
@@ -63,12 +50,7 @@ fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Shared) {
         f.not_synced == 0,
     );
     common::verification_rows(&mut t, &m.verification);
-    let shared = Shared {
-        calls_per_1000,
-        service_metrics,
-        pg,
-    };
-    (t, shared)
+    (t, closing)
 }
 
 fn rate_rows(t: &mut Table, m: &Measured<'_>) {
@@ -101,7 +83,7 @@ fn rate_rows(t: &mut Table, m: &Measured<'_>) {
     );
 }
 
-fn json(stack: &Stack, m: &Measured<'_>, t: &Table, shared: Shared) -> Value {
+fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
     let (args, f, totals) = (m.args, &m.figures, &m.totals);
     let orders = args.orders as usize;
     json!({
@@ -126,13 +108,10 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, shared: Shared) -> Value {
             "published_per_s": f.publish_rate, "last_published_s": f.last_published,
             "first_published_s": f.first_published,
         },
-        "salesforce": {
-            "api_calls": totals.calls, "startup_calls": m.baseline.startup_calls,
-            "per_1000_orders": shared.calls_per_1000, "stats_at_end": totals.stats,
-        },
+        "salesforce": totals.salesforce_json(&m.baseline, &closing),
         "peak_rss_mib": common::rss_json(&totals.rss),
-        "service_metrics": shared.service_metrics,
-        "postgres_per_order": shared.pg,
+        "service_metrics": closing.service_metrics,
+        "postgres_per_order": closing.pg,
         "verification": m.verification.to_json(),
         "table": t.to_json(),
     })

@@ -2,7 +2,6 @@
 //! order joins the [`Watch`] as its 201 arrives) and the observer listing newly synced orders
 //! through the API (the paging rule is in `mod.rs`). What they saw is a [`Flow`].
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,7 +14,7 @@ use uuid::Uuid;
 use super::E2eArgs;
 use super::watch::{ORDER_MARGIN, Sent, Watch};
 use crate::common::lock;
-use crate::poster::{Posted, Poster, Retry, post_paced};
+use crate::poster::{Posted, Poster, Retry, Tally, post_paced};
 
 /// Attempts per order on 429/503/409-in-flight or a transport error, same Idempotency-Key.
 /// Up to 10 attempts per order, each within the client's 30 s timeout.
@@ -71,9 +70,7 @@ pub async fn run(poster: Arc<Poster>, args: &E2eArgs, deadline: Instant) -> Resu
 pub struct PostTotals {
     pub accepted: usize,
     pub rejected: usize,
-    pub statuses: BTreeMap<u16, u64>,
-    pub transport_errors: u64,
-    pub retried_orders: u64,
+    pub tally: Tally,
     pub errors: Vec<String>,
     pub post_ms: Vec<f64>,
     pub answered: Vec<Instant>,
@@ -83,13 +80,7 @@ pub struct PostTotals {
 
 impl PostTotals {
     fn absorb(&mut self, r: Posted) {
-        for s in &r.statuses {
-            *self.statuses.entry(*s).or_insert(0) += 1;
-        }
-        self.transport_errors += u64::from(r.transport_errors);
-        if r.retried() {
-            self.retried_orders += 1;
-        }
+        self.tally.add(&r);
         self.first_sent = Some(self.first_sent.map_or(r.sent, |f| f.min(r.sent)));
         // A duplicate client_ref is a failure of idempotency here, not an acceptance.
         if r.created_at.is_some() {

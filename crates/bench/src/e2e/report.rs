@@ -6,21 +6,16 @@ use serde_json::{Value, json};
 use super::{Measured, TARGET_P99_MS, TARGET_P99_RATE, TARGET_RATIO};
 use crate::chart::{self, Chart, Guide, Series};
 use crate::common;
+use crate::poster::statuses_json;
 use crate::report::{Goal, Table, thousands};
-use crate::stack::{EMULATOR, Stack};
+use crate::snapshot::Closing;
+use crate::stack::Stack;
 use crate::stats::{Summary, summary_json};
-
-/// Figures the table's shared rows compute and the JSON repeats.
-struct Shared {
-    calls_per_1000: f64,
-    service_metrics: Value,
-    pg: Value,
-}
 
 /// Prints and writes the report; `Ok(false)` when a correctness check failed.
 pub fn finish(stack: &Stack, m: &Measured<'_>) -> Result<bool> {
-    let (t, shared) = table(stack, m);
-    let json = json(stack, m, &t, shared);
+    let (t, closing) = table(stack, m);
+    let json = json(stack, m, &t, closing);
     common::finish(stack, &t, &json, &[("latency.svg", chart(m))])
 }
 
@@ -32,7 +27,7 @@ fn rate_text(rate: f64) -> String {
     }
 }
 
-fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Shared) {
+fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Closing) {
     let args = m.args;
     let mut t = Table::new(format!(
         "orderbridge-bench e2e: {} orders at {}, {} connections; Salesforce emulated at {} ms + 0–{} ms per call",
@@ -46,19 +41,11 @@ fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Shared) {
     throughput_rows(&mut t, m);
     latency_rows(&mut t, m);
     let f = &m.figures;
-    let calls_per_1000 =
-        common::salesforce_call_rows(&mut t, m.totals.calls, m.baseline.startup_calls, f.accepted);
-    let (service_metrics, pg) = common::footer_rows(
-        &mut t,
-        &m.totals.footer(&m.baseline, f.accepted, false, &[EMULATOR]),
-    );
+    let closing = m
+        .totals
+        .closing_rows(&mut t, &m.baseline, f.accepted, f.accepted, false);
     check_rows(&mut t, m);
-    let shared = Shared {
-        calls_per_1000,
-        service_metrics,
-        pg,
-    };
-    (t, shared)
+    (t, closing)
 }
 
 fn context(t: &mut Table, stack: &Stack, m: &Measured<'_>) {
@@ -177,7 +164,7 @@ fn check_rows(t: &mut Table, m: &Measured<'_>) {
     common::verification_rows(t, &m.verification);
 }
 
-fn json(stack: &Stack, m: &Measured<'_>, t: &Table, shared: Shared) -> Value {
+fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
     let (args, f, totals) = (m.args, &m.figures, &m.totals);
     let (posted, observed) = (&m.flow.posted, &m.flow.observed);
     let stage_json: serde_json::Map<String, Value> = f
@@ -206,9 +193,9 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, shared: Shared) -> Value {
             "failed_sample": observed.failed.iter().take(20).map(|(id, code)| json!({"id": id, "code": code})).collect::<Vec<_>>(),
         },
         "post": {
-            "statuses": posted.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
-            "transport_errors": posted.transport_errors,
-            "retried_orders": posted.retried_orders,
+            "statuses": statuses_json(&posted.tally.statuses),
+            "transport_errors": posted.tally.transport_errors,
+            "retried_orders": posted.tally.retried_orders,
             "errors_sample": posted.errors,
         },
         "throughput": {
@@ -229,14 +216,10 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, shared: Shared) -> Value {
             "list_errors": observed.request_errors, "cycles": observed.cycles,
             "mean_cycle_ms": observed.busy.as_secs_f64() * 1e3 / observed.cycles.max(1) as f64,
         },
-        "salesforce": {
-            "api_calls": totals.calls, "startup_calls": m.baseline.startup_calls,
-            "per_1000_orders": shared.calls_per_1000,
-            "stats_at_end": totals.stats,
-        },
+        "salesforce": totals.salesforce_json(&m.baseline, &closing),
         "peak_rss_mib": common::rss_json(&totals.rss),
-        "service_metrics": shared.service_metrics,
-        "postgres_per_order": shared.pg,
+        "service_metrics": closing.service_metrics,
+        "postgres_per_order": closing.pg,
         "verification": m.verification.to_json(),
         "table": t.to_json(),
     })
