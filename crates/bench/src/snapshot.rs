@@ -17,6 +17,7 @@ use crate::common::{self, Footer, PgCounters};
 use crate::procfs::{self, CpuSnapshot, CpuUsage};
 use crate::report::Table;
 use crate::stack::{EMULATOR, Stack};
+use crate::verify::Verification;
 
 /// The readings just before the orders start to flow.
 pub struct Baseline {
@@ -111,12 +112,32 @@ impl Totals {
         }
     }
 
-    /// The report's `salesforce` object.
-    pub fn salesforce_json(&self, baseline: &Baseline, closing: &Closing) -> Value {
-        json!({
-            "api_calls": self.calls, "startup_calls": baseline.startup_calls,
-            "per_1000_orders": closing.calls_per_1000, "stats_at_end": self.stats,
-        })
+    /// The keys `e2e` and `drain` end their report.json with, after their own: Salesforce
+    /// calls, memory, the services' metrics, Postgres per order, the reconciliation and the
+    /// table.
+    pub fn append_json(
+        &self,
+        json: &mut Value,
+        baseline: &Baseline,
+        closing: Closing,
+        verification: &Verification,
+        t: &Table,
+    ) {
+        let Value::Object(object) = json else { return };
+        let closing_keys = json!({
+            "salesforce": {
+                "api_calls": self.calls, "startup_calls": baseline.startup_calls,
+                "per_1000_orders": closing.calls_per_1000, "stats_at_end": self.stats,
+            },
+            "peak_rss_mib": common::rss_json(&self.rss),
+            "service_metrics": closing.service_metrics,
+            "postgres_per_order": closing.pg,
+            "verification": verification.to_json(),
+            "table": t.to_json(),
+        });
+        if let Value::Object(closing_keys) = closing_keys {
+            object.extend(closing_keys);
+        }
     }
 }
 

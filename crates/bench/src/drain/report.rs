@@ -86,7 +86,7 @@ fn rate_rows(t: &mut Table, m: &Measured<'_>) {
 fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
     let (args, f, totals) = (m.args, &m.figures, &m.totals);
     let orders = args.orders as usize;
-    json!({
+    let mut json = json!({
         "command": "drain",
         "started_at": m.clock.started_wall,
         "args": {
@@ -108,13 +108,9 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
             "published_per_s": f.publish_rate, "last_published_s": f.last_published,
             "first_published_s": f.first_published,
         },
-        "salesforce": totals.salesforce_json(&m.baseline, &closing),
-        "peak_rss_mib": common::rss_json(&totals.rss),
-        "service_metrics": closing.service_metrics,
-        "postgres_per_order": closing.pg,
-        "verification": m.verification.to_json(),
-        "table": t.to_json(),
-    })
+    });
+    totals.append_json(&mut json, &m.baseline, closing, &m.verification, t);
+    json
 }
 
 /// Published and synced orders over time, beside the target's pace.

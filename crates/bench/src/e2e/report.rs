@@ -172,7 +172,7 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
         .iter()
         .map(|(name, values)| ((*name).to_owned(), summary_json(values)))
         .collect();
-    json!({
+    let mut json = json!({
         "command": "e2e",
         "started_at": m.clock.started_wall,
         "args": {
@@ -216,13 +216,9 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, closing: Closing) -> Value {
             "list_errors": observed.request_errors, "cycles": observed.cycles,
             "mean_cycle_ms": observed.busy.as_secs_f64() * 1e3 / observed.cycles.max(1) as f64,
         },
-        "salesforce": totals.salesforce_json(&m.baseline, &closing),
-        "peak_rss_mib": common::rss_json(&totals.rss),
-        "service_metrics": closing.service_metrics,
-        "postgres_per_order": closing.pg,
-        "verification": m.verification.to_json(),
-        "table": t.to_json(),
-    })
+    });
+    totals.append_json(&mut json, &m.baseline, closing, &m.verification, t);
+    json
 }
 
 fn chart(m: &Measured<'_>) -> String {
