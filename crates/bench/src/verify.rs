@@ -3,7 +3,8 @@
 //! - [`verify`] (e2e, drain): every accepted order exists exactly once in Salesforce, with its
 //!   lines. It runs the product's own reconciliation, `orderbridge_cli::reconcile` (what
 //!   `orderbridge reconcile` runs: SOQL against the emulator, paged, compared with Postgres by
-//!   external id), and turns its report into the bench's rows.
+//!   external id), and turns its report into the bench's rows. [`reconcile_run`] is that
+//!   reconciliation alone, which `chaos` classifies in its own way.
 //! - [`verify_intake`] (intake, which runs no worker): every accepted order is in Postgres
 //!   exactly once, with its lines, its event and its idempotency key.
 
