@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use orderbridge_broker::lapin::Channel;
-use orderbridge_broker::lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use orderbridge_broker::lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+};
 use orderbridge_broker::lapin::types::FieldTable;
 use orderbridge_broker::{BrokerConfig, Session};
 use tokio::sync::watch;
@@ -129,7 +131,18 @@ async fn consume(
             () = async { let _ = stop.wait_for(|s| *s).await; } => break,
         }
     }
-    ack(&channel, &config, &mut last_tag, &mut unacked).await
+    ack(&channel, &config, &mut last_tag, &mut unacked).await?;
+    // Cancelled and confirmed before the channel goes: dropping the consumer and the channel
+    // together sends basic.cancel and channel.close at once, and a cancel-ok arriving after
+    // the close is a protocol error that takes the whole connection down (seen under load:
+    // the raw loop's queue.delete then failed on the same connection).
+    config
+        .op(
+            "basic.cancel",
+            channel.basic_cancel(consumer.tag(), BasicCancelOptions::default()),
+        )
+        .await?;
+    Ok(())
 }
 
 async fn ack(
