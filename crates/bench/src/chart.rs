@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::stats::percentile_index;
+use crate::stats::{Summary, percentile_index};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 540.0;
@@ -109,6 +109,44 @@ pub fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
     points
 }
 
+/// Labelled points at the given percentiles (50, 90 or 99) of a latency CDF, the value in ms
+/// to `decimals` places.
+pub fn percentile_markers(
+    s: Option<Summary>,
+    percentiles: &[u8],
+    decimals: usize,
+    color: &'static str,
+) -> Vec<Marker> {
+    let Some(s) = s else { return Vec::new() };
+    percentiles
+        .iter()
+        .filter_map(|p| {
+            let v = match p {
+                50 => s.p50,
+                90 => s.p90,
+                99 => s.p99,
+                _ => return None,
+            };
+            Some(Marker {
+                x: v,
+                y: f64::from(*p),
+                label: format!("p{p} {v:.decimals$} ms"),
+                color,
+            })
+        })
+        .collect()
+}
+
+/// A running count over time: (0, 0), then (t, n) for the n-th of `times`, thinned to `max`
+/// points.
+pub fn cumulative(mut times: Vec<f64>, max: usize) -> Vec<(f64, f64)> {
+    times.sort_by(f64::total_cmp);
+    let points: Vec<(f64, f64)> = std::iter::once((0.0, 0.0))
+        .chain(times.iter().enumerate().map(|(i, t)| (*t, (i + 1) as f64)))
+        .collect();
+    thin(&points, max)
+}
+
 /// At most `max` points of a curve, evenly picked (the last one kept).
 pub fn thin(points: &[(f64, f64)], max: usize) -> Vec<(f64, f64)> {
     if points.len() <= max || max < 2 {
@@ -156,14 +194,38 @@ fn escape(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-pub fn render(chart: &Chart) -> String {
-    let plot_w = WIDTH - LEFT - RIGHT;
-    let plot_h = HEIGHT - TOP - BOTTOM;
-    let x_max = if chart.x_max > 0.0 { chart.x_max } else { 1.0 };
-    let y_max = if chart.y_max > 0.0 { chart.y_max } else { 1.0 };
-    let sx = |x: f64| LEFT + (x.clamp(0.0, x_max) / x_max) * plot_w;
-    let sy = |y: f64| TOP + plot_h - (y.clamp(0.0, y_max) / y_max) * plot_h;
+/// The plot area and its scales: data coordinates to pixels.
+#[derive(Clone, Copy)]
+struct Frame {
+    plot_w: f64,
+    plot_h: f64,
+    x_max: f64,
+    y_max: f64,
+}
 
+impl Frame {
+    fn of(chart: &Chart) -> Self {
+        Self {
+            plot_w: WIDTH - LEFT - RIGHT,
+            plot_h: HEIGHT - TOP - BOTTOM,
+            x_max: if chart.x_max > 0.0 { chart.x_max } else { 1.0 },
+            y_max: if chart.y_max > 0.0 { chart.y_max } else { 1.0 },
+        }
+    }
+
+    fn sx(&self, x: f64) -> f64 {
+        LEFT + (x.clamp(0.0, self.x_max) / self.x_max) * self.plot_w
+    }
+
+    fn sy(&self, y: f64) -> f64 {
+        TOP + self.plot_h - (y.clamp(0.0, self.y_max) / self.y_max) * self.plot_h
+    }
+}
+
+/// The chart as an SVG document, drawn in layers: grid, curves, guides, markers, lanes,
+/// legend (later layers on top).
+pub fn render(chart: &Chart) -> String {
+    let f = Frame::of(chart);
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -175,7 +237,26 @@ pub fn render(chart: &Chart) -> String {
         escape(&chart.title),
         escape(&chart.subtitle)
     );
+    grid(&mut svg, chart, f);
+    series(&mut svg, chart, f);
+    guides(&mut svg, chart, f);
+    markers(&mut svg, chart, f);
+    lanes(&mut svg, chart, f);
+    legend(&mut svg, chart, f);
+    svg.push_str("</svg>\n");
+    svg
+}
 
+/// The grid with its ticks, the plot's frame and the axis labels.
+fn grid(svg: &mut String, chart: &Chart, f: Frame) {
+    let Frame {
+        plot_w,
+        plot_h,
+        x_max,
+        y_max,
+    } = f;
+    let sx = |x: f64| f.sx(x);
+    let sy = |y: f64| f.sy(y);
     // Grid and ticks.
     let xs = tick_step(x_max, 10.0);
     let mut x = 0.0;
@@ -215,7 +296,12 @@ pub fn render(chart: &Chart) -> String {
         TOP + plot_h / 2.0,
         escape(&chart.y_label)
     );
+}
 
+/// The curves.
+fn series(svg: &mut String, chart: &Chart, f: Frame) {
+    let sx = |x: f64| f.sx(x);
+    let sy = |y: f64| f.sy(y);
     for s in &chart.series {
         if s.points.is_empty() {
             continue;
@@ -237,7 +323,13 @@ pub fn render(chart: &Chart) -> String {
             pts.join(" ")
         );
     }
+}
 
+/// The reference lines (targets, the 99% line).
+fn guides(svg: &mut String, chart: &Chart, f: Frame) {
+    let Frame { plot_w, plot_h, .. } = f;
+    let sx = |x: f64| f.sx(x);
+    let sy = |y: f64| f.sy(y);
     for g in &chart.guides {
         if let Some(x) = g.x {
             let px = sx(x);
@@ -269,7 +361,13 @@ pub fn render(chart: &Chart) -> String {
             );
         }
     }
+}
 
+/// The labelled points.
+fn markers(svg: &mut String, chart: &Chart, f: Frame) {
+    let Frame { plot_w, plot_h, .. } = f;
+    let sx = |x: f64| f.sx(x);
+    let sy = |y: f64| f.sy(y);
     for m in &chart.markers {
         let (px, py) = (sx(m.x), sy(m.y));
         // Left of the point in the right third of the plot, below it near the top, so labels
@@ -290,7 +388,11 @@ pub fn render(chart: &Chart) -> String {
             escape(&m.label)
         );
     }
+}
 
+/// The lanes of bands above the curves.
+fn lanes(svg: &mut String, chart: &Chart, f: Frame) {
+    let sx = |x: f64| f.sx(x);
     // Lanes at the top of the plot: the bands as translucent bars (at least 2 px wide, so an
     // instant shows), then each lane's name on a white halo so a bar under it stays readable.
     for b in &chart.bands {
@@ -316,7 +418,11 @@ pub fn render(chart: &Chart) -> String {
             escape(name)
         );
     }
+}
 
+/// The legend of the curves.
+fn legend(svg: &mut String, chart: &Chart, f: Frame) {
+    let Frame { plot_w, plot_h, .. } = f;
     // Legend, bottom right of the plot, on white so a curve passing behind it stays readable.
     let legend_y = TOP + plot_h - 14.0 - 18.0 * chart.series.len() as f64;
     if !chart.series.is_empty() {
@@ -346,8 +452,6 @@ pub fn render(chart: &Chart) -> String {
             escape(&s.name)
         );
     }
-    svg.push_str("</svg>\n");
-    svg
 }
 
 #[cfg(test)]

@@ -1,7 +1,13 @@
 //! Rows, context and output shared by the subcommands: the machine, memory, CPU, the
-//! Salesforce check, writing the files.
+//! Salesforce check, writing the files; and the small conversions every suite's figures go
+//! through (durations to ms, rates, instants to wall-clock times), so that two suites never
+//! compute one figure in two ways.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use crate::procfs::{self, CpuUsage};
@@ -13,8 +19,59 @@ use crate::verify::Verification;
 pub const TARGET_CALLS_PER_1000: f64 = 6.0;
 pub const TARGET_RSS_MIB: f64 = 64.0;
 
-fn load_text(load: Option<[f64; 3]>) -> String {
+/// The 1-minute load average as the context lines show it.
+pub fn load_text(load: Option<[f64; 3]>) -> String {
     load.map_or_else(|| "?".to_owned(), |l| format!("{:.2}", l[0]))
+}
+
+/// Locks state shared with the suite's tasks. A task that panicked while holding it leaves
+/// what it recorded so far, which is still worth reporting.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A span between two server timestamps in milliseconds (microseconds kept, as Postgres
+/// stores them).
+pub fn ms(d: chrono::Duration) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3
+}
+
+/// The same in seconds.
+pub fn secs(d: chrono::Duration) -> f64 {
+    d.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6
+}
+
+/// `n` per second over `seconds`; 0 for an empty span.
+pub fn per_second(n: usize, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    }
+}
+
+/// A run's start on both clocks: the bench measures with [`Instant`]s, the services stamp
+/// rows with wall-clock times, and comparing the two needs one moment known on both.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub started: Instant,
+    pub started_wall: DateTime<Utc>,
+}
+
+impl Clock {
+    pub fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            started_wall: Utc::now(),
+        }
+    }
+
+    /// The wall-clock time of `i` (no earlier than the start).
+    pub fn wall(&self, i: Instant) -> DateTime<Utc> {
+        self.started_wall
+            + chrono::Duration::from_std(i.saturating_duration_since(self.started))
+                .unwrap_or_default()
+    }
 }
 
 /// Context lines: cores, load, how busy the machine was, which binaries.
@@ -48,13 +105,10 @@ pub fn machine_context(
         stack.bin_dir.display()
     ));
     if !stack.args.env.is_empty() {
-        let env: Vec<String> = stack
-            .args
-            .env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
-        t.context(format!("service environment: {}", env.join(" ")));
+        t.context(format!(
+            "service environment: {}",
+            stack.args.env_pairs().join(" ")
+        ));
     }
 }
 

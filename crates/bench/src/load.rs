@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::poster::statuses_json;
 use crate::stats::summary_json;
 
 /// How one operation ended.
@@ -77,7 +78,7 @@ impl LoadResult {
             "accepted_total": self.accepted.len(),
             "refused": self.refused,
             "unknown_outcome": self.unknown,
-            "statuses": self.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+            "statuses": statuses_json(&self.statuses),
             "errors_sample": self.errors,
             "latency_ms": summary_json(&self.latencies_ms),
         })
@@ -157,20 +158,9 @@ where
         ..LoadResult::default()
     };
     while let Some(done) = tasks.join_next().await {
-        let Ok(r) = done else { continue };
-        total.latencies_ms.extend(r.latencies_ms);
-        total.accepted_in_window += r.accepted_in_window;
-        total.failed_in_window += r.failed_in_window;
-        total.accepted.extend(r.accepted);
-        total.unknown += r.unknown;
-        total.refused += r.refused;
-        for (s, n) in r.statuses {
-            *total.statuses.entry(s).or_insert(0) += n;
-        }
-        for e in r.errors {
-            if total.errors.len() < 10 {
-                total.errors.push(e);
-            }
+        // A task's own window_s is 0: the total keeps the window's length.
+        if let Ok(r) = done {
+            total.merge(r);
         }
     }
     total

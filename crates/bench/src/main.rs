@@ -7,7 +7,8 @@
 //! Every subcommand builds its own [`stack::Stack`] (a fresh database, a broker namespace, the
 //! services on free ports, logs in the output directory) and tears it down. A new subcommand is
 //! a module with an `Args` struct flattening [`stack::StackArgs`] and a `run` returning whether
-//! its correctness checks held; the report, JSON and chart helpers are shared.
+//! its correctness checks held, measuring inside [`stack::with_stack`]; the poster, the
+//! readings around a run ([`snapshot`]), the report, JSON and chart helpers are shared.
 
 mod chaos;
 mod chart;
@@ -20,6 +21,7 @@ mod poster;
 mod procfs;
 mod relay;
 mod report;
+mod snapshot;
 mod stack;
 mod stats;
 mod verify;

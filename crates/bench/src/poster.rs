@@ -1,12 +1,13 @@
-//! Posting the workload's orders to `POST /v1/orders` as a careful client does, for the suites
-//! that drive the whole pipeline (`e2e`, `chaos`): one order ([`Poster::post`]) retried with its
-//! Idempotency-Key, and many at a pace ([`post_paced`]).
+//! Posting the workload's orders to `POST /v1/orders` as a careful client does, for every suite
+//! that posts (`e2e`, `chaos`; `intake` with a single attempt): one order ([`Poster::post`])
+//! retried with its Idempotency-Key, and many at a pace ([`post_paced`]).
 //!
 //! One retry rule for every suite: transport errors, 5xx, 408, 409 "key in flight" and 429 are
 //! retried with the same key (a request that timed out may have committed: the retry then
 //! replays its answer); a 409 `duplicate-client-ref` means the key did not replay an order that
 //! exists, which [`Posted::duplicate_client_ref`] reports; every other answer is final.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -89,6 +90,40 @@ impl Posted {
     }
 }
 
+/// Many orders' POSTs summed, as every posting suite reports them.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub attempts: u64,
+    /// Orders that needed more than one attempt.
+    pub retried_orders: u64,
+    /// Answers by HTTP status.
+    pub statuses: BTreeMap<u16, u64>,
+    pub transport_errors: u64,
+}
+
+impl Tally {
+    pub fn add(&mut self, p: &Posted) {
+        self.attempts += u64::from(p.attempts);
+        if p.retried() {
+            self.retried_orders += 1;
+        }
+        for s in &p.statuses {
+            *self.statuses.entry(*s).or_insert(0) += 1;
+        }
+        self.transport_errors += u64::from(p.transport_errors);
+    }
+}
+
+/// Counts by HTTP status as a JSON object (`{"201": n, …}`).
+pub fn statuses_json(statuses: &BTreeMap<u16, u64>) -> Value {
+    Value::Object(
+        statuses
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::from(*v)))
+            .collect(),
+    )
+}
+
 #[derive(Deserialize)]
 struct Created {
     id: Uuid,
@@ -96,6 +131,27 @@ struct Created {
 }
 
 impl Poster {
+    /// A poster on a client of its own, keeping a keep-alive connection for each of the
+    /// `connections` requests in flight (and one spare); `timeout` bounds every request.
+    pub fn new(
+        api: String,
+        key: String,
+        run: String,
+        connections: usize,
+        timeout: Option<Duration>,
+    ) -> anyhow::Result<Self> {
+        let mut http = reqwest::Client::builder().pool_max_idle_per_host(connections + 1);
+        if let Some(t) = timeout {
+            http = http.timeout(t);
+        }
+        Ok(Self {
+            http: http.build()?,
+            api,
+            key,
+            run,
+        })
+    }
+
     /// Posts the workload's order `i` until the API accepts it, the answer is final, or `retry`
     /// runs out.
     pub async fn post(&self, i: usize, retry: Retry) -> Posted {
@@ -135,7 +191,10 @@ impl Poster {
                     Next::Retry(Some(after)) => wait = after.min(MAX_RETRY_AFTER),
                 },
             }
-            if retry.give_up.is_some_and(|g| Instant::now() + wait > g) {
+            // No pause after the last attempt: the caller gets its answer at once.
+            if posted.attempts >= retry.attempts
+                || retry.give_up.is_some_and(|g| Instant::now() + wait > g)
+            {
                 break;
             }
             tokio::time::sleep(wait).await;
@@ -204,7 +263,9 @@ async fn answer(posted: &mut Posted, resp: reqwest::Response) -> Next {
 
 /// Runs `job(i, due)` for `i` in `0..orders`, started at `rate` per second (open loop: a slow
 /// answer does not delay the next start; `0` = as fast as `connections` allow), at most
-/// `connections` at once, and hands each result to `absorb` as it finishes.
+/// `connections` at once, and hands each result to `absorb` as it finishes. A job that panics
+/// is not handed on. Not only for POSTs: `relay` paces its fixed-rate commits with it too, so
+/// every open-loop load in the bench keeps the same schedule.
 pub async fn post_paced<T, F, Fut>(
     orders: usize,
     rate: f64,

@@ -3,7 +3,8 @@
 //! - [`verify`] (e2e, drain): every accepted order exists exactly once in Salesforce, with its
 //!   lines. It runs the product's own reconciliation, `orderbridge_cli::reconcile` (what
 //!   `orderbridge reconcile` runs: SOQL against the emulator, paged, compared with Postgres by
-//!   external id), and turns its report into the bench's rows.
+//!   external id), and turns its report into the bench's rows. [`reconcile_run`] is that
+//!   reconciliation alone, which `chaos` classifies in its own way.
 //! - [`verify_intake`] (intake, which runs no worker): every accepted order is in Postgres
 //!   exactly once, with its lines, its event and its idempotency key.
 
@@ -18,6 +19,8 @@ use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
+
+use crate::stack::Stack;
 
 #[derive(Debug, Default)]
 pub struct Verification {
@@ -125,26 +128,28 @@ impl Verification {
     }
 }
 
-/// Runs `orderbridge_cli::reconcile` over every order of the bench database against the
-/// emulator at `emulator`, with the worker's mapping (`mapping_file`, or the built-in one).
-pub async fn verify(
-    pool: &PgPool,
-    emulator: &str,
-    mapping_file: Option<&Path>,
-) -> Result<Verification> {
-    let mapping = Mapping::load(mapping_file).context("cannot load the worker's mapping")?;
+/// Runs `orderbridge_cli::reconcile` over every order of the run's database against its
+/// emulator, with the worker's mapping (`--env WORKER_MAPPING_FILE`, or the built-in one).
+pub async fn reconcile_run(stack: &Stack) -> Result<Report> {
+    let mapping = Mapping::load(stack.setting("WORKER_MAPPING_FILE").map(Path::new))
+        .context("cannot load the worker's mapping")?;
     // The emulator's dev credentials are the client's defaults, as for the worker.
     let config = SalesforceConfig {
-        login_url: emulator.to_owned(),
+        login_url: stack.emulator()?.to_owned(),
         request_timeout: Duration::from_secs(60),
         ..SalesforceConfig::default()
     };
     let client = Client::new(&config).context("cannot build the Salesforce client")?;
-    let report = reconcile(pool, &client, &mapping, Scope::all())
+    reconcile(stack.pool()?, &client, &mapping, Scope::all())
         .await
-        .context("reconcile failed")?;
+        .context("reconcile failed")
+}
+
+/// [`reconcile_run`], as the bench's classes.
+pub async fn verify(stack: &Stack) -> Result<Verification> {
+    let report = reconcile_run(stack).await?;
     let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM order_lines")
-        .fetch_one(pool)
+        .fetch_one(stack.pool()?)
         .await?;
     Ok(Verification::from_report(
         report,

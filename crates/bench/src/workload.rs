@@ -5,7 +5,7 @@
 use anyhow::{Result, anyhow};
 use chrono::{DateTime, SubsecRound, Utc};
 use orderbridge_db::{create, outbox};
-use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent};
+use orderbridge_domain::{Envelope, NewOrder, NewOrderRequest, Order, OrderEvent};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -54,6 +54,12 @@ pub fn stored_order(run: &str, i: usize, id: Uuid, now: DateTime<Utc>) -> Result
     Ok(new.into_order(id, now))
 }
 
+/// The `order.submitted` event of `order` as order-api enqueues it, correlated by the order's
+/// idempotency key `key`.
+pub fn submitted(order: &Order, key: String) -> Envelope<Value> {
+    OrderEvent::Submitted(Box::new(order.clone())).into_envelope(order.created_at, Some(key))
+}
+
 /// Writes `n` orders with their lines and `order.submitted` outbox rows, `chunk` per
 /// transaction, as if posted through the API (without idempotency keys, which only the API's
 /// replay path reads): the API's own row writers, many orders per statement.
@@ -76,10 +82,7 @@ pub async fn insert_backlog(
         let envelopes: Vec<_> = orders
             .iter()
             .zip(start..end)
-            .map(|(order, i)| {
-                OrderEvent::Submitted(Box::new(order.clone()))
-                    .into_envelope(order.created_at, Some(format!("{run}-{i}")))
-            })
+            .map(|(order, i)| submitted(order, format!("{run}-{i}")))
             .collect();
         let events: Vec<_> = orders.iter().map(|o| o.id.get()).zip(&envelopes).collect();
         // One transaction: the orders, their lines, their outbox rows in order (so `position`
@@ -90,6 +93,15 @@ pub async fn insert_backlog(
         tx.commit().await?;
         start = end;
     }
+    Ok(())
+}
+
+/// Fresh planner statistics after a backlog was written, so the relay's and the progress
+/// queries' plans fit the tables' new size.
+pub async fn analyze(pool: &PgPool) -> Result<()> {
+    sqlx::query("ANALYZE orders, order_lines, outbox")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

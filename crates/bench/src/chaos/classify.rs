@@ -217,6 +217,13 @@ pub fn classify(input: &Inputs<'_>) -> Outcome {
     out.failed = failed;
     out.not_terminal = not_terminal;
 
+    dead_letters(&mut out, input);
+    out
+}
+
+/// The dead letters: the injected poison (each must be there) apart from real orders' events
+/// (none may be).
+fn dead_letters(out: &mut Outcome, input: &Inputs<'_>) {
     let mut poison_seen = HashSet::new();
     for d in input.dead_letters {
         if d.is_poison() {
@@ -238,7 +245,6 @@ pub fn classify(input: &Inputs<'_>) -> Outcome {
         .filter(|m| !poison_seen.contains(m.as_str()))
         .cloned()
         .collect();
-    out
 }
 
 /// Dead letters by reason, for the table.

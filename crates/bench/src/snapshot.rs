@@ -1,0 +1,178 @@
+//! What the pipeline suites read from the running stack around their measured part, and what
+//! the database holds at the end.
+//!
+//! `e2e` and `drain` take the same readings before and after the orders flow ([`Baseline`],
+//! [`Totals`]), in the same order, so their per-order figures (Salesforce calls, Postgres work,
+//! CPU) are computed alike; the queries on the outbox and the orders' states are shared by the
+//! suites that report them.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::common::{self, Footer, PgCounters};
+use crate::procfs::{self, CpuSnapshot, CpuUsage};
+use crate::report::Table;
+use crate::stack::{EMULATOR, Stack};
+use crate::verify::Verification;
+
+/// The readings just before the orders start to flow.
+pub struct Baseline {
+    /// Salesforce calls so far: the worker's start-up (mapping check, login), not the orders'
+    /// cost.
+    pub startup_calls: u64,
+    pub pg: PgCounters,
+    pub load: Option<[f64; 3]>,
+    pub cpu: CpuSnapshot,
+}
+
+impl Baseline {
+    pub async fn take(stack: &Stack) -> Result<Self> {
+        Ok(Self {
+            startup_calls: stack.api_calls().await?,
+            pg: PgCounters::take(stack.pool()?).await?,
+            load: procfs::loadavg(),
+            cpu: CpuSnapshot::take(&stack.pids()),
+        })
+    }
+}
+
+/// The readings once the orders are through, against a [`Baseline`].
+pub struct Totals {
+    pub cpu: CpuUsage,
+    pub load: Option<[f64; 3]>,
+    pub rss: Vec<(String, Option<u64>)>,
+    pub scraped: Vec<(String, String)>,
+    pub pg: PgCounters,
+    /// The emulator's counters at the end.
+    pub stats: Value,
+    /// Salesforce calls after the start-up ones.
+    pub calls: u64,
+}
+
+impl Totals {
+    /// CPU and load first, as close to the end of the flow as possible; the Postgres counters
+    /// last, because backends report them at most once a second.
+    pub async fn take(stack: &Stack, baseline: &Baseline) -> Result<Self> {
+        let cpu = baseline.cpu.usage_until(&CpuSnapshot::take(&stack.pids()));
+        let load = procfs::loadavg();
+        let rss = stack.peak_rss_kib();
+        let scraped = stack.scrape_metrics().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let pg = PgCounters::take(stack.pool()?).await?;
+        let stats = stack.emulator_stats().await?;
+        let calls = stats["api_calls_total"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(baseline.startup_calls);
+        Ok(Self {
+            cpu,
+            load,
+            rss,
+            scraped,
+            pg,
+            stats,
+            calls,
+        })
+    }
+
+    /// The rows `e2e` and `drain` close their table with: Salesforce calls per 1,000 of the
+    /// `synced` orders, then the shared footer (per order of `orders`; `backlog`: the relay
+    /// read a backlog, see [`common::metrics_rows`]).
+    pub fn closing_rows(
+        &self,
+        t: &mut Table,
+        baseline: &Baseline,
+        synced: usize,
+        orders: usize,
+        backlog: bool,
+    ) -> Closing {
+        let calls_per_1000 =
+            common::salesforce_call_rows(t, self.calls, baseline.startup_calls, synced);
+        let (service_metrics, pg) = common::footer_rows(
+            t,
+            &Footer {
+                scraped: &self.scraped,
+                backlog,
+                pg_before: &baseline.pg,
+                pg_after: &self.pg,
+                orders,
+                rss: &self.rss,
+                rss_no_target: &[EMULATOR],
+                cpu: &self.cpu,
+            },
+        );
+        Closing {
+            calls_per_1000,
+            service_metrics,
+            pg,
+        }
+    }
+
+    /// The keys `e2e` and `drain` end their report.json with, after their own: Salesforce
+    /// calls, memory, the services' metrics, Postgres per order, the reconciliation and the
+    /// table.
+    pub fn append_json(
+        &self,
+        json: &mut Value,
+        baseline: &Baseline,
+        closing: Closing,
+        verification: &Verification,
+        t: &Table,
+    ) {
+        let Value::Object(object) = json else { return };
+        let closing_keys = json!({
+            "salesforce": {
+                "api_calls": self.calls, "startup_calls": baseline.startup_calls,
+                "per_1000_orders": closing.calls_per_1000, "stats_at_end": self.stats,
+            },
+            "peak_rss_mib": common::rss_json(&self.rss),
+            "service_metrics": closing.service_metrics,
+            "postgres_per_order": closing.pg,
+            "verification": verification.to_json(),
+            "table": t.to_json(),
+        });
+        if let Value::Object(closing_keys) = closing_keys {
+            object.extend(closing_keys);
+        }
+    }
+}
+
+/// What [`Totals::closing_rows`] computed, for the JSON.
+pub struct Closing {
+    pub calls_per_1000: f64,
+    pub service_metrics: Value,
+    pub pg: Value,
+}
+
+/// How many orders are in each sync state, as a JSON object for the report.
+pub async fn order_states(pool: &PgPool) -> Result<Value> {
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT sync_state, count(*) FROM orders GROUP BY 1 ORDER BY 1")
+            .fetch_all(pool)
+            .await?;
+    Ok(Value::Object(
+        states.into_iter().map(|(s, n)| (s, json!(n))).collect(),
+    ))
+}
+
+/// Every `published_at` in the outbox, earliest first.
+pub async fn published_times(pool: &PgPool) -> Result<Vec<DateTime<Utc>>> {
+    Ok(sqlx::query_scalar(
+        "SELECT published_at FROM outbox WHERE published_at IS NOT NULL ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Outbox rows not published yet.
+pub async fn unpublished(pool: &PgPool) -> Result<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await?,
+    )
+}

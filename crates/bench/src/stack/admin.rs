@@ -1,0 +1,92 @@
+//! What the bench reads from and tells the running services, once they are up: the
+//! emulator's admin API (latency, faults, call counters), the services' Prometheus metrics and
+//! their memory in /proc. Separate from starting them (`process.rs`) because every suite reads
+//! these figures, while only the harness starts processes.
+
+use std::fs;
+
+use anyhow::{Result, anyhow, bail};
+use serde_json::Value;
+
+use super::{API, Stack};
+use crate::procfs;
+
+impl Stack {
+    pub fn emulator(&self) -> Result<&str> {
+        self.emulator_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("the emulator is not running"))
+    }
+
+    /// Merges `faults` into the emulator's fault settings (`POST /__admin/faults`).
+    pub async fn set_faults(&self, faults: Value) -> Result<()> {
+        let resp = self
+            .http
+            .post(format!("{}/__admin/faults", self.emulator()?))
+            .json(&faults)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("emulator refused faults {faults}: {}", resp.status());
+        }
+        Ok(())
+    }
+
+    /// The emulator's counters (`GET /__admin/stats`).
+    pub async fn emulator_stats(&self) -> Result<Value> {
+        Ok(self
+            .http
+            .get(format!("{}/__admin/stats", self.emulator()?))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Salesforce API calls counted by the emulator so far.
+    pub async fn api_calls(&self) -> Result<u64> {
+        self.emulator_stats()
+            .await?
+            .get("api_calls_total")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| anyhow!("emulator stats lack api_calls_total"))
+    }
+
+    /// Each running service's Prometheus metrics (relay, worker: the ones with an admin port),
+    /// also saved as `metrics-<service>.txt` in the output directory.
+    pub async fn scrape_metrics(&self) -> Vec<(String, String)> {
+        let mut scraped = Vec::new();
+        for svc in &self.services {
+            let Some(base) = svc.ready_url.strip_suffix("/health/ready") else {
+                continue;
+            };
+            if svc.name == API {
+                continue;
+            }
+            let text = match self.http.get(format!("{base}/metrics")).send().await {
+                Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+                _ => continue,
+            };
+            let _ = fs::write(self.out.join(format!("metrics-{}.txt", svc.name)), &text);
+            scraped.push((svc.name.to_owned(), text));
+        }
+        scraped
+    }
+
+    /// (service, pid) of everything running.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.services
+            .iter()
+            .map(|s| (s.name.to_owned(), s.pid))
+            .collect()
+    }
+
+    /// Peak resident set (VmHWM) of each service so far, in KiB.
+    pub fn peak_rss_kib(&self) -> Vec<(String, Option<u64>)> {
+        self.services
+            .iter()
+            .map(|s| (s.name.to_owned(), procfs::peak_rss_kib(s.pid)))
+            .collect()
+    }
+}
