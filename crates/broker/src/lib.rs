@@ -312,3 +312,56 @@ impl Supervisor {
         tracing::warn!(retry_in = ?delay, "broker session lost, reconnecting");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        broker: BrokerConfig,
+    }
+
+    /// What `to_env` hands a child process reads back as the same settings (each variable
+    /// given as the flag clap derives from the same field).
+    #[test]
+    fn settings_survive_the_trip_through_the_environment() {
+        let original = Cli::try_parse_from([
+            "x",
+            "--amqp-url",
+            "amqp://u:p@h:5672/v",
+            "--broker-namespace",
+            "ns-1",
+            "--broker-op-timeout",
+            "1m 30s",
+            "--broker-reconnect-min",
+            "250ms",
+            "--broker-delivery-limit",
+            "7",
+            "--broker-retry-tiers",
+            "5s,90s,10m",
+        ])
+        .unwrap()
+        .broker;
+        let mut args = vec!["x".to_owned()];
+        for (name, value) in original.to_env() {
+            args.push(format!("--{}", name.to_lowercase().replace('_', "-")));
+            args.push(value);
+        }
+        let back = Cli::try_parse_from(args).unwrap().broker;
+        assert_eq!(
+            back.amqp_url.expose_secret(),
+            original.amqp_url.expose_secret()
+        );
+        assert_eq!(back.broker_namespace, "ns-1");
+        assert_eq!(back.broker_op_timeout, Duration::from_secs(90));
+        assert_eq!(back.broker_reconnect_min, Duration::from_millis(250));
+        assert_eq!(back.broker_reconnect_max, original.broker_reconnect_max);
+        assert_eq!(back.broker_delivery_limit, 7);
+        assert_eq!(back.broker_retry_tiers, original.broker_retry_tiers);
+    }
+}

@@ -6,9 +6,10 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
+use crate::headers::long_string;
 use crate::{BrokerConfig, BrokerError};
 
 /// Binding of the Salesforce work queue on the events exchange: every order event.
@@ -152,7 +153,7 @@ impl Topology {
         args.insert("x-delivery-limit".into(), long(self.delivery_limit.into()));
         args.insert(
             "x-dead-letter-exchange".into(),
-            string(&self.dead_letter_exchange),
+            long_string(&self.dead_letter_exchange),
         );
         self.declare_queue(config, channel, &self.sf_sync_queue, args)
             .await?;
@@ -172,10 +173,10 @@ impl Topology {
             let mut args = at_least_once_dead_lettering(quorum());
             let ttl = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
             args.insert("x-message-ttl".into(), long(ttl));
-            args.insert("x-dead-letter-exchange".into(), string(""));
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
             args.insert(
                 "x-dead-letter-routing-key".into(),
-                string(&self.sf_sync_queue),
+                long_string(&self.sf_sync_queue),
             );
             self.declare_queue(config, channel, &tier.queue, args)
                 .await?;
@@ -195,7 +196,7 @@ impl Topology {
         let mut args = at_least_once_dead_lettering(quorum());
         args.insert(
             "x-dead-letter-exchange".into(),
-            string(&self.dead_letter_exchange),
+            long_string(&self.dead_letter_exchange),
         );
         self.declare_queue(config, channel, &self.status_queue, args)
             .await?;
@@ -316,18 +317,17 @@ impl Topology {
 
 fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), string("quorum"));
+    args.insert("x-queue-type".into(), long_string("quorum"));
     args
 }
 
 fn at_least_once_dead_lettering(mut args: FieldTable) -> FieldTable {
-    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-    args.insert("x-overflow".into(), string("reject-publish"));
+    args.insert(
+        "x-dead-letter-strategy".into(),
+        long_string("at-least-once"),
+    );
+    args.insert("x-overflow".into(), long_string("reject-publish"));
     args
-}
-
-fn string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
 fn long(n: i64) -> AMQPValue {

@@ -1,12 +1,12 @@
 //! An outbox row as an AMQP message: its routing key, properties and headers (the row's JSON
 //! headers turned into AMQP field values).
 //!
-//! Kept apart from the batch loop so the row → message mapping sits in one small place, and
-//! swapping the field-value conversion for a shared helper from the broker crate touches only
-//! this file.
+//! Kept apart from the batch loop so the row → message mapping sits in one small place.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use orderbridge_broker::headers::long_string;
+use orderbridge_domain::text::truncate_bytes;
 use serde_json::Value;
 
 use crate::outbox::OutboxRow;
@@ -25,7 +25,9 @@ pub(crate) fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties),
     if let Value::Object(map) = &row.headers.0 {
         for (k, v) in map {
             if k == "correlation_id" {
-                correlation_id = v.as_str().map(|s| ShortString::from(truncate(s, 255)));
+                correlation_id = v
+                    .as_str()
+                    .map(|s| ShortString::from(truncate_bytes(s, 255)));
                 continue;
             }
             let Ok(key) = ShortString::try_new(k.as_str()) else {
@@ -56,20 +58,4 @@ pub(crate) fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties),
         properties = properties.with_correlation_id(c);
     }
     Ok((event_type, properties))
-}
-
-fn long_string(s: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
