@@ -12,10 +12,7 @@ pub(super) async fn list(
     json: bool,
     out: &mut (impl Write + Send),
 ) -> Result<(), DlqError> {
-    let total = ctx
-        .topology
-        .dead_letter_count(ctx.config, ctx.channel())
-        .await?;
+    let total = ctx.count().await?;
     // Bounded by what is there now: `basic.get` answers at once, empty or not, so an empty queue
     // costs one round trip and newcomers do not keep the listing going.
     let want = limit.min(usize::try_from(total).unwrap_or(usize::MAX));
@@ -59,10 +56,7 @@ pub(super) async fn show(
     id: &str,
     out: &mut (impl Write + Send),
 ) -> Result<(), DlqError> {
-    let total = ctx
-        .topology
-        .dead_letter_count(ctx.config, ctx.channel())
-        .await?;
+    let total = ctx.count().await?;
     // The whole queue is looked at: the same event can be dead-lettered twice (e.g. a replay
     // whose ack was lost), and every copy is shown.
     let mut found = Vec::new();

@@ -132,6 +132,15 @@ impl Ctx<'_> {
         &self.session.channel
     }
 
+    /// Ready dead letters now: what a command looks at at most, so that letters arriving while
+    /// it runs wait for the next run instead of keeping it going.
+    pub(super) async fn count(&self) -> Result<u32, DlqError> {
+        Ok(self
+            .topology
+            .dead_letter_count(self.config, self.channel())
+            .await?)
+    }
+
     /// The next ready dead letter, held unacknowledged; `None` when none is ready.
     pub(super) async fn get(&self) -> Result<Option<DeadLetter>, DlqError> {
         let got = self

@@ -19,10 +19,7 @@ pub(super) async fn replay(
     out: &mut (impl Write + Send),
 ) -> Result<(), DlqError> {
     ctx.session.enable_confirms(ctx.config).await?;
-    let total = ctx
-        .topology
-        .dead_letter_count(ctx.config, ctx.channel())
-        .await?;
+    let total = ctx.count().await?;
     // A bar for `--all` only: one id is one message.
     let progress = TerminalProgress::stderr();
     let bar = progress.phase("dead letters replayed");
