@@ -60,7 +60,10 @@ pub fn app(state: AppState) -> Router {
 /// Injected latency, then the outage switch. Runs before the state lock is taken for the call.
 async fn preflight(s: &AppState) -> Option<Reply> {
     let (latency, jitter, outage) = {
-        let inner = s.lock();
+        let mut inner = s.lock();
+        if inner.faults.latency_ms > 0 || inner.faults.jitter_ms > 0 {
+            inner.stats.delayed_requests += 1;
+        }
         (
             inner.faults.latency_ms,
             inner.faults.jitter_ms,

@@ -58,6 +58,9 @@ pub struct Stats {
     pub rejected: BTreeMap<String, u64>,
     /// Injected faults served, by error code.
     pub faults_injected: BTreeMap<String, u64>,
+    /// Requests held by injected latency, counted when they arrive (before the delay), so a
+    /// test can tell that a call is in flight before it is answered or counted.
+    pub delayed_requests: u64,
 }
 
 /// Daily API usage over a rolling 24 hours, in one-minute buckets (at most 1,440 of them, so

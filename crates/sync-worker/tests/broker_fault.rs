@@ -43,12 +43,19 @@ async fn broker_connections_closed_during_a_salesforce_call_lose_nothing() {
         // rabbitmqctl itself takes a second or more to start: the call must outlast that.
         h.faults(json!({"latency_ms": 4000})).await;
         let calls_before = h.composite_calls().await;
+        let delayed_before = h.delayed_requests().await;
         let orders: Vec<_> = (0..20)
             .map(|i| order(&format!("C-{round}-{i}"), 3))
             .collect();
         h.publish_orders(&orders).await;
         eventually(WAIT, "the orders taken from the queue", || async {
             h.message_count(&h.topology.sf_sync_queue).await == 0
+        })
+        .await;
+        // Taken from the queue is not yet sent: the batch lingers before its call. Closing the
+        // connections then would only requeue it, and this test is about a call in flight.
+        eventually(WAIT, "the Composite call held by the emulator", || async {
+            h.delayed_requests().await > delayed_before
         })
         .await;
         tokio::task::spawn_blocking(close_all_connections)

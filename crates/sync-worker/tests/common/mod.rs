@@ -442,6 +442,11 @@ impl Harness {
             .unwrap()
     }
 
+    /// Requests the emulator has held with injected latency (counted on arrival).
+    pub async fn delayed_requests(&self) -> u64 {
+        self.stats().await["delayed_requests"].as_u64().unwrap_or(0)
+    }
+
     /// Composite calls the emulator has counted.
     pub async fn composite_calls(&self) -> u64 {
         self.stats().await["api_calls_by_route"]["POST /composite"]
