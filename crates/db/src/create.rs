@@ -78,6 +78,10 @@ pub async fn create_order(
         if let Some(stored) =
             idempotency::take_idempotent_response(&mut tx, client_id, &idem.key).await?
         {
+            // Ended here, not by drop: a dropped transaction's ROLLBACK is only sent when the
+            // connection is next used, and until then the key's lock is held, so an
+            // immediate retry of the same key would be told it is still in flight.
+            tx.rollback().await?;
             return if stored.request_hash == idem.fingerprint {
                 Ok(Created::Replayed(stored))
             } else {

@@ -156,6 +156,40 @@ pub enum ResyncError {
     },
 }
 
+/// When [`queue_resync`] queues a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResyncWhen {
+    /// Only when the order's sync has settled (`synced` or `failed`): an order whose event is
+    /// still on its way (`pending`, `published`, `retrying`) is left alone, so repeated resyncs
+    /// cost Salesforce nothing (the API).
+    Settled,
+    /// Always, whatever the state (reconcile's `--fix`, which acts on what Salesforce lacks).
+    Always,
+}
+
+/// What [`queue_resync`] did.
+#[derive(Debug, Clone)]
+pub enum Resync {
+    /// A new event is in the outbox; the order as now stored.
+    Queued(Order),
+    /// Nothing: the order's event is still on its way ([`ResyncWhen::Settled`]).
+    AlreadyUnderway(Order),
+}
+
+impl Resync {
+    pub fn order(&self) -> &Order {
+        match self {
+            Self::Queued(o) | Self::AlreadyUnderway(o) => o,
+        }
+    }
+
+    pub fn into_order(self) -> Order {
+        match self {
+            Self::Queued(o) | Self::AlreadyUnderway(o) => o,
+        }
+    }
+}
+
 /// Starts an order over for a resync, inside the caller's transaction: sync state back to
 /// `pending` and a fresh `order.submitted` event (the order as it now is) in the outbox. Returns
 /// the order as now stored, or `None` when there is no such order (with `client_id`: no such
@@ -174,7 +208,27 @@ pub async fn queue_resync(
     order_id: OrderId,
     client_id: Option<ClientId>,
     correlation_id: Option<String>,
-) -> Result<Option<Order>, ResyncError> {
+    when: ResyncWhen,
+) -> Result<Option<Resync>, ResyncError> {
+    if when == ResyncWhen::Settled {
+        // Locks the row first, so two concurrent resyncs cannot both see it settled.
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT sync_state FROM orders
+             WHERE id = $1 AND ($2::uuid IS NULL OR client_id = $2) FOR UPDATE",
+        )
+        .bind(order_id.get())
+        .bind(client_id.map(ClientId::get))
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        if !matches!(state.as_str(), "synced" | "failed") {
+            return Ok(get_order(tx, order_id, client_id)
+                .await?
+                .map(Resync::AlreadyUnderway));
+        }
+    }
     let event_version: Option<i64> = sqlx::query_scalar(
         "UPDATE orders SET sync_state = 'pending', sync_attempts = 0, last_error_code = NULL,
              last_error_message = NULL, sync_reported_at = NULL,
@@ -202,5 +256,5 @@ pub async fn queue_resync(
     let envelope = OrderEvent::Submitted(Box::new(order.clone()))
         .into_envelope(order.updated_at, correlation_id);
     outbox::enqueue(&mut **tx, "order", order.id.get(), &envelope).await?;
-    Ok(Some(order))
+    Ok(Some(Resync::Queued(order)))
 }

@@ -1,23 +1,26 @@
-//! API keys: `obk_<id>_<secret>`, random, shown once, stored only as a SHA-256 hash.
+//! Authentication: `Authorization: Bearer obk_<id>_<secret>` (keys and their lifecycle live in
+//! [`orderbridge_db::keys`]).
 //!
-//! The public `id` part finds the row; the hash of the whole key is then compared in constant
-//! time, so response timing tells an attacker nothing about how close a guess was.
+//! ```text
+//! request ─► peer throttled? 429 ─► bearer key ─► cache hit? ─► client ─► per-client rate limit
+//!                                                    │ miss
+//!                                                    ▼
+//!                                     Postgres lookup ─► unknown/revoked/expired: 401, counted
+//!                                                        against the peer (429 past its quota)
+//! ```
 
-use axum::extract::FromRequestParts;
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use orderbridge_db::keys;
 use orderbridge_domain::ClientId;
-use sha2::{Digest, Sha256};
-use sqlx::{PgExecutor, PgPool};
-use subtle::ConstantTimeEq;
-use uuid::Uuid;
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
 
 use crate::AppState;
 use crate::error::ApiError;
-
-const PREFIX: &str = "obk_";
 
 /// The API client a request was authenticated as.
 #[derive(Debug, Clone)]
@@ -26,100 +29,89 @@ pub struct Client {
     pub name: String,
 }
 
+impl From<keys::ApiClient> for Client {
+    fn from(c: keys::ApiClient) -> Self {
+        Self {
+            id: c.id,
+            name: c.name,
+        }
+    }
+}
+
 /// A newly created key: the only moment its plain text exists.
 pub struct NewApiKey {
     pub client: Client,
     pub key: String,
 }
 
-fn hash(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
-/// Creates the client `name` if it does not exist yet and gives it a new key.
-pub async fn create_api_key(pool: &PgPool, name: &str) -> Result<NewApiKey, sqlx::Error> {
-    let key_id = hex(&rand::random::<[u8; 8]>());
-    let key = format!(
-        "{PREFIX}{key_id}_{}",
-        URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
-    );
-    let mut tx = pool.begin().await?;
-    let client_id: Uuid = sqlx::query_scalar(
-        "INSERT INTO api_clients (id, name) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING id",
-    )
-    .bind(Uuid::now_v7())
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await?;
-    sqlx::query("INSERT INTO api_keys (id, client_id, key_hash) VALUES ($1, $2, $3)")
-        .bind(&key_id)
-        .bind(client_id)
-        .bind(hash(&key).as_slice())
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+/// Creates the client `name` if it does not exist yet and gives it a new key that does not
+/// expire (`order-api create-api-key`; `orderbridge keys create` offers names and expiry).
+pub async fn create_api_key(pool: &PgPool, name: &str) -> Result<NewApiKey, keys::KeyError> {
+    let new = keys::create(pool, name, None, None).await?;
     Ok(NewApiKey {
-        client: Client {
-            id: ClientId::from_uuid(client_id),
-            name: name.to_owned(),
-        },
-        key,
+        client: new.client.into(),
+        key: new.key.expose_secret().to_owned(),
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The peer's address, when the server recorded it (tests driving the router directly do not).
+fn peer(parts: &Parts) -> Option<IpAddr> {
+    parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
 }
 
-/// Finds the client a presented key belongs to; `None` for unknown, malformed or revoked keys.
-pub async fn authenticate<'e>(
-    executor: impl PgExecutor<'e>,
-    presented: &str,
-) -> Result<Option<Client>, sqlx::Error> {
-    let Some(key_id) = presented
-        .strip_prefix(PREFIX)
-        .and_then(|rest| rest.split_once('_'))
-        .map(|(id, _)| id)
-    else {
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+async fn lookup(state: &AppState, presented: &str) -> Result<Option<Client>, ApiError> {
+    let fingerprint = keys::fingerprint(presented);
+    if let Some(client) = state.key_cache.get(&fingerprint) {
+        return Ok(Some(client));
+    }
+    let Some(found) = keys::authenticate(&state.pool, presented).await? else {
         return Ok(None);
     };
-    let row: Option<(Vec<u8>, Uuid, String)> = sqlx::query_as(
-        "SELECT k.key_hash, c.id, c.name
-         FROM api_keys k JOIN api_clients c ON c.id = k.client_id
-         WHERE k.id = $1 AND k.revoked_at IS NULL",
-    )
-    .bind(key_id)
-    .fetch_optional(executor)
-    .await?;
-    Ok(row.and_then(|(stored, id, name)| {
-        bool::from(stored.as_slice().ct_eq(&hash(presented))).then_some(Client {
-            id: ClientId::from_uuid(id),
-            name,
-        })
-    }))
+    let client = Client::from(found.client);
+    state
+        .key_cache
+        .insert(fingerprint, client.clone(), found.expires_at);
+    // "Last used" is bookkeeping: it must never slow down or fail the request.
+    let pool = state.pool.clone();
+    tokio::spawn(async move {
+        if let Err(e) = keys::touch(&pool, &found.key_id).await {
+            tracing::debug!(error = %e, "cannot record the API key's last use");
+        }
+    });
+    Ok(Some(client))
 }
 
 /// Extractor: the authenticated client, after the per-client rate limit. Rejects with 401 when
-/// the `Authorization: Bearer` key is missing or invalid, 429 when the client is over its rate.
+/// the `Authorization: Bearer` key is missing or invalid, 429 when the client is over its rate or
+/// its address over its quota of failed authentications.
 impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let presented = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .ok_or(ApiError::Unauthorized)?;
-        let client = authenticate(&state.pool, presented)
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
-        state.rate_limiter.check(client.id)?;
+        let peer = peer(parts);
+        if let Some(peer) = peer {
+            state.auth_failures.check(peer)?;
+        }
+        let client = match bearer(parts) {
+            Some(presented) => lookup(state, presented).await?,
+            None => None,
+        };
+        let Some(client) = client else {
+            return Err(match peer {
+                Some(peer) => state.auth_failures.failed(peer),
+                None => ApiError::Unauthorized,
+            });
+        };
+        state.rate_limiter.check_request(client.id)?;
         tracing::Span::current().record("client", client.name.as_str());
         Ok(client)
     }

@@ -27,6 +27,24 @@ pub struct ApiConfig {
     /// Requests each API client may make in a burst above the sustained rate.
     #[arg(long, env = "ORDER_API_RATE_BURST", default_value = "2000")]
     pub rate_burst: NonZeroU32,
+    /// Failed authentications per second each peer address may make, sustained; past its
+    /// burst a peer gets 429 without its key being looked up.
+    #[arg(long, env = "ORDER_API_AUTH_FAILURE_RATE", default_value = "5")]
+    pub auth_failure_rate: NonZeroU32,
+    /// Failed authentications each peer address may make in a burst.
+    #[arg(long, env = "ORDER_API_AUTH_FAILURE_BURST", default_value = "20")]
+    pub auth_failure_burst: NonZeroU32,
+    /// How long a valid API key is remembered without a database lookup: a revoked key stops
+    /// working within this time. `0s` looks every key up on every request.
+    #[arg(long, env = "ORDER_API_KEY_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub key_cache_ttl: Duration,
+    /// Resyncs per minute each API client may request, sustained (each can cost Salesforce
+    /// calls); a resync of an order already on its way is free but counted too.
+    #[arg(long, env = "ORDER_API_RESYNC_RATE", default_value = "60")]
+    pub resync_rate: NonZeroU32,
+    /// Resyncs each API client may request in a burst.
+    #[arg(long, env = "ORDER_API_RESYNC_BURST", default_value = "20")]
+    pub resync_burst: NonZeroU32,
     /// How long an Idempotency-Key is remembered; a reuse after that creates a new order.
     #[arg(long, env = "ORDER_API_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,

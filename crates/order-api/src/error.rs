@@ -75,6 +75,10 @@ pub enum ApiError {
     },
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    #[error("too many failed authentications from this address")]
+    AuthThrottled { retry_after: Duration },
+    #[error("too many resync requests; an order already on its way is not queued again")]
+    ResyncRateLimited { retry_after: Duration },
     #[error("the request took too long")]
     Timeout,
     #[error("the database is unavailable")]
@@ -147,7 +151,9 @@ impl ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             Self::IdempotencyKeyInFlight | Self::DuplicateClientRef { .. } => StatusCode::CONFLICT,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. }
+            | Self::AuthThrottled { .. }
+            | Self::ResyncRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Timeout | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -190,7 +196,9 @@ impl IntoResponse for ApiError {
         let (problem_type, title) = self.problem_type();
         let retry_after = match &self {
             // Round up: "Retry-After: 0" would invite an immediate, equally futile retry.
-            Self::RateLimited { retry_after } => {
+            Self::RateLimited { retry_after }
+            | Self::AuthThrottled { retry_after }
+            | Self::ResyncRateLimited { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             Self::Unavailable(_) | Self::Timeout => Some(1),

@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod key_cache;
 pub mod openapi;
 pub mod orders;
 pub mod rate_limit;
@@ -42,7 +43,8 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::ApiConfig;
 use error::ApiError;
-use rate_limit::RateLimiter;
+use key_cache::KeyCache;
+use rate_limit::{AuthFailures, RateLimiter};
 use request_id::RequestId;
 
 /// What every handler shares.
@@ -51,12 +53,20 @@ pub struct AppState {
     pub pool: PgPool,
     pub config: Arc<ApiConfig>,
     pub rate_limiter: RateLimiter,
+    pub resync_limiter: RateLimiter,
+    pub auth_failures: AuthFailures,
+    pub key_cache: KeyCache,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, config: ApiConfig) -> Self {
         Self {
             rate_limiter: RateLimiter::new(config.rate_limit, config.rate_burst),
+            resync_limiter: RateLimiter::with_quota(
+                governor::Quota::per_minute(config.resync_rate).allow_burst(config.resync_burst),
+            ),
+            auth_failures: AuthFailures::new(config.auth_failure_rate, config.auth_failure_burst),
+            key_cache: KeyCache::new(config.key_cache_ttl),
             config: Arc::new(config),
             pool,
         }
@@ -120,7 +130,7 @@ async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next
     }
 }
 
-/// Periodic clean-up: expired idempotency keys and idle rate-limit entries. Runs until the
+/// Periodic clean-up: expired idempotency keys, idle rate-limit entries and stale cached keys. Runs until the
 /// returned task is aborted.
 pub fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -128,6 +138,9 @@ pub fn spawn_housekeeping(state: AppState) -> tokio::task::JoinHandle<()> {
         loop {
             tick.tick().await;
             state.rate_limiter.housekeeping();
+            state.resync_limiter.housekeeping();
+            state.auth_failures.housekeeping();
+            state.key_cache.housekeeping();
             // Small batches until none are left, so no delete holds locks for long.
             loop {
                 match orderbridge_db::idempotency::purge_expired_idempotency_keys(&state.pool, 1000)

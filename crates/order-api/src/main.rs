@@ -103,7 +103,9 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "order-api listening");
 
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, order_api::app(state)).with_graceful_shutdown(async {
+    // The peer address reaches the handlers: failed authentications are throttled per peer.
+    let app = order_api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(async {
         shutdown_signal().await;
         let _ = stopping_tx.send(());
     });

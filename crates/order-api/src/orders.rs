@@ -9,7 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, SubsecRound, Utc};
 use orderbridge_db::create::{self, Created, Idempotency};
-use orderbridge_db::orders::{self, ResyncError};
+use orderbridge_db::orders::{self, Resync, ResyncError, ResyncWhen};
 use orderbridge_domain::{ClientId, NewOrder, NewOrderRequest, Order, OrderId, SyncState};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -26,6 +26,8 @@ use crate::store::{self, ListFilter};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// On a resync's 202: whether a new event was queued.
+pub const RESYNC_QUEUED: HeaderName = HeaderName::from_static("resync-queued");
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 const DEFAULT_PAGE: u32 = 50;
 const MAX_PAGE: u32 = 200;
@@ -120,14 +122,36 @@ pub async fn create_order(
                 .ok()
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::CREATED);
-            let headers = [
-                (CONTENT_TYPE, HeaderValue::from_static("application/json")),
-                (LOCATION, location(stored.order_id())),
-                (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
-            ];
-            Ok((status, headers, stored.response_body).into_response())
+            let mut response = (
+                status,
+                [
+                    (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (LOCATION, location(stored.order_id())),
+                    (IDEMPOTENT_REPLAYED, HeaderValue::from_static("true")),
+                ],
+            )
+                .into_response();
+            // The original 201's ETag was the version in the body it sent, which is the body
+            // replayed here: the same tag, even if the order has changed since.
+            if let Some(version) = stored_version(&stored.response_body) {
+                response.headers_mut().insert(ETAG, etag(version));
+            }
+            *response.body_mut() = axum::body::Body::from(stored.response_body);
+            Ok(response)
         }
     }
+}
+
+/// The order version in a stored 201 body (always there; `None` only for a body this version
+/// of the API did not write).
+fn stored_version(body: &[u8]) -> Option<i64> {
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: i64,
+    }
+    serde_json::from_slice::<Versioned>(body)
+        .ok()
+        .map(|v| v.version)
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -258,6 +282,11 @@ pub async fn get_order(
 /// order as it now is joins the outbox. Answers 202 with the order; its sync fields then move
 /// as for a new order. Reports about earlier events that arrive later are ignored. Another
 /// client's order is 404.
+///
+/// An order whose sync has not settled yet (`pending`, `published`, `retrying`) already has an
+/// event on its way: the resync is then a no-op, answered 202 with `Resync-Queued: false`, so
+/// repeating a resync never costs Salesforce calls. Resyncs are rate-limited per client
+/// (`ORDER_API_RESYNC_RATE` per minute).
 #[utoipa::path(
     post,
     path = "/v1/orders/{id}/resync",
@@ -267,14 +296,15 @@ pub async fn get_order(
         ("X-Request-Id" = Option<String>, Header, description = "Correlation id; generated when absent and echoed back."),
     ),
     responses(
-        (status = 202, description = "Resync accepted: the order, back in sync state `pending`.", body = Order,
+        (status = 202, description = "Resync accepted: the order, back in sync state `pending` (or, with `Resync-Queued: false`, unchanged because its sync is still under way).", body = Order,
             headers(
                 ("Location" = String, description = "URL of the order"),
                 ("ETag" = String, description = "Entity tag of the order"),
+                ("Resync-Queued" = String, description = "`true` when a new event was queued, `false` when the order's sync was still under way and nothing was queued"),
             )),
         (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order for this client.", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 429, description = "Rate limit (requests or resyncs) exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 500, description = "Unexpected error.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Database unavailable or request timed out; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
     ),
@@ -286,6 +316,10 @@ pub async fn resync_order(
     OrderPath(id): OrderPath,
     RequestId(request_id): RequestId,
 ) -> Result<Response, ApiError> {
+    state
+        .resync_limiter
+        .check(client.id)
+        .map_err(|retry_after| ApiError::ResyncRateLimited { retry_after })?;
     // Its own task, as for create: a disconnect or timeout never abandons the transaction.
     let task = tokio::spawn(resync_in_transaction(
         state.pool.clone(),
@@ -293,11 +327,24 @@ pub async fn resync_order(
         id,
         request_id,
     ));
-    let order = task
+    let resync = task
         .await
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("order resync task failed: {e}")))??;
-    tracing::info!(order_id = %order.id, version = order.version, "order resync accepted");
-    let headers = [(LOCATION, location(order.id)), (ETAG, etag(order.version))];
+    let queued = matches!(resync, Resync::Queued(_));
+    let order = resync.into_order();
+    if queued {
+        tracing::info!(order_id = %order.id, version = order.version, "order resync accepted");
+    } else {
+        tracing::info!(order_id = %order.id, sync_state = ?order.sync.state, "order resync not needed: its sync is under way");
+    }
+    let headers = [
+        (LOCATION, location(order.id)),
+        (ETAG, etag(order.version)),
+        (
+            RESYNC_QUEUED,
+            HeaderValue::from_static(if queued { "true" } else { "false" }),
+        ),
+    ];
     Ok((StatusCode::ACCEPTED, headers, Json(order)).into_response())
 }
 
@@ -306,18 +353,24 @@ async fn resync_in_transaction(
     client_id: ClientId,
     id: OrderId,
     correlation_id: String,
-) -> Result<Order, ApiError> {
+) -> Result<Resync, ApiError> {
     let mut tx = pool.begin().await?;
-    let order = orders::queue_resync(&mut tx, id, Some(client_id), Some(correlation_id))
-        .await
-        .map_err(|e| match e {
-            ResyncError::Db(e) => ApiError::from(e),
-            // Nothing is committed: the transaction is dropped, so rolled back.
-            e @ ResyncError::VersionMismatch { .. } => ApiError::Internal(e.into()),
-        })?
-        .ok_or(ApiError::NotFound)?;
+    let resync = orders::queue_resync(
+        &mut tx,
+        id,
+        Some(client_id),
+        Some(correlation_id),
+        ResyncWhen::Settled,
+    )
+    .await
+    .map_err(|e| match e {
+        ResyncError::Db(e) => ApiError::from(e),
+        // Nothing is committed: the transaction is dropped, so rolled back.
+        e @ ResyncError::VersionMismatch { .. } => ApiError::Internal(e.into()),
+    })?
+    .ok_or(ApiError::NotFound)?;
     tx.commit().await?;
-    Ok(order)
+    Ok(resync)
 }
 
 /// Filters and paging for listing orders.

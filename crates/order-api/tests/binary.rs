@@ -32,12 +32,18 @@ fn create_key(db: &FreshDatabase, client: &str) -> String {
 
 /// Starts `order-api` on a free port and waits until it is ready.
 async fn start_server(db: &FreshDatabase) -> (ChildGuard, String) {
+    start_server_with(db, &[]).await
+}
+
+/// [`start_server`] with extra environment.
+async fn start_server_with(db: &FreshDatabase, env: &[(&str, &str)]) -> (ChildGuard, String) {
     let port = free_port().unwrap();
     let server = ChildGuard(
         Command::new(BIN)
             .env("DATABASE_URL", &db.url)
             .env("ORDER_API_ADDR", format!("127.0.0.1:{port}"))
             .env("LOG_FORMAT", "json")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -125,6 +131,38 @@ async fn walk_through_as_in_the_readme() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// The served binary knows each request's peer: bad keys from one address are throttled.
+#[tokio::test]
+async fn failed_authentications_are_throttled_by_the_served_binary() {
+    let db = FreshDatabase::new("orderbridge_bin_auth");
+    let key = create_key(&db, "portal");
+    let (_server, base) = start_server_with(
+        &db,
+        &[
+            ("ORDER_API_AUTH_FAILURE_RATE", "1"),
+            ("ORDER_API_AUTH_FAILURE_BURST", "3"),
+        ],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let list = |key: String| {
+        http.get(format!("{base}/v1/orders"))
+            .bearer_auth(key)
+            .send()
+    };
+    assert_eq!(list(key.clone()).await.unwrap().status(), 200);
+    for _ in 0..3 {
+        assert_eq!(list("obk_x_y".into()).await.unwrap().status(), 401);
+    }
+    let throttled = list("obk_x_y".into()).await.unwrap();
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+    assert_eq!(
+        throttled.headers()["content-type"],
+        "application/problem+json"
+    );
 }
 
 /// Schemathesis generates valid and invalid requests from the served OpenAPI document and checks

@@ -40,6 +40,8 @@ async fn same_key_same_body_replays_the_first_response() {
         assert_eq!(replay.status, 201);
         assert_eq!(replay.header("idempotent-replayed"), Some("true"));
         assert_eq!(replay.header("location"), first.header("location"));
+        assert_eq!(replay.header("etag"), Some("\"v1\""), "the original's ETag");
+        assert_eq!(replay.header("content-type"), first.header("content-type"));
         assert_eq!(
             replay.body, first.body,
             "a replay is byte-for-byte the original"
@@ -47,6 +49,15 @@ async fn same_key_same_body_replays_the_first_response() {
     }
     assert_eq!(app.count("orders").await, 1);
     assert_eq!(app.count("outbox").await, 1);
+
+    // After the order has changed, a replay still answers what the first response said.
+    sqlx::query("UPDATE orders SET sync_state = 'synced'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let replay = app.post_order(&key, &order_body("PO-1"), Some("k-1")).await;
+    assert_eq!(replay.header("etag"), Some("\"v1\""));
+    assert_eq!(replay.body, first.body);
 }
 
 #[tokio::test]

@@ -105,7 +105,12 @@ async fn a_bad_request_id_is_replaced() {
 async fn keys_are_required_and_checked() {
     let db = orderbridge_testkit::TestDatabase::new().await;
     let pool = db.pool.clone();
-    let app = TestApp::new(pool);
+    // No key cache: revocation below takes effect at once (tests/auth.rs covers the cache).
+    let config = order_api::ApiConfig {
+        key_cache_ttl: std::time::Duration::ZERO,
+        ..order_api::ApiConfig::default()
+    };
+    let app = TestApp::with_config(pool, config);
     let key = app.key("portal").await;
     let no_auth = app
         .send(Request::get("/v1/orders").body(Body::empty()).unwrap())

@@ -114,14 +114,102 @@ async fn resync_starts_the_order_over_with_a_new_event() {
     assert_eq!(decoded.event_type, "order.submitted");
     assert_eq!(sync_event_version(&app, &id).await, 3);
 
-    // Again: each resync is a new event with the next version.
+    assert_eq!(res.header("resync-queued"), Some("true"));
+
+    // Again while that event is on its way: nothing new is queued.
     let again = resync(&app, &key, &id, None).await;
     assert_eq!(again.status, 202);
-    assert_eq!(again.header("etag"), Some("\"v4\""));
+    assert_eq!(again.header("resync-queued"), Some("false"));
+    assert_eq!(again.header("etag"), Some("\"v3\""));
+    assert_eq!(again.json(), order);
+    assert_eq!(crate::events(&app, &id).await.len(), 2);
+
+    // Once it has settled again, a resync is a new event with the next version.
+    apply_synced(&app, &id).await;
+    let third = resync(&app, &key, &id, None).await;
+    assert_eq!(third.status, 202);
+    assert_eq!(third.header("resync-queued"), Some("true"));
+    assert_eq!(third.header("etag"), Some("\"v5\""));
     let events = crate::events(&app, &id).await;
     assert_eq!(events.len(), 3);
-    assert_eq!(events[2].0["data"]["version"], json!(4));
-    assert_eq!(sync_event_version(&app, &id).await, 4);
+    assert_eq!(events[2].0["data"]["version"], json!(5));
+    assert_eq!(sync_event_version(&app, &id).await, 5);
+}
+
+/// 1,000 resyncs of one order used to queue 1,000 events (18 Salesforce calls): an order whose
+/// sync is under way (pending, published, retrying) is left alone.
+#[tokio::test]
+async fn resync_of_an_order_whose_sync_is_under_way_queues_nothing() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let app = TestApp::new(db.pool.clone());
+    let key = app.key("portal").await;
+    let id = app
+        .post_order(&key, &order_body("PO-R4"), None)
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for state in ["pending", "published", "retrying"] {
+        sqlx::query("UPDATE orders SET sync_state = $2 WHERE id = $1::uuid")
+            .bind(&id)
+            .bind(state)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+        let version = app.get(&key, &format!("/v1/orders/{id}")).await;
+        for _ in 0..5 {
+            let res = resync(&app, &key, &id, None).await;
+            assert_eq!(res.status, 202, "{state}");
+            assert_eq!(res.header("resync-queued"), Some("false"), "{state}");
+            assert_eq!(
+                res.header("etag"),
+                version.header("etag"),
+                "{state}: unchanged"
+            );
+            assert_eq!(res.json()["sync"]["state"], json!(state));
+        }
+    }
+    assert_eq!(
+        events(&app, &id).await.len(),
+        1,
+        "only the order's first event"
+    );
+    assert_eq!(sync_event_version(&app, &id).await, 1);
+}
+
+#[tokio::test]
+async fn resyncs_are_rate_limited_per_client() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let config = order_api::ApiConfig {
+        resync_rate: std::num::NonZeroU32::new(1).unwrap(),
+        resync_burst: std::num::NonZeroU32::new(3).unwrap(),
+        ..order_api::ApiConfig::default()
+    };
+    let app = TestApp::with_config(db.pool.clone(), config);
+    let key = app.key("portal").await;
+    let other = app.key("other").await;
+    let id = app
+        .post_order(&key, &order_body("PO-R5"), None)
+        .await
+        .json()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for _ in 0..3 {
+        assert_eq!(resync(&app, &key, &id, None).await.status, 202);
+    }
+    let limited = resync(&app, &key, &id, None).await;
+    let problem = limited.problem(429, "about:blank");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("resync"),
+        "{problem}"
+    );
+    let retry_after: u64 = limited.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    // Another client has its own allowance; other requests are not affected.
+    assert_eq!(resync(&app, &other, &id, None).await.status, 404);
+    assert_eq!(app.get(&key, &format!("/v1/orders/{id}")).await.status, 200);
 }
 
 #[tokio::test]

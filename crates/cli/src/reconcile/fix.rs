@@ -2,7 +2,7 @@
 //! reads because it is the only part that writes, and it writes nothing to Salesforce: the
 //! pipeline does, once the resync is queued.
 
-use orderbridge_db::orders::queue_resync;
+use orderbridge_db::orders::{ResyncWhen, queue_resync};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -54,6 +54,7 @@ pub async fn fix(
             id.into(),
             None,
             Some(options.correlation_id.clone()),
+            ResyncWhen::Always,
         )
         .await?
         {
