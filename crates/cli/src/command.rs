@@ -13,6 +13,7 @@ use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
 
 use crate::dlq::DlqCommand;
+use crate::keys::KeysCommand;
 use crate::progress::TerminalProgress;
 use crate::reconcile::{
     FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_with_progress,
@@ -46,6 +47,11 @@ pub enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Create, list, revoke and rotate API keys. Exit status 0 on success, 2 on errors.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
 }
 
 /// `orderbridge reconcile` options.
@@ -76,7 +82,7 @@ pub struct ReconcileArgs {
     pub include_failed: bool,
 }
 
-fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .map_err(|e| format!("not an RFC 3339 time ({e}), e.g. 2026-11-24T00:00:00Z"))

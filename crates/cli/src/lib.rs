@@ -5,10 +5,12 @@
 //!   and returns a [`reconcile::Report`] (missing, duplicated, mismatched, orphaned);
 //! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
+//! - [`keys::run`]: creates, lists, revokes and rotates API keys;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
 pub mod command;
 pub mod dlq;
+pub mod keys;
 pub mod progress;
 pub mod reconcile;
 pub mod render;

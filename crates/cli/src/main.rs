@@ -25,6 +25,16 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Keys { command } => {
+            let mut out = std::io::stdout().lock();
+            match orderbridge_cli::keys::run(command.clone(), &cli.db, &mut out).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Dlq { command } => {
             // Not locked: `run` needs a `Send` writer (a lock guard is not).
             let mut out = std::io::stdout();

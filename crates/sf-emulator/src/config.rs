@@ -75,6 +75,10 @@ pub struct EmulatorConfig {
     /// Idle time after which an access token stops working, as a session timeout does.
     #[arg(long, env = "SF_EMULATOR_SESSION_TIMEOUT", default_value = "2h", value_parser = humantime::parse_duration)]
     pub session_timeout: Duration,
+    /// When set, every `/__admin` request needs `Authorization: Bearer <token>`. Admin writes
+    /// need `Content-Type: application/json` either way (no cross-site form posts).
+    #[arg(long, env = "SF_EMULATOR_ADMIN_TOKEN", value_parser = secret, hide_env_values = true)]
+    pub admin_token: Option<SecretString>,
     /// Serve HTTPS with this PEM certificate chain (needs `--tls-key-file`).
     #[arg(long, env = "SF_EMULATOR_TLS_CERT_FILE", requires = "tls_key_file")]
     pub tls_cert_file: Option<PathBuf>,
@@ -113,6 +117,7 @@ impl Default for EmulatorConfig {
             data_file: None,
             daily_api_limit: 15_000,
             session_timeout: Duration::from_secs(2 * 3600),
+            admin_token: None,
             tls_cert_file: None,
             tls_key_file: None,
             tls_self_signed: false,

@@ -16,12 +16,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, Uri, header};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::{any, get, post};
 use rand::Rng;
 use serde_json::Value;
 
 use crate::admin;
+use crate::admin_guard;
 use crate::api;
 use crate::auth;
 // `to_response` lived here before it moved next to `Reply`; the old path keeps working.
@@ -41,16 +43,23 @@ pub fn app(state: AppState) -> Router {
         .route("/services/data", get(versions))
         .route("/services/data/", get(versions))
         .route("/services/data/{*rest}", any(data))
-        .route("/__admin/stats", get(admin::stats))
-        .route("/__admin/records/{sobject}", get(admin::records))
-        .route(
-            "/__admin/faults",
-            get(admin::get_faults)
-                .post(admin::set_faults)
-                .delete(admin::clear_faults),
+        .merge(
+            Router::new()
+                .route("/__admin/stats", get(admin::stats))
+                .route("/__admin/records/{sobject}", get(admin::records))
+                .route(
+                    "/__admin/faults",
+                    get(admin::get_faults)
+                        .post(admin::set_faults)
+                        .delete(admin::clear_faults),
+                )
+                .route("/__admin/reset", post(admin::reset))
+                .route("/__admin/seed", post(admin::seed))
+                .route_layer(middleware::from_fn_with_state(
+                    state.clone(),
+                    admin_guard::guard,
+                )),
         )
-        .route("/__admin/reset", post(admin::reset))
-        .route("/__admin/seed", post(admin::seed))
         .fallback(|| async { to_response(Reply::not_found(), None) })
         // Composite with five full Collections of wide records fits comfortably.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

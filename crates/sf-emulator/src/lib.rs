@@ -18,6 +18,7 @@
 //! Use it in-process from tests with [`spawn`] (port 0), or run the `sf-emulator` binary.
 
 pub mod admin;
+pub mod admin_guard;
 pub mod api;
 pub mod auth;
 pub mod composite;

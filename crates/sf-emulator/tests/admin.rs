@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
+use sf_emulator::EmulatorConfig;
 
 #[tokio::test]
 async fn stats_and_records() {
@@ -227,4 +228,83 @@ async fn reset_and_seed() {
         .admin(Method::POST, "/seed", Some(json!({"bogus": []})))
         .await;
     assert_eq!(r.status, 400);
+}
+
+/// A web page in a developer's browser can post a form, `text/plain` or an empty body to
+/// 127.0.0.1 without a CORS preflight: none of those may change the emulator.
+#[tokio::test]
+async fn admin_writes_are_json_only() {
+    let org = Org::start().await;
+    let url = |p: &str| format!("{}/__admin{p}", org.base());
+    let attempts = [
+        org.http
+            .post(url("/faults"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("outage=true"),
+        org.http
+            .post(url("/faults"))
+            .header("content-type", "text/plain")
+            .body(r#"{"outage":true}"#),
+        org.http
+            .post(url("/faults"))
+            .header("content-type", "multipart/form-data; boundary=x")
+            .body("--x--"),
+        org.http.post(url("/faults")).body(r#"{"outage":true}"#),
+        org.http.post(url("/reset")),
+    ];
+    org.account("A", "C-1").await;
+    for req in attempts {
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 415);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body[0]["errorCode"], "UNSUPPORTED_MEDIA_TYPE", "{body}");
+    }
+    // Nothing changed: no outage, the record is still there.
+    assert_eq!(org.get("/limits").await.status, 200);
+    assert_eq!(org.stats().await["records"]["Account"], 1);
+    // JSON (with a charset parameter) is accepted.
+    let r = org
+        .http
+        .post(url("/faults"))
+        .header("content-type", "application/json; charset=utf-8")
+        .body(r#"{"latency_ms":0}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_admin_token_guards_every_admin_request() {
+    let config = EmulatorConfig {
+        admin_token: Some(secrecy::SecretString::from("s3cret-admin")),
+        ..EmulatorConfig::ephemeral()
+    };
+    let org = Org::start_with(config).await;
+    let stats = format!("{}/__admin/stats", org.base());
+    for auth in [None, Some("Bearer wrong"), Some("s3cret-admin")] {
+        let mut req = org.http.get(&stats);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401, "{auth:?}");
+    }
+    let r = org
+        .http
+        .get(&stats)
+        .bearer_auth("s3cret-admin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = org
+        .http
+        .post(format!("{}/__admin/faults", org.base()))
+        .json(&json!({"outage": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401, "a JSON write without the token");
+    // The Salesforce API itself is not affected by the admin token.
+    assert_eq!(org.get("/limits").await.status, 200);
 }

@@ -129,11 +129,15 @@ impl Org {
     }
 
     pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> Resp {
+        let is_post = method == Method::POST;
         let mut req = self
             .http
             .request(method, format!("{}/__admin{path}", self.base()));
         if let Some(b) = body {
             req = req.json(&b);
+        } else if is_post {
+            // Admin writes are JSON only, even when there is nothing to say.
+            req = req.json(&json!({}));
         }
         to_resp(req.send().await.unwrap()).await
     }

@@ -57,6 +57,9 @@ def session():
 
 
 def admin(method, path, body=None):
+    # Admin writes are JSON only (no cross-site form posts), even when there is nothing to say.
+    if body is None and method == "POST":
+        body = {}
     r = requests.request(method, f"{EMU}/__admin{path}", json=body, verify=CA, timeout=TIMEOUT)
     r.raise_for_status()
     return r.json()
