@@ -5,7 +5,7 @@
 //! waits for its next request (so the idle timeout could never exceed the header timeout), and
 //! its graceful shutdown keeps a connection whose head is half received. So two observers feed
 //! an [`Activity`]: [`ObservedIo`] sees bytes arrive, [`Observed`] sees hyper hand a complete
-//! request to the application and the response leave it.
+//! request to the application and hyper finish with the response's body.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,9 +18,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
 use axum::response::Response;
+use http_body::{Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
@@ -155,8 +156,8 @@ impl Activity {
     }
 }
 
-/// A request in progress; dropping it (the response is ready, or the request was abandoned)
-/// starts the idle phase.
+/// A request in progress; dropping it (hyper is done with the response body, or the request was
+/// abandoned) starts the idle phase.
 struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
@@ -247,10 +248,42 @@ impl hyper::service::Service<hyper::Request<Incoming>> for Observed {
         req.extensions_mut().insert(ConnectInfo(self.peer));
         let response = self.app.clone().oneshot(req.map(Body::new));
         Box::pin(async move {
-            let response = response.await;
-            drop(in_flight);
-            response
+            // The request stays in progress until its body is written (a large document to a
+            // slow reader is still being served), so the guard travels with the body.
+            let response = response.await?;
+            Ok(response.map(|inner| {
+                Body::new(Serving {
+                    inner,
+                    _in_flight: in_flight,
+                })
+            }))
         })
+    }
+}
+
+/// A response body that keeps its request in progress until hyper drops it.
+struct Serving {
+    inner: Body,
+    _in_flight: InFlight,
+}
+
+impl http_body::Body for Serving {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
