@@ -21,6 +21,7 @@ mod poster;
 mod procfs;
 mod relay;
 mod report;
+mod slowloris;
 mod snapshot;
 mod stack;
 mod stats;
@@ -69,6 +70,9 @@ enum Command {
     /// lost, duplicated or unexpected and only the poison was dead-lettered. See
     /// crates/bench/CHAOS.md.
     Chaos(Box<chaos::ChaosArgs>),
+    /// order-api under 2,000 half-open connections (slowloris): the latency of normal requests
+    /// on new connections before, during and after, and order-api's memory. Only order-api runs.
+    Slowloris(slowloris::SlowlorisArgs),
 }
 
 #[tokio::main]
@@ -84,6 +88,7 @@ async fn main() -> ExitCode {
         Command::Intake(args) => intake::run(args).await,
         Command::Relay(args) => relay::run(args).await,
         Command::Chaos(args) => chaos::run(*args).await,
+        Command::Slowloris(args) => slowloris::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

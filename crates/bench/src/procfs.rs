@@ -34,6 +34,15 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Current resident set size (`VmRSS`) in KiB; `None` if the process is gone.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// (command name, user + system CPU ticks) from a `/proc/<pid>/stat` line.
 fn parse_stat(stat: &str) -> Option<(String, u64)> {
     // The name is in parentheses and may itself contain spaces or parentheses.

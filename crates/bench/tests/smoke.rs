@@ -175,3 +175,34 @@ async fn relay_short_run_through_the_real_binaries() {
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[tokio::test]
+async fn slowloris_short_run_through_the_real_binaries() {
+    let out = out_dir("slowloris");
+    let report = bench(
+        &[
+            "slowloris",
+            "--connections",
+            "200",
+            "--samples",
+            "4",
+            "--settle",
+            "200ms",
+        ],
+        &out,
+    );
+    for phase in ["before", "during", "after"] {
+        let p = &report["phases"][phase];
+        assert_eq!(p["failures"], serde_json::json!([]), "{phase}: {report}");
+        assert!(p["get_ms"]["p99"].as_f64().is_some(), "{phase}: {report}");
+        assert!(p["post_ms"]["p99"].as_f64().is_some(), "{phase}: {report}");
+    }
+    assert!(
+        report["attack"]["connects"].as_u64().unwrap() >= 200,
+        "{report}"
+    );
+    assert!(report["rss_mib"]["during_max"].as_f64().unwrap() > 0.0);
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -49,8 +49,22 @@ pub struct ApiConfig {
     #[arg(long, env = "ORDER_API_IDEMPOTENCY_TTL", default_value = "24h", value_parser = humantime::parse_duration)]
     pub idempotency_ttl: Duration,
     /// How long in-flight requests may finish after SIGTERM before the server exits anyway.
+    /// Idle connections and requests whose head is not complete are closed at once.
     #[arg(long, env = "ORDER_API_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Longest a client may take to send a request's head (request line and headers), counted
+    /// from the connection's start or its first byte after an idle keep-alive pause; then the
+    /// connection is closed without an answer.
+    #[arg(long, env = "ORDER_API_HEADER_TIMEOUT", default_value = "5s", value_parser = orderbridge_runtime::parse_interval)]
+    pub header_timeout: Duration,
+    /// Longest a keep-alive connection may sit idle between requests before it is closed.
+    #[arg(long, env = "ORDER_API_IDLE_TIMEOUT", default_value = "60s", value_parser = orderbridge_runtime::parse_interval)]
+    pub idle_timeout: Duration,
+    /// Most client connections served at once. Beyond it the oldest connection without a
+    /// request in progress is closed to make room; if every one is busy, new connections wait
+    /// in the listen backlog until one ends.
+    #[arg(long, env = "ORDER_API_MAX_CONNECTIONS", default_value = "1024")]
+    pub max_connections: NonZeroU32,
 }
 
 impl Default for ApiConfig {

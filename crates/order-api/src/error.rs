@@ -60,6 +60,12 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("the request body was not received in time")]
     BodyTimeout,
+    #[error("the request target is longer than {max} bytes")]
+    UriTooLong { max: usize },
+    #[error(
+        "the request has more than {max_fields} header fields or more than {max_bytes} bytes of them"
+    )]
+    HeadersTooLarge { max_bytes: usize, max_fields: usize },
     #[error("{0}")]
     Unprocessable(String),
     #[error("{0}")]
@@ -147,6 +153,8 @@ impl ApiError {
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UriTooLong { .. } => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::Unprocessable(_) | Self::Validation(_) | Self::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }

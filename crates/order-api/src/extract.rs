@@ -63,10 +63,10 @@ fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge(limit);
     }
-    // The body-read timeout surfaces as a body error whose source is tower-http's timeout.
+    // The body deadline surfaces as a body error whose source is `BodyTimedOut`.
     let mut source = rejection.source();
     while let Some(e) = source {
-        if e.is::<tower_http::timeout::TimeoutError>() {
+        if e.is::<crate::body_deadline::BodyTimedOut>() {
             return ApiError::BodyTimeout;
         }
         source = e.source();

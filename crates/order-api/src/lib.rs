@@ -1,26 +1,31 @@
 //! The orderbridge order intake API.
 //!
 //! ```text
-//! client ──HTTP──► request id ─► trace ─► timeouts/limits ─► auth + rate limit ─► handler
+//! client ──HTTP──► request id ─► trace ─► head limits ─► timeouts/limits ─► auth + rate limit ─► handler
 //!                                                                                  │
 //!                              one transaction: order + lines + outbox event + idempotency key
 //!                                                                                  ▼
 //!                                                                               Postgres
 //! ```
 //!
-//! [`app`] builds the router apart from [`serve`], so tests drive it with `oneshot` and a
-//! per-test database.
+//! [`app`] builds the router apart from [`serve::serve`] (connections, their timeouts and cap,
+//! shutdown), so tests drive it with `oneshot` and a per-test database.
 
 pub mod auth;
+pub mod body_deadline;
 pub mod config;
 pub mod error;
 pub mod extract;
 pub mod health;
 pub mod key_cache;
+pub mod limits;
+pub mod log_text;
 pub mod openapi;
 pub mod orders;
+pub mod problem_fallback;
 pub mod rate_limit;
 pub mod request_id;
+pub mod serve;
 pub mod store;
 
 use std::sync::Arc;
@@ -35,7 +40,6 @@ use axum::routing::get;
 use sqlx::PgPool;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 use utoipa::OpenApi;
@@ -93,7 +97,10 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)
         .layer(DefaultBodyLimit::max(config.body_limit))
-        .layer(RequestBodyTimeoutLayer::new(config.body_timeout))
+        .layer(middleware::from_fn_with_state(
+            config.body_timeout,
+            body_deadline::limit_body_time,
+        ))
         .layer(middleware::from_fn_with_state(
             config.request_timeout,
             request_timeout,
@@ -101,6 +108,8 @@ pub fn app(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal(anyhow::anyhow!("handler panicked")).into_response()
         }))
+        .layer(middleware::from_fn(limits::check_head))
+        .layer(middleware::from_fn(problem_fallback::ensure_problem))
         .layer(
             TraceLayer::new_for_http()
                 .make_span_with(|req: &Request| {
@@ -109,10 +118,12 @@ pub fn app(state: AppState) -> Router {
                         .get::<RequestId>()
                         .map(|r| r.0.as_str())
                         .unwrap_or_default();
+                    // Client-supplied: bounded and recorded as a string (see `log_text`).
+                    let path = log_text::bounded(req.uri().path());
                     tracing::info_span!(
                         "request",
                         method = %req.method(),
-                        path = %req.uri().path(),
+                        path = path.as_ref(),
                         request_id,
                         client = tracing::field::Empty,
                     )

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use order_api::serve::Stopped;
 use order_api::{ApiConfig, AppState};
 use orderbridge_db::DbConfig;
 use orderbridge_runtime::{LogConfig, shutdown_signal};
@@ -97,29 +98,18 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(api.addr)
         .await
         .with_context(|| format!("cannot listen on {}", api.addr))?;
-    let grace = api.shutdown_grace;
     let state = AppState::new(pool.clone(), api);
     let housekeeping = order_api::spawn_housekeeping(state.clone());
     tracing::info!(addr = %listener.local_addr()?, "order-api listening");
 
-    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    // The peer address reaches the handlers: failed authentications are throttled per peer.
-    let app = order_api::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async {
-        shutdown_signal().await;
-        let _ = stopping_tx.send(());
-    });
-    // In-flight requests get `grace` to finish after the signal; then we exit regardless.
-    let deadline = async {
-        if stopping_rx.await.is_ok() {
-            tokio::time::sleep(grace).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
-    tokio::select! {
-        result = server => result.context("server error")?,
-        () = deadline => tracing::warn!("shutdown grace period expired with requests in flight"),
+    let config = state.config.clone();
+    match order_api::serve::serve(listener, order_api::app(state), &config, shutdown_signal()).await
+    {
+        Stopped::Drained => {}
+        Stopped::GraceExpired { open } => tracing::warn!(
+            open,
+            "shutdown grace period expired with requests in flight"
+        ),
     }
     housekeeping.abort();
     pool.close().await;

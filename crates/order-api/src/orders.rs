@@ -109,7 +109,11 @@ pub async fn create_order(
 
     match created {
         Created::New { order, body } => {
-            tracing::info!(order_id = %order.id, client_ref = %order.client_ref, "order accepted");
+            tracing::info!(
+                order_id = %order.id,
+                client_ref = crate::log_text::bounded(&order.client_ref).as_ref(),
+                "order accepted"
+            );
             let headers = [
                 (CONTENT_TYPE, HeaderValue::from_static("application/json")),
                 (LOCATION, location(order.id)),
