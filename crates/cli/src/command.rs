@@ -12,6 +12,7 @@ use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
 
+use crate::broker::BrokerCommand;
 use crate::dlq::DlqCommand;
 use crate::progress::TerminalProgress;
 use crate::reconcile::{
@@ -45,6 +46,12 @@ pub enum Command {
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
+    },
+    /// The broker's security: signing keys (`gen-key`), and one least-privilege user per
+    /// component (`permissions`, `setup-users`). Exit status 0 on success, 2 on errors.
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
     },
 }
 

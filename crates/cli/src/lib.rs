@@ -5,8 +5,10 @@
 //!   and returns a [`reconcile::Report`] (missing, duplicated, mismatched, orphaned);
 //! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
+//! - [`broker::run`]: signing keys and least-privilege broker users;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
+pub mod broker;
 pub mod command;
 pub mod dlq;
 pub mod progress;
