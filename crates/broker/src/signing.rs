@@ -31,11 +31,11 @@
 //! (undecodable there).
 //!
 //! Keys are `id:secret` ([`SigningConfig`]): the id travels in every message, the secret never
-//! does. One key signs; the previous ones (`BROKER_SIGNING_KEYS_PREVIOUS`) are still accepted,
-//! so a key is rotated without stopping anything: add the new key as the signing key with the
-//! old one as previous on every process, then drop the old one once nothing signed with it can
-//! still arrive (the longest retry tier, plus any backlog; dead letters are re-signed when they
-//! are replayed).
+//! does. One key signs; the others listed (`BROKER_SIGNING_KEYS_PREVIOUS`) are accepted too, so a
+//! key is rotated without stopping anything, in three rolling steps: (1) every process accepts
+//! the new key (old one signing, new one listed); (2) every process signs with the new key (old
+//! one listed); (3) once nothing signed with the old key can still arrive (the longest retry
+//! tier, plus any backlog; dead letters are re-signed when they are replayed), the old key goes.
 
 use clap::Args;
 use hmac::{Hmac, Mac};
@@ -77,8 +77,8 @@ pub struct SigningConfig {
         global = true
     )]
     pub broker_signing_key: Option<SecretString>,
-    /// Keys still accepted when verifying, never used to sign: during a rotation, the key being
-    /// replaced. Comma-separated `id:secret` entries.
+    /// Keys also accepted when verifying, never used to sign: during a rotation, the key being
+    /// replaced (or, first, the one coming in). Comma-separated `id:secret` entries.
     #[arg(
         long,
         env = "BROKER_SIGNING_KEYS_PREVIOUS",
@@ -532,7 +532,8 @@ mod tests {
             headers::text(&q, headers::SIGNATURE_KEY_ID).as_deref(),
             Some("k2")
         );
-        // The old process does not know the new key yet: roll the previous key out first.
+        // A process that does not accept the new key yet refuses it: rotation step 1 exists
+        // for this (every process accepts the new key before any signs with it).
         assert_eq!(
             old.verify(&q, b"x"),
             Err(SignatureError::UnknownKey("k2".into()))

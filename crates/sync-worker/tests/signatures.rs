@@ -120,10 +120,10 @@ async fn forged_order_events_are_dead_lettered_and_never_reach_salesforce() {
     h.cleanup().await;
 }
 
-/// A rotation in the order the docs give: every process gets the new key with the old one as
-/// previous; events still signed with the old key are written; the worker's reports and the
-/// copies it sends on (here a retry) carry the new key, so once the old key is dropped the
-/// copy in flight still verifies.
+/// A rotation's second and third steps: the worker signs with the new key and still accepts the
+/// old one, so events a relay signed with the old key are written; its reports and the copies it
+/// sends on (here a retry) carry the new key, so once the old key is dropped the copy in flight
+/// still verifies.
 #[tokio::test]
 async fn during_a_rotation_the_previous_key_is_accepted_and_copies_move_to_the_new_one() {
     const NEW_KEY: &str = "k2:a-brand-new-secret-of-at-least-32-bytes";
