@@ -40,7 +40,6 @@
 use clap::Args;
 use hmac::{Hmac, Mac};
 use lapin::BasicProperties;
-use lapin::types::FieldTable;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
@@ -280,10 +279,7 @@ impl Keyring {
     /// earlier signature).
     pub fn sign(&self, properties: BasicProperties, body: &[u8]) -> BasicProperties {
         let mac = signature(&self.signing, &properties, body);
-        let mut table = properties
-            .headers()
-            .clone()
-            .unwrap_or_else(FieldTable::default);
+        let mut table = properties.headers().clone().unwrap_or_default();
         table.insert(
             headers::SIGNATURE_KEY_ID.into(),
             long_string(self.signing_key_id()),
@@ -400,7 +396,7 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use lapin::types::AMQPValue;
+    use lapin::types::{AMQPValue, FieldTable};
 
     use super::*;
 
