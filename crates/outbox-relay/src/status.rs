@@ -6,7 +6,7 @@
 //!                                                         ▼ manual acks
 //!                       status applier (every relay process, no leader: competing consumers)
 //!                         gather a batch (≤ RELAY_STATUS_BATCH_SIZE, ≤ RELAY_STATUS_LINGER)
-//!                         not signed by us ──copy with the reason, confirmed──► {ns}.dlx, then ack
+//!                         not signed by the worker ──copy with the reason──► {ns}.dlx, confirmed; ack
 //!                         unreadable ──basic.reject(requeue=false)──► {ns}.dlx ──► {ns}.dead-letters
 //!                         readable ──one transaction──► UPDATE orders (monotonic rule) ──commit──► ack
 //! ```
