@@ -23,11 +23,19 @@ pub const FIRST_FAILURE_AT: &str = "x-orderbridge-first-failure-at";
 pub const LAST_FAILURE_AT: &str = "x-orderbridge-last-failure-at";
 /// RFC 3339 time the message was replayed from the dead-letter queue (set by `dlq replay`).
 pub const REPLAYED_AT: &str = "x-orderbridge-replayed-at";
+/// The queue a dead letter was consumed from, which `dlq replay` sends it back to (set by the
+/// worker and the status applier on what they dead-letter; the broker's own dead letters say
+/// it in `x-death`).
+pub const ORIGIN_QUEUE: &str = "x-orderbridge-origin-queue";
+/// The id of the key that signed the message (see [`crate::signing`]).
+pub const SIGNATURE_KEY_ID: &str = "x-orderbridge-key-id";
+/// The message's HMAC-SHA256 signature, 64 hex digits (see [`crate::signing`]).
+pub const SIGNATURE: &str = "x-orderbridge-signature";
 /// Set by RabbitMQ on a message returned to a quorum queue (absent on the first delivery).
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 /// Every header orderbridge writes when a message fails, in the order `dlq show` lists them.
-pub const FAILURE_HEADERS: [&str; 7] = [
+pub const FAILURE_HEADERS: [&str; 8] = [
     ATTEMPTS,
     REASON,
     ERROR_CODE,
@@ -35,9 +43,10 @@ pub const FAILURE_HEADERS: [&str; 7] = [
     FIRST_FAILURE_AT,
     LAST_FAILURE_AT,
     REPLAYED_AT,
+    ORIGIN_QUEUE,
 ];
 
-/// Why the worker dead-lettered a message (the [`REASON`] header).
+/// Why the worker (or the status applier) dead-lettered a message (the [`REASON`] header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeadLetterReason {
     /// Salesforce refused the order for a reason retrying cannot fix.
@@ -48,14 +57,19 @@ pub enum DeadLetterReason {
     Undecodable,
     /// The message reached its last delivery (it kept coming back, e.g. it crashed the worker).
     Redelivered,
+    /// The message is not signed, or its signature does not verify with any accepted key
+    /// ([`crate::signing`]): it was not published by our services, or was changed on the way.
+    /// Never written anywhere; [`ERROR_CODE`] says which check failed.
+    BadSignature,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::Permanent,
         Self::AttemptsExhausted,
         Self::Undecodable,
         Self::Redelivered,
+        Self::BadSignature,
     ];
 
     /// The header's text.
@@ -65,6 +79,7 @@ impl DeadLetterReason {
             Self::AttemptsExhausted => "attempts_exhausted",
             Self::Undecodable => "undecodable",
             Self::Redelivered => "redelivered",
+            Self::BadSignature => "bad_signature",
         }
     }
 
@@ -121,6 +136,35 @@ pub fn count(props: &BasicProperties, name: &str) -> Option<u32> {
         .and_then(|n| u32::try_from(n).ok())
 }
 
+/// A copy of `original` to publish again, without its `user_id`: the broker refuses a publish
+/// whose `user_id` is not the publishing user (a channel error), and a copy is published by
+/// someone else than the original (a forged message may even carry one on purpose).
+pub fn republishable(original: &BasicProperties) -> BasicProperties {
+    let o = original;
+    let mut p = BasicProperties::default();
+    macro_rules! keep {
+        ($get:ident, $with:ident) => {
+            if let Some(v) = o.$get() {
+                p = p.$with(v.clone());
+            }
+        };
+    }
+    keep!(content_type, with_content_type);
+    keep!(content_encoding, with_content_encoding);
+    keep!(headers, with_headers);
+    keep!(delivery_mode, with_delivery_mode);
+    keep!(priority, with_priority);
+    keep!(correlation_id, with_correlation_id);
+    keep!(reply_to, with_reply_to);
+    keep!(expiration, with_expiration);
+    keep!(message_id, with_message_id);
+    keep!(timestamp, with_timestamp);
+    keep!(kind, with_type);
+    keep!(app_id, with_app_id);
+    keep!(cluster_id, with_cluster_id);
+    p
+}
+
 /// A string header value, as RabbitMQ and other clients expect text (a long string).
 pub fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -138,6 +182,25 @@ mod tests {
             assert_eq!(DeadLetterReason::parse(r.as_str()), Some(r));
         }
         assert_eq!(DeadLetterReason::parse("gone"), None);
+    }
+
+    #[test]
+    fn republishable_copies_keep_everything_but_the_user_id() {
+        let mut table = FieldTable::default();
+        table.insert("h".into(), long_string("v"));
+        let original = BasicProperties::default()
+            .with_message_id("m".into())
+            .with_type("t".into())
+            .with_correlation_id("c".into())
+            .with_content_type("application/json".into())
+            .with_delivery_mode(2)
+            .with_timestamp(7)
+            .with_app_id("a".into())
+            .with_user_id("someone".into())
+            .with_headers(table);
+        let copy = republishable(&original);
+        assert_eq!(*copy.user_id(), None);
+        assert_eq!(copy.clone().with_user_id("someone".into()), original);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! RabbitMQ plumbing shared by the orderbridge binaries that talk to the broker (the outbox relay,
 //! the sync worker): the configuration ([`BrokerConfig`]), the topology every one of them declares
-//! at start-up ([`Topology`]), a supervised connection ([`Supervisor`]) and the message headers
-//! they exchange ([`headers`]: names, [`DeadLetterReason`], one reader for every value type).
+//! at start-up ([`Topology`]), a supervised connection ([`Supervisor`]), the message headers
+//! they exchange ([`headers`]: names, [`DeadLetterReason`], one reader for every value type),
+//! the signatures on every message ([`signing`]) and the broker permissions each component needs
+//! ([`permissions`]).
 //!
 //! ```text
 //!                      ┌────────────────────────────┐
@@ -27,6 +29,8 @@
 
 mod backoff;
 pub mod headers;
+pub mod permissions;
+pub mod signing;
 mod topology;
 
 use std::future::Future;
@@ -42,7 +46,9 @@ use secrecy::{ExposeSecret, SecretString};
 pub use backoff::Backoff;
 pub use headers::DeadLetterReason;
 pub use lapin;
-pub use topology::{RetryTier, Topology};
+pub use permissions::{Component, Permissions};
+pub use signing::{Keyring, SignatureError, SigningConfig, SigningError};
+pub use topology::{REQUEUE_ROUTING_KEY, RetryTier, Topology};
 
 /// Broker settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]
@@ -91,6 +97,21 @@ pub struct BrokerConfig {
     /// whose messages expire back into the work queue after that long.
     #[arg(long, env = "BROKER_RETRY_TIERS", default_value = "5s,1m,10m", value_parser = humantime::parse_duration, value_delimiter = ',', global = true)]
     pub broker_retry_tiers: Vec<Duration>,
+    /// Declare the whole topology on every (re)connect (`true`), or only check that it exists
+    /// (`false`, passive declares). A component running as its own least-privilege broker user
+    /// (`orderbridge broker setup-users`) has no permission to declare, and needs `false`;
+    /// the setup command declares the topology instead.
+    #[arg(
+        long,
+        env = "BROKER_DECLARE_TOPOLOGY",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new(),
+        global = true
+    )]
+    pub broker_declare_topology: bool,
+    #[command(flatten)]
+    pub signing: SigningConfig,
 }
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -104,6 +125,14 @@ pub enum BrokerError {
     InvalidUrl,
     #[error("invalid broker configuration: {0}")]
     InvalidConfig(String),
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error(
+        "the broker has no {0} (BROKER_DECLARE_TOPOLOGY=false only checks the topology: declare it \
+         with `orderbridge broker setup-users`, or run with BROKER_DECLARE_TOPOLOGY=true as a user \
+         allowed to)"
+    )]
+    TopologyMissing(String),
     #[error("broker operation `{0}` timed out")]
     Timeout(&'static str),
     #[error("broker operation `{op}` failed: {source}")]
@@ -135,7 +164,19 @@ impl BrokerConfig {
                 self.broker_delivery_limit.to_string(),
             ),
             ("BROKER_RETRY_TIERS", tiers.join(",")),
+            (
+                "BROKER_DECLARE_TOPOLOGY",
+                self.broker_declare_topology.to_string(),
+            ),
         ]
+        .into_iter()
+        .chain(self.signing.to_env())
+        .collect()
+    }
+
+    /// The signing keys ([`signing`]); an error without `BROKER_SIGNING_KEY`.
+    pub fn keyring(&self) -> Result<Keyring, BrokerError> {
+        Ok(self.signing.keyring()?)
     }
 
     /// The exchange and queue names and arguments for this namespace.
@@ -246,7 +287,8 @@ impl Supervisor {
         &self.topology
     }
 
-    /// One attempt: connect, open a channel, declare the topology.
+    /// One attempt: connect, open a channel, declare the topology (or, with
+    /// `BROKER_DECLARE_TOPOLOGY=false`, check that it exists).
     pub async fn try_connect(&self) -> Result<Session, BrokerError> {
         let uri = self.config.uri()?;
         let properties = ConnectionProperties::default()
@@ -260,8 +302,14 @@ impl Supervisor {
                 .config
                 .op("channel.open", connection.create_channel())
                 .await?;
-            self.topology.declare(&self.config, &channel).await?;
-            Ok::<_, BrokerError>(channel)
+            if self.config.broker_declare_topology {
+                self.topology.declare(&self.config, &channel).await?;
+                Ok::<_, BrokerError>(channel)
+            } else {
+                // A failed passive declare closes its channel: check on one of its own.
+                self.topology.verify(&self.config, &connection).await?;
+                Ok(channel)
+            }
         }
         .await;
         match session {
@@ -344,6 +392,12 @@ mod tests {
             "7",
             "--broker-retry-tiers",
             "5s,90s,10m",
+            "--broker-declare-topology",
+            "no",
+            "--broker-signing-key",
+            "k2:0123456789abcdef0123456789abcdef",
+            "--broker-signing-keys-previous",
+            "k1:fedcba9876543210fedcba9876543210",
         ])
         .unwrap()
         .broker;
@@ -363,5 +417,12 @@ mod tests {
         assert_eq!(back.broker_reconnect_max, original.broker_reconnect_max);
         assert_eq!(back.broker_delivery_limit, 7);
         assert_eq!(back.broker_retry_tiers, original.broker_retry_tiers);
+        assert!(!back.broker_declare_topology);
+        let keys = back.keyring().unwrap();
+        assert_eq!(keys.signing_key_id(), "k2");
+        assert_eq!(
+            format!("{keys:?}"),
+            format!("{:?}", original.keyring().unwrap())
+        );
     }
 }

@@ -7,13 +7,19 @@ use lapin::options::{
     QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
 use crate::headers::long_string;
 use crate::{BrokerConfig, BrokerError};
 
 /// Binding of the Salesforce work queue on the events exchange: every order event.
 pub const SF_SYNC_BINDING: &str = "order.#";
+
+/// Binding of the Salesforce work queue on the retry exchange: the worker puts messages back on
+/// the work queue (a Salesforce outage) by publishing to the retry exchange with this key, so
+/// it needs no write permission on the default exchange (which reaches every queue in the
+/// vhost). Retry tier keys are durations (`5s`) and never collide with it.
+pub const REQUEUE_ROUTING_KEY: &str = "requeue";
 
 /// One delayed-retry tier: a queue whose messages expire back into the work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +38,8 @@ pub struct Topology {
     /// Quorum work queue the sync worker consumes.
     pub sf_sync_queue: String,
     pub delivery_limit: u32,
-    /// Direct exchange the worker publishes retries to, routing key = [`RetryTier::routing_key`].
+    /// Direct exchange the worker publishes retries to, routing key = [`RetryTier::routing_key`],
+    /// and requeues ([`REQUEUE_ROUTING_KEY`], bound straight to the work queue).
     pub retry_exchange: String,
     /// Shortest delay first.
     pub retry_tiers: Vec<RetryTier>,
@@ -165,6 +172,14 @@ impl Topology {
             SF_SYNC_BINDING,
         )
         .await?;
+        self.bind(
+            config,
+            channel,
+            &self.sf_sync_queue,
+            &self.retry_exchange,
+            REQUEUE_ROUTING_KEY,
+        )
+        .await?;
 
         // Retry tiers: no consumer; each message expires after the tier's TTL and is
         // dead-lettered through the default exchange straight into the work queue (not back
@@ -208,6 +223,81 @@ impl Topology {
             "#",
         )
         .await?;
+        Ok(())
+    }
+
+    /// Checks that every exchange and queue exists, without declaring anything (passive
+    /// declares, which need no permission): for a component running as a broker user that may
+    /// not declare (`BROKER_DECLARE_TOPOLOGY=false`). Arguments and bindings are not checked;
+    /// whoever declared the topology (`orderbridge broker setup-users`) set them.
+    ///
+    /// Runs on a channel of its own, closed afterwards: a passive declare of something missing
+    /// closes the channel it runs on.
+    pub async fn verify(
+        &self,
+        config: &BrokerConfig,
+        connection: &Connection,
+    ) -> Result<(), BrokerError> {
+        let channel = config
+            .op("channel.open", connection.create_channel())
+            .await?;
+        let result = self.verify_on(config, &channel).await;
+        if channel.status().connected() {
+            let _ = config
+                .op("channel.close", channel.close(200, "checked".into()))
+                .await;
+        }
+        result
+    }
+
+    async fn verify_on(&self, config: &BrokerConfig, channel: &Channel) -> Result<(), BrokerError> {
+        let passive_exchange = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        for (name, kind) in [
+            (&self.events_exchange, ExchangeKind::Topic),
+            (&self.retry_exchange, ExchangeKind::Direct),
+            (&self.dead_letter_exchange, ExchangeKind::Fanout),
+            (&self.status_exchange, ExchangeKind::Topic),
+        ] {
+            let declared = config
+                .op(
+                    "exchange.declare",
+                    channel.exchange_declare(
+                        name.as_str().into(),
+                        kind,
+                        passive_exchange,
+                        FieldTable::default(),
+                    ),
+                )
+                .await;
+            missing_as(declared, || format!("exchange {name}"))?;
+        }
+        let passive_queue = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queues = [
+            &self.sf_sync_queue,
+            &self.dead_letter_queue,
+            &self.status_queue,
+        ]
+        .into_iter()
+        .chain(self.retry_tiers.iter().map(|t| &t.queue));
+        for name in queues {
+            let declared = config
+                .op(
+                    "queue.declare",
+                    channel.queue_declare(
+                        name.as_str().into(),
+                        passive_queue,
+                        FieldTable::default(),
+                    ),
+                )
+                .await;
+            missing_as(declared, || format!("queue {name}"))?;
+        }
         Ok(())
     }
 
@@ -312,6 +402,20 @@ impl Topology {
                 ),
             )
             .await
+    }
+}
+
+/// A passive declare's NOT_FOUND as [`BrokerError::TopologyMissing`] naming what is missing.
+fn missing_as<T>(
+    declared: Result<T, BrokerError>,
+    what: impl FnOnce() -> String,
+) -> Result<(), BrokerError> {
+    match declared {
+        Ok(_) => Ok(()),
+        Err(BrokerError::Amqp { source, .. }) if matches!(source.kind(), lapin::ErrorKind::ProtocolError(e) if e.get_id() == 404) => {
+            Err(BrokerError::TopologyMissing(what()))
+        }
+        Err(e) => Err(e),
     }
 }
 

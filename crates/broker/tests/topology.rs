@@ -10,7 +10,9 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
-use orderbridge_broker::{BrokerConfig, Supervisor};
+use orderbridge_broker::{
+    BrokerConfig, BrokerError, REQUEUE_ROUTING_KEY, SigningConfig, Supervisor,
+};
 use secrecy::SecretString;
 
 fn config(delivery_limit: u32) -> BrokerConfig {
@@ -29,6 +31,9 @@ fn config(delivery_limit: u32) -> BrokerConfig {
             Duration::from_millis(300),
             Duration::from_secs(60),
         ],
+        broker_declare_topology: true,
+        // Nothing here signs or verifies: the topology routes whatever it is given.
+        signing: SigningConfig::default(),
     }
 }
 
@@ -124,6 +129,10 @@ async fn topology_is_idempotent_and_routes_retries_dead_letters_and_status() {
     publish(ch, &t.events_exchange, "order.submitted", b"{\"n\":1}").await;
     assert_eq!(get_one(ch, &t.sf_sync_queue).await.data, b"{\"n\":1}");
 
+    // A requeue goes straight back to the work queue, through the retry exchange.
+    publish(ch, &t.retry_exchange, REQUEUE_ROUTING_KEY, b"{\"n\":0}").await;
+    assert_eq!(get_one(ch, &t.sf_sync_queue).await.data, b"{\"n\":0}");
+
     // A retry waits out its tier's TTL, then returns to the work queue (only there).
     publish(ch, &t.retry_exchange, "2s", b"{\"n\":2}").await;
     assert!(
@@ -202,6 +211,54 @@ async fn topology_is_idempotent_and_routes_retries_dead_letters_and_status() {
 
     t.delete(&cfg, ch).await.unwrap();
     s.close(&cfg).await;
+}
+
+/// Without declaring (`BROKER_DECLARE_TOPOLOGY=false`), a session needs the topology to exist
+/// already, names what is missing, and then connects without declaring anything.
+#[tokio::test]
+async fn checking_only_finds_a_missing_topology_and_accepts_a_declared_one() {
+    let mut cfg = config(2);
+    cfg.broker_declare_topology = false;
+    let checking = Supervisor::new(cfg.clone(), "topology-check-test").unwrap();
+    match checking.try_connect().await {
+        Err(BrokerError::TopologyMissing(what)) => {
+            assert_eq!(what, format!("exchange {}.events", cfg.broker_namespace));
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("connected to a namespace that does not exist"),
+    }
+    let mut declaring_cfg = cfg.clone();
+    declaring_cfg.broker_declare_topology = true;
+    let declaring = Supervisor::new(declaring_cfg.clone(), "topology-check-test")
+        .unwrap()
+        .try_connect()
+        .await
+        .unwrap();
+    let checked = checking.try_connect().await.unwrap();
+    assert!(checked.is_healthy());
+    checked.close(&cfg).await;
+    // A queue deleted since is noticed too.
+    declaring
+        .channel
+        .queue_delete(
+            checking.topology().status_queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+    match checking.try_connect().await {
+        Err(BrokerError::TopologyMissing(what)) => {
+            assert_eq!(what, format!("queue {}", checking.topology().status_queue));
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+        Ok(_) => panic!("connected although the status queue is gone"),
+    }
+    checking
+        .topology()
+        .delete(&declaring_cfg, &declaring.channel)
+        .await
+        .unwrap();
+    declaring.close(&declaring_cfg).await;
 }
 
 #[tokio::test]

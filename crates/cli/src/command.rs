@@ -12,6 +12,7 @@ use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
 
+use crate::broker::BrokerCommand;
 use crate::dlq::DlqCommand;
 use crate::keys::KeysCommand;
 use crate::progress::TerminalProgress;
@@ -51,6 +52,12 @@ pub enum Command {
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
+    },
+    /// The broker's security: signing keys (`gen-key`), and one least-privilege user per
+    /// component (`permissions`, `setup-users`). Exit status 0 on success, 2 on errors.
+    Broker {
+        #[command(subcommand)]
+        command: BrokerCommand,
     },
 }
 

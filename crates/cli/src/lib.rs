@@ -6,8 +6,10 @@
 //! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
 //! - [`keys::run`]: creates, lists, revokes and rotates API keys;
+//! - [`broker::run`]: signing keys and least-privilege broker users;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
+pub mod broker;
 pub mod command;
 pub mod dlq;
 pub mod keys;

@@ -35,6 +35,17 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Broker { command } => {
+            let mut out = std::io::stdout().lock();
+            let mut notes = std::io::stderr().lock();
+            match orderbridge_cli::broker::run(command, &cli.broker, &mut out, &mut notes).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Dlq { command } => {
             // Not locked: `run` needs a `Send` writer (a lock guard is not).
             let mut out = std::io::stdout();

@@ -1,6 +1,7 @@
 //! `orderbridge dlq` against the real local RabbitMQ: dead letters seeded both ways (published
 //! by "the worker" with our headers, and dead-lettered by the broker past the delivery limit),
-//! then listed, shown and replayed.
+//! then listed, shown and replayed; a replay signs what it republishes, and does not replay
+//! what does not verify unless told to.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -13,7 +14,9 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel};
 use orderbridge_broker::headers;
-use orderbridge_broker::{BrokerConfig, Session, Supervisor, Topology};
+use orderbridge_broker::{
+    BrokerConfig, BrokerError, Keyring, Session, SigningConfig, SigningError, Supervisor, Topology,
+};
 use orderbridge_cli::dlq::{self, DlqCommand, DlqError};
 use secrecy::SecretString;
 
@@ -30,6 +33,24 @@ fn config() -> BrokerConfig {
         // Small, so the broker dead-letters a rejected message quickly.
         broker_delivery_limit: 1,
         broker_retry_tiers: vec![Duration::from_secs(5)],
+        broker_declare_topology: true,
+        signing: SigningConfig::with_key(KEY),
+    }
+}
+
+/// The key the seeded letters are signed with, and the command's.
+const KEY: &str = "dlq-test:0123456789abcdef0123456789abcdef";
+const OTHER_KEY: &str = "dlq-test-2:fedcba9876543210fedcba9876543210";
+
+fn keyring() -> Keyring {
+    Keyring::single(KEY).unwrap()
+}
+
+fn replay(id: Option<&str>) -> DlqCommand {
+    DlqCommand::Replay {
+        id: id.map(str::to_owned),
+        all: id.is_none(),
+        sign_unverified: false,
     }
 }
 
@@ -148,7 +169,7 @@ impl Env {
             headers::LAST_FAILURE_AT.into(),
             text("2026-01-02T03:09:05Z"),
         );
-        let props = event_props(id).with_headers(h);
+        let props = keyring().sign(event_props(id).with_headers(h), &body(id));
         self.publish(&self.t.dead_letter_exchange, "", &body(id), props)
             .await;
     }
@@ -161,7 +182,7 @@ impl Env {
             &self.t.events_exchange,
             "order.submitted",
             &body(id),
-            event_props(id),
+            keyring().sign(event_props(id), &body(id)),
         )
         .await;
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -221,6 +242,7 @@ impl Env {
         let props = event_props(id)
             .with_type("order.sync_status".into())
             .with_headers(h);
+        let props = keyring().sign(props, &body(id));
         self.publish(&self.t.dead_letter_exchange, "", &body(id), props)
             .await;
     }
@@ -299,6 +321,11 @@ fn assert_replayed_copy(d: &lapin::message::Delivery, id: &str) {
     let at = chrono::DateTime::parse_from_rfc3339(&at.to_string()).unwrap();
     assert!((chrono::Utc::now() - at.to_utc()).num_seconds().abs() < 60);
     assert!(!has_failure_history(d), "{:?}", d.properties.headers());
+    assert_eq!(
+        keyring().verify(&d.properties, &d.data),
+        Ok("dlq-test"),
+        "replayed copies are signed"
+    );
 }
 
 #[tokio::test]
@@ -443,14 +470,7 @@ async fn replay_one_moves_exactly_that_one_to_its_origin() {
     env.seed_worker(&b).await;
     env.expect_count(&env.t.dead_letter_queue, 3).await;
 
-    let (r, out) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: Some(a.clone()),
-            all: false,
-        },
-    )
-    .await;
+    let (r, out) = run(&env.cfg, replay(Some(&a))).await;
     r.unwrap();
     assert!(
         out.contains(&format!("replayed {a} to {}", env.t.sf_sync_queue)),
@@ -468,14 +488,7 @@ async fn replay_one_moves_exactly_that_one_to_its_origin() {
     );
 
     // A broker dead letter goes back to the queue it died in, without its x-death history.
-    let (r, _) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: Some(c.clone()),
-            all: false,
-        },
-    )
-    .await;
+    let (r, _) = run(&env.cfg, replay(Some(&c))).await;
     r.unwrap();
     env.expect_count(&env.t.sf_sync_queue, 1).await;
     let got = env.drain(&env.t.sf_sync_queue).await;
@@ -483,14 +496,7 @@ async fn replay_one_moves_exactly_that_one_to_its_origin() {
     assert_replayed_copy(&got[0], &c);
 
     // Replaying what is not there is an error and changes nothing.
-    let (r, _) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: Some(a.clone()),
-            all: false,
-        },
-    )
-    .await;
+    let (r, _) = run(&env.cfg, replay(Some(&a))).await;
     assert!(matches!(r, Err(DlqError::NotFound(id)) if id == a));
     env.expect_count(&env.t.dead_letter_queue, 1).await;
     let left = env.drain(&env.t.dead_letter_queue).await;
@@ -514,14 +520,7 @@ async fn replay_all_empties_the_dead_letter_queue_once() {
     env.seed_status_death(&status, &env.t.status_queue).await;
     env.expect_count(&env.t.dead_letter_queue, 5).await;
 
-    let (r, out) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: None,
-            all: true,
-        },
-    )
-    .await;
+    let (r, out) = run(&env.cfg, replay(None)).await;
     r.unwrap();
     assert_eq!(out.trim_end(), "replayed 5 dead letters");
     env.expect_count(&env.t.dead_letter_queue, 0).await;
@@ -545,14 +544,7 @@ async fn replay_all_empties_the_dead_letter_queue_once() {
     assert_replayed_copy(&s[0], &status);
 
     // Nothing left: a second run replays nothing and succeeds.
-    let (r, out) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: None,
-            all: true,
-        },
-    )
-    .await;
+    let (r, out) = run(&env.cfg, replay(None)).await;
     r.unwrap();
     assert_eq!(out.trim_end(), "replayed 0 dead letters");
     env.cleanup().await;
@@ -569,14 +561,7 @@ async fn unroutable_replay_is_a_failure_and_the_dead_letter_stays() {
     env.seed_worker(&fine).await;
     env.expect_count(&env.t.dead_letter_queue, 2).await;
 
-    let (r, out) = run(
-        &env.cfg,
-        DlqCommand::Replay {
-            id: None,
-            all: true,
-        },
-    )
-    .await;
+    let (r, out) = run(&env.cfg, replay(None)).await;
     let err = r.unwrap_err();
     assert!(
         matches!(
@@ -599,6 +584,150 @@ async fn unroutable_replay_is_a_failure_and_the_dead_letter_stays() {
         left[0].properties.message_id().as_ref().unwrap().as_str(),
         gone
     );
+    env.cleanup().await;
+}
+
+/// A letter the worker dead-lettered because its signature did not verify: `body` with `props`
+/// as they came, plus the failure headers.
+async fn seed_bad_signature(env: &Env, id: &str, body: &[u8], props: BasicProperties) {
+    let mut h = props.headers().clone().unwrap_or_default();
+    h.insert(headers::REASON.into(), text("bad_signature"));
+    h.insert(headers::ERROR_CODE.into(), text("SIGNATURE_MISSING"));
+    h.insert(headers::ORIGIN_QUEUE.into(), text(&env.t.sf_sync_queue));
+    let props = props.with_message_id(id.into()).with_headers(h);
+    env.publish(&env.t.dead_letter_exchange, "", body, props)
+        .await;
+}
+
+#[tokio::test]
+async fn replay_refuses_letters_that_do_not_verify_unless_vouched_for() {
+    let env = Env::new().await;
+    let (good, forged, changed) = (new_id(), new_id(), new_id());
+    env.seed_worker(&good).await;
+    // Never signed.
+    seed_bad_signature(&env, &forged, &body(&forged), event_props(&forged)).await;
+    // Signed, then the body changed.
+    let signed = keyring().sign(event_props(&changed), &body(&changed));
+    seed_bad_signature(&env, &changed, b"{\"total\":\"0.01\"}", signed).await;
+    env.expect_count(&env.t.dead_letter_queue, 3).await;
+
+    let (r, out) = run(&env.cfg, replay(None)).await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DlqError::ReplayFailed {
+                failed: 2,
+                replayed: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        out.contains(&format!(
+            "not replayed: {forged} to {}: its signature does not verify (SIGNATURE_MISSING",
+            env.t.sf_sync_queue
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "not replayed: {changed} to {}: its signature does not verify (SIGNATURE_MISMATCH",
+            env.t.sf_sync_queue
+        )),
+        "{out}"
+    );
+    assert!(out.contains("--sign-unverified"), "{out}");
+    env.expect_count(&env.t.dead_letter_queue, 2).await;
+    env.expect_count(&env.t.sf_sync_queue, 1).await;
+    let got = env.drain(&env.t.sf_sync_queue).await;
+    assert_replayed_copy(&got[0], &good);
+
+    // The operator looked at it and vouches for it: signed with the command's key.
+    let (r, out) = run(
+        &env.cfg,
+        DlqCommand::Replay {
+            id: Some(forged.clone()),
+            all: false,
+            sign_unverified: true,
+        },
+    )
+    .await;
+    r.unwrap();
+    assert!(out.contains(&format!("replayed {forged}")), "{out}");
+    env.expect_count(&env.t.sf_sync_queue, 1).await;
+    let got = env.drain(&env.t.sf_sync_queue).await;
+    assert_replayed_copy(&got[0], &forged);
+    env.expect_count(&env.t.dead_letter_queue, 1).await;
+    env.cleanup().await;
+}
+
+/// Dead letters outlive keys: one signed with the key being retired is replayed signed with the
+/// current key, so it verifies once the old key is dropped.
+#[tokio::test]
+async fn replay_re_signs_letters_of_a_previous_key_with_the_current_one() {
+    let env = Env::new().await;
+    let id = new_id();
+    let old = Keyring::single(OTHER_KEY).unwrap();
+    env.publish(
+        &env.t.dead_letter_exchange,
+        "",
+        &body(&id),
+        old.sign(event_props(&id), &body(&id)),
+    )
+    .await;
+    env.expect_count(&env.t.dead_letter_queue, 1).await;
+
+    // Not among the accepted keys: refused.
+    let (r, out) = run(&env.cfg, replay(Some(&id))).await;
+    assert!(matches!(r, Err(DlqError::ReplayFailed { failed: 1, .. })));
+    assert!(out.contains("SIGNATURE_UNKNOWN_KEY"), "{out}");
+    env.expect_count(&env.t.dead_letter_queue, 1).await;
+
+    // During the rotation it is a previous key: accepted, and the copy carries the new one.
+    let mut rotating = env.cfg.clone();
+    rotating.signing.broker_signing_keys_previous = Some(SecretString::from(OTHER_KEY));
+    let (r, _) = run(&rotating, replay(Some(&id))).await;
+    r.unwrap();
+    env.expect_count(&env.t.sf_sync_queue, 1).await;
+    let got = env.drain(&env.t.sf_sync_queue).await;
+    assert_replayed_copy(&got[0], &id);
+    env.expect_count(&env.t.dead_letter_queue, 0).await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn replay_needs_the_signing_key_and_touches_nothing_without_it() {
+    let env = Env::new().await;
+    let id = new_id();
+    env.seed_worker(&id).await;
+    env.expect_count(&env.t.dead_letter_queue, 1).await;
+    let mut unkeyed = env.cfg.clone();
+    unkeyed.signing = SigningConfig::default();
+    let (r, _) = run(&unkeyed, replay(None)).await;
+    let err = r.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DlqError::Broker(BrokerError::Signing(SigningError::Missing))
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("BROKER_SIGNING_KEY"), "{err}");
+    // Looking needs no key.
+    let (r, out) = run(
+        &unkeyed,
+        DlqCommand::List {
+            limit: 5,
+            json: false,
+        },
+    )
+    .await;
+    r.unwrap();
+    assert!(out.contains(&id), "{out}");
+    env.expect_count(&env.t.dead_letter_queue, 1).await;
+    env.expect_count(&env.t.sf_sync_queue, 0).await;
     env.cleanup().await;
 }
 
@@ -647,18 +776,14 @@ struct Cli {
 #[test]
 fn replay_takes_an_id_or_all_but_not_both() {
     let parse = |args: &[&str]| Cli::try_parse_from([&["dlq"], args].concat()).map(|c| c.cmd);
+    assert_eq!(parse(&["replay", "e1"]).unwrap(), replay(Some("e1")));
+    assert_eq!(parse(&["replay", "--all"]).unwrap(), replay(None));
     assert_eq!(
-        parse(&["replay", "e1"]).unwrap(),
-        DlqCommand::Replay {
-            id: Some("e1".into()),
-            all: false
-        }
-    );
-    assert_eq!(
-        parse(&["replay", "--all"]).unwrap(),
+        parse(&["replay", "--all", "--sign-unverified"]).unwrap(),
         DlqCommand::Replay {
             id: None,
-            all: true
+            all: true,
+            sign_unverified: true
         }
     );
     assert!(parse(&["replay"]).is_err());

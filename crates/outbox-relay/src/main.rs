@@ -14,6 +14,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.log.init()?;
 
+    // No key, no start: before waiting for anything else.
+    if cli.broker.keyring()?.signs_with_dev_key() {
+        tracing::warn!(
+            "BROKER_SIGNING_KEY is the public development key: fine locally, never in production"
+        );
+    }
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
         orderbridge_runtime::shutdown_signal().await;

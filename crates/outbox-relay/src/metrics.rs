@@ -54,6 +54,8 @@ pub struct Metrics {
     pub status_stale_total: AtomicU64,
     pub status_unknown_order_total: AtomicU64,
     pub status_rejected_total: AtomicU64,
+    /// Status messages without a valid signature, dead-lettered unapplied.
+    pub status_bad_signature_total: AtomicU64,
     /// From a report's `occurred_at` to its commit on the order.
     pub status_apply_lag: Histogram,
 }
@@ -78,6 +80,7 @@ impl Default for Metrics {
             status_stale_total: AtomicU64::new(0),
             status_unknown_order_total: AtomicU64::new(0),
             status_rejected_total: AtomicU64::new(0),
+            status_bad_signature_total: AtomicU64::new(0),
             status_apply_lag: Histogram::new(LAG_BUCKETS),
         }
     }
@@ -218,6 +221,11 @@ impl Metrics {
                 "outbox_relay_status_rejected_total",
                 "Status messages that cannot be read or applied, dead-lettered.",
                 &self.status_rejected_total,
+            ),
+            (
+                "outbox_relay_status_bad_signature_total",
+                "Status messages not signed by the sync worker (unsigned, unknown key, or changed), dead-lettered unapplied.",
+                &self.status_bad_signature_total,
             ),
         ] {
             counter(&mut out, name, help, value.load(Ordering::Relaxed));

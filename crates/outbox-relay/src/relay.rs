@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use orderbridge_broker::{Backoff, BrokerConfig, Session, Supervisor};
+use orderbridge_broker::{Backoff, BrokerConfig, Keyring, Session, Supervisor};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
@@ -49,6 +49,8 @@ pub use crate::faults::{DbFault, RelayError};
 pub struct Relay {
     config: RelayConfig,
     broker: BrokerConfig,
+    /// Signs every event published (the sync worker verifies).
+    keyring: Keyring,
     pool: PgPool,
     connect_options: PgConnectOptions,
     metrics: Arc<Metrics>,
@@ -66,11 +68,13 @@ impl Relay {
     ) -> Result<Self, RelayError> {
         // Validate the broker settings now rather than in the retry loop.
         broker.topology()?;
+        let keyring = broker.keyring()?;
         let connect_options = (*pool.connect_options()).clone();
         let db_timeout = config.db_timeout;
         Ok(Self {
             config,
             broker,
+            keyring,
             pool,
             connect_options,
             metrics: Arc::new(Metrics::default()),
@@ -137,6 +141,7 @@ impl Relay {
         let publisher = Publisher {
             config: &self.config,
             broker: &self.broker,
+            keyring: &self.keyring,
             metrics: &self.metrics,
         };
 

@@ -6,6 +6,7 @@
 //!                                                         ▼ manual acks
 //!                       status applier (every relay process, no leader: competing consumers)
 //!                         gather a batch (≤ RELAY_STATUS_BATCH_SIZE, ≤ RELAY_STATUS_LINGER)
+//!                         not signed by the worker ──copy with the reason──► {ns}.dlx, confirmed; ack
 //!                         unreadable ──basic.reject(requeue=false)──► {ns}.dlx ──► {ns}.dead-letters
 //!                         readable ──one transaction──► UPDATE orders (monotonic rule) ──commit──► ack
 //! ```
@@ -21,6 +22,12 @@
 //! A report is acknowledged only after the transaction that applied (or ignored) it committed;
 //! if the process dies in between, the broker redelivers and re-applying is a no-op.
 //!
+//! Every report must carry the sync worker's signature (`orderbridge_broker::signing`), checked
+//! before anything else: one that is unsigned or does not verify never reaches Postgres. It is
+//! dead-lettered with the reason `bad_signature` (a copy published to `{ns}.dlx` with the
+//! failure headers, confirmed, then the original acknowledged; should that publish fail, the
+//! original is rejected and the broker dead-letters it without the headers).
+//!
 //! Reading a message is in `report`, the SQL that applies a batch in `apply`; this module is the
 //! consume/batch loop that connects the two to the broker and Postgres.
 
@@ -33,11 +40,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use futures_util::StreamExt;
-use lapin::Consumer;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, BasicRejectOptions};
-use lapin::types::FieldTable;
-use orderbridge_broker::{Backoff, BrokerConfig, Session, Supervisor};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Confirmation, Consumer};
+use orderbridge_broker::headers::{self, DeadLetterReason, long_string};
+use orderbridge_broker::{
+    Backoff, BrokerConfig, Keyring, Session, SignatureError, Supervisor, Topology,
+};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -78,6 +90,9 @@ enum End {
 pub struct StatusApplier {
     config: StatusConfig,
     broker: BrokerConfig,
+    topology: Topology,
+    /// Verifies the sync worker's signature on every report.
+    keyring: Keyring,
     connect_options: PgConnectOptions,
     db_timeout: Duration,
     connection_name: String,
@@ -95,7 +110,8 @@ impl StatusApplier {
         pool: &PgPool,
         metrics: Arc<Metrics>,
     ) -> Result<Self, RelayError> {
-        broker.topology()?;
+        let topology = broker.topology()?;
+        let keyring = broker.keyring()?;
         let mut config = config;
         // A batch can never hold more than the prefetch; asking for more would only make every
         // batch wait out the linger time.
@@ -103,6 +119,8 @@ impl StatusApplier {
         Ok(Self {
             config,
             broker,
+            topology,
+            keyring,
             connect_options: (*pool.connect_options()).clone(),
             db_timeout: relay.db_timeout,
             connection_name: format!("{} (status applier)", relay.db_application_name),
@@ -165,6 +183,8 @@ impl StatusApplier {
         loop {
             let session = supervisor.connect().await;
             let consumer = async {
+                // Confirms: a forged report is acknowledged only once its dead letter is safe.
+                session.enable_confirms(&self.broker).await?;
                 self.broker
                     .op(
                         "basic.qos",
@@ -263,8 +283,9 @@ impl StatusApplier {
         }
     }
 
-    /// Applies one batch and settles every delivery in it: unreadable or refused ones are
-    /// rejected (dead-lettered), the rest acknowledged after the commit.
+    /// Applies one batch and settles every delivery in it: those without a valid signature are
+    /// dead-lettered with the reason, unreadable or refused ones rejected (dead-lettered by the
+    /// broker), the rest acknowledged after the commit.
     async fn handle(
         &self,
         session: &Session,
@@ -276,6 +297,18 @@ impl StatusApplier {
         let m = &self.metrics;
         let mut readable: Vec<(&Delivery, Report)> = Vec::with_capacity(batch.len());
         for d in batch {
+            if let Err(why) = self.keyring.verify(&d.properties, &d.data) {
+                tracing::warn!(
+                    message_id = ?d.properties.message_id(),
+                    routing_key = %d.routing_key,
+                    code = why.code(),
+                    %why,
+                    "status message without a valid signature: dead-lettering it"
+                );
+                self.dead_letter(session, d, &why).await?;
+                m.status_bad_signature_total.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             match Report::decode(&d.data) {
                 Ok(r) => readable.push((d, r)),
                 Err(why) => {
@@ -347,6 +380,59 @@ impl StatusApplier {
         }
         tracing::debug!(reports = batch.len(), "status batch applied");
         Ok(())
+    }
+
+    /// Publishes a copy of `d` with the failure headers to the dead-letter exchange and, once
+    /// the broker confirmed it, acknowledges `d`. If the copy is not taken, `d` is rejected
+    /// instead: dead-lettered by the broker, without our headers, but never applied or lost.
+    async fn dead_letter(
+        &self,
+        session: &Session,
+        d: &Delivery,
+        why: &SignatureError,
+    ) -> Result<(), End> {
+        let properties = bad_signature_properties(&d.properties, why, &self.topology.status_queue);
+        let publish = session.channel.basic_publish(
+            self.topology.dead_letter_exchange.as_str().into(),
+            d.routing_key.clone(),
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &d.data,
+            properties,
+        );
+        let confirm = self.broker.op("basic.publish", publish).await;
+        let taken = match confirm {
+            Ok(confirm) => match self.broker.op("confirm", confirm).await {
+                Ok(Confirmation::Ack(None)) => true,
+                Ok(other) => {
+                    tracing::warn!(
+                        ?other,
+                        "dead letter not taken by the broker; rejecting the message instead"
+                    );
+                    false
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no confirm for a dead letter");
+                    return Err(End::SessionLost);
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot publish a dead letter");
+                return Err(End::SessionLost);
+            }
+        };
+        if !taken {
+            return self.reject(session, d).await;
+        }
+        let ack = session
+            .channel
+            .basic_ack(d.delivery_tag, BasicAckOptions { multiple: false });
+        self.broker.op("basic.ack", ack).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot acknowledge a dead-lettered status message");
+            End::SessionLost
+        })
     }
 
     async fn reject(&self, session: &Session, d: &Delivery) -> Result<(), End> {
@@ -437,4 +523,29 @@ impl StatusApplier {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The dead letter's properties: the original's (less `user_id`), with the failure headers.
+/// The message's own signature headers stay as they came, so a replay can tell it was never
+/// ours.
+fn bad_signature_properties(
+    original: &lapin::BasicProperties,
+    why: &SignatureError,
+    origin_queue: &str,
+) -> lapin::BasicProperties {
+    let now = Utc::now().to_rfc3339();
+    let mut table = original.headers().clone().unwrap_or_default();
+    table.insert(
+        headers::REASON.into(),
+        long_string(DeadLetterReason::BadSignature.as_str()),
+    );
+    table.insert(headers::ERROR_CODE.into(), long_string(why.code()));
+    table.insert(headers::ERROR_MESSAGE.into(), long_string(&why.to_string()));
+    table.insert(headers::ATTEMPTS.into(), AMQPValue::LongLongInt(0));
+    table.insert(headers::FIRST_FAILURE_AT.into(), long_string(&now));
+    table.insert(headers::LAST_FAILURE_AT.into(), long_string(&now));
+    table.insert(headers::ORIGIN_QUEUE.into(), long_string(origin_queue));
+    headers::republishable(original)
+        .with_headers(table)
+        .with_delivery_mode(2)
 }

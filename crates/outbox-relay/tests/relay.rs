@@ -61,6 +61,8 @@ async fn publishes_with_confirms_and_message_properties() {
         headers.get("aggregate_id"),
         Some(&AMQPValue::LongString(order_id.to_string().into()))
     );
+    // Signed, over the body the worker will read.
+    assert_eq!(keyring().verify(p, &msg.body), Ok("dev"));
     // The body is the stored envelope: it decodes to the same event.
     let envelope = OrderEvent::decode(&msg.body).unwrap();
     assert_eq!(envelope.id.get(), event_id);

@@ -51,6 +51,7 @@ fn spawn_relay_via(
         .env("AMQP_URL", amqp)
         .env("RELAY_SHUTDOWN_GRACE", grace)
         .env("BROKER_NAMESPACE", ns)
+        .env("BROKER_SIGNING_KEY", SIGNING_KEY)
         .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{port}"))
         .env("RELAY_BATCH_SIZE", batch.to_string())
         .env("RELAY_DB_APPLICATION_NAME", "relay-sigterm")
@@ -315,9 +316,12 @@ async fn the_binary_applies_sync_status_reports() {
             routing_key.as_str().into(),
             BasicPublishOptions::default(),
             &serde_json::to_vec(&envelope).unwrap(),
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(envelope.id.to_string().into()),
+            keyring().sign(
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(envelope.id.to_string().into()),
+                &serde_json::to_vec(&envelope).unwrap(),
+            ),
         )
         .await
         .unwrap()
@@ -340,4 +344,23 @@ async fn the_binary_applies_sync_status_reports() {
     session.close(&broker_config(&ns)).await;
     sigterm(&child);
     assert!(wait_exit(&mut child).await.success());
+}
+
+/// Every message is signed, so a relay without a signing key must not run (an unsigned
+/// deployment would look fine until the worker dead-lettered everything): it exits at once with
+/// a message naming the setting, before it waits for the database or the broker.
+#[tokio::test]
+async fn the_binary_refuses_to_start_without_a_signing_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_outbox-relay"))
+        // Nothing listens there: it must fail before trying.
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/none")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("RELAY_ADMIN_ADDR", format!("127.0.0.1:{}", free_port()))
+        .env_remove("BROKER_SIGNING_KEY")
+        .env_remove("BROKER_SIGNING_KEYS_PREVIOUS")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("BROKER_SIGNING_KEY is not set"), "{stderr}");
 }

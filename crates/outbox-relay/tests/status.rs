@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use common::*;
+use orderbridge_broker::headers::{self, DeadLetterReason};
 use orderbridge_broker::lapin::BasicProperties;
 use orderbridge_broker::lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use orderbridge_broker::lapin::types::AMQPValue;
-use orderbridge_broker::{Session, Supervisor};
+use orderbridge_broker::{BrokerConfig, Keyring, Session, SigningConfig, Supervisor};
 use orderbridge_domain::{Envelope, SyncError, SyncState, SyncStatus};
 use outbox_relay::status::{Applied, Report, apply_reports};
 use outbox_relay::{Metrics, StatusApplier, StatusConfig};
@@ -36,13 +37,22 @@ struct RunningApplier {
 
 impl RunningApplier {
     fn start(app_name: &str, ns: &str, pool: &PgPool, config: StatusConfig) -> Self {
+        Self::start_with(app_name, broker_config(ns), pool, config)
+    }
+
+    fn start_with(
+        app_name: &str,
+        broker: BrokerConfig,
+        pool: &PgPool,
+        config: StatusConfig,
+    ) -> Self {
         let metrics = Arc::new(Metrics::default());
         // Its connections carry `app_name`, as the binary's would.
         let pool = pool_named(&pool.connect_options(), app_name);
         let applier = StatusApplier::new(
             config,
             &relay_config(app_name),
-            broker_config(ns),
+            broker,
             &pool,
             metrics.clone(),
         )
@@ -76,6 +86,7 @@ impl RunningApplier {
             "stale" => &m.status_stale_total,
             "unknown" => &m.status_unknown_order_total,
             "rejected" => &m.status_rejected_total,
+            "bad_signature" => &m.status_bad_signature_total,
             _ => unreachable!(),
         }
         .load(Ordering::Relaxed)
@@ -114,7 +125,8 @@ impl RunningApplier {
 }
 
 /// A publisher on the status exchange, as the sync worker publishes: JSON envelope,
-/// persistent, message_id = envelope id, correlation_id, routing key by state, with confirms.
+/// persistent, message_id = envelope id, correlation_id, routing key by state, signed, with
+/// confirms.
 /// Survives other tests closing every broker connection: it reconnects and publishes again (a
 /// duplicate is possible then, as in production).
 struct Publisher {
@@ -166,7 +178,14 @@ impl Publisher {
         .await;
     }
 
+    /// Publishes `body`, signed with the worker's key.
     async fn raw(&mut self, routing_key: &str, body: &[u8], props: BasicProperties) {
+        let props = keyring().sign(props, body);
+        self.as_is(routing_key, body, props).await;
+    }
+
+    /// Publishes `body` with `props` exactly as given (signed or not).
+    async fn as_is(&mut self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let deadline = std::time::Instant::now() + WAIT;
         loop {
             let exchange = self.exchange.clone();
@@ -244,7 +263,7 @@ fn report(
     .into_envelope(at.trunc_subsecs(6), Some(format!("req-{order_id}")))
 }
 
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug, PartialEq, sqlx::FromRow)]
 struct SyncRow {
     sync_state: String,
     salesforce_id: Option<String>,
@@ -579,6 +598,105 @@ async fn unreadable_messages_are_dead_lettered_and_do_not_block_the_queue() {
         assert_eq!(reason, "rejected");
     }
     wait_queue_len(&format!("{}.status-events", f.ns), 0).await;
+    publisher.close().await;
+    applier.stop().await;
+}
+
+/// Anyone who can publish on the status exchange could mark any order synced, failed or
+/// anything else: reports that are not signed by the sync worker's key (unsigned, another
+/// secret, changed after signing) are dead-lettered with the reason and never touch the order;
+/// during a key rotation, a report signed with the previous key is still applied.
+#[tokio::test]
+async fn forged_reports_are_dead_lettered_and_change_nothing() {
+    let f = fixture().await;
+    let (order, _) = create_order(&f.pool, f.client).await;
+    // Rotating: signs with a new key, still accepts the tests' (previous) key.
+    const NEW_KEY: &str = "k2:a-brand-new-secret-of-at-least-32-bytes";
+    let mut rotating = broker_config(&f.ns);
+    rotating.signing = SigningConfig {
+        broker_signing_key: Some(NEW_KEY.into()),
+        broker_signing_keys_previous: Some(SIGNING_KEY.into()),
+    };
+    let applier = RunningApplier::start_with(&f.app, rotating, &f.pool, StatusConfig::default());
+    applier.wait_up().await;
+    let mut publisher = Publisher::new(&f.ns).await;
+    let t = Utc::now().trunc_subsecs(6);
+    let before = row(&f.pool, order).await;
+
+    let envelope = report(order, 1, SyncState::Failed, 3, t);
+    let body = serde_json::to_vec(&envelope).unwrap();
+    // Each its own message id, so the dead letters can be told apart.
+    let props = || {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(Uuid::now_v7().to_string().into())
+            .with_type("order.sync_status".into())
+    };
+    // No signature at all.
+    publisher
+        .as_is(&envelope.data.routing_key(), &body, props())
+        .await;
+    // The key's id, but another secret.
+    let forger = Keyring::single("dev:a-guess-at-the-secret-0123456789abcdef").unwrap();
+    publisher
+        .as_is(
+            &envelope.data.routing_key(),
+            &body,
+            forger.sign(props(), &body),
+        )
+        .await;
+    // Genuinely signed, then changed on the way: `synced` instead of `failed`.
+    let mut changed = serde_json::to_value(&envelope).unwrap();
+    changed["data"]["state"] = "synced".into();
+    publisher
+        .as_is(
+            &envelope.data.routing_key(),
+            &serde_json::to_vec(&changed).unwrap(),
+            keyring().sign(props(), &body),
+        )
+        .await;
+    eventually(WAIT, "three forged reports dead-lettered", || async {
+        applier.count("bad_signature") >= 3
+    })
+    .await;
+    assert_eq!(
+        applier.counts(),
+        (0, 0, 0, 0),
+        "nothing applied or rejected"
+    );
+    assert_eq!(row(&f.pool, order).await, before, "the order is untouched");
+
+    let dead = drain(&format!("{}.dead-letters", f.ns), 3, WAIT).await;
+    assert!(dead.len() >= 3, "{dead:?}");
+    let mut codes: Vec<String> = dead
+        .iter()
+        .map(|d| {
+            let p = &d.properties;
+            assert_eq!(
+                headers::text(p, headers::REASON).as_deref(),
+                Some(DeadLetterReason::BadSignature.as_str())
+            );
+            assert_eq!(
+                headers::text(p, headers::ORIGIN_QUEUE),
+                Some(format!("{}.status-events", f.ns))
+            );
+            headers::text(p, headers::ERROR_CODE).unwrap()
+        })
+        .collect();
+    codes.sort();
+    codes.dedup();
+    assert_eq!(
+        codes,
+        ["SIGNATURE_MISMATCH", "SIGNATURE_MISSING"],
+        "another secret and a changed body are both mismatches"
+    );
+    wait_queue_len(&format!("{}.status-events", f.ns), 0).await;
+
+    // Signed with the previous key (the worker not yet rolled over): applied.
+    publisher.publish(&envelope).await;
+    let r = wait_state(&f.pool, order, "failed").await;
+    assert_eq!(r.sync_attempts, 3);
+    assert_eq!(applier.count("applied"), 1);
     publisher.close().await;
     applier.stop().await;
 }

@@ -52,8 +52,12 @@ async fn main() {
         &ns,
         "--sf-login-url",
         &emulator.base_url,
+        "--broker-signing-key",
+        orderbridge_broker::signing::DEV_SIGNING_KEY,
     ]);
     let topology = cli.broker.topology().unwrap();
+    // The backlog is signed as the relay signs it.
+    let keyring = cli.broker.keyring().unwrap();
     let session = orderbridge_broker::Supervisor::new(cli.broker.clone(), "bench")
         .unwrap()
         .try_connect()
@@ -90,9 +94,12 @@ async fn main() {
                 "order.submitted".into(),
                 BasicPublishOptions::default(),
                 &body,
-                BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(env.id.to_string().into()),
+                keyring.sign(
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(env.id.to_string().into()),
+                    &body,
+                ),
             )
             .await
             .unwrap(),

@@ -62,6 +62,12 @@ async fn check_mapping(cli: &Cli, salesforce: bool) -> anyhow::Result<()> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let mapping = Arc::new(load_mapping(&cli)?);
+    // No key, no start: before waiting for anything else.
+    if cli.broker.keyring()?.signs_with_dev_key() {
+        tracing::warn!(
+            "BROKER_SIGNING_KEY is the public development key: fine locally, never in production"
+        );
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub failed_total: AtomicU64,
     /// Messages dead-lettered at once because they could not be read.
     pub undecodable_total: AtomicU64,
+    /// Messages dead-lettered at once because their signature is missing or does not verify.
+    pub bad_signature_total: AtomicU64,
     /// Messages returned to the queue because Salesforce could not be reached.
     pub requeued_total: AtomicU64,
     pub broker_reconnects_total: AtomicU64,
@@ -52,6 +54,7 @@ impl Default for Metrics {
             retried_total: AtomicU64::new(0),
             failed_total: AtomicU64::new(0),
             undecodable_total: AtomicU64::new(0),
+            bad_signature_total: AtomicU64::new(0),
             requeued_total: AtomicU64::new(0),
             broker_reconnects_total: AtomicU64::new(0),
             breaker_trips_total: AtomicU64::new(0),
@@ -151,6 +154,12 @@ impl AdminState for Metrics {
             "sync_worker_messages_undecodable_total",
             "Messages dead-lettered because they could not be read.",
             n(&self.undecodable_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_messages_bad_signature_total",
+            "Messages dead-lettered unwritten because they are not signed by the outbox relay (unsigned, unknown key, or changed).",
+            n(&self.bad_signature_total),
         );
         counter(
             &mut out,

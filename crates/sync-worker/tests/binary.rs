@@ -662,3 +662,22 @@ async fn dead_letter_replayed_after_the_product_is_added() {
     assert!(proc.stop().await.success());
     h.cleanup().await;
 }
+
+/// Without a signing key the worker could verify nothing: it exits at once, naming the setting,
+/// before it waits for Salesforce or the broker.
+#[tokio::test]
+async fn refuses_to_start_without_a_signing_key() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sync-worker"));
+    cmd.env_remove("BROKER_SIGNING_KEY")
+        .env_remove("BROKER_SIGNING_KEYS_PREVIOUS")
+        .env(
+            "WORKER_ADMIN_ADDR",
+            format!("127.0.0.1:{}", free_port().unwrap()),
+        )
+        // Nothing listens on either: it must fail before trying them.
+        .env("SF_LOGIN_URL", "http://127.0.0.1:1")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f");
+    let (status, _, err) = run_to_end(cmd).await;
+    assert!(!status.success());
+    assert!(err.contains("BROKER_SIGNING_KEY is not set"), "{err}");
+}

@@ -49,6 +49,8 @@ impl Stack {
             &tiers,
             "--poll-interval",
             "100ms",
+            "--broker-signing-key",
+            common::SIGNING_KEY,
         ]);
         let (stop, rx) = watch::channel(false);
         let relay = outbox_relay::Relay::new(

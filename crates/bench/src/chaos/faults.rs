@@ -358,6 +358,7 @@ impl<'a> Executor<'a> {
             ),
         };
         let config = self.stack.broker_config()?;
+        let keyring = config.keyring()?;
         let supervisor = Supervisor::new(config.clone(), "orderbridge-bench-chaos")?;
         let session = supervisor.try_connect().await?;
         let published = async {
@@ -375,10 +376,15 @@ impl<'a> Executor<'a> {
                             immediate: false,
                         },
                         &body,
-                        BasicProperties::default()
-                            .with_message_id(message_id.as_str().into())
-                            .with_content_type("application/json".into())
-                            .with_delivery_mode(2),
+                        // Signed, as the relay signs whatever is in the outbox: poison that the
+                        // worker must fail to *read*, not a forgery it refuses unread.
+                        keyring.sign(
+                            BasicProperties::default()
+                                .with_message_id(message_id.as_str().into())
+                                .with_content_type("application/json".into())
+                                .with_delivery_mode(2),
+                            &body,
+                        ),
                     ),
                 )
                 .await?;

@@ -101,6 +101,12 @@ impl Stack {
             .context("the bench's API client is missing")
     }
 
+    /// The signing key the services run with (an `--env BROKER_SIGNING_KEY=…` wins).
+    pub fn signing_key(&self) -> &str {
+        self.setting("BROKER_SIGNING_KEY")
+            .unwrap_or(self.signing_key.as_str())
+    }
+
     /// The broker settings the services ran with (an `--env` may change the queue arguments,
     /// which name the retry queues).
     pub fn broker_config(&self) -> Result<BrokerConfig> {
@@ -120,6 +126,8 @@ impl Stack {
             setting("BROKER_RETRY_TIERS", "5s,1m,10m"),
             "--broker-delivery-limit".into(),
             setting("BROKER_DELIVERY_LIMIT", "10"),
+            "--broker-signing-key".into(),
+            self.signing_key().to_owned(),
         ];
         Ok(Wrapper::try_parse_from(argv)?.broker)
     }

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::Args;
+use secrecy::ExposeSecret;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -154,6 +155,9 @@ pub struct Stack {
     pub database_url: String,
     admin_url: String,
     pub namespace: String,
+    /// The run's own broker signing key (`id:secret`, made for this run), given to every
+    /// service; the bench signs what it publishes itself (poison messages) with it.
+    signing_key: String,
     pub http: reqwest::Client,
     pub pool: Option<PgPool>,
     pub emulator_url: Option<String>,
@@ -181,6 +185,9 @@ impl Stack {
         let (database_url, admin_url) = infra::database_urls(&args.database_url, &database)?;
         infra::create_database(&admin_url, &database).await?;
         let namespace = format!("bench-{}", Uuid::now_v7());
+        let signing_key = orderbridge_broker::signing::generate_key("bench")?
+            .expose_secret()
+            .to_owned();
         tracing::info!(%database, %namespace, out = %out.display(), bins = %bin_dir.display(), "stack created");
         Ok(Self {
             args,
@@ -190,6 +197,7 @@ impl Stack {
             database_url,
             admin_url,
             namespace,
+            signing_key,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()?,

@@ -53,6 +53,7 @@ impl Stack {
         cmd.env("DATABASE_URL", &self.database_url)
             .env("AMQP_URL", &self.args.amqp_url)
             .env("BROKER_NAMESPACE", &self.namespace)
+            .env("BROKER_SIGNING_KEY", self.signing_key())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", &self.args.service_log);
         if let Some(url) = &self.emulator_url {

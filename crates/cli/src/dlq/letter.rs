@@ -99,6 +99,10 @@ impl DeadLetter {
     /// *first* death). A retry tier always feeds the work queue, so it is mapped there rather
     /// than making a replay wait out the tier's delay.
     pub(super) fn origin(&self, topology: &Topology) -> String {
+        // Named by whoever dead-lettered it (the worker, the status applier).
+        if let Some(q) = self.header_str(headers::ORIGIN_QUEUE) {
+            return q;
+        }
         let died_in = if self.dead_lettered_by_worker() {
             None
         } else {
@@ -212,6 +216,12 @@ mod tests {
         ]));
         assert_eq!(l.origin(&t), "ns.sf-sync");
         assert_eq!(letter(FieldTable::default()).origin(&t), "ns.sf-sync");
+        // Named outright (a status report the applier dead-lettered): that queue.
+        let l = letter(table(&[
+            (headers::REASON, text("bad_signature")),
+            (headers::ORIGIN_QUEUE, text("ns.status-events")),
+        ]));
+        assert_eq!(l.origin(&t), "ns.status-events");
     }
 
     #[test]

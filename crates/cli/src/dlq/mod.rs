@@ -19,6 +19,13 @@
 //! A dead letter's id is its AMQP `message_id` (the event id); a message without one is known by
 //! `body-` and a short hash of its body.
 //!
+//! Every message between the services is signed (`orderbridge_broker::signing`), so `replay`
+//! needs `BROKER_SIGNING_KEY`: a letter whose signature verifies (with the signing key or a
+//! previous one) is re-signed with the signing key, so it still verifies after the key that
+//! first signed it is retired. A letter that does not verify (dead-lettered as `bad_signature`:
+//! forged, changed, or from before signing) is not replayed, unless the operator looked at it
+//! and vouches for it with `--sign-unverified`.
+//!
 //! - `list`: `list` and `show`, which look without taking anything;
 //! - `replay`: `replay`, which republishes and then removes;
 //! - `letter`: what a fetched dead letter says (id, origin, failure record);
@@ -67,6 +74,11 @@ pub enum DlqCommand {
         /// Replay every dead letter present when the command starts.
         #[arg(long)]
         all: bool,
+        /// Also replay letters whose signature does not verify (reason `bad_signature`), signed
+        /// with BROKER_SIGNING_KEY: only after checking them with `show`, since this makes a
+        /// forged message genuine.
+        #[arg(long)]
+        sign_unverified: bool,
     },
 }
 
@@ -102,6 +114,11 @@ pub async fn run(
     broker: &BrokerConfig,
     out: &mut (impl Write + Send),
 ) -> Result<(), DlqError> {
+    // Replaying signs: without a key, fail before touching anything.
+    let keyring = match cmd {
+        DlqCommand::Replay { .. } => Some(broker.keyring()?),
+        _ => None,
+    };
     let supervisor = Supervisor::new(broker.clone(), "orderbridge-dlq")?;
     let session = supervisor.try_connect().await?;
     let ctx = Ctx {
@@ -109,11 +126,26 @@ pub async fn run(
         topology: supervisor.topology(),
         session: &session,
     };
-    let result = match cmd {
-        DlqCommand::List { limit, json } => list::list(&ctx, limit, json, out).await,
-        DlqCommand::Show { id } => list::show(&ctx, &id, out).await,
-        DlqCommand::Replay { id: Some(id), .. } => replay::replay(&ctx, Some(&id), out).await,
-        DlqCommand::Replay { id: None, .. } => replay::replay(&ctx, None, out).await,
+    let result = match (cmd, keyring) {
+        (DlqCommand::List { limit, json }, _) => list::list(&ctx, limit, json, out).await,
+        (DlqCommand::Show { id }, _) => list::show(&ctx, &id, out).await,
+        (
+            DlqCommand::Replay {
+                id,
+                sign_unverified,
+                ..
+            },
+            Some(keyring),
+        ) => {
+            let signing = replay::Signing {
+                keyring: &keyring,
+                sign_unverified,
+            };
+            replay::replay(&ctx, id.as_deref(), &signing, out).await
+        }
+        (DlqCommand::Replay { .. }, None) => {
+            Err(BrokerError::from(orderbridge_broker::SigningError::Missing).into())
+        }
     };
     // Whatever is still unacknowledged (after an error) goes back to the queue with the
     // connection.

@@ -6,16 +6,24 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Confirmation};
-use orderbridge_broker::{BrokerError, headers, with_timeout};
+use orderbridge_broker::{BrokerError, Keyring, headers, with_timeout};
 
 use super::letter::DeadLetter;
 use super::{Ctx, DlqError, dead_letters};
 use crate::progress::{Progress, TerminalProgress};
 
+/// How replayed letters are signed.
+pub(super) struct Signing<'a> {
+    pub(super) keyring: &'a Keyring,
+    /// Sign letters whose own signature does not verify too (the operator vouches for them).
+    pub(super) sign_unverified: bool,
+}
+
 /// Replays the dead letter(s) with `id`, or all (`None`) present when it starts.
 pub(super) async fn replay(
     ctx: &Ctx<'_>,
     id: Option<&str>,
+    signing: &Signing<'_>,
     out: &mut (impl Write + Send),
 ) -> Result<(), DlqError> {
     ctx.session.enable_confirms(ctx.config).await?;
@@ -42,7 +50,7 @@ pub(super) async fn replay(
         }
         matched += 1;
         let origin = letter.origin(ctx.topology);
-        match republish(ctx, &letter, &origin).await {
+        match republish(ctx, &letter, &origin, signing).await {
             Ok(()) => {
                 ctx.ack(letter.tag).await?;
                 replayed += 1;
@@ -98,8 +106,25 @@ enum Failure {
     Broker(BrokerError),
 }
 
-/// Publishes `letter` to `queue` through the default exchange and waits for the confirm.
-async fn republish(ctx: &Ctx<'_>, letter: &DeadLetter, queue: &str) -> Result<(), Failure> {
+/// Publishes `letter` to `queue` through the default exchange, signed, and waits for the
+/// confirm.
+async fn republish(
+    ctx: &Ctx<'_>,
+    letter: &DeadLetter,
+    queue: &str,
+    signing: &Signing<'_>,
+) -> Result<(), Failure> {
+    // Checked on the letter as it came: the signed fields (body, message id, type) are the
+    // ones the replayed copy keeps.
+    if let Err(e) = signing.keyring.verify(&letter.properties, &letter.body)
+        && !signing.sign_unverified
+    {
+        return Err(Failure::NotReplayed(format!(
+            "its signature does not verify ({}: {e}); after checking it with `dlq show`, \
+             --sign-unverified replays it",
+            e.code()
+        )));
+    }
     if queue == ctx.topology.dead_letter_queue {
         return Err(Failure::NotReplayed(
             "its origin is the dead-letter queue itself".into(),
@@ -120,7 +145,10 @@ async fn republish(ctx: &Ctx<'_>, letter: &DeadLetter, queue: &str) -> Result<()
             immediate: false,
         },
         &letter.body,
-        replay_properties(&letter.properties, Utc::now()),
+        signing.keyring.sign(
+            replay_properties(&letter.properties, Utc::now()),
+            &letter.body,
+        ),
     );
     let confirm = ctx
         .config
@@ -159,32 +187,12 @@ fn replay_properties(original: &BasicProperties, now: DateTime<Utc>) -> BasicPro
             now.to_rfc3339_opts(SecondsFormat::Millis, true),
         )),
     );
-    // Property by property rather than a clone: user_id is left out. The broker checks it
-    // against the publishing user, the replayer is usually someone else, and keeping it would
-    // get the publish refused with a channel error.
-    let o = original;
-    let mut p = BasicProperties::default()
+    // Not a clone: user_id is left out. The broker checks it against the publishing user, the
+    // replayer is usually someone else, and keeping it would get the publish refused with a
+    // channel error.
+    headers::republishable(original)
         .with_headers(headers)
-        .with_delivery_mode(o.delivery_mode().unwrap_or(2));
-    macro_rules! keep {
-        ($get:ident, $with:ident) => {
-            if let Some(v) = o.$get() {
-                p = p.$with(v.clone());
-            }
-        };
-    }
-    keep!(content_type, with_content_type);
-    keep!(content_encoding, with_content_encoding);
-    keep!(priority, with_priority);
-    keep!(correlation_id, with_correlation_id);
-    keep!(reply_to, with_reply_to);
-    keep!(expiration, with_expiration);
-    keep!(message_id, with_message_id);
-    keep!(timestamp, with_timestamp);
-    keep!(kind, with_type);
-    keep!(app_id, with_app_id);
-    keep!(cluster_id, with_cluster_id);
-    p
+        .with_delivery_mode(original.delivery_mode().unwrap_or(2))
 }
 
 /// Headers a replay drops: our failure record and the broker's dead-lettering history (including

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use lapin::Confirmation;
 use lapin::options::BasicPublishOptions;
-use orderbridge_broker::{BrokerConfig, Session, with_timeout};
+use orderbridge_broker::{BrokerConfig, Keyring, Session, with_timeout};
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -43,6 +43,7 @@ pub(crate) struct Outcome {
 pub(crate) struct Publisher<'a> {
     pub(crate) config: &'a RelayConfig,
     pub(crate) broker: &'a BrokerConfig,
+    pub(crate) keyring: &'a Keyring,
     pub(crate) metrics: &'a Metrics,
 }
 
@@ -92,7 +93,7 @@ impl Publisher<'_> {
                 outcome.deferred += 1;
                 continue;
             }
-            let (routing_key, properties) = match message(row) {
+            let (routing_key, properties) = match message(row, self.keyring) {
                 Ok(msg) => msg,
                 Err(why) => {
                     tracing::error!(position = row.position, event_id = %row.event_id, why, "outbox row cannot be published");

@@ -1,18 +1,22 @@
 //! An outbox row as an AMQP message: its routing key, properties and headers (the row's JSON
-//! headers turned into AMQP field values).
+//! headers turned into AMQP field values), signed (`orderbridge_broker::signing`).
 //!
 //! Kept apart from the batch loop so the row → message mapping sits in one small place.
 
 use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
+use orderbridge_broker::Keyring;
 use orderbridge_broker::headers::long_string;
 use orderbridge_domain::text::truncate_bytes;
 use serde_json::Value;
 
 use crate::outbox::OutboxRow;
 
-/// The routing key and properties for a row.
-pub(crate) fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties), &'static str> {
+/// The routing key and properties for a row, with the signature of its payload (the body).
+pub(crate) fn message(
+    row: &OutboxRow,
+    keyring: &Keyring,
+) -> Result<(ShortString, BasicProperties), &'static str> {
     let event_type = ShortString::try_new(row.event_type.as_str())
         .map_err(|_| "event type longer than 255 bytes")?;
     let mut headers = FieldTable::default();
@@ -57,5 +61,5 @@ pub(crate) fn message(row: &OutboxRow) -> Result<(ShortString, BasicProperties),
     if let Some(c) = correlation_id {
         properties = properties.with_correlation_id(c);
     }
-    Ok((event_type, properties))
+    Ok((event_type, keyring.sign(properties, row.payload.as_bytes())))
 }

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use orderbridge_broker::lapin::options::{BasicAckOptions, BasicGetOptions};
 use orderbridge_broker::lapin::{BasicProperties, Connection, ConnectionProperties};
-use orderbridge_broker::{BrokerConfig, Topology};
+use orderbridge_broker::signing::DEV_SIGNING_KEY;
+use orderbridge_broker::{BrokerConfig, Keyring, SigningConfig, Topology};
 use orderbridge_domain::{Customer, LineInput, NewOrder, NewOrderRequest, OrderEvent};
 use outbox_relay::{Metrics, Relay, RelayConfig};
 use secrecy::SecretString;
@@ -23,6 +24,14 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The signing key of the tests' relays, and of the sync worker they stand in for.
+pub const SIGNING_KEY: &str = DEV_SIGNING_KEY;
+
+/// Signs and verifies as the tests' relays do.
+pub fn keyring() -> Keyring {
+    Keyring::single(SIGNING_KEY).unwrap()
+}
 
 pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| AMQP_URL.to_owned())
@@ -79,6 +88,8 @@ pub fn broker_config(namespace: &str) -> BrokerConfig {
             Duration::from_secs(60),
             Duration::from_secs(600),
         ],
+        broker_declare_topology: true,
+        signing: SigningConfig::with_key(SIGNING_KEY),
     }
 }
 

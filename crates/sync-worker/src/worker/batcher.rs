@@ -245,7 +245,8 @@ impl Worker {
         };
         match tokio::time::timeout(grace, finish_in_flight).await {
             Ok(None) if !buffer.is_empty() => {
-                let messages: Vec<Message> = buffer.drain(..).map(read).collect();
+                let messages: Vec<Message> =
+                    buffer.drain(..).map(|d| read(d, &ctx.keyring)).collect();
                 let actions = messages.iter().map(|_| Action::Requeue).collect();
                 match settle(ctx, &messages, actions).await {
                     Ok(()) => stop,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lapin::message::Delivery;
-use orderbridge_broker::{DeadLetterReason, headers};
+use orderbridge_broker::{DeadLetterReason, Keyring, SignatureError, headers};
 use orderbridge_domain::{DecodeError, Envelope, Order, OrderEvent, OrderId};
 
 use super::breaker;
@@ -18,9 +18,13 @@ use crate::writer::{Failure, OrderResult};
 /// One message of a batch, read.
 pub(super) struct Message {
     pub(super) delivery: Delivery,
-    /// `None` when it could not be read; then `decode_error` says why.
+    /// `None` when it could not be read or is not signed by the relay; then `decode_error` or
+    /// `signature_error` says why.
     pub(super) event: Option<Envelope<Order>>,
     pub(super) decode_error: Option<DecodeError>,
+    /// Why the signature was not accepted. Such a message is never decoded, written or
+    /// reported on (a forged message must not even mark a real order failed).
+    pub(super) signature_error: Option<SignatureError>,
     pub(super) attempts: u32,
     /// Times the broker has delivered it before without it being settled (`x-delivery-count`).
     pub(super) returned: u32,
@@ -53,7 +57,10 @@ pub(super) async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<
 async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), BatchError> {
     ctx.metrics.batch_size.observe(deliveries.len() as f64);
 
-    let messages: Vec<Message> = deliveries.into_iter().map(read).collect();
+    let messages: Vec<Message> = deliveries
+        .into_iter()
+        .map(|d| read(d, &ctx.keyring))
+        .collect();
     let last_delivery = last_delivery(ctx.topology.delivery_limit);
 
     let (writes, newest) = plan_writes(&messages, last_delivery);
@@ -142,6 +149,14 @@ fn decide(
 ) -> Action {
     let max_attempts = ctx.config.max_attempts;
     match (&m.event, result) {
+        (None, _) if m.signature_error.is_some() => {
+            let e = m.signature_error.as_ref();
+            Action::DeadLetter {
+                reason: DeadLetterReason::BadSignature,
+                code: e.map(|e| e.code()).unwrap_or_default().into(),
+                message: e.map(ToString::to_string).unwrap_or_default(),
+            }
+        }
         (None, _) => {
             let e = m.decode_error.as_ref();
             Action::DeadLetter {
@@ -199,11 +214,22 @@ fn last_delivery(delivery_limit: u32) -> u32 {
     delivery_limit
 }
 
-pub(super) fn read(delivery: Delivery) -> Message {
+/// Reads a delivery: checks its signature first, then decodes it.
+pub(super) fn read(delivery: Delivery, keyring: &Keyring) -> Message {
     let attempts = headers::count(&delivery.properties, headers::ATTEMPTS).unwrap_or(0);
     // Set by quorum queues on a message returned to the queue (RabbitMQ 3.x; absent on the first
     // delivery).
     let returned = headers::count(&delivery.properties, headers::DELIVERY_COUNT).unwrap_or(0);
+    if let Err(e) = keyring.verify(&delivery.properties, &delivery.data) {
+        return Message {
+            delivery,
+            event: None,
+            decode_error: None,
+            signature_error: Some(e),
+            attempts,
+            returned,
+        };
+    }
     match OrderEvent::decode(&delivery.data) {
         Ok(env) => {
             let OrderEvent::Submitted(order) = env.data;
@@ -217,6 +243,7 @@ pub(super) fn read(delivery: Delivery) -> Message {
                     data: *order,
                 }),
                 decode_error: None,
+                signature_error: None,
                 attempts,
                 returned,
                 delivery,
@@ -226,6 +253,7 @@ pub(super) fn read(delivery: Delivery) -> Message {
             delivery,
             event: None,
             decode_error: Some(e),
+            signature_error: None,
             attempts,
             returned,
         },

@@ -5,11 +5,13 @@
 //!                up to WORKER_BATCH_SIZE, or WORKER_BATCH_LINGER stretched by WORKER_LATENCY_TARGET
 //!                                                                  │ ≤ WORKER_MAX_IN_FLIGHT batches
 //!                                                                  ▼
-//!  per batch: decode ─► dedupe per order ─► Writer (Composite calls) ─► per-order outcome
+//!  per batch: verify signature ─► decode ─► dedupe per order ─► Writer (Composite calls) ─► outcome
 //!     synced      → status `synced`                                        ┐ published on the
 //!     retryable   → copy to {ns}.retry (tier by attempt) + status `retrying`│ batch's confirm
-//!     permanent / attempts exhausted / unreadable → {ns}.dlx + `failed`   ┘ channel; then ack
-//!     call failed as a whole (outage, budget, auth) → nack(requeue) + circuit breaker
+//!     permanent / attempts exhausted / unreadable → {ns}.dlx + `failed`   │ channel; then ack
+//!     not signed by the relay (or changed) → {ns}.dlx only, no status     ┘
+//!     call failed as a whole (outage, budget, auth) → copy back to the work queue + circuit breaker
+//!  Status reports are signed; copies of verified messages are re-signed with the current key.
 //! ```
 //!
 //! Every outcome is published (and confirmed by the broker) before the original delivery is
@@ -33,7 +35,9 @@ use std::time::{Duration, Instant};
 
 use lapin::Channel;
 use lapin::options::{BasicQosOptions, ConfirmSelectOptions};
-use orderbridge_broker::{Backoff, BrokerConfig, BrokerError, Session, Supervisor, Topology};
+use orderbridge_broker::{
+    Backoff, BrokerConfig, BrokerError, Keyring, Session, Supervisor, Topology,
+};
 use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
@@ -77,6 +81,7 @@ enum Stop {
 pub struct Worker {
     config: WorkerConfig,
     supervisor: Supervisor,
+    keyring: Keyring,
     writer: Writer,
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
@@ -92,6 +97,8 @@ struct Ctx {
     config: WorkerConfig,
     broker: BrokerConfig,
     topology: Topology,
+    /// Verifies every message before it is written; signs what the worker publishes.
+    keyring: Keyring,
     writer: Writer,
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
@@ -106,6 +113,7 @@ impl Worker {
         writer: Writer,
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
+        let keyring = broker.keyring()?;
         let supervisor = Supervisor::new(broker, "sync-worker")?;
         let (breaker, _) = watch::channel(None);
         let probe_backoff = Mutex::new(Backoff::new(
@@ -115,6 +123,7 @@ impl Worker {
         Ok(Self {
             config,
             supervisor,
+            keyring,
             writer,
             metrics,
             breaker,
@@ -199,6 +208,7 @@ impl Worker {
             config: self.config.clone(),
             broker: config.clone(),
             topology: self.supervisor.topology().clone(),
+            keyring: self.keyring.clone(),
             writer: self.writer.clone(),
             metrics: self.metrics.clone(),
             breaker: self.breaker.clone(),

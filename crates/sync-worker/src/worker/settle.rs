@@ -2,6 +2,10 @@
 //! published on one confirm channel and confirmed by the broker before the original delivery
 //! is acked; what was not confirmed is requeued. A crash anywhere therefore redelivers.
 //!
+//! Status reports are signed; a copy of a message whose signature verified is re-signed with the
+//! current key (so a rotation carries messages in flight over to the new key), a copy of one
+//! that did not (its dead letter, or a pause's requeue) keeps the headers it came with.
+//!
 //! Three stages: [`publish_outcomes`] (what each action publishes, and publishing it),
 //! [`await_confirms`] (which of those the broker took), [`ack_and_record`] (ack or requeue each
 //! original, and count and log what happened).
@@ -13,7 +17,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
 use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, PublisherConfirm};
 use orderbridge_broker::headers::{self, long_string};
-use orderbridge_broker::{DeadLetterReason, Topology};
+use orderbridge_broker::{DeadLetterReason, Keyring, REQUEUE_ROUTING_KEY, Topology};
 use orderbridge_domain::{Envelope, Order, SyncError, SyncState, SyncStatus, text};
 
 use super::decision::{Action, Message};
@@ -70,6 +74,25 @@ struct Copy {
 /// What one action publishes: a status report for the portal, a copy of the message, or both.
 fn outcome(
     topo: &Topology,
+    keyring: &Keyring,
+    m: &Message,
+    action: &Action,
+    now: DateTime<Utc>,
+) -> (Option<SyncStatus>, Option<Copy>) {
+    let (status, copy) = unsigned_outcome(topo, m, action, now);
+    let copy = copy.map(|c| Copy {
+        properties: if m.signature_error.is_none() {
+            keyring.sign(c.properties, &m.delivery.data)
+        } else {
+            c.properties
+        },
+        ..c
+    });
+    (status, copy)
+}
+
+fn unsigned_outcome(
+    topo: &Topology,
     m: &Message,
     action: &Action,
     now: DateTime<Utc>,
@@ -78,13 +101,15 @@ fn outcome(
         Action::Drop => (None, None),
         // Back to the tail of the work queue as a new publish, unchanged: unlike a
         // nack(requeue) this does not count against the queue's delivery limit, so an
-        // outage never dead-letters messages that were not at fault.
+        // outage never dead-letters messages that were not at fault. Through the retry
+        // exchange's requeue binding, not the default exchange, which the worker's broker user
+        // may not write to.
         Action::Requeue => (
             None,
             Some(Copy {
-                exchange: String::new(),
-                routing_key: topo.sf_sync_queue.clone(),
-                properties: m.delivery.properties.clone(),
+                exchange: topo.retry_exchange.clone(),
+                routing_key: REQUEUE_ROUTING_KEY.to_owned(),
+                properties: headers::republishable(&m.delivery.properties),
             }),
         ),
         Action::Synced(id) => (
@@ -119,8 +144,11 @@ fn outcome(
             code,
             message,
         } => {
-            // An undecodable message never reached Salesforce: no attempt to count.
-            let attempts = if *reason == DeadLetterReason::Undecodable {
+            // An undecodable or unsigned message never reached Salesforce: no attempt to count.
+            let attempts = if matches!(
+                reason,
+                DeadLetterReason::Undecodable | DeadLetterReason::BadSignature
+            ) {
                 m.attempts
             } else {
                 m.attempts + 1
@@ -132,7 +160,14 @@ fn outcome(
                 Some(Copy {
                     exchange: topo.dead_letter_exchange.clone(),
                     routing_key: m.delivery.routing_key.as_str().to_owned(),
-                    properties: failure_properties(m, attempts, code, message, Some(*reason), now),
+                    properties: failure_properties(
+                        m,
+                        attempts,
+                        code,
+                        message,
+                        Some((*reason, &topo.sf_sync_queue)),
+                        now,
+                    ),
                 }),
             )
         }
@@ -170,7 +205,7 @@ async fn publish_outcomes(
     let mut pending = Vec::new();
     let mut has_copy = vec![false; messages.len()];
     for (i, (m, action)) in messages.iter().zip(actions).enumerate() {
-        let (status, copy) = outcome(&ctx.topology, m, action, now);
+        let (status, copy) = outcome(&ctx.topology, &ctx.keyring, m, action, now);
         if let Some(copy) = copy {
             let message_id = copy
                 .properties
@@ -216,6 +251,7 @@ async fn publish_outcomes(
                 // A short string holds 255 bytes at most.
                 props = props.with_correlation_id(text::truncate_bytes(&c, 255).into());
             }
+            let props = ctx.keyring.sign(props, &body);
             let confirm = ctx
                 .broker
                 .op(
@@ -371,11 +407,12 @@ fn record(ctx: &Ctx, m: &Message, action: &Action, now: DateTime<Utc>) {
             code,
             message,
         } => {
-            if *reason == DeadLetterReason::Undecodable {
-                metrics.undecodable_total.fetch_add(1, Relaxed);
-            } else {
-                metrics.failed_total.fetch_add(1, Relaxed);
+            match reason {
+                DeadLetterReason::Undecodable => &metrics.undecodable_total,
+                DeadLetterReason::BadSignature => &metrics.bad_signature_total,
+                _ => &metrics.failed_total,
             }
+            .fetch_add(1, Relaxed);
             tracing::error!(
                 ?order,
                 correlation_id,
@@ -389,13 +426,14 @@ fn record(ctx: &Ctx, m: &Message, action: &Action, now: DateTime<Utc>) {
     }
 }
 
-/// A copy of the delivery's properties with failure headers set (retry, dead letter).
+/// A copy of the delivery's properties with failure headers set (retry; dead letter, with the
+/// reason and the queue it came from).
 fn failure_properties(
     m: &Message,
     attempts: u32,
     code: &str,
     message: &str,
-    reason: Option<DeadLetterReason>,
+    dead_letter: Option<(DeadLetterReason, &str)>,
     now: DateTime<Utc>,
 ) -> BasicProperties {
     let props = &m.delivery.properties;
@@ -415,10 +453,13 @@ fn failure_properties(
         headers::LAST_FAILURE_AT.into(),
         long_string(&now.to_rfc3339()),
     );
-    if let Some(reason) = reason {
+    if let Some((reason, origin_queue)) = dead_letter {
         table.insert(headers::REASON.into(), long_string(reason.as_str()));
+        table.insert(headers::ORIGIN_QUEUE.into(), long_string(origin_queue));
     }
-    props.clone().with_headers(table).with_delivery_mode(2)
+    headers::republishable(props)
+        .with_headers(table)
+        .with_delivery_mode(2)
 }
 
 fn status_of(

@@ -15,7 +15,8 @@ use orderbridge_broker::lapin::options::{
 };
 use orderbridge_broker::lapin::types::FieldTable;
 use orderbridge_broker::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use orderbridge_broker::{BrokerConfig, Supervisor, Topology};
+use orderbridge_broker::signing::DEV_SIGNING_KEY;
+use orderbridge_broker::{BrokerConfig, Keyring, Supervisor, Topology};
 use orderbridge_domain::{Envelope, NewOrder, NewOrderRequest, Order, OrderEvent, SyncStatus};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
@@ -30,6 +31,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub const AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// The signing key of the tests' worker, and of the relay the harness stands in for.
+pub const SIGNING_KEY: &str = DEV_SIGNING_KEY;
+
+/// Signs and verifies as the tests' relay and worker do.
+pub fn keyring() -> Keyring {
+    Keyring::single(SIGNING_KEY).unwrap()
+}
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -130,6 +139,8 @@ impl Harness {
             "50ms",
             "--broker-reconnect-max",
             "500ms",
+            "--broker-signing-key",
+            SIGNING_KEY,
         ])
         .broker;
         let topology = broker.topology().unwrap();
@@ -176,6 +187,8 @@ impl Harness {
             "50ms".into(),
             "--broker-reconnect-max".into(),
             "500ms".into(),
+            "--broker-signing-key".into(),
+            SIGNING_KEY.into(),
             "--sf-login-url".into(),
             self.emulator.base_url.clone(),
             "--sf-request-timeout".into(),
@@ -204,8 +217,14 @@ impl Harness {
         extra: &[&str],
         mapping: Mapping,
     ) -> Arc<Metrics> {
-        assert!(self.worker.is_none(), "worker already running");
         let cli = self.cli(extra);
+        self.start_worker_from(cli, mapping).await
+    }
+
+    /// Starts the worker in-process with a command line of the test's own making (say, other
+    /// signing keys).
+    pub async fn start_worker_from(&mut self, cli: Cli, mapping: Mapping) -> Arc<Metrics> {
+        assert!(self.worker.is_none(), "worker already running");
         let metrics = Arc::new(Metrics::default());
         let client = Client::new(&cli.salesforce).unwrap();
         let mapping = Arc::new(mapping);
@@ -242,7 +261,8 @@ impl Harness {
         (conn, ch)
     }
 
-    /// Publishes `order.submitted` for each order as the relay does; returns the envelopes.
+    /// Publishes `order.submitted` for each order as the relay does (signed); returns the
+    /// envelopes.
     pub async fn publish_orders(&self, orders: &[Order]) -> Vec<Envelope<Value>> {
         let (conn, ch) = self.channel().await;
         let mut out = Vec::new();
@@ -256,6 +276,7 @@ impl Harness {
                 .with_message_id(env.id.to_string().into())
                 .with_type(env.event_type.as_str().into())
                 .with_correlation_id(format!("req-{}", o.id).into());
+            let props = keyring().sign(props, &body);
             ch.basic_publish(
                 self.topology.events_exchange.as_str().into(),
                 "order.submitted".into(),
@@ -276,17 +297,26 @@ impl Harness {
         out
     }
 
-    /// Publishes raw bytes on the work queue's binding (a poison message).
+    /// Publishes raw bytes on the work queue's binding (a poison message), signed as the relay
+    /// would: the relay publishes what is in the outbox, readable or not.
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id("poison-1".into());
+        self.publish_as_is(routing_key, body, keyring().sign(props, body))
+            .await;
+    }
+
+    /// Publishes `body` with `props` exactly as given on the events exchange (a forgery, when
+    /// they carry no valid signature).
+    pub async fn publish_as_is(&self, routing_key: &str, body: &[u8], props: BasicProperties) {
         let (conn, ch) = self.channel().await;
         ch.basic_publish(
             self.topology.events_exchange.as_str().into(),
             routing_key.into(),
             BasicPublishOptions::default(),
             body,
-            BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id("poison-1".into()),
+            props,
         )
         .await
         .unwrap()
