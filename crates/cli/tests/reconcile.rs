@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use orderbridge_cli::progress::NoProgress;
 use orderbridge_cli::reconcile::{FixOptions, ObjectKind, Problem, Report, Scope, fix, reconcile};
-use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent};
+use orderbridge_domain::{
+    ClientId, ClientScope, NewOrder, NewOrderRequest, Order, OrderEvent, SubmittedOrder,
+};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use orderbridge_testkit::{TestDatabase, workspace_root};
@@ -85,7 +87,7 @@ impl Env {
         orderbridge_db::create::insert_order(&mut tx, self.client_id.into(), &order)
             .await
             .unwrap();
-        let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+        let envelope = OrderEvent::submitted(order.clone(), self.scope())
             .into_envelope(order.created_at, Some(format!("req-{id}")));
         orderbridge_db::outbox::enqueue(&mut *tx, "order", id, &envelope)
             .await
@@ -98,10 +100,26 @@ impl Env {
         self.create_order_at(Utc::now()).await
     }
 
+    /// The test client's scope, as its events carry it.
+    fn scope(&self) -> ClientScope {
+        ClientScope {
+            id: ClientId::from_uuid(self.client_id),
+            external_id_prefix: "portal:".into(),
+        }
+    }
+
     /// Writes the orders to Salesforce as the worker does; returns their record ids.
     async fn write(&self, orders: &[&Order]) -> Vec<String> {
+        let submitted: Vec<SubmittedOrder> = orders
+            .iter()
+            .map(|o| SubmittedOrder {
+                order: (*o).clone(),
+                client: Some(self.scope()),
+            })
+            .collect();
+        let refs: Vec<&SubmittedOrder> = submitted.iter().collect();
         self.writer
-            .write(orders)
+            .write(&refs)
             .await
             .into_iter()
             .map(|r| match r {
@@ -165,11 +183,11 @@ impl Env {
         let orders: Vec<Order> = rows
             .into_iter()
             .map(|(payload,)| {
-                let OrderEvent::Submitted(order) =
+                let OrderEvent::Submitted(submitted) =
                     OrderEvent::decode(&serde_json::to_vec(&payload).unwrap())
                         .unwrap()
                         .data;
-                *order
+                submitted.order
             })
             .collect();
         let refs: Vec<&Order> = orders.iter().collect();

@@ -8,7 +8,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use orderbridge_domain::ClientId;
+use orderbridge_domain::{ClientId, ClientScope};
 use sha2::{Digest, Sha256};
 use sqlx::{PgExecutor, PgPool};
 use subtle::ConstantTimeEq;
@@ -24,6 +24,18 @@ const PREFIX: &str = "obk_";
 pub struct Client {
     pub id: ClientId,
     pub name: String,
+    /// Starts the Salesforce keys of this client's shared records (`orderbridge_domain::tenant`).
+    pub external_id_prefix: String,
+}
+
+impl Client {
+    /// What this client's events carry about it.
+    pub fn scope(&self) -> ClientScope {
+        ClientScope {
+            id: self.id,
+            external_id_prefix: self.external_id_prefix.clone(),
+        }
+    }
 }
 
 /// A newly created key: the only moment its plain text exists.
@@ -44,10 +56,10 @@ pub async fn create_api_key(pool: &PgPool, name: &str) -> Result<NewApiKey, sqlx
         URL_SAFE_NO_PAD.encode(rand::random::<[u8; 32]>())
     );
     let mut tx = pool.begin().await?;
-    let client_id: Uuid = sqlx::query_scalar(
+    let (client_id, external_id_prefix): (Uuid, String) = sqlx::query_as(
         "INSERT INTO api_clients (id, name) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING id",
+         RETURNING id, external_id_prefix",
     )
     .bind(Uuid::now_v7())
     .bind(name)
@@ -64,6 +76,7 @@ pub async fn create_api_key(pool: &PgPool, name: &str) -> Result<NewApiKey, sqlx
         client: Client {
             id: ClientId::from_uuid(client_id),
             name: name.to_owned(),
+            external_id_prefix,
         },
         key,
     })
@@ -85,18 +98,19 @@ pub async fn authenticate<'e>(
     else {
         return Ok(None);
     };
-    let row: Option<(Vec<u8>, Uuid, String)> = sqlx::query_as(
-        "SELECT k.key_hash, c.id, c.name
+    let row: Option<(Vec<u8>, Uuid, String, String)> = sqlx::query_as(
+        "SELECT k.key_hash, c.id, c.name, c.external_id_prefix
          FROM api_keys k JOIN api_clients c ON c.id = k.client_id
          WHERE k.id = $1 AND k.revoked_at IS NULL",
     )
     .bind(key_id)
     .fetch_optional(executor)
     .await?;
-    Ok(row.and_then(|(stored, id, name)| {
+    Ok(row.and_then(|(stored, id, name, external_id_prefix)| {
         bool::from(stored.as_slice().ct_eq(&hash(presented))).then_some(Client {
             id: ClientId::from_uuid(id),
             name,
+            external_id_prefix,
         })
     }))
 }

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use orderbridge_mapping::Mapping;
 
 /// HTTP server settings for `order-api serve`.
 #[derive(Debug, Clone, Args)]
@@ -33,6 +36,17 @@ pub struct ApiConfig {
     /// How long in-flight requests may finish after SIGTERM before the server exits anyway.
     #[arg(long, env = "ORDER_API_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// The sync worker's field mapping (the same file, and the same variable, as the worker's;
+    /// unset: the built-in one). Its declared field limits decide what intake refuses because
+    /// Salesforce could not hold it exactly; the worker checks them against the org.
+    #[arg(long = "mapping-file", env = "WORKER_MAPPING_FILE", default_value = "", hide_default_value = true, value_parser = load_mapping)]
+    pub mapping: Arc<Mapping>,
+}
+
+/// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.
+fn load_mapping(path: &str) -> Result<Arc<Mapping>, String> {
+    let path = (!path.is_empty()).then(|| Path::new(path));
+    Mapping::load(path).map(Arc::new).map_err(|e| e.to_string())
 }
 
 impl Default for ApiConfig {
