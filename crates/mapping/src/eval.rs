@@ -187,6 +187,13 @@ impl Expr {
                     match part {
                         Part::Text(t) => s.push_str(t),
                         Part::Path(p) => match scope.resolve(p) {
+                            // In a key, an empty part is a hole like a missing one; the
+                            // client's prefix alone may be empty (keys kept from before).
+                            Some(Value::String(v))
+                                if strict && v.is_empty() && !is_client_prefix(p) =>
+                            {
+                                return None;
+                            }
                             Some(Value::String(v)) => s.push_str(v),
                             Some(Value::Null) | None if strict => return None,
                             Some(Value::Null) | None => {}
@@ -215,6 +222,11 @@ impl Expr {
             },
         })
     }
+}
+
+fn is_client_prefix(path: &[String]) -> bool {
+    let path = path.strip_prefix(&["order".to_owned()][..]).unwrap_or(path);
+    path == ["client", "external_id_prefix"]
 }
 
 pub(crate) fn as_text(v: &Value) -> String {

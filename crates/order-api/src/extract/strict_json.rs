@@ -35,8 +35,13 @@ pub fn parse(bytes: &[u8]) -> Result<Value, StrictJsonError> {
                     .rsplit_once(" at line ")
                     .map_or(rest, |(key, _)| key)
                     .to_owned(),
-                // The path ends at the repeated key; the object holding it is its parent.
-                pointer: parent(&pointer),
+                // The error is raised before the repeated key's value is entered, so the path
+                // is the object's that holds it.
+                pointer: if pointer.is_empty() {
+                    "/".to_owned()
+                } else {
+                    pointer
+                },
             },
             None => StrictJsonError::Malformed(message),
         }
@@ -48,13 +53,6 @@ pub fn parse(bytes: &[u8]) -> Result<Value, StrictJsonError> {
 
 /// Starts the custom error a duplicate key raises, to tell it from serde_json's own errors.
 const DUPLICATE_MARK: &str = "\u{0}duplicate key: ";
-
-fn parent(pointer: &str) -> String {
-    match pointer.rsplit_once('/') {
-        Some(("", _)) | None => "/".to_owned(),
-        Some((head, _)) => head.to_owned(),
-    }
-}
 
 /// A JSON value whose objects have unique keys.
 struct Strict(Value);
