@@ -87,15 +87,24 @@ async fn orders_become_cases_with_custom_fields() {
     // The limits a mapping declares must be declared, and no more than the fields hold.
     for (edit, want) in [
         (
-            (r#"{customer.name}", "max_length": 255}"#, r#"{customer.name}"}"#),
+            (
+                r#"{customer.name}", "max_length": 255}"#,
+                r#"{customer.name}"}"#,
+            ),
             "order.fields.Subject: Case.Subject holds 255 characters; declare \"max_length\"",
         ),
         (
-            (r#""Division__c": {"const": "EMEA"}"#, r#""Division__c": {"path": "client_ref", "max_length": 64}"#),
+            (
+                r#""Division__c": {"const": "EMEA"}"#,
+                r#""Division__c": {"path": "client_ref", "max_length": 64}"#,
+            ),
             "order.fields.Division__c: max_length 64 promises more than Case.Division__c holds (40 characters)",
         ),
         (
-            (r#""precision": 18, "scale": 2"#, r#""precision": 20, "scale": 4"#),
+            (
+                r#""precision": 18, "scale": 2"#,
+                r#""precision": 20, "scale": 4"#,
+            ),
             "order.fields.Order_Total__c: precision 20 and scale 4 promise more than Case.Order_Total__c holds",
         ),
         (

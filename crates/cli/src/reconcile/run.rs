@@ -248,7 +248,7 @@ mod tests {
             }
         );
         let by_ref = Mapping::parse(
-            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "client_ref"}}"#,
+            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": {"template": "{id}-case"}}}"#,
             "test",
         )
         .unwrap();
