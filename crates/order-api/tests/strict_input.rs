@@ -95,7 +95,8 @@ async fn duplicate_keys_are_400_at_every_level() {
 #[tokio::test]
 async fn unknown_fields_are_422_at_every_level() {
     let (_db, app, key) = app().await;
-    let cases: [(fn(&mut Value), &str); 4] = [
+    type Edit = fn(&mut Value);
+    let cases: [(Edit, &str); 4] = [
         (|b| b["loyalty"] = json!("gold"), "#/loyalty"),
         (
             |b| b["customer"]["phnoe"] = json!("+49 1"),
