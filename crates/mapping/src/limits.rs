@@ -112,9 +112,7 @@ fn check_value(expr: &Expr, scope: Scope<'_>, field: &str) -> Option<Overflow> {
             detail,
         })
     };
-    let numeric =
-        matches!(expr.format, Some(Format::Number | Format::Integer)) || expr.precision.is_some();
-    if numeric {
+    if expr.is_number() {
         let Some(d) = decimal(&raw) else {
             return overflow(
                 "not_a_number",

@@ -59,7 +59,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let document =
             strict_json::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let value = serde_path_to_error::deserialize(&document).map_err(|e| {
-            let pointer = pointer_of(e.path());
+            let pointer = strict_json::pointer_of(e.path());
             let inner = e.into_inner();
             let mut v = orderbridge_domain::Violations::default();
             v.push(&pointer, "invalid_type", inner.to_string());
@@ -84,23 +84,6 @@ fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
         source = e.source();
     }
     ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
-}
-
-/// Turns serde_path_to_error's path (`lines[0].quantity`) into a JSON pointer (`/lines/0/quantity`).
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        out.push('/');
-        match seg {
-            Segment::Seq { index } => out.push_str(&index.to_string()),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            }
-            Segment::Unknown => out.push('?'),
-        }
-    }
-    out
 }
 
 /// Query parameters, with a 400 problem for ones that do not parse.

@@ -4,7 +4,8 @@
 //! that one), so `{"quantity": 1, "quantity": 1000}` was an order for 1,000 while a proxy or a
 //! log reader that keeps the first saw 1. RFC 8259 leaves duplicates' meaning open; refusing
 //! them is the one reading nobody can misunderstand. The document is built by our own visitor,
-//! which fails on the second key, and serde_path_to_error says where.
+//! which fails on the second key, and serde_path_to_error says where ([`pointer_of`] turns its
+//! paths into JSON pointers, for the extractor's shape errors too).
 
 use std::fmt;
 
@@ -25,7 +26,7 @@ pub enum StrictJsonError {
 pub fn parse(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let doc = serde_path_to_error::deserialize::<_, Strict>(&mut de).map_err(|e| {
-        let pointer = super::pointer_of(e.path());
+        let pointer = pointer_of(e.path());
         let inner = e.into_inner();
         let message = inner.to_string();
         match message.strip_prefix(DUPLICATE_MARK) {
@@ -49,6 +50,23 @@ pub fn parse(bytes: &[u8]) -> Result<Value, StrictJsonError> {
     de.end()
         .map_err(|e| StrictJsonError::Malformed(e.to_string()))?;
     Ok(doc.0)
+}
+
+/// Turns serde_path_to_error's path (`lines[0].quantity`) into a JSON pointer (`/lines/0/quantity`).
+pub(super) fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        out.push('/');
+        match seg {
+            Segment::Seq { index } => out.push_str(&index.to_string()),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Unknown => out.push('?'),
+        }
+    }
+    out
 }
 
 /// Starts the custom error a duplicate key raises, to tell it from serde_json's own errors.
