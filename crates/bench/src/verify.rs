@@ -116,6 +116,9 @@ impl Verification {
                     }
                     Problem::SalesforceId { .. } => other.push("salesforce_id"),
                     Problem::NotSynced => other.push("not_synced"),
+                    // A value that differs is an order written inexactly (or changed since):
+                    // the run's orders are never changed, so it counts as a mismatch.
+                    Problem::Field { .. } => other.push("field"),
                 }
             }
             if !other.is_empty() {

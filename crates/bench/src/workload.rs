@@ -4,8 +4,8 @@
 
 use anyhow::{Result, anyhow};
 use chrono::{DateTime, SubsecRound, Utc};
-use orderbridge_db::{create, outbox};
-use orderbridge_domain::{Envelope, NewOrder, NewOrderRequest, Order, OrderEvent};
+use orderbridge_db::{clients, create, outbox};
+use orderbridge_domain::{ClientScope, Envelope, NewOrder, NewOrderRequest, Order, OrderEvent};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -54,10 +54,17 @@ pub fn stored_order(run: &str, i: usize, id: Uuid, now: DateTime<Utc>) -> Result
     Ok(new.into_order(id, now))
 }
 
-/// The `order.submitted` event of `order` as order-api enqueues it, correlated by the order's
-/// idempotency key `key`.
-pub fn submitted(order: &Order, key: String) -> Envelope<Value> {
-    OrderEvent::Submitted(Box::new(order.clone())).into_envelope(order.created_at, Some(key))
+/// The `order.submitted` event of `order` as order-api enqueues it for `client`, correlated by
+/// the order's idempotency key `key`.
+pub fn submitted(order: &Order, client: &ClientScope, key: String) -> Envelope<Value> {
+    OrderEvent::submitted(order.clone(), client.clone()).into_envelope(order.created_at, Some(key))
+}
+
+/// The client's scope as order-api puts it into events (read once per phase, not per order).
+pub async fn client_scope(pool: &PgPool, client_id: Uuid) -> Result<ClientScope> {
+    clients::scope(pool, client_id.into())
+        .await?
+        .ok_or_else(|| anyhow!("no API client {client_id}"))
 }
 
 /// Writes `n` orders with their lines and `order.submitted` outbox rows, `chunk` per
@@ -71,6 +78,7 @@ pub async fn insert_backlog(
     chunk: usize,
 ) -> Result<()> {
     let chunk = chunk.max(1);
+    let client = client_scope(pool, client_id).await?;
     let mut start = 0;
     while start < n {
         let end = (start + chunk).min(n);
@@ -82,7 +90,7 @@ pub async fn insert_backlog(
         let envelopes: Vec<_> = orders
             .iter()
             .zip(start..end)
-            .map(|(order, i)| submitted(order, format!("{run}-{i}")))
+            .map(|(order, i)| submitted(order, &client, format!("{run}-{i}")))
             .collect();
         let events: Vec<_> = orders.iter().map(|o| o.id.get()).zip(&envelopes).collect();
         // One transaction: the orders, their lines, their outbox rows in order (so `position`
@@ -119,9 +127,13 @@ mod tests {
         assert_ne!(a.client_ref, b.client_ref);
         assert!(a.lines.iter().all(|l| l.sku.starts_with("SKU-0")));
         // The envelope a backlog row carries decodes as the worker decodes it.
-        let env = OrderEvent::Submitted(Box::new(a.clone())).into_envelope(now, None);
+        let client = ClientScope {
+            id: Uuid::now_v7().into(),
+            external_id_prefix: "bench:".into(),
+        };
+        let env = submitted(&a, &client, "k".into());
         let bytes = serde_json::to_vec(&env).unwrap();
         let decoded = OrderEvent::decode(&bytes).unwrap();
-        assert_eq!(decoded.data, OrderEvent::Submitted(Box::new(a)));
+        assert_eq!(decoded.data, OrderEvent::submitted(a, client));
     }
 }

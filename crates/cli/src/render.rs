@@ -96,6 +96,21 @@ pub fn summary(report: &Report, examples: usize) -> String {
                     format!("{lines} lines, {items} items in Salesforce")
                 }
                 Problem::NotSynced => format!("in Salesforce but {}", m.sync_state),
+                Problem::Field {
+                    object,
+                    line,
+                    field,
+                    in_postgres,
+                    in_salesforce,
+                } => {
+                    let record = match (object, line) {
+                        (ObjectKind::Item, Some(line)) => format!("line {line} "),
+                        _ => String::new(),
+                    };
+                    format!(
+                        "{record}{field} {in_postgres} in Postgres, {in_salesforce} in Salesforce"
+                    )
+                }
             })
             .collect();
         format!("{}  {}", m.order_id, problems.join("; "))

@@ -12,7 +12,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use orderbridge_cli::progress::NoProgress;
 use orderbridge_cli::reconcile::{FixOptions, ObjectKind, Problem, Report, Scope, fix, reconcile};
-use orderbridge_domain::{NewOrder, NewOrderRequest, Order, OrderEvent};
+use orderbridge_domain::{
+    ClientId, ClientScope, NewOrder, NewOrderRequest, Order, OrderEvent, SubmittedOrder,
+};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use orderbridge_testkit::{TestDatabase, workspace_root};
@@ -85,7 +87,7 @@ impl Env {
         orderbridge_db::create::insert_order(&mut tx, self.client_id.into(), &order)
             .await
             .unwrap();
-        let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+        let envelope = OrderEvent::submitted(order.clone(), self.scope())
             .into_envelope(order.created_at, Some(format!("req-{id}")));
         orderbridge_db::outbox::enqueue(&mut *tx, "order", id, &envelope)
             .await
@@ -98,10 +100,26 @@ impl Env {
         self.create_order_at(Utc::now()).await
     }
 
+    /// The test client's scope, as its events carry it.
+    fn scope(&self) -> ClientScope {
+        ClientScope {
+            id: ClientId::from_uuid(self.client_id),
+            external_id_prefix: "portal:".into(),
+        }
+    }
+
     /// Writes the orders to Salesforce as the worker does; returns their record ids.
     async fn write(&self, orders: &[&Order]) -> Vec<String> {
+        let submitted: Vec<SubmittedOrder> = orders
+            .iter()
+            .map(|o| SubmittedOrder {
+                order: (*o).clone(),
+                client: Some(self.scope()),
+            })
+            .collect();
+        let refs: Vec<&SubmittedOrder> = submitted.iter().collect();
         self.writer
-            .write(orders)
+            .write(&refs)
             .await
             .into_iter()
             .map(|r| match r {
@@ -165,11 +183,11 @@ impl Env {
         let orders: Vec<Order> = rows
             .into_iter()
             .map(|(payload,)| {
-                let OrderEvent::Submitted(order) =
+                let OrderEvent::Submitted(submitted) =
                     OrderEvent::decode(&serde_json::to_vec(&payload).unwrap())
                         .unwrap()
                         .data;
-                *order
+                submitted.order
             })
             .collect();
         let refs: Vec<&Order> = orders.iter().collect();
@@ -338,7 +356,24 @@ async fn reports_each_anomaly() {
             ),
             (
                 short.id.get(),
-                vec![Problem::ItemCount { lines: 3, items: 2 }]
+                // The missing item is also missing from Salesforce's total.
+                vec![
+                    Problem::Field {
+                        object: ObjectKind::Order,
+                        line: None,
+                        field: "TotalAmount".into(),
+                        in_postgres: json!(short.total.to_string()),
+                        in_salesforce: report.mismatched[1]
+                            .problems
+                            .iter()
+                            .find_map(|p| match p {
+                                Problem::Field { in_salesforce, .. } => Some(in_salesforce.clone()),
+                                _ => None,
+                            })
+                            .unwrap(),
+                    },
+                    Problem::ItemCount { lines: 3, items: 2 }
+                ]
             ),
             (unreported.id.get(), vec![Problem::NotSynced]),
         ]
@@ -384,8 +419,13 @@ async fn reports_each_anomaly() {
     // The JSON form carries every list.
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["missing"][0]["order_id"], json!(lost.id));
+    assert_eq!(json["mismatched"][1]["problems"][0]["kind"], json!("field"));
     assert_eq!(
-        json["mismatched"][1]["problems"][0]["kind"],
+        json["mismatched"][1]["problems"][0]["field"],
+        json!("TotalAmount")
+    );
+    assert_eq!(
+        json["mismatched"][1]["problems"][1]["kind"],
         json!("item_count")
     );
     assert_eq!(json["orphaned"].as_array().unwrap().len(), 4);
@@ -619,13 +659,99 @@ async fn reports_duplicated_orders_and_items() {
             (ObjectKind::Item, format!("{}-2", order.id), item_ids),
         ]
     );
+    // A duplicate item counts once for the item count; Salesforce's total, though, counts it
+    // twice, which is a field difference.
+    let problems: Vec<&Problem> = report.mismatched.iter().flat_map(|m| &m.problems).collect();
     assert!(
-        report.mismatched.is_empty(),
+        matches!(
+            problems[..],
+            [Problem::Field { field, .. }] if field == "TotalAmount"
+        ),
         "a duplicate counts once: {:?}",
         report.mismatched
     );
     assert!(report.missing.is_empty() && report.orphaned.is_empty());
     assert!(!report.is_clean());
+}
+
+/// Issue 12: reconcile found records missing or duplicated but not a wrong amount or name.
+/// Changed in Salesforce after the sync (here through the REST API, as a user or a flow would),
+/// an order's name and an item's price (and with it Salesforce's totals) are reported field by
+/// field, Postgres's value beside Salesforce's; `--fix` leaves them to a person.
+#[tokio::test]
+async fn reports_field_values_changed_in_salesforce() {
+    let env = Env::new().await;
+    let (order, order_sf) = env.synced_order().await;
+    let (untouched, _) = env.synced_order().await;
+    let item_sf = env
+        .client
+        .get_by_external_id::<Map<String, Value>>(
+            "OrderItem",
+            "External_Id__c",
+            &format!("{}-2", order.id),
+            &["Id"],
+        )
+        .await
+        .unwrap()["Id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    env.client
+        .update(
+            "Order",
+            &order_sf,
+            &json!({"Name": "Renamed in Salesforce"}),
+        )
+        .await
+        .unwrap();
+    env.client
+        .update("OrderItem", &item_sf, &json!({"UnitPrice": 5.99}))
+        .await
+        .unwrap();
+
+    let report = env.reconcile(Scope::all()).await;
+    assert!(!report.is_clean());
+    assert_eq!(report.mismatched.len(), 1, "{:#?}", report.mismatched);
+    let m = &report.mismatched[0];
+    assert_eq!(m.order_id, order.id.get());
+    assert_ne!(m.order_id, untouched.id.get());
+    let field = |name: &str, line: Option<u32>| {
+        m.problems
+            .iter()
+            .find_map(|p| match p {
+                Problem::Field {
+                    field,
+                    line: l,
+                    in_postgres,
+                    in_salesforce,
+                    ..
+                } if field == name && *l == line => {
+                    Some((in_postgres.clone(), in_salesforce.clone()))
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no {name} problem in {:?}", m.problems))
+    };
+    assert_eq!(
+        field("Name", None),
+        (json!(order.client_ref), json!("Renamed in Salesforce"))
+    );
+    assert_eq!(field("UnitPrice", Some(2)), (json!(4.99), json!(5.99)));
+    // 3 × 5.99 instead of 3 × 4.99: the line's total and the order's, in their own words.
+    assert_eq!(field("TotalPrice", Some(2)).0, json!("14.97"));
+    assert_eq!(field("TotalPrice", Some(2)).1.as_f64(), Some(17.97));
+    assert_eq!(field("TotalAmount", None).0, json!("40.72"));
+    assert_eq!(field("TotalAmount", None).1.as_f64(), Some(43.72));
+    assert_eq!(m.problems.len(), 4, "{:?}", m.problems);
+
+    // The summary shows both values; --fix does not resync an order over field values.
+    let summary = orderbridge_cli::render::summary(&report, 5);
+    assert!(
+        summary.contains("Name \"PO-")
+            && summary.contains("\"Renamed in Salesforce\" in Salesforce"),
+        "{summary}"
+    );
+    assert_eq!(report.resync_targets(true), (vec![], vec![]));
 }
 
 /// The binary as an operator runs it: exit status 0 clean, 1 not clean, 2 on errors.
@@ -730,10 +856,11 @@ async fn fifty_thousand_orders() {
     .unwrap();
     sqlx::query(
         "INSERT INTO order_lines (order_id, line_number, sku, name, quantity, unit_price, line_total)
-         SELECT id, l.n, l.sku, l.name, 1, 1, 1
+         SELECT id, l.n, l.sku, l.name, l.q, l.p, l.t
          FROM unnest($1::uuid[]) id,
-              (VALUES (1, 'SKU-RED-MUG', 'Red mug'), (2, 'SKU-TEA', 'Tea'),
-                      (3, 'SKU-SPOON', 'Spoon')) AS l(n, sku, name)",
+              (VALUES (1, 'SKU-RED-MUG', 'Red mug', 2, 12.50, 25.00),
+                      (2, 'SKU-TEA', 'Green tea', 3, 4.99, 14.97),
+                      (3, 'SKU-SPOON', 'Spoon', 1, 0.75, 0.75)) AS l(n, sku, name, q, p, t)",
     )
     .bind(&ids)
     .execute(&env.db.pool)

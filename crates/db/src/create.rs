@@ -5,7 +5,7 @@
 //! backlog many orders per statement.
 
 use chrono::{DateTime, Utc};
-use orderbridge_domain::{ClientId, Order, OrderEvent, OrderId};
+use orderbridge_domain::{ClientId, ClientScope, Order, OrderEvent, OrderId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -56,19 +56,22 @@ pub enum CreateError {
     Database(#[from] sqlx::Error),
 }
 
-/// Accepts `order` for `client_id` in one transaction: either the order, its lines, its
-/// `order.submitted` event and the idempotency record all exist afterwards, or none does.
+/// Accepts `order` for `client` in one transaction: either the order, its lines, its
+/// `order.submitted` event and the idempotency record all exist afterwards, or none does. The
+/// event carries `client` (its id and external-id prefix), which scopes the order's Salesforce
+/// keys.
 ///
 /// Callers run it in a task of its own when they may be cancelled (a request handler): dropping
 /// the future mid-`BEGIN` would hand a connection back to the pool inside a transaction
 /// (sqlx #4393).
 pub async fn create_order(
     pool: &PgPool,
-    client_id: ClientId,
+    client: &ClientScope,
     idempotency: Option<&Idempotency>,
     order: Order,
     correlation_id: Option<String>,
 ) -> Result<Created, CreateError> {
+    let client_id = client.id;
     let mut tx = pool.begin().await?;
     if let Some(idem) = idempotency {
         // Held until commit; a concurrent request with the same key fails to take it.
@@ -101,7 +104,7 @@ pub async fn create_order(
         }
         return Err(e.into());
     }
-    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+    let envelope = OrderEvent::submitted(order.clone(), client.clone())
         .into_envelope(order.created_at, correlation_id);
     outbox::enqueue(&mut *tx, "order", order.id.get(), &envelope).await?;
     let body = serde_json::to_vec(&order)?;

@@ -36,6 +36,8 @@ pub const MAX_NAME_CHARS: usize = 100;
 pub struct ApiClient {
     pub id: ClientId,
     pub name: String,
+    /// Starts the Salesforce keys of the client's shared records (see [`crate::clients`]).
+    pub external_id_prefix: String,
 }
 
 /// A key that authenticated: its client, and when the key stops working (so a cache never
@@ -142,10 +144,10 @@ pub async fn create(
         return Err(KeyError::Invalid("the expiry must be in the future".into()));
     }
     let mut tx = pool.begin().await?;
-    let client_id: Uuid = sqlx::query_scalar(
+    let (client_id, external_id_prefix): (Uuid, String) = sqlx::query_as(
         "INSERT INTO api_clients (id, name) VALUES ($1, $2)
          ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name
-         RETURNING id",
+         RETURNING id, external_id_prefix",
     )
     .bind(Uuid::now_v7())
     .bind(client_name)
@@ -154,6 +156,7 @@ pub async fn create(
     let client = ApiClient {
         id: ClientId::from_uuid(client_id),
         name: client_name.to_owned(),
+        external_id_prefix,
     };
     let new = insert_key(&mut *tx, client, key_name, expires_at).await?;
     tx.commit().await?;
@@ -240,15 +243,15 @@ pub async fn rotate(
         .map_err(|_| KeyError::Invalid("the grace period is too long".into()))?;
     let mut tx = pool.begin().await?;
     // Locks the old key, so two rotations of it cannot both succeed.
-    let old: Option<(Uuid, String, Option<String>)> = sqlx::query_as(
-        "SELECT k.client_id, c.name, k.name
+    let old: Option<(Uuid, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT k.client_id, c.name, c.external_id_prefix, k.name
          FROM api_keys k JOIN api_clients c ON c.id = k.client_id
          WHERE k.id = $1 FOR UPDATE OF k",
     )
     .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((client_id, client_name, key_name)) = old else {
+    let Some((client_id, client_name, external_id_prefix, key_name)) = old else {
         return Err(KeyError::NotFound(id.to_owned()));
     };
     let info = get(&mut *tx, id).await?;
@@ -260,6 +263,7 @@ pub async fn rotate(
     let client = ApiClient {
         id: ClientId::from_uuid(client_id),
         name: client_name,
+        external_id_prefix,
     };
     let new = insert_key(&mut *tx, client, key_name.as_deref(), new_expires_at).await?;
     // An old key that already expires sooner keeps its earlier expiry.
@@ -294,10 +298,12 @@ pub async fn authenticate<'e>(
         key_hash: Vec<u8>,
         client_id: Uuid,
         client_name: String,
+        external_id_prefix: String,
         expires_at: Option<DateTime<Utc>>,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT k.key_hash, c.id AS client_id, c.name AS client_name, k.expires_at
+        "SELECT k.key_hash, c.id AS client_id, c.name AS client_name, c.external_id_prefix,
+                k.expires_at
          FROM api_keys k JOIN api_clients c ON c.id = k.client_id
          WHERE k.id = $1 AND k.revoked_at IS NULL
            AND (k.expires_at IS NULL OR k.expires_at > now())",
@@ -310,6 +316,7 @@ pub async fn authenticate<'e>(
             client: ApiClient {
                 id: ClientId::from_uuid(row.client_id),
                 name: row.client_name,
+                external_id_prefix: row.external_id_prefix,
             },
             key_id: key_id.to_owned(),
             expires_at: row.expires_at,

@@ -1,8 +1,10 @@
 //! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
 //! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]), the order-creating
 //! transaction ([`create`], with its [`idempotency`] keys), the order reads and writes more
-//! than one binary needs ([`orders`]) and API keys ([`keys`]).
+//! than one binary needs ([`orders`]), API keys ([`keys`]) and the API clients' Salesforce scopes
+//! ([`clients`]).
 
+pub mod clients;
 pub mod create;
 pub mod idempotency;
 pub mod keys;

@@ -14,7 +14,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::outbox;
+use crate::{clients, outbox};
 
 /// An `orders` row as selected with [`ORDER_COLUMNS`]; [`OrderRow::into_order`] adds the lines.
 #[derive(sqlx::FromRow)]
@@ -253,7 +253,12 @@ pub async fn queue_resync(
             event_version,
         });
     }
-    let envelope = OrderEvent::Submitted(Box::new(order.clone()))
+    // The client as it is now (its prefix may have been changed since the order was accepted,
+    // e.g. to move to scoped keys): the fresh event is written with today's keys.
+    let client = clients::scope_of_order(&mut **tx, order_id.get())
+        .await?
+        .ok_or(sqlx::Error::RowNotFound)?;
+    let envelope = OrderEvent::submitted(order.clone(), client)
         .into_envelope(order.updated_at, correlation_id);
     outbox::enqueue(&mut **tx, "order", order.id.get(), &envelope).await?;
     Ok(Some(Resync::Queued(order)))

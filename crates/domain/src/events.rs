@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, OrderId};
 use crate::order::{Order, SyncError, SyncState};
+use crate::tenant::ClientScope;
 
 /// Event type of [`OrderEvent::Submitted`].
 pub const ORDER_SUBMITTED: &str = "order.submitted";
@@ -51,11 +52,34 @@ impl<T> Envelope<T> {
 /// The events orderbridge knows how to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEvent {
-    /// `order.submitted` v1: the full order as accepted.
-    Submitted(Box<Order>),
+    /// `order.submitted` v1: the full order as accepted, and the API client it came from.
+    Submitted(Box<SubmittedOrder>),
 }
 
+/// The payload of `order.submitted` v1: the order's fields as the API returns them, plus
+/// `client` (`{"id", "external_id_prefix"}`), which scopes the order's Salesforce keys (see
+/// [`crate::tenant`]). `client` was added to v1 compatibly: readers that predate it ignore it,
+/// and it is `None` in events written before it existed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubmittedOrder {
+    pub order: Order,
+    /// `None` only in events written before client scopes; the sync worker refuses to write
+    /// such an order (its customer key would not be scoped): a resync writes a fresh event.
+    pub client: Option<ClientScope>,
+}
+
+/// The key of [`SubmittedOrder::client`] inside `data`.
+const CLIENT_KEY: &str = "client";
+
 impl OrderEvent {
+    /// `order.submitted` for `order`, accepted from `client`.
+    pub fn submitted(order: Order, client: ClientScope) -> Self {
+        Self::Submitted(Box::new(SubmittedOrder {
+            order,
+            client: Some(client),
+        }))
+    }
+
     pub fn event_type(&self) -> &'static str {
         match self {
             Self::Submitted(_) => ORDER_SUBMITTED,
@@ -77,7 +101,17 @@ impl OrderEvent {
         let (event_type, version) = (self.event_type(), self.version());
         let data = match self {
             // Serializing plain data structs to a Value cannot fail (no maps with non-string keys).
-            Self::Submitted(order) => serde_json::to_value(order).unwrap_or_default(),
+            Self::Submitted(submitted) => {
+                let mut data = serde_json::to_value(&submitted.order).unwrap_or_default();
+                if let (serde_json::Value::Object(m), Some(client)) = (&mut data, submitted.client)
+                {
+                    m.insert(
+                        CLIENT_KEY.to_owned(),
+                        serde_json::to_value(client).unwrap_or_default(),
+                    );
+                }
+                data
+            }
         };
         Envelope {
             id: EventId::new_v7(),
@@ -93,11 +127,18 @@ impl OrderEvent {
     pub fn decode(bytes: &[u8]) -> Result<Envelope<OrderEvent>, DecodeError> {
         let mut raw: Envelope<serde_json::Value> =
             serde_json::from_slice(bytes).map_err(DecodeError::Malformed)?;
-        let data = std::mem::take(&mut raw.data);
+        let mut data = std::mem::take(&mut raw.data);
         let event = match (raw.event_type.as_str(), raw.version) {
-            (ORDER_SUBMITTED, 1) => OrderEvent::Submitted(Box::new(
-                serde_json::from_value(data).map_err(DecodeError::Malformed)?,
-            )),
+            (ORDER_SUBMITTED, 1) => {
+                let client = match data.as_object_mut().and_then(|m| m.remove(CLIENT_KEY)) {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(c) => Some(serde_json::from_value(c).map_err(DecodeError::Malformed)?),
+                };
+                OrderEvent::Submitted(Box::new(SubmittedOrder {
+                    order: serde_json::from_value(data).map_err(DecodeError::Malformed)?,
+                    client,
+                }))
+            }
             (t, v) => {
                 return Err(DecodeError::Unsupported {
                     event_type: t.to_owned(),

@@ -8,18 +8,21 @@
 //!   (as sent)          (all rules)       (valid)                 (stored, returned)      (outbox, broker)
 //! ```
 
+pub mod country;
 pub mod currency;
 pub mod events;
 pub mod ids;
 pub mod order;
+pub mod tenant;
 pub mod text;
 pub mod validation;
 
 pub use currency::Currency;
-pub use events::{DecodeError, Envelope, OrderEvent, SyncStatus};
+pub use events::{DecodeError, Envelope, OrderEvent, SubmittedOrder, SyncStatus};
 pub use ids::{ClientId, EventId, OrderId};
 pub use order::{
-    Address, Customer, LineInput, NewLine, NewOrder, NewOrderRequest, Order, OrderLine, SyncError,
-    SyncInfo, SyncState,
+    Address, AddressInput, Customer, CustomerInput, LineInput, NewLine, NewOrder, NewOrderRequest,
+    Order, OrderLine, SyncError, SyncInfo, SyncState,
 };
+pub use tenant::ClientScope;
 pub use validation::{FieldError, Violations};

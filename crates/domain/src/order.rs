@@ -24,13 +24,13 @@ pub const MAX_QUANTITY: i64 = 1_000_000;
 /// Most integer digits of a unit price (Salesforce currency fields hold 18 digits in all).
 const MAX_PRICE_INTEGER_DIGITS: usize = 12;
 
-/// The caller's customer, as the caller knows them.
-///
-/// Unlike the request's top level, unknown fields are ignored here: this type is also read back
-/// from events, and a newer writer may add fields.
+/// The caller's customer, as the caller knows them: stored with the order and carried by its
+/// events. Unknown fields are ignored when reading one back (a newer writer may add fields);
+/// the request's [`CustomerInput`] refuses them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Customer {
-    /// The caller's own customer key; becomes the Account's external id in Salesforce.
+    /// The caller's own customer key. In Salesforce it is scoped by the API client (the
+    /// client's external-id prefix comes first), so two clients' `CUST-42` are two accounts.
     #[schema(example = "CUST-42", min_length = 1, max_length = 64)]
     pub external_id: String,
     #[schema(example = "Acme GmbH", min_length = 1, max_length = 255)]
@@ -42,7 +42,8 @@ pub struct Customer {
     pub phone: Option<String>,
 }
 
-/// A postal address. Unknown fields are ignored, as in [`Customer`].
+/// A postal address, as stored and carried by events; unknown fields are ignored on read, as
+/// in [`Customer`]. The request's [`AddressInput`] refuses them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Address {
     #[schema(example = "Hauptstraße 1", min_length = 1, max_length = 255)]
@@ -63,6 +64,84 @@ pub struct Address {
     pub country: String,
 }
 
+/// The customer as submitted. Unknown fields are refused, as everywhere in the request: a
+/// misspelt optional field (`phnoe`) would otherwise be dropped without a word.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerInput {
+    /// The caller's own customer key. In Salesforce it is scoped by the API client (the
+    /// client's external-id prefix comes first), so two clients' `CUST-42` are two accounts.
+    #[schema(example = "CUST-42", min_length = 1, max_length = 64)]
+    pub external_id: String,
+    #[schema(example = "Acme GmbH", min_length = 1, max_length = 255)]
+    pub name: String,
+    #[schema(example = "buyer@acme.example", max_length = 254)]
+    pub email: String,
+    #[serde(default)]
+    #[schema(example = "+49 30 1234567", max_length = 40)]
+    pub phone: Option<String>,
+}
+
+impl From<CustomerInput> for Customer {
+    fn from(c: CustomerInput) -> Self {
+        Self {
+            external_id: c.external_id,
+            name: c.name,
+            email: c.email,
+            phone: c.phone,
+        }
+    }
+}
+
+/// A postal address as submitted; unknown fields are refused, as in [`CustomerInput`].
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddressInput {
+    #[schema(example = "Hauptstraße 1", min_length = 1, max_length = 255)]
+    pub line1: String,
+    #[serde(default)]
+    #[schema(max_length = 255)]
+    pub line2: Option<String>,
+    #[schema(example = "Berlin", min_length = 1, max_length = 100)]
+    pub city: String,
+    #[serde(default)]
+    #[schema(example = "10115", max_length = 20)]
+    pub postal_code: Option<String>,
+    #[serde(default)]
+    #[schema(example = "BE", max_length = 100)]
+    pub region: Option<String>,
+    /// An assigned ISO 3166-1 alpha-2 country code (`GB`, not `UK`).
+    #[schema(schema_with = country_schema)]
+    pub country: String,
+}
+
+impl From<AddressInput> for Address {
+    fn from(a: AddressInput) -> Self {
+        Self {
+            line1: a.line1,
+            line2: a.line2,
+            city: a.city,
+            postal_code: a.postal_code,
+            region: a.region,
+            country: a.country,
+        }
+    }
+}
+
+/// The country field's schema: the assigned codes as an `enum`, so clients and generated tests
+/// see exactly what is accepted.
+fn country_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "An assigned ISO 3166-1 alpha-2 country code (`GB`, not `UK`).",
+        ))
+        .enum_values(Some(crate::country::COUNTRIES))
+        .examples(["DE"])
+        .build()
+}
+
 /// One order line as submitted.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -72,29 +151,13 @@ pub struct LineInput {
     pub sku: String,
     #[schema(example = "Red mug", min_length = 1, max_length = 255)]
     pub name: String,
-    #[schema(example = 2, minimum = 1, maximum = 1_000_000)]
-    #[serde(deserialize_with = "json_integer")]
-    pub quantity: i64,
+    /// A whole number: `2`, not `2.0` or `2e0`.
+    #[schema(value_type = i64, example = 2, minimum = 1, maximum = 1_000_000)]
+    pub quantity: serde_json::Number,
     /// Decimal string, at least 0, with no more decimals than the currency has minor units.
     /// A string, not a JSON number, so no float ever touches money.
     #[schema(example = "12.50", pattern = r"^\d{1,12}(\.\d{1,4})?$")]
     pub unit_price: String,
-}
-
-/// Reads a JSON integer. JSON Schema counts `2.0` as the integer 2, so integral floats are
-/// accepted too; `2.5` is not.
-fn json_integer<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    use serde::de::{Error, Unexpected};
-    match serde_json::Number::deserialize(d)? {
-        n if n.is_i64() => n
-            .as_i64()
-            .ok_or_else(|| D::Error::custom("integer out of range")),
-        n => match n.as_f64() {
-            Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-            Some(f) => Err(D::Error::invalid_value(Unexpected::Float(f), &"an integer")),
-            None => Err(D::Error::custom("integer out of range")),
-        },
-    }
 }
 
 /// The body of `POST /v1/orders`.
@@ -104,11 +167,11 @@ pub struct NewOrderRequest {
     /// The caller's own order number; unique per API client.
     #[schema(example = "PO-2026-0001", min_length = 1, max_length = 64)]
     pub client_ref: String,
-    pub customer: Customer,
+    pub customer: CustomerInput,
     #[serde(default)]
-    pub billing_address: Option<Address>,
+    pub billing_address: Option<AddressInput>,
     #[serde(default)]
-    pub shipping_address: Option<Address>,
+    pub shipping_address: Option<AddressInput>,
     /// ISO 4217 currency code.
     #[schema(example = "EUR", pattern = "^[A-Z]{3}$")]
     pub currency: String,
@@ -145,12 +208,15 @@ impl NewOrder {
     /// Checks every rule and reports all broken ones together.
     pub fn parse(req: NewOrderRequest) -> Result<Self, Violations> {
         let mut v = Violations::default();
+        let customer = Customer::from(req.customer);
+        let billing_address = req.billing_address.map(Address::from);
+        let shipping_address = req.shipping_address.map(Address::from);
         v.text("/client_ref", &req.client_ref, 64);
-        check_customer(&mut v, &req.customer);
-        if let Some(a) = &req.billing_address {
+        check_customer(&mut v, &customer);
+        if let Some(a) = &billing_address {
             check_address(&mut v, "/billing_address", a);
         }
-        if let Some(a) = &req.shipping_address {
+        if let Some(a) = &shipping_address {
             check_address(&mut v, "/shipping_address", a);
         }
         if let Some(notes) = &req.notes {
@@ -177,13 +243,18 @@ impl NewOrder {
             let at = format!("/lines/{i}");
             v.text(&format!("{at}/sku"), &line.sku, 64);
             v.text(&format!("{at}/name"), &line.name, 255);
-            let quantity = match u32::try_from(line.quantity) {
-                Ok(q) if (1..=MAX_QUANTITY).contains(&line.quantity) => q,
+            // A JSON integer only: `2.0` and `1e20` are numbers JSON Schema might call integral,
+            // but they reach us as floats, and a float is never a quantity.
+            let quantity = match line.quantity.as_i64() {
+                Some(q) if (1..=MAX_QUANTITY).contains(&q) => u32::try_from(q).unwrap_or(0),
                 _ => {
                     v.push(
                         &format!("{at}/quantity"),
                         "out_of_range",
-                        format!("must be an integer from 1 to {MAX_QUANTITY}"),
+                        format!(
+                            "must be a whole number from 1 to {MAX_QUANTITY} written without a decimal point or exponent, got {}",
+                            line.quantity
+                        ),
                     );
                     0
                 }
@@ -216,9 +287,9 @@ impl NewOrder {
             .sum::<Decimal>();
         Ok(Self {
             client_ref: req.client_ref,
-            customer: req.customer,
-            billing_address: req.billing_address,
-            shipping_address: req.shipping_address,
+            customer,
+            billing_address,
+            shipping_address,
             total: with_scale(total, currency),
             currency,
             lines,
@@ -310,11 +381,14 @@ fn check_address(v: &mut Violations, at: &str, a: &Address) {
     if let Some(region) = &a.region {
         v.optional_text(&format!("{at}/region"), region, 100);
     }
-    if !(a.country.len() == 2 && a.country.bytes().all(|b| b.is_ascii_uppercase())) {
+    if !crate::country::is_country(&a.country) {
         v.push(
             &format!("{at}/country"),
             "invalid_country",
-            "must be an ISO 3166-1 alpha-2 code such as DE",
+            format!(
+                "`{}` is not an assigned ISO 3166-1 alpha-2 code (such as DE, or GB for the United Kingdom)",
+                crate::text::truncate(&a.country, 8)
+            ),
         );
     }
 }

@@ -143,7 +143,8 @@ fn address_rules() {
         violation(|v| v["shipping_address"]["postal_code"] = json!("1".repeat(21))),
         is("#/shipping_address/postal_code", "too_long")
     );
-    for bad in ["de", "DEU", "D", ""] {
+    // Shaped like a code but not assigned: `UK` is reserved (the code is GB), `ZZ` user-assigned.
+    for bad in ["de", "DEU", "D", "", "ZZ", "UK", "EU", "XK"] {
         assert_eq!(
             violation(|v| v["shipping_address"]["country"] = json!(bad)),
             is("#/shipping_address/country", "invalid_country"),
@@ -185,14 +186,34 @@ fn line_count_rules() {
 }
 
 #[test]
-fn integral_float_quantities_are_integers() {
-    // JSON Schema counts 2.0 as an integer; 2.5 is a type error, not a rule violation.
+fn quantities_are_json_integers_only() {
+    // A float is never a quantity, however integral: each is the rule's own violation, with
+    // the field's pointer, not a type error in serde's words.
+    for bad in [
+        json!(2.0),
+        json!(2.5),
+        json!(1e20),
+        json!(-0.0),
+        json!(u64::MAX),
+    ] {
+        assert_eq!(
+            violation(|v| v["lines"][0]["quantity"] = bad.clone()),
+            is("#/lines/0/quantity", "out_of_range"),
+            "{bad}"
+        );
+    }
     let mut v = valid();
     v["lines"][0]["quantity"] = json!(2.0);
-    assert_eq!(parse(v).unwrap().lines[0].quantity, 2);
-    let mut v = valid();
-    v["lines"][0]["quantity"] = json!(2.5);
-    assert!(serde_json::from_value::<NewOrderRequest>(v).is_err());
+    let detail = NewOrder::parse(serde_json::from_value(v).unwrap())
+        .unwrap_err()
+        .0[0]
+        .detail
+        .clone();
+    assert!(
+        detail.contains("whole number from 1 to 1000000"),
+        "{detail}"
+    );
+    assert!(!detail.contains("floating point"), "{detail}");
 }
 
 #[test]
@@ -250,11 +271,18 @@ fn all_violations_are_reported_together() {
 }
 
 #[test]
-fn unknown_top_level_and_line_fields_are_rejected_on_input() {
-    let mut v = valid();
-    v["status"] = json!("synced");
-    assert!(serde_json::from_value::<NewOrderRequest>(v).is_err());
-    let mut v = valid();
-    v["lines"][0]["discount"] = json!("1");
-    assert!(serde_json::from_value::<NewOrderRequest>(v).is_err());
+fn unknown_fields_are_rejected_on_input_at_every_level() {
+    let edits: [fn(&mut Value); 5] = [
+        |v| v["status"] = json!("synced"),
+        |v| v["lines"][0]["discount"] = json!("1"),
+        |v| v["customer"]["phnoe"] = json!("+49 30 1"),
+        |v| v["billing_address"]["street"] = json!("Main St"),
+        |v| v["shipping_address"]["zip"] = json!("20095"),
+    ];
+    for edit in edits {
+        let mut v = valid();
+        edit(&mut v);
+        let err = serde_json::from_value::<NewOrderRequest>(v).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use crate::Problems;
 use crate::model::{
-    AccountMapping, Expr, Format, ItemsMapping, Mapping, ObjectMapping, OrderMapping, Part, Source,
-    WriteMode,
+    AccountMapping, Expr, Format, ItemsMapping, KeyScope, Mapping, ObjectMapping, OrderMapping,
+    Part, Source, WriteMode,
 };
 
 /// The file as written.
@@ -36,6 +36,9 @@ struct ObjectFile {
     write: Option<WriteMode>,
     #[serde(default)]
     fields: BTreeMap<String, ExprFile>,
+    /// Fields Salesforce computes (read-only), with the order value each must equal.
+    #[serde(default)]
+    computed: BTreeMap<String, ExprFile>,
     /// `order` only: relationship name on the order's object pointing at the account object.
     #[serde(default)]
     account_relationship: Option<String>,
@@ -70,6 +73,12 @@ struct ExprObject {
     format: Option<Format>,
     #[serde(default)]
     max_length: Option<usize>,
+    #[serde(default)]
+    truncate: bool,
+    #[serde(default)]
+    precision: Option<u32>,
+    #[serde(default)]
+    scale: Option<u32>,
 }
 
 fn split_path(p: &str) -> Option<Vec<String>> {
@@ -85,6 +94,9 @@ fn compile_expr(place: &str, e: ExprFile, problems: &mut Problems) -> Option<Exp
             template: None,
             format: None,
             max_length: None,
+            truncate: false,
+            precision: None,
+            scale: None,
         },
         ExprFile::Full(o) => o,
     };
@@ -106,6 +118,21 @@ fn compile_expr(place: &str, e: ExprFile, problems: &mut Problems) -> Option<Exp
         problems
             .0
             .push(format!("{place}: max_length must be at least 1"));
+    }
+    if obj.truncate && obj.max_length.is_none() {
+        problems
+            .0
+            .push(format!("{place}: truncate needs a max_length to cut to"));
+    }
+    match (obj.precision, obj.scale) {
+        (Some(p), Some(s)) if p >= 1 && s <= p && p <= 38 => {}
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => problems.0.push(format!(
+            "{place}: give precision and scale together (digits in all, digits after the point)"
+        )),
+        (Some(p), Some(s)) => problems.0.push(format!(
+            "{place}: precision {p} and scale {s}: need 1 ≤ precision ≤ 38 and scale ≤ precision"
+        )),
     }
     let source = if let Some(p) = obj.path {
         match split_path(&p) {
@@ -152,7 +179,36 @@ fn compile_expr(place: &str, e: ExprFile, problems: &mut Problems) -> Option<Exp
         source,
         format: obj.format,
         max_length: obj.max_length,
+        truncate: obj.truncate,
+        precision: obj.precision,
+        scale: obj.scale,
     })
+}
+
+/// The path a tenant-safe key starts with: the order id or the client's prefix. For items,
+/// `order.` reaches the order.
+fn key_scope(key: &Expr, line_scope: bool) -> Option<KeyScope> {
+    let first = match &key.source {
+        Source::Path(p) => p,
+        Source::Template(parts) => match parts.first()? {
+            Part::Path(p) => p,
+            Part::Text(_) => return None,
+        },
+        Source::Const(_) => return None,
+    };
+    let path: Vec<&str> = first.iter().map(String::as_str).collect();
+    let path = if line_scope {
+        path.strip_prefix(&["order"][..])?
+    } else {
+        &path[..]
+    };
+    match path {
+        ["id"] => Some(KeyScope::Order),
+        ["client", "external_id_prefix"] if matches!(key.source, Source::Template(_)) => {
+            Some(KeyScope::Client)
+        }
+        _ => None,
+    }
 }
 
 /// Salesforce API names: a letter, then letters, digits and single underscores (`__c` custom
@@ -169,6 +225,7 @@ fn compile_object(
     default_write: WriteMode,
     problems: &mut Problems,
 ) -> Option<ObjectMapping> {
+    let line_scope = place == "items";
     for (what, name) in [
         ("sobject", &f.sobject),
         ("external_id_field", &f.external_id_field),
@@ -180,6 +237,22 @@ fn compile_object(
         }
     }
     let key = compile_expr(&format!("{place}.key"), f.key, problems);
+    let scope = key.as_ref().and_then(|k| key_scope(k, line_scope));
+    if key.is_some() && scope.is_none() {
+        let (id, prefix) = if line_scope {
+            ("order.id", "order.client.external_id_prefix")
+        } else {
+            ("id", "client.external_id_prefix")
+        };
+        problems.0.push(format!(
+            "{place}.key: must start with the order id (`{id}`) or, as a template, with the API client's prefix (`{{{prefix}}}…`), so that two API clients' records can never share an external id"
+        ));
+    }
+    if key.as_ref().is_some_and(|k| k.truncate) {
+        problems.0.push(format!(
+            "{place}.key: a key is never cut (two cut keys could be equal): drop truncate"
+        ));
+    }
     let mut fields = Vec::with_capacity(f.fields.len());
     for (name, e) in f.fields {
         if !valid_api_name(&name) {
@@ -198,12 +271,32 @@ fn compile_object(
             fields.push((name, e));
         }
     }
+    let mut computed = Vec::with_capacity(f.computed.len());
+    for (name, e) in f.computed {
+        if !valid_api_name(&name) {
+            problems.0.push(format!(
+                "{place}.computed: `{name}` is not a Salesforce API name"
+            ));
+            continue;
+        }
+        if fields.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+            problems.0.push(format!(
+                "{place}.computed.{name}: also in `fields`; a computed field is not written"
+            ));
+            continue;
+        }
+        if let Some(e) = compile_expr(&format!("{place}.computed.{name}"), e, problems) {
+            computed.push((name, e));
+        }
+    }
     Some(ObjectMapping {
         sobject: f.sobject,
         external_id_field: f.external_id_field,
         write: f.write.unwrap_or(default_write),
         key: key?,
+        key_scope: scope?,
         fields,
+        computed,
     })
 }
 

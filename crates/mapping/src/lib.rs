@@ -1,47 +1,73 @@
 //! The mapping from an order to Salesforce records: which objects, which fields, from which
-//! parts of the order. A JSON file (`WORKER_MAPPING_FILE`) or the built-in default
-//! ([`DEFAULT_MAPPING`]: Account + Order + OrderItem), checked when the worker starts.
+//! parts of the order, and what each field can hold. A JSON file (`WORKER_MAPPING_FILE`) or the
+//! built-in default ([`DEFAULT_MAPPING`]: Account + Order + OrderItem), checked when the worker
+//! starts.
 //!
 //! ```json
 //! {
 //!   "pricebook": null,                       // price book name; null = the org's standard one
 //!   "account": {"sobject": "Account", "external_id_field": "External_Id__c",
-//!               "key": "customer.external_id", "fields": {"Name": "customer.name"}},
-//!   "order":   {"sobject": "Order", "external_id_field": "External_Id__c", "key": "id",
+//!               "key": {"template": "{client.external_id_prefix}{customer.external_id}", "max_length": 255},
+//!               "fields": {"Name": {"path": "customer.name", "max_length": 255}}},
+//!   "order":   {"sobject": "Order", "external_id_field": "External_Id__c",
+//!               "key": {"path": "id", "max_length": 255},
 //!               "account_relationship": "Account", "pricebook_field": "Pricebook2Id",
 //!               "fields": {"EffectiveDate": {"path": "created_at", "format": "date"},
-//!                          "Status": {"const": "Draft"}}},
+//!                          "Status": {"const": "Draft"}},
+//!               "computed": {"TotalAmount": {"path": "total", "precision": 18, "scale": 2}}},
 //!   "items":   {"sobject": "OrderItem", "external_id_field": "External_Id__c",
-//!               "key": {"template": "{order.id}-{line_number}"}, "order_relationship": "Order",
-//!               "pricebook_entry_field": "PricebookEntryId",
-//!               "fields": {"Quantity": "quantity", "UnitPrice": {"path": "unit_price", "format": "number"}}}
+//!               "key": {"template": "{order.id}-{line_number}", "max_length": 255},
+//!               "order_relationship": "Order", "pricebook_entry_field": "PricebookEntryId",
+//!               "fields": {"Quantity": {"path": "quantity", "precision": 18, "scale": 2},
+//!                          "UnitPrice": {"path": "unit_price", "format": "number", "precision": 18, "scale": 2}}}
 //! }
 //! ```
 //!
 //! A field's value is one of:
-//! - `"customer.name"`: a path into the order (as the API returns it). In `items`, paths name the
-//!   line (`sku`, `quantity`, `unit_price`, `line_number`…) and `order.<path>` reaches the order.
-//! - `{"path": "…", "format": "date|datetime|number|integer|string", "max_length": N}`.
+//! - `"customer.name"`: a path into the order (as `order.submitted` carries it: the API's order
+//!   plus `client`, `{"id", "external_id_prefix"}`). In `items`, paths name the line (`sku`,
+//!   `quantity`, `unit_price`, `line_number`…) and `order.<path>` reaches the order.
+//! - `{"path": "…", "format": "date|datetime|number|integer|string", "max_length": N,
+//!   "precision": P, "scale": S}`.
 //! - `{"const": <any JSON value>}`.
-//! - `{"template": "Order {client_ref} for {customer.name}", "max_length": N}`.
+//! - `{"template": "Order {client_ref} for {customer.name}", "max_length": N, "truncate": true}`.
+//!
+//! **Limits.** `max_length` (characters), `precision` and `scale` (digits in all, digits after the
+//! point) say what the Salesforce field holds. They are promises checked against the org's
+//! describe at start-up ([`check_against_salesforce`]: a text or number field without them, or
+//! with more than Salesforce holds, is a problem), and a value beyond them is refused
+//! ([`Mapping::check_order`]: by `order-api` at intake, by the worker before writing), never cut
+//! or rounded. Only `truncate: true` cuts, for text where a cut is wanted (a summary subject).
+//! `computed` names fields Salesforce computes from what is written (totals), with the order
+//! value each must equal: not written, but bounded the same way and compared by reconcile.
+//!
+//! **Keys** must be tenant-safe: each starts with the order id (`id`; `order.id` for items) or,
+//! for records several orders share, with the API client's prefix
+//! (`{client.external_id_prefix}…`), so no two API clients' records share an external id (see
+//! `orderbridge_domain::tenant`). Every part of a key must have a value, and a key is never cut.
 //!
 //! A path whose value is absent (`null`, e.g. an order without `notes`) leaves the field out of
 //! the record, so an upsert never blanks a field someone set in Salesforce. `account` and `items`
 //! are optional: a mapping may write one record per order to any object, custom ones included
 //! (e.g. a `Case` with `Division__c`), with only `order` present.
 //!
-//! Two processes read it: the sync worker writes records with it, and the operator CLI's
-//! reconcile finds those records again by the same external ids. It is therefore a library of
-//! its own, below both, rather than a module of either.
+//! Three processes read it: the sync worker writes records with it, `order-api` refuses at
+//! intake what it could not write, and the operator CLI's reconcile finds those records again
+//! by the same external ids and compares their fields. It is therefore a library of its own,
+//! below all three, rather than a module of any. `order-api` never talks to Salesforce: it
+//! uses the crate without its default `salesforce` feature (the describe check).
 //!
 //! - [`model`]: the compiled mapping ([`Mapping`], [`ObjectMapping`], [`Expr`]…).
 //! - `file`: the JSON file format and its compilation into the model, with every problem named.
 //! - `eval`: evaluating a mapping against one order ([`Scope`]).
+//! - `limits`: what an order's values need of the fields ([`Mapping::check_order`]).
 //! - [`check_against_salesforce`]: the start-up check against the org's describe results.
 
 mod eval;
 mod file;
+mod limits;
 pub mod model;
+#[cfg(feature = "salesforce")]
 mod salesforce;
 
 use std::path::Path;
@@ -51,15 +77,19 @@ use serde_json::{Value, json};
 
 use file::{MappingFile, compile};
 
+pub use eval::KeyError;
+pub use limits::Overflow;
 pub use model::{
-    AccountMapping, Expr, Format, ItemsMapping, Mapping, ObjectMapping, OrderMapping, Scope,
-    WriteMode,
+    AccountMapping, Expr, Format, ItemsMapping, KeyScope, Mapping, ObjectMapping, OrderMapping,
+    Scope, WriteMode,
 };
+#[cfg(feature = "salesforce")]
 pub use salesforce::check_against_salesforce;
 
-/// The built-in mapping: Account by customer external id, Order by order id (Draft, in the
-/// price book), OrderItem per line by `<order id>-<line number>`. Lengths follow the standard
-/// fields' limits so a long city name is cut instead of failing the order with STRING_TOO_LONG.
+/// The built-in mapping: Account by the client's prefix and the customer's external id, Order
+/// by order id (Draft, in the price book), OrderItem per line by `<order id>-<line number>`.
+/// Limits are the standard fields' (text lengths, currency 18 digits with 2 decimals), so an
+/// order Salesforce could not hold exactly is refused at intake.
 pub const DEFAULT_MAPPING: &str = include_str!("default_mapping.json");
 
 /// What is wrong with a mapping; every message names the place in the file.
@@ -173,6 +203,47 @@ impl Mapping {
     }
 }
 
+impl Mapping {
+    /// The most characters each order field may have so that every field it is mapped to holds
+    /// it (without `truncate`): `(path, max)`, the path as in the order, with line fields under
+    /// `lines` (`["lines", "name"]`). Templates are left out (several fields make one value).
+    /// For documenting intake's limits (the OpenAPI document's `maxLength`).
+    pub fn text_limits(&self) -> Vec<(Vec<String>, usize)> {
+        let mut out: Vec<(Vec<String>, usize)> = Vec::new();
+        let mut add = |path: Vec<String>, max: usize| match out.iter_mut().find(|(p, _)| *p == path)
+        {
+            Some((_, m)) => *m = (*m).min(max),
+            None => out.push((path, max)),
+        };
+        let mut objects: Vec<(&ObjectMapping, bool)> = vec![(&self.order.object, false)];
+        if let Some(a) = &self.account {
+            objects.push((&a.object, false));
+        }
+        if let Some(i) = &self.items {
+            objects.push((&i.object, true));
+        }
+        for (object, line_scope) in objects {
+            let exprs = std::iter::once(&object.key).chain(object.fields.iter().map(|(_, e)| e));
+            for e in exprs {
+                let (model::Source::Path(path), Some(max), false) =
+                    (&e.source, e.max_length, e.truncate)
+                else {
+                    continue;
+                };
+                let path = match (line_scope, path.first().map(String::as_str)) {
+                    (true, Some("order")) => path[1..].to_vec(),
+                    (true, _) => std::iter::once("lines".to_owned())
+                        .chain(path.iter().cloned())
+                        .collect(),
+                    (false, _) => path.clone(),
+                };
+                add(path, max);
+            }
+        }
+        out
+    }
+}
+
 /// A fully populated order (every optional field set), as JSON: what mapping paths are checked
 /// against, made from the domain model so the check follows the model.
 fn sample_order() -> Value {
@@ -199,7 +270,14 @@ fn sample_order() -> Value {
         message: "x".into(),
     });
     order.sync.synced_at = Some(chrono::DateTime::UNIX_EPOCH);
-    serde_json::to_value(order).unwrap_or(Value::Null)
+    let client = orderbridge_domain::ClientScope {
+        id: orderbridge_domain::ClientId::from_uuid(uuid::Uuid::nil()),
+        external_id_prefix: "sample:".into(),
+    };
+    // The event's `data`, which is what mappings read.
+    orderbridge_domain::OrderEvent::submitted(order, client)
+        .into_envelope(chrono::DateTime::UNIX_EPOCH, None)
+        .data
 }
 
 #[cfg(test)]
@@ -226,7 +304,7 @@ mod tests {
         let line = json!({"line_number": 2, "unit_price": "12.50", "quantity": 3});
         let m = Mapping::parse(
             r#"{"order": {"sobject": "Case", "external_id_field": "Ext__c", "key": "id",
-                "fields": {"Subject": {"template": "Order {client_ref} / {customer.name}", "max_length": 12},
+                "fields": {"Subject": {"template": "Order {client_ref} / {customer.name}", "max_length": 12, "truncate": true},
                            "Origin": {"const": "Web"}, "Description": "notes",
                            "Day__c": {"path": "created_at", "format": "date"}}},
                 "items": {"sobject": "Line__c", "external_id_field": "Ext__c",
@@ -293,5 +371,161 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("external_id_field"), "{err}");
+    }
+
+    /// Every key must keep two API clients' records apart: the order id or the client's prefix
+    /// first; nothing else, and never cut.
+    #[test]
+    fn keys_must_be_tenant_safe() {
+        let with_key = |object: &str, key: &str| {
+            let (account, order_key, items) = match object {
+                "account" => (
+                    format!(
+                        r#""account": {{"sobject": "Account", "external_id_field": "Ext__c", "key": {key}}},"#
+                    ),
+                    r#""id""#.to_owned(),
+                    String::new(),
+                ),
+                "order" => (String::new(), key.to_owned(), String::new()),
+                _ => (
+                    String::new(),
+                    r#""id""#.to_owned(),
+                    format!(
+                        r#", "items": {{"sobject": "OrderItem", "external_id_field": "Ext__c", "key": {key}, "order_relationship": "Order"}}"#
+                    ),
+                ),
+            };
+            let rel = if account.is_empty() {
+                ""
+            } else {
+                r#", "account_relationship": "Account""#
+            };
+            Mapping::parse(
+                &format!(
+                    r#"{{{account} "order": {{"sobject": "Order", "external_id_field": "Ext__c", "key": {order_key}{rel}}}{items}}}"#
+                ),
+                "m.json",
+            )
+        };
+        for (object, key) in [
+            (
+                "account",
+                r#"{"template": "{client.external_id_prefix}{customer.external_id}"}"#,
+            ),
+            ("account", r#"{"template": "{id}"}"#),
+            ("order", r#""id""#),
+            ("order", r#"{"template": "{id}-x"}"#),
+            ("items", r#"{"template": "{order.id}-{line_number}"}"#),
+            (
+                "items",
+                r#"{"template": "{order.client.external_id_prefix}{sku}"}"#,
+            ),
+        ] {
+            assert!(
+                with_key(object, key).is_ok(),
+                "{object} {key}: {:?}",
+                with_key(object, key).err()
+            );
+        }
+        for (object, key) in [
+            ("account", r#""customer.external_id""#),
+            (
+                "account",
+                r#"{"template": "{customer.external_id}{client.external_id_prefix}"}"#,
+            ),
+            (
+                "account",
+                r#"{"template": "x{client.external_id_prefix}{customer.external_id}"}"#,
+            ),
+            ("account", r#""client.external_id_prefix""#),
+            ("order", r#""client_ref""#),
+            ("items", r#"{"template": "{line_number}-{order.id}"}"#),
+            ("items", r#""id""#),
+        ] {
+            let err = with_key(object, key).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("{object}.key: must start with")),
+                "{object} {key}: {err}"
+            );
+        }
+        let err = with_key(
+            "order",
+            r#"{"path": "id", "max_length": 10, "truncate": true}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("a key is never cut"), "{err}");
+    }
+
+    /// The default mapping's account key is the client's prefix and the customer id; without
+    /// a prefix (kept keys), an id with `:` is refused, and an event without a client has none.
+    #[test]
+    fn account_keys_are_scoped_by_the_client() {
+        let m = Mapping::load(None).unwrap();
+        let account = &m.account.as_ref().unwrap().object;
+        let key = |client: Value, customer: &str| {
+            let order =
+                json!({"id": "o1", "customer": {"external_id": customer}, "client": client});
+            account.key(Scope {
+                order: &order,
+                line: None,
+            })
+        };
+        let scoped = |prefix: &str| json!({"id": uuid::Uuid::nil(), "external_id_prefix": prefix});
+        assert_eq!(key(scoped("alpha:"), "CUST-42").unwrap(), "alpha:CUST-42");
+        assert_eq!(key(scoped("beta:"), "CUST-42").unwrap(), "beta:CUST-42");
+        assert_eq!(key(scoped("beta:"), "a:b").unwrap(), "beta:a:b");
+        assert_eq!(key(scoped(""), "CUST-42").unwrap(), "CUST-42");
+        assert!(matches!(
+            key(scoped(""), "beta:CUST-42"),
+            Err(KeyError::Ambiguous { .. })
+        ));
+        assert!(matches!(
+            key(Value::Null, "CUST-42"),
+            Err(KeyError::NoClient { .. })
+        ));
+        assert!(matches!(
+            key(scoped("alpha:"), ""),
+            Err(KeyError::Missing { .. })
+        ));
+    }
+
+    /// What Salesforce cannot hold exactly is refused with the order field's pointer, never cut
+    /// or rounded; what it can is written as it is.
+    #[test]
+    fn check_order_names_every_value_salesforce_cannot_hold() {
+        let m = Mapping::load(None).unwrap();
+        let mut order = sample_order();
+        assert_eq!(m.check_order(&order), vec![], "the sample order fits");
+
+        order["shipping_address"]["city"] = json!("x".repeat(100));
+        order["lines"][0]["unit_price"] = json!("12.345");
+        order["total"] = json!("500000000000000000000.00");
+        order["customer"]["external_id"] = json!("C:1");
+        order["client"]["external_id_prefix"] = json!("");
+        let got: Vec<(String, &str)> = m
+            .check_order(&order)
+            .into_iter()
+            .map(|o| (o.pointer, o.code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/customer/external_id".to_owned(), "ambiguous_key"),
+                ("/shipping_address/city".to_owned(), "too_long"),
+                ("/total".to_owned(), "out_of_range"),
+                ("/lines/0/unit_price".to_owned(), "too_many_decimals"),
+            ]
+        );
+        let detail = &m.check_order(&order)[1].detail;
+        assert!(detail.contains("Order.ShippingCity holds 40"), "{detail}");
+
+        // Sixteen significant digits do not survive a JSON number (an f64).
+        let mut order = sample_order();
+        order["lines"][0]["unit_price"] = json!("12345678901234.56");
+        let overflows = m.check_order(&order);
+        assert_eq!(overflows.len(), 1, "{overflows:?}");
+        assert_eq!(overflows[0].pointer, "/lines/0/unit_price");
+        assert!(overflows[0].detail.contains("exactly"), "{overflows:?}");
     }
 }

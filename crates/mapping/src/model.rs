@@ -48,12 +48,34 @@ pub(crate) enum Part {
     Path(Vec<String>),
 }
 
-/// One field's value rule, compiled.
+/// One field's value rule, compiled, with the limits of the Salesforce field it fills.
+///
+/// The limits are what the mapping promises Salesforce can hold (checked against the org's
+/// describe at start-up); a value beyond them is refused, at intake and by the worker, never
+/// cut or rounded, except where `truncate` asks for cutting explicitly.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Expr {
     pub(crate) source: Source,
     pub(crate) format: Option<Format>,
+    /// Most characters of a text value.
     pub(crate) max_length: Option<usize>,
+    /// Cut text to `max_length` instead of refusing it (a summary field such as a `Subject`).
+    pub(crate) truncate: bool,
+    /// Most significant digits of a number (Salesforce's `precision`).
+    pub(crate) precision: Option<u32>,
+    /// Most digits after the point (Salesforce's `scale`).
+    pub(crate) scale: Option<u32>,
+}
+
+/// What makes an object's external ids unique to one API client (see
+/// `orderbridge_domain::tenant`): every key starts with one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyScope {
+    /// The order id (`id`, or `order.id` for items): unique across all clients.
+    Order,
+    /// The client's external-id prefix (`client.external_id_prefix`): for records several
+    /// orders share, such as the customer's account.
+    Client,
 }
 
 /// One Salesforce object of the mapping.
@@ -63,7 +85,12 @@ pub struct ObjectMapping {
     pub external_id_field: String,
     pub write: WriteMode,
     pub(crate) key: Expr,
+    pub key_scope: KeyScope,
     pub(crate) fields: Vec<(String, Expr)>,
+    /// Fields Salesforce computes from what is written (`TotalAmount`, `TotalPrice`), with the
+    /// order value each must equal: never written, but bounded like written fields and
+    /// compared by reconcile.
+    pub(crate) computed: Vec<(String, Expr)>,
 }
 
 /// The account object and how the order points at it.
@@ -103,6 +130,8 @@ pub struct Mapping {
 /// Where the values of one record come from.
 #[derive(Clone, Copy)]
 pub struct Scope<'a> {
+    /// The order as `order.submitted` carries it: the API's order plus `client` (its id and
+    /// `external_id_prefix`).
     pub order: &'a Value,
     /// Set for `items`: the line; paths resolve here unless they start with `order.`.
     pub line: Option<&'a Value>,

@@ -1,8 +1,12 @@
 //! The start-up check of a mapping against the org: objects, fields, external ids and
-//! relationships exist and can be written as configured.
+//! relationships exist and can be written as configured, and the limits the mapping declares
+//! are no more than the fields hold.
+
+use orderbridge_salesforce::sobjects::FieldDescribe;
+use serde_json::Value;
 
 use crate::Problems;
-use crate::model::{Mapping, ObjectMapping, WriteMode};
+use crate::model::{Expr, Format, Mapping, ObjectMapping, Source, WriteMode};
 
 /// Checks the mapping against the org: objects, fields, external ids and relationships exist
 /// and can be written as configured. Returns the problems found (empty: fine).
@@ -99,6 +103,33 @@ pub async fn check_against_salesforce(
                 Some(_) => {}
             }
         }
+        let key = std::iter::once((object.external_id_field.as_str(), &object.key, "key"));
+        let fields = object.fields.iter().map(|(n, e)| (n.as_str(), e, "fields"));
+        for (name, expr, what) in key.chain(fields) {
+            if let Some(f) = describe.field(name) {
+                check_limits(
+                    &format!("{place}.{what}.{name}"),
+                    sobject,
+                    f,
+                    expr,
+                    &mut problems,
+                );
+            }
+        }
+        for (name, expr) in &object.computed {
+            match describe.field(name) {
+                Some(f) => check_limits(
+                    &format!("{place}.computed.{name}"),
+                    sobject,
+                    f,
+                    expr,
+                    &mut problems,
+                ),
+                None => problems
+                    .0
+                    .push(format!("{place}.computed: {sobject} has no field {name}")),
+            }
+        }
         for (rel, target) in relationships {
             match describe.relationship(rel) {
                 Some(f)
@@ -116,4 +147,81 @@ pub async fn check_against_salesforce(
         }
     }
     Ok(problems)
+}
+
+/// Text types whose describe `length` bounds the value.
+const TEXT_TYPES: [&str; 9] = [
+    "string",
+    "textarea",
+    "phone",
+    "url",
+    "email",
+    "picklist",
+    "multipicklist",
+    "combobox",
+    "encryptedstring",
+];
+
+/// The mapping's limits for one field against what the field holds: they must be declared
+/// (so intake can refuse what would not fit) and no larger than Salesforce's.
+fn check_limits(
+    place: &str,
+    sobject: &str,
+    f: &FieldDescribe,
+    expr: &Expr,
+    problems: &mut Problems,
+) {
+    let name = &f.name;
+    let ty = f.field_type.to_ascii_lowercase();
+    if TEXT_TYPES.contains(&ty.as_str()) && f.length > 0 {
+        let holds = f.length as usize;
+        if let Source::Const(v) = &expr.source {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if text.chars().count() > holds {
+                problems.0.push(format!(
+                    "{place}: the constant is {} characters; {sobject}.{name} holds {holds}",
+                    text.chars().count()
+                ));
+            }
+            return;
+        }
+        if matches!(expr.format, Some(Format::Date | Format::Datetime)) {
+            return;
+        }
+        match expr.max_length {
+            None => problems.0.push(format!(
+                "{place}: {sobject}.{name} holds {holds} characters; declare \"max_length\": {holds} (or less), so longer values are refused at intake instead of failing in Salesforce"
+            )),
+            Some(max) if max > holds => problems.0.push(format!(
+                "{place}: max_length {max} promises more than {sobject}.{name} holds ({holds} characters)"
+            )),
+            Some(_) => {}
+        }
+        return;
+    }
+    let holds = match ty.as_str() {
+        "double" | "currency" | "percent" if f.precision > 0 => (f.precision, f.scale),
+        "int" if f.digits > 0 => (f.digits, 0),
+        _ => return,
+    };
+    if matches!(expr.source, Source::Const(_)) {
+        return;
+    }
+    let (precision, scale) = holds;
+    match (expr.precision, expr.scale) {
+        (Some(p), Some(s)) => {
+            if s > scale || p.saturating_sub(s) > precision.saturating_sub(scale) {
+                problems.0.push(format!(
+                    "{place}: precision {p} and scale {s} promise more than {sobject}.{name} holds ({} digits before the point, {scale} after)",
+                    precision.saturating_sub(scale)
+                ));
+            }
+        }
+        _ => problems.0.push(format!(
+            "{place}: {sobject}.{name} holds {precision} digits, {scale} after the point; declare \"precision\": {precision}, \"scale\": {scale} (or less), so values that do not fit are refused at intake instead of being rounded"
+        )),
+    }
 }

@@ -15,7 +15,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use orderbridge_db::keys;
-use orderbridge_domain::ClientId;
+use orderbridge_domain::{ClientId, ClientScope};
 use secrecy::ExposeSecret;
 use sqlx::PgPool;
 
@@ -27,6 +27,19 @@ use crate::error::ApiError;
 pub struct Client {
     pub id: ClientId,
     pub name: String,
+    /// Starts the Salesforce keys of this client's shared records (`orderbridge_domain::tenant`).
+    /// Cached with the key: a changed prefix applies within `ORDER_API_KEY_CACHE_TTL`.
+    pub external_id_prefix: String,
+}
+
+impl Client {
+    /// What this client's events carry about it.
+    pub fn scope(&self) -> ClientScope {
+        ClientScope {
+            id: self.id,
+            external_id_prefix: self.external_id_prefix.clone(),
+        }
+    }
 }
 
 impl From<keys::ApiClient> for Client {
@@ -34,6 +47,7 @@ impl From<keys::ApiClient> for Client {
         Self {
             id: c.id,
             name: c.name,
+            external_id_prefix: c.external_id_prefix,
         }
     }
 }

@@ -2,9 +2,12 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use orderbridge_mapping::Mapping;
 
 /// HTTP server settings for `order-api serve`.
 #[derive(Debug, Clone, Args)]
@@ -65,6 +68,17 @@ pub struct ApiConfig {
     /// in the listen backlog until one ends.
     #[arg(long, env = "ORDER_API_MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: NonZeroU32,
+    /// The sync worker's field mapping (the same file, and the same variable, as the worker's;
+    /// unset: the built-in one). Its declared field limits decide what intake refuses because
+    /// Salesforce could not hold it exactly; the worker checks them against the org.
+    #[arg(long = "mapping-file", env = "WORKER_MAPPING_FILE", default_value = "", hide_default_value = true, value_parser = load_mapping)]
+    pub mapping: Arc<Mapping>,
+}
+
+/// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.
+fn load_mapping(path: &str) -> Result<Arc<Mapping>, String> {
+    let path = (!path.is_empty()).then(|| Path::new(path));
+    Mapping::load(path).map(Arc::new).map_err(|e| e.to_string())
 }
 
 impl Default for ApiConfig {

@@ -54,7 +54,7 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("{0}")]
     BadRequest(String),
-    #[error("request body must be application/json")]
+    #[error("request body must be application/json, in UTF-8 (no other charset)")]
     UnsupportedMediaType,
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),

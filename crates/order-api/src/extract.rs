@@ -1,5 +1,7 @@
 //! Extractors whose rejections are problem documents rather than axum's plain-text ones.
 
+mod strict_json;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequest, FromRequestParts, Query, Request};
@@ -11,23 +13,33 @@ use serde::de::DeserializeOwned;
 use crate::AppState;
 use crate::error::ApiError;
 
-/// A JSON request body: 415 unless `Content-Type` is JSON, 413 over the body limit, 408 when the
-/// body is not received in time, 400 for malformed JSON, 422 (with the field's JSON pointer) when
-/// it is well-formed but has the wrong shape. Also keeps the parsed document for fingerprinting.
+/// A JSON request body: 415 unless `Content-Type` is JSON (in UTF-8, the only charset JSON has),
+/// 413 over the body limit, 408 when the body is not received in time, 400 for malformed JSON or
+/// a key repeated within an object, 422 (with the field's JSON pointer) when it is well-formed
+/// but has the wrong shape. Also keeps the parsed document for fingerprinting.
 pub struct JsonBody<T> {
     pub value: T,
     pub document: serde_json::Value,
 }
 
+/// `application/json` or `application/*+json`, with no `charset` or `charset=utf-8`: JSON is
+/// UTF-8 (RFC 8259), and a body declared as another charset was most likely encoded in it.
 fn is_json(parts_content_type: Option<&str>) -> bool {
     let Some(ct) = parts_content_type else {
         return false;
     };
-    let essence = ct.split(';').next().unwrap_or_default().trim();
-    essence.eq_ignore_ascii_case("application/json")
-        || (essence.len() > 5
-            && essence.to_ascii_lowercase().starts_with("application/")
-            && essence.to_ascii_lowercase().ends_with("+json"))
+    let mut parts = ct.split(';');
+    let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+    let json_type = essence == "application/json"
+        || (essence.len() > 5 && essence.starts_with("application/") && essence.ends_with("+json"));
+    json_type
+        && parts.all(|param| match param.split_once('=') {
+            Some((name, value)) if name.trim().eq_ignore_ascii_case("charset") => {
+                let charset = value.trim().trim_matches('"');
+                charset.eq_ignore_ascii_case("utf-8") || charset.eq_ignore_ascii_case("utf8")
+            }
+            _ => true,
+        })
 }
 
 impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
@@ -44,10 +56,10 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|r| body_rejection(r, state.config.body_limit))?;
-        let document: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+        let document =
+            strict_json::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
         let value = serde_path_to_error::deserialize(&document).map_err(|e| {
-            let pointer = pointer_of(e.path());
+            let pointer = strict_json::pointer_of(e.path());
             let inner = e.into_inner();
             let mut v = orderbridge_domain::Violations::default();
             v.push(&pointer, "invalid_type", inner.to_string());
@@ -72,23 +84,6 @@ fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
         source = e.source();
     }
     ApiError::BadRequest(format!("cannot read the request body: {rejection}"))
-}
-
-/// Turns serde_path_to_error's path (`lines[0].quantity`) into a JSON pointer (`/lines/0/quantity`).
-fn pointer_of(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        out.push('/');
-        match seg {
-            Segment::Seq { index } => out.push_str(&index.to_string()),
-            Segment::Map { key } | Segment::Enum { variant: key } => {
-                out.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            }
-            Segment::Unknown => out.push('?'),
-        }
-    }
-    out
 }
 
 /// Query parameters, with a 400 problem for ones that do not parse.
@@ -133,8 +128,12 @@ mod tests {
     fn accepts_json_media_types_only() {
         assert!(is_json(Some("application/json")));
         assert!(is_json(Some("application/json; charset=utf-8")));
+        assert!(is_json(Some("application/json;charset=\"UTF-8\"")));
         assert!(is_json(Some("Application/JSON")));
         assert!(is_json(Some("application/merge-patch+json")));
+        assert!(!is_json(Some("application/json; charset=latin1")));
+        assert!(!is_json(Some("application/json; charset=iso-8859-1")));
+        assert!(!is_json(Some("application/json; charset=utf-16")));
         assert!(!is_json(Some("text/plain")));
         assert!(!is_json(Some("application/x-www-form-urlencoded")));
         assert!(!is_json(None));

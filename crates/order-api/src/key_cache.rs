@@ -101,6 +101,7 @@ mod tests {
         Client {
             id: ClientId::from_uuid(Uuid::now_v7()),
             name: "portal".into(),
+            external_id_prefix: "portal:".into(),
         }
     }
 

@@ -16,6 +16,7 @@ pub mod body_deadline;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod field_limits;
 pub mod health;
 pub mod key_cache;
 pub mod limits;
@@ -42,7 +43,6 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
-use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::ApiConfig;
@@ -92,7 +92,7 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
-        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::ApiDoc::openapi()))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&config.mapping)))
         .fallback(|| async { ApiError::NotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(state)

@@ -1,7 +1,9 @@
 //! The OpenAPI 3.1 document, generated from the handlers and types. Committed as
 //! `openapi/openapi.json`; `order-api openapi > openapi/openapi.json` rewrites it.
 
+use orderbridge_mapping::Mapping;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -47,9 +49,40 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The document as pretty JSON with a trailing newline, exactly as committed.
+/// The document for a mapping: the request's `maxLength`s tightened to what the mapped
+/// Salesforce fields hold, since intake refuses longer values (see `crate::field_limits`).
+pub fn document(mapping: &Mapping) -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let Some(components) = doc.components.as_mut() else {
+        return doc;
+    };
+    for (path, max) in mapping.text_limits() {
+        let path: Vec<&str> = path.iter().map(String::as_str).collect();
+        let (schema, field) = match path[..] {
+            ["customer", field] => ("CustomerInput", field),
+            ["billing_address" | "shipping_address", field] => ("AddressInput", field),
+            ["lines", field] => ("LineInput", field),
+            [field] => ("NewOrderRequest", field),
+            _ => continue,
+        };
+        if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(schema)
+            && let Some(RefOr::T(Schema::Object(property))) = object.properties.get_mut(field)
+            && property.enum_values.is_none()
+            && property.max_length.is_none_or(|m| m > max)
+        {
+            property.max_length = Some(max);
+        }
+    }
+    doc
+}
+
+/// The document for the built-in mapping as pretty JSON with a trailing newline, exactly as
+/// committed.
 pub fn json() -> String {
-    let mut s = ApiDoc::openapi()
+    let doc = Mapping::load(None)
+        .map(|m| document(&m))
+        .unwrap_or_else(|_| ApiDoc::openapi());
+    let mut s = doc
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');

@@ -78,6 +78,7 @@ pub async fn create_order(
 ) -> Result<Response, ApiError> {
     let idempotency = idempotency_key(&headers)?;
     let new_order = NewOrder::parse(body.value)?;
+    let client_scope = client.scope();
     let idempotency = idempotency.map(|key| Idempotency {
         fingerprint: fingerprint(&body.document),
         key,
@@ -88,15 +89,15 @@ pub async fn create_order(
     // Postgres keeps microseconds: truncate so the response equals what a later GET returns.
     let now = Utc::now().trunc_subsecs(6);
     let order = new_order.into_order(OrderId::new_v7(), now);
+    crate::field_limits::check(&state.config.mapping, &order, &client_scope)?;
 
     // The transaction runs in its own task: if the client disconnects or the request times
     // out, it still commits or rolls back as a whole, never abandoned mid-BEGIN (sqlx #4393).
     let pool = state.pool.clone();
-    let client_id = client.id;
     let task = tokio::spawn(async move {
         create::create_order(
             &pool,
-            client_id,
+            &client_scope,
             idempotency.as_ref(),
             order,
             Some(request_id),

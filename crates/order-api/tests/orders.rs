@@ -76,7 +76,12 @@ async fn the_order_and_its_event_are_stored_together() {
     assert_eq!(published_at, None);
     assert_eq!(payload["correlation_id"], json!("corr-123"));
     assert_eq!(headers["correlation_id"], json!("corr-123"));
-    assert_eq!(payload["data"], order);
+    // The event is the order as the API returned it, plus the client it came from (which
+    // scopes its Salesforce keys).
+    let mut data = payload["data"].clone();
+    let client = data.as_object_mut().unwrap().remove("client").unwrap();
+    assert_eq!(data, order);
+    assert_eq!(client["external_id_prefix"], json!("portal:"));
     // The stored payload is a valid, decodable event.
     let decoded =
         orderbridge_domain::OrderEvent::decode(&serde_json::to_vec(&payload).unwrap()).unwrap();

@@ -59,14 +59,6 @@ async fn wrong_shapes_are_422_with_a_pointer() {
         (
             {
                 let mut b = order_body("X");
-                b["lines"][0]["quantity"] = json!(1.5);
-                b
-            },
-            "#/lines/0/quantity",
-        ),
-        (
-            {
-                let mut b = order_body("X");
                 b["lines"][0]["unit_price"] = json!(12.5);
                 b
             },

@@ -66,8 +66,8 @@ async fn publishes_with_confirms_and_message_properties() {
     // The body is the stored envelope: it decodes to the same event.
     let envelope = OrderEvent::decode(&msg.body).unwrap();
     assert_eq!(envelope.id.get(), event_id);
-    let OrderEvent::Submitted(order) = envelope.data;
-    assert_eq!(order.id.get(), order_id);
+    let OrderEvent::Submitted(submitted) = envelope.data;
+    assert_eq!(submitted.order.id.get(), order_id);
 
     // Marked published after the confirm, and the order moved pending → published with a new
     // version (so its ETag changes).

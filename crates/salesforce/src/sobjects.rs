@@ -294,8 +294,18 @@ pub struct FieldDescribe {
     /// A unique field: Salesforce refuses a second record with the same value.
     #[serde(default)]
     pub unique: bool,
+    /// Most characters of a text field (0 for other types).
     #[serde(default)]
     pub length: u32,
+    /// Most significant digits of a `double`, `currency` or `percent` field (0 otherwise).
+    #[serde(default)]
+    pub precision: u32,
+    /// Most digits after the point of such a field.
+    #[serde(default)]
+    pub scale: u32,
+    /// Most digits of an `int` field (0 otherwise).
+    #[serde(default)]
+    pub digits: u32,
     #[serde(default)]
     pub relationship_name: Option<String>,
     #[serde(default)]

@@ -95,6 +95,14 @@ pub struct FieldDef {
     /// Maximum text length (default 255 for text fields).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub length: Option<usize>,
+    /// Significant digits of a number field, as describe reports them (`int`: its `digits`).
+    /// Default: 18 (`int`: 9), Salesforce's for standard number and currency fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<u32>,
+    /// Digits after the point of a `double`, `currency` or `percent` field. Default: 2 for
+    /// currency and percent, 0 for double.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<u32>,
 }
 
 impl FieldDef {
@@ -113,7 +121,25 @@ impl FieldDef {
             createable: false,
             updateable: false,
             length: None,
+            precision: None,
+            scale: None,
         }
+    }
+
+    /// (precision, scale) of a number field, as describe reports them; `None` for other types.
+    pub fn digits(&self) -> Option<(u32, u32)> {
+        let (precision, scale) = match self.ty {
+            FieldType::Currency | FieldType::Percent => (18, 2),
+            FieldType::Double => (18, 0),
+            FieldType::Int => (9, 0),
+            _ => return None,
+        };
+        let scale = if self.ty == FieldType::Int {
+            0
+        } else {
+            self.scale.unwrap_or(scale)
+        };
+        Some((self.precision.unwrap_or(precision), scale))
     }
 
     /// Maximum text length, for text types.

@@ -531,6 +531,36 @@ async fn platform_event_publish_and_describe() {
         (ext["externalId"].clone(), ext["unique"].clone()),
         (json!(true), json!(true))
     );
+    // Limits as Salesforce describes them: text length, number precision and scale.
+    let field = |d: &serde_json::Value, name: &str| {
+        d["fields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let city = field(&d.body, "ShippingCity");
+    assert_eq!(
+        (city["length"].clone(), city["precision"].clone()),
+        (json!(40), json!(0))
+    );
+    let total = field(&d.body, "TotalAmount");
+    assert_eq!(
+        (
+            total["precision"].clone(),
+            total["scale"].clone(),
+            total["length"].clone()
+        ),
+        (json!(18), json!(2), json!(0))
+    );
+    let items = org.get("/sobjects/OrderItem/describe").await;
+    let quantity = field(&items.body, "Quantity");
+    assert_eq!(
+        (quantity["precision"].clone(), quantity["scale"].clone()),
+        (json!(18), json!(2))
+    );
     let g = org.get("/sobjects").await;
     assert_eq!(g.body["sobjects"].as_array().unwrap().len(), 8);
     assert_eq!(org.get("/").await.body["query"], format!("{V}/query"));

@@ -86,7 +86,11 @@ async fn main() {
         let order = NewOrder::parse(req)
             .unwrap()
             .into_order(uuid::Uuid::now_v7(), chrono::Utc::now());
-        let env = OrderEvent::Submitted(Box::new(order)).into_envelope(chrono::Utc::now(), None);
+        let client = orderbridge_domain::ClientScope {
+            id: orderbridge_domain::ClientId::from_uuid(uuid::Uuid::nil()),
+            external_id_prefix: "throughput:".into(),
+        };
+        let env = OrderEvent::submitted(order, client).into_envelope(chrono::Utc::now(), None);
         let body = serde_json::to_vec(&env).unwrap();
         confirms.push(
             ch.basic_publish(

@@ -38,15 +38,16 @@ fn schema_with_custom_case_fields(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 const CASE_MAPPING: &str = r#"{
-  "account": {"sobject": "Account", "external_id_field": "External_Id__c", "key": "customer.external_id",
-              "fields": {"Name": "customer.name"}},
-  "order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "id",
+  "account": {"sobject": "Account", "external_id_field": "External_Id__c",
+              "key": {"template": "{client.external_id_prefix}{customer.external_id}", "max_length": 255},
+              "fields": {"Name": {"path": "customer.name", "max_length": 255}}},
+  "order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": {"path": "id", "max_length": 255},
             "account_relationship": "Account",
             "fields": {"Subject": {"template": "Order {client_ref} from {customer.name}", "max_length": 255},
                        "Origin": {"const": "Web"},
                        "Division__c": {"const": "EMEA"},
-                       "Order_Total__c": {"path": "total", "format": "number"},
-                       "Description": "notes"}}
+                       "Order_Total__c": {"path": "total", "format": "number", "precision": 18, "scale": 2},
+                       "Description": {"path": "notes", "max_length": 32000}}}
 }"#;
 
 #[tokio::test]
@@ -82,6 +83,41 @@ async fn orders_become_cases_with_custom_fields() {
         problems.0[0].contains("Legacy_Id__c must be Unique"),
         "{problems}"
     );
+
+    // The limits a mapping declares must be declared, and no more than the fields hold.
+    for (edit, want) in [
+        (
+            (
+                r#"{customer.name}", "max_length": 255}"#,
+                r#"{customer.name}"}"#,
+            ),
+            "order.fields.Subject: Case.Subject holds 255 characters; declare \"max_length\"",
+        ),
+        (
+            (
+                r#""Division__c": {"const": "EMEA"}"#,
+                r#""Division__c": {"path": "client_ref", "max_length": 64}"#,
+            ),
+            "order.fields.Division__c: max_length 64 promises more than Case.Division__c holds (40 characters)",
+        ),
+        (
+            (
+                r#""precision": 18, "scale": 2"#,
+                r#""precision": 20, "scale": 4"#,
+            ),
+            "order.fields.Order_Total__c: precision 20 and scale 4 promise more than Case.Order_Total__c holds",
+        ),
+        (
+            (r#", "precision": 18, "scale": 2"#, ""),
+            "order.fields.Order_Total__c: Case.Order_Total__c holds 18 digits, 2 after the point; declare",
+        ),
+    ] {
+        assert!(CASE_MAPPING.contains(edit.0), "{}", edit.0);
+        let bad = Mapping::parse(&CASE_MAPPING.replace(edit.0, edit.1), "m").unwrap();
+        let problems = check_against_salesforce(&client, &bad).await.unwrap();
+        assert_eq!(problems.0.len(), 1, "{problems}");
+        assert!(problems.0[0].starts_with(want), "{problems}");
+    }
 
     h.start_worker_with_mapping(&[], mapping).await;
     let orders = vec![order("CUST-1", 2), order("CUST-2", 1)];

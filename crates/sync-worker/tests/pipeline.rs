@@ -102,11 +102,16 @@ impl Stack {
     }
 
     async fn post(&self, body: &Value) -> (Value, String) {
+        self.post_as(&self.key, body).await
+    }
+
+    /// Posts as the client whose API key is `key`.
+    async fn post_as(&self, key: &str, body: &Value) -> (Value, String) {
         let r = self
             .h
             .http
             .post(format!("{}/v1/orders", self.base))
-            .bearer_auth(&self.key)
+            .bearer_auth(key)
             .header("x-request-id", "walkthrough-1")
             .json(body)
             .send()
@@ -122,6 +127,17 @@ impl Stack {
     async fn watch(
         &self,
         id: &str,
+        etag: String,
+        until: impl Fn(&Value) -> bool,
+    ) -> (Value, Vec<(String, String)>) {
+        self.watch_as(&self.key, id, etag, until).await
+    }
+
+    /// [`Stack::watch`] as the client whose API key is `key`.
+    async fn watch_as(
+        &self,
+        key: &str,
+        id: &str,
         mut etag: String,
         until: impl Fn(&Value) -> bool,
     ) -> (Value, Vec<(String, String)>) {
@@ -132,7 +148,7 @@ impl Stack {
                 .h
                 .http
                 .get(format!("{}/v1/orders/{id}", self.base))
-                .bearer_auth(&self.key)
+                .bearer_auth(key)
                 .header("if-none-match", &etag)
                 .send()
                 .await
@@ -223,7 +239,11 @@ async fn an_order_posted_to_the_api_ends_synced_and_visible_in_salesforce() {
     let total: f64 = order["total"].as_str().unwrap().parse().unwrap();
     assert_eq!(rec["TotalAmount"].as_f64().unwrap(), total);
     assert_eq!(s.h.count_by_external_id("OrderItem").await.len(), 3);
-    assert_eq!(s.h.count_by_external_id("Account").await["CUST-42"], 1);
+    // The account is keyed by the client's prefix and the customer id.
+    assert_eq!(
+        s.h.count_by_external_id("Account").await["portal:CUST-42"],
+        1
+    );
 
     // Resync: 202, pending again with a new ETag, then synced again onto the same record.
     let r =
@@ -269,7 +289,7 @@ async fn the_portal_sees_why_an_order_failed_and_a_retry_that_passed() {
 
     // The customer's Account is locked for one write: the order is retried through a delay
     // tier and synced at attempt 2, with the lock error recorded on the way.
-    s.h.faults(json!({"lock_records": [{"key": "CUST-LOCKED", "times": 1}]}))
+    s.h.faults(json!({"lock_records": [{"key": "portal:CUST-LOCKED", "times": 1}]}))
         .await;
     let (ok, etag) = s
         .post(&order_for("CUST-LOCKED", "PO-LOCK", &["SKU-TEA"]))
@@ -299,5 +319,74 @@ async fn the_portal_sees_why_an_order_failed_and_a_retry_that_passed() {
             .is_some_and(|a| a.len() == 1 && a[0]["id"] == bad_id.as_str())
     })
     .await;
+    s.stop().await;
+}
+
+/// Issue 12: client B posting client A's customer id renamed client A's account. Now each API
+/// client's customers are its own accounts: the same `CUST-42` from two clients is two
+/// Accounts, each order points at its own client's, and nothing one client sends (not even a
+/// customer id spelled like the other's key) reaches the other's.
+#[tokio::test]
+async fn two_clients_with_one_customer_id_never_share_an_account() {
+    let s = Stack::start().await;
+    let beta = order_api::auth::create_api_key(&s.db.pool, "beta")
+        .await
+        .unwrap()
+        .key;
+    let with_name = |client_ref: &str, customer: &str, name: &str| {
+        let mut o = order_for(customer, client_ref, &["SKU-TEA"]);
+        o["customer"]["name"] = json!(name);
+        o
+    };
+
+    let (a, etag) = s
+        .post(&with_name("PO-A", "CUST-42", "Acme (portal's)"))
+        .await;
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    s.watch(&a_id, etag, is("synced")).await;
+    let (b, etag) = s
+        .post_as(&beta, &with_name("PO-B", "CUST-42", "PWNED by client B"))
+        .await;
+    let b_id = b["id"].as_str().unwrap().to_owned();
+    s.watch_as(&beta, &b_id, etag, is("synced")).await;
+    // Beta names a customer after portal's account key: it is beta's own customer all the same.
+    let (c, etag) = s
+        .post_as(&beta, &with_name("PO-C", "portal:CUST-42", "PWNED again"))
+        .await;
+    let c_id = c["id"].as_str().unwrap().to_owned();
+    s.watch_as(&beta, &c_id, etag, is("synced")).await;
+
+    let accounts = s.h.records("Account").await;
+    let account = |key: &str| {
+        let found: Vec<&Value> = accounts
+            .iter()
+            .filter(|r| r["External_Id__c"] == key)
+            .collect();
+        assert_eq!(found.len(), 1, "one account {key}: {accounts:?}");
+        found[0].clone()
+    };
+    let portal_account = account("portal:CUST-42");
+    let beta_account = account("beta:CUST-42");
+    let beta_lookalike = account("beta:portal:CUST-42");
+    assert_eq!(
+        portal_account["Name"], "Acme (portal's)",
+        "untouched by beta"
+    );
+    assert_eq!(beta_account["Name"], "PWNED by client B");
+    assert_eq!(beta_lookalike["Name"], "PWNED again");
+    assert_eq!(accounts.len(), 3, "{accounts:?}");
+
+    // Each order hangs off its own client's account.
+    let orders = s.h.records("Order").await;
+    let account_of = |id: &str| {
+        orders
+            .iter()
+            .find(|r| r["External_Id__c"] == id)
+            .map(|r| r["AccountId"].clone())
+            .unwrap()
+    };
+    assert_eq!(account_of(&a_id), portal_account["Id"]);
+    assert_eq!(account_of(&b_id), beta_account["Id"]);
+    assert_eq!(account_of(&c_id), beta_lookalike["Id"]);
     s.stop().await;
 }

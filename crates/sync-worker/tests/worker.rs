@@ -74,7 +74,8 @@ async fn a_batch_of_orders_becomes_accounts_orders_and_items_in_one_call() {
     );
     let accounts = h.count_by_external_id("Account").await;
     assert_eq!(accounts.len(), 4);
-    assert_eq!(accounts["CUST-A"], 1);
+    // Keyed by the client's prefix and the customer id.
+    assert_eq!(accounts["test:CUST-A"], 1);
 
     // One composite call for the whole batch (plus two price book queries, cached after).
     assert_eq!(h.composite_calls().await, 1);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use chrono::{SubsecRound, Utc};
 use orderbridge_db::create::{self, Idempotency, create_order};
+use orderbridge_domain::ClientScope;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -88,12 +89,13 @@ pub async fn alternate(
         async move { post(&poster, i).await }
     });
     let direct_run = format!("direct-{}", Uuid::now_v7().simple());
-    let shared = Arc::new((pool, client_id, direct_run));
+    let client = workload::client_scope(&pool, client_id).await?;
+    let shared = Arc::new((pool, client, direct_run));
     let direct_op = Arc::new(move |i| {
         let shared = shared.clone();
         async move {
-            let (pool, client_id, run) = &*shared;
-            match direct_order(pool, *client_id, run, i).await {
+            let (pool, client, run) = &*shared;
+            match direct_order(pool, client, run, i).await {
                 Ok(id) => (Outcome::Accepted(id), None),
                 Err(e) => (Outcome::Unknown(format!("{e:#}")), None),
             }
@@ -215,7 +217,7 @@ fn outcome(p: Posted) -> Outcome {
 
 /// The API's order-creating transaction, `orderbridge_db::create::create_order`, called directly:
 /// the same function, SQL and round trips, without HTTP.
-async fn direct_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Result<Uuid> {
+async fn direct_order(pool: &PgPool, client: &ClientScope, run: &str, i: usize) -> Result<Uuid> {
     // Postgres keeps microseconds; the API truncates the same way.
     let order = workload::stored_order(run, i, Uuid::now_v7(), Utc::now().trunc_subsecs(6))?;
     let key = format!("{run}-{i}");
@@ -227,7 +229,7 @@ async fn direct_order(pool: &PgPool, client_id: Uuid, run: &str, i: usize) -> Re
         fingerprint,
         expires_at: Utc::now() + chrono::Duration::hours(24),
     };
-    match create_order(pool, client_id.into(), Some(&idempotency), order, Some(key)).await? {
+    match create_order(pool, client, Some(&idempotency), order, Some(key)).await? {
         create::Created::New { order, .. } => Ok(order.id.get()),
         create::Created::Replayed(_) => {
             Err(anyhow!("idempotency key {} already used", idempotency.key))

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use chrono::{DateTime, SubsecRound, Utc};
 use orderbridge_broker::{BrokerConfig, Session};
+use orderbridge_domain::ClientScope;
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -125,7 +126,8 @@ pub async fn fixed_rate(
     let load_before = procfs::loadavg();
     let run = format!("rate-{}", Uuid::now_v7().simple());
     tracing::info!(rate = args.rate, "fixed-rate phase");
-    let rate = commit_at_rate(writers.clone(), client_id, args, run).await;
+    let client = workload::client_scope(stack.pool()?, client_id).await?;
+    let rate = commit_at_rate(writers.clone(), client, args, run).await;
     let ended = Instant::now();
     let cpu = cpu_before.usage_until(&CpuSnapshot::take(&stack.pids()));
     let load_after = procfs::loadavg();
@@ -166,16 +168,16 @@ pub struct Committed {
 /// key, which the relay never reads).
 async fn commit_order(
     pool: &PgPool,
-    client_id: Uuid,
+    client: &ClientScope,
     run: &str,
     i: usize,
     events_only: bool,
 ) -> Result<Uuid> {
     let order = workload::stored_order(run, i, Uuid::now_v7(), Utc::now().trunc_subsecs(6))?;
-    let envelope = workload::submitted(&order, format!("{run}-{i}"));
+    let envelope = workload::submitted(&order, client, format!("{run}-{i}"));
     let mut tx = pool.begin().await?;
     if !events_only {
-        orderbridge_db::create::insert_order(&mut tx, client_id.into(), &order).await?;
+        orderbridge_db::create::insert_order(&mut tx, client.id, &order).await?;
     }
     orderbridge_db::outbox::enqueue(&mut *tx, "order", order.id.get(), &envelope).await?;
     tx.commit().await?;
@@ -202,10 +204,11 @@ impl RateResult {
 /// Commits order `i` at `start + i / rate` (open loop) on at most `--connections` writers.
 async fn commit_at_rate(
     pool: PgPool,
-    client_id: Uuid,
+    client: ClientScope,
     args: &RelayArgs,
     run: String,
 ) -> RateResult {
+    let client = std::sync::Arc::new(client);
     let start = Instant::now();
     let window = (start + args.warmup, start + args.warmup + args.duration);
     let total = ((args.warmup + args.duration).as_secs_f64() * args.rate).ceil() as usize;
@@ -218,9 +221,9 @@ async fn commit_at_rate(
         window,
     };
     let job = |i, due| {
-        let (pool, run) = (pool.clone(), run.clone());
+        let (pool, run, client) = (pool.clone(), run.clone(), client.clone());
         async move {
-            let id = commit_order(&pool, client_id, &run, i, events_only).await;
+            let id = commit_order(&pool, &client, &run, i, events_only).await;
             let committed = Instant::now();
             id.map(|event_id| Committed {
                 event_id,

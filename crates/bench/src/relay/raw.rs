@@ -40,7 +40,11 @@ impl RawResult {
 /// An order event's body, as the relay publishes it (the stored envelope's JSON).
 pub(super) fn sample_payload() -> Result<Vec<u8>> {
     let order = workload::stored_order("raw", 1, Uuid::now_v7(), Utc::now().trunc_subsecs(6))?;
-    let envelope = workload::submitted(&order, "raw-1".into());
+    let client = orderbridge_domain::ClientScope {
+        id: Uuid::nil().into(),
+        external_id_prefix: "bench:".into(),
+    };
+    let envelope = workload::submitted(&order, &client, "raw-1".into());
     Ok(serde_json::to_vec(&envelope)?)
 }
 

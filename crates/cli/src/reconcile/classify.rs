@@ -1,9 +1,11 @@
 //! The comparison rules, free of I/O: what makes an order missing, duplicated, mismatched or
-//! orphaned. Apart from the reads so that it can be tested on hand-made sides, and fed ids from
-//! other sources ([`Classifier`] is public for that).
+//! orphaned, and which field values differ. Apart from the reads so that it can be tested on
+//! hand-made sides, and fed ids from other sources ([`Classifier`] is public for that).
 
 use std::collections::{HashMap, HashSet};
 
+use chrono::{DateTime, FixedOffset};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::keys::uuid_time;
@@ -11,10 +13,41 @@ use super::orders::{Scope, StoredOrder};
 use super::report::{Counts, Duplicate, Mismatch, Missing, ObjectKind, Orphan, Problem};
 use super::salesforce::SalesforceSide;
 
+/// How a compared field's two values are matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// Exact text (Salesforce stores an empty text as null).
+    Text,
+    /// Numerically; with a scale, as Salesforce holds them (rounded to that many decimals).
+    Number { scale: Option<u32> },
+    /// `YYYY-MM-DD`.
+    Date,
+    /// The same instant, whatever the notation (Salesforce answers `…T10:00:00.000+0000`).
+    Datetime,
+}
+
+/// The compared fields of the order and item objects, in the order [`SalesforceSide`] holds
+/// their values.
+#[derive(Debug, Clone, Default)]
+pub struct Fields {
+    pub order: Vec<(String, FieldKind)>,
+    pub item: Vec<(String, FieldKind)>,
+}
+
+/// What one order's records should hold in the compared fields (`None`: the order has no value
+/// there, so the field is not written and not compared).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expected {
+    pub order: Vec<Option<Value>>,
+    /// Line number → the item's values.
+    pub items: HashMap<u32, Vec<Option<Value>>>,
+}
+
 /// The comparison itself, free of I/O: fed Salesforce's side, then each order in scope, then
 /// told which leftover ids exist in Postgres at all.
 pub struct Classifier {
     sf: SalesforceSide,
+    fields: Fields,
     check_items: bool,
     orders: u64,
     missing: Vec<Missing>,
@@ -38,6 +71,7 @@ impl Classifier {
     pub fn new(sf: SalesforceSide, check_items: bool) -> Self {
         Self {
             sf,
+            fields: Fields::default(),
             check_items,
             orders: 0,
             missing: Vec::new(),
@@ -47,8 +81,19 @@ impl Classifier {
         }
     }
 
+    /// Compares these fields too, with the values [`Classifier::order_with`] is given.
+    pub fn with_fields(mut self, fields: Fields) -> Self {
+        self.fields = fields;
+        self
+    }
+
     /// Compares one order in scope and takes its records out of the Salesforce side.
     pub fn order(&mut self, o: StoredOrder) {
+        self.order_with(o, None);
+    }
+
+    /// [`Classifier::order`], also comparing the fields' values with `expected`.
+    pub fn order_with(&mut self, o: StoredOrder, expected: Option<&Expected>) {
         self.orders += 1;
         let records = self.sf.orders.remove(&o.id);
         let items = self.sf.items.remove(&o.id).unwrap_or_default();
@@ -76,6 +121,24 @@ impl Classifier {
                 stored: stored.clone(),
                 in_salesforce: records.clone(),
             });
+        }
+        if let Some(expected) = expected {
+            // The record the order names, or the first: with duplicates, one is compared.
+            let record = o
+                .salesforce_id
+                .as_deref()
+                .and_then(|s| records.iter().find(|r| same_id(r, s)))
+                .or(records.first());
+            if let Some(record) = record {
+                self.compare(&mut problems, record, None, &expected.order);
+            }
+            let mut lines: Vec<_> = expected.items.iter().collect();
+            lines.sort_by_key(|(line, _)| **line);
+            for (line, values) in lines {
+                if let Some((_, record)) = items.iter().find(|(l, _)| l == line) {
+                    self.compare(&mut problems, record, Some(*line), values);
+                }
+            }
         }
         if records.len() > 1 {
             self.duplicated.push(Duplicate {
@@ -105,6 +168,36 @@ impl Classifier {
                 sync_state: o.sync_state,
                 problems,
             });
+        }
+    }
+
+    /// Adds a [`Problem::Field`] for each compared field of `record` whose value differs.
+    fn compare(
+        &self,
+        problems: &mut Vec<Problem>,
+        record: &str,
+        line: Option<u32>,
+        expected: &[Option<Value>],
+    ) {
+        let (object, fields) = match line {
+            None => (ObjectKind::Order, &self.fields.order),
+            Some(_) => (ObjectKind::Item, &self.fields.item),
+        };
+        let actual = self.sf.values.get(record);
+        for (i, (name, kind)) in fields.iter().enumerate() {
+            let Some(Some(want)) = expected.get(i) else {
+                continue;
+            };
+            let got = actual.and_then(|v| v.get(i)).unwrap_or(&Value::Null);
+            if !same_value(*kind, want, got) {
+                problems.push(Problem::Field {
+                    object,
+                    line,
+                    field: name.clone(),
+                    in_postgres: want.clone(),
+                    in_salesforce: got.clone(),
+                });
+            }
         }
     }
 
@@ -190,6 +283,51 @@ impl Classifier {
             mismatched: self.mismatched,
             orphaned,
         }
+    }
+}
+
+/// Whether Salesforce's value is the order's, as the field kind reads them.
+fn same_value(kind: FieldKind, want: &Value, got: &Value) -> bool {
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match kind {
+        FieldKind::Number { scale } => {
+            let number = |v: &Value| text(v).and_then(|t| t.trim().parse::<f64>().ok());
+            match (number(want), number(got)) {
+                (Some(a), Some(b)) => match scale {
+                    // Both as Salesforce holds them: rounded to the field's decimals. The limits
+                    // keep compared numbers within an f64's 15 exact digits.
+                    Some(s) => {
+                        let unit = 10f64.powi(i32::try_from(s).unwrap_or(i32::MAX));
+                        (a * unit).round() == (b * unit).round()
+                    }
+                    None => a == b,
+                },
+                _ => false,
+            }
+        }
+        FieldKind::Datetime => {
+            let instant = |v: &Value| {
+                let t = text(v)?;
+                DateTime::parse_from_rfc3339(&t)
+                    .or_else(|_| DateTime::parse_from_str(&t, "%Y-%m-%dT%H:%M:%S%.f%z"))
+                    .ok()
+                    .map(|d: DateTime<FixedOffset>| d.to_utc())
+            };
+            match (instant(want), instant(got)) {
+                (Some(a), Some(b)) => a == b,
+                _ => text(want) == text(got),
+            }
+        }
+        FieldKind::Date | FieldKind::Text => match (text(want), text(got)) {
+            // Salesforce keeps an empty text as null.
+            (Some(a), None) => a.is_empty(),
+            (a, b) => a == b,
+        },
     }
 }
 

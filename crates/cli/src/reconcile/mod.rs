@@ -38,7 +38,7 @@ mod salesforce;
 
 use orderbridge_db::orders::ResyncError;
 
-pub use classify::{Classes, Classifier};
+pub use classify::{Classes, Classifier, Expected, FieldKind, Fields};
 pub use fix::{FixOptions, FixOutcome, fix};
 pub use keys::{parse_item_key, parse_order_key};
 pub use orders::{Scope, StoredOrder};

@@ -3,10 +3,12 @@
 //! The queries are here and the comparison is not, so each page is handed on as it arrives and
 //! Postgres is streamed, never held.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use orderbridge_db::orders::{ORDER_COLUMNS, OrderRow, load_lines};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -56,14 +58,16 @@ pub(crate) async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
 
-/// Hands every order in `scope` created before `started_at` to `each`, by id. Returns the count
-/// taken up front (the progress bar's total), which the run logs.
+/// Hands every order in `scope` created before `started_at` to `each`, by id, with (when
+/// `details`) the whole order as the API returns it, for the field comparison. Returns the
+/// count taken up front (the progress bar's total), which the run logs.
 pub(crate) async fn for_each_order(
     pool: &PgPool,
     scope: &Scope,
     started_at: DateTime<Utc>,
     progress: &dyn Progress,
-    mut each: impl FnMut(StoredOrder),
+    details: bool,
+    mut each: impl FnMut(StoredOrder, Option<Value>),
 ) -> Result<i64, sqlx::Error> {
     let until = scope
         .created_before
@@ -99,13 +103,46 @@ pub(crate) async fn for_each_order(
         let Some(last) = page.last() else { break };
         after = last.id;
         let n = page.len() as u64;
+        let mut full = if details {
+            whole_orders(pool, &page).await?
+        } else {
+            HashMap::new()
+        };
         for o in page {
-            each(o);
+            let order = full.remove(&o.id);
+            each(o, order);
         }
         bar.inc(n);
     }
     bar.finish();
     Ok(total)
+}
+
+/// The page's orders as the API returns them (JSON), with their lines: what the mapping's
+/// fields are evaluated on. Two queries a page.
+async fn whole_orders(
+    pool: &PgPool,
+    page: &[StoredOrder],
+) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
+    let ids: Vec<Uuid> = page.iter().map(|o| o.id).collect();
+    let rows: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE id = ANY($1)"
+    ))
+    .bind(&ids)
+    .fetch_all(pool)
+    .await?;
+    let mut conn = pool.acquire().await?;
+    let mut lines = load_lines(&mut conn, &ids).await?;
+    let mut out = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id = row.id;
+        let order = row.into_order(lines.remove(&id).unwrap_or_default())?;
+        // Plain data: serializing cannot fail, and a failure would only skip the comparison.
+        if let Ok(v) = serde_json::to_value(&order) {
+            out.insert(id, v);
+        }
+    }
+    Ok(out)
 }
 
 /// Which of `ids` are orders in Postgres, whatever their `created_at`: a leftover Salesforce

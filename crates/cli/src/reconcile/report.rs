@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::orders::Scope;
@@ -44,6 +45,17 @@ pub struct Duplicate {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Problem {
+    /// A mapped field holds another value in Salesforce than the order gives it (an amount, a
+    /// name): changed in Salesforce since, or written inexactly.
+    Field {
+        object: ObjectKind,
+        /// The line, for an item's field.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        line: Option<u32>,
+        field: String,
+        in_postgres: Value,
+        in_salesforce: Value,
+    },
     /// `orders.salesforce_id` is none of the records with the order's external id.
     SalesforceId {
         stored: String,
@@ -119,7 +131,9 @@ impl Report {
 
     /// Orders `--fix` resyncs: the missing and the mismatched ones; those in state `failed`
     /// only with `include_failed` (they failed for a reason a resync repeats until it is
-    /// fixed). Returns (to resync, skipped because failed), each sorted.
+    /// fixed). Returns (to resync, skipped because failed), each sorted. An order whose only
+    /// problems are field values is not resynced: orders and items are created once and then
+    /// belong to Salesforce, so a resync would not change them; a person decides.
     pub fn resync_targets(&self, include_failed: bool) -> (Vec<Uuid>, Vec<Uuid>) {
         let mut targets: Vec<Uuid> = self.missing.iter().map(|m| m.order_id).collect();
         let mut skipped = Vec::new();
@@ -138,6 +152,11 @@ impl Report {
             self.mismatched
                 .iter()
                 .filter(|m| m.sync_state != "failed")
+                .filter(|m| {
+                    m.problems
+                        .iter()
+                        .any(|p| !matches!(p, Problem::Field { .. }))
+                })
                 .map(|m| m.order_id),
         );
         targets.sort_unstable();

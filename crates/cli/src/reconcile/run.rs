@@ -2,13 +2,15 @@
 //! the module documentation explains. This is the only file of reconcile that reads the
 //! mapping (`orderbridge_mapping`, shared with the worker that writes the records).
 
-use orderbridge_mapping::{Mapping, Scope as MappingScope};
+use std::collections::HashMap;
+
+use orderbridge_mapping::{Expr, Format, Mapping, ObjectMapping, Scope as MappingScope};
 use orderbridge_salesforce::Client;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::ReconcileError;
-use super::classify::Classifier;
+use super::classify::{Classifier, Expected, FieldKind, Fields};
 use super::orders::{self, Scope};
 use super::report::Report;
 use super::salesforce::{self, Objects};
@@ -24,7 +26,7 @@ pub fn objects(mapping: &Mapping) -> Result<Objects, ReconcileError> {
         order: &order,
         line: None,
     });
-    if key.as_deref() != Some(PROBE) {
+    if key.as_deref().ok() != Some(PROBE) {
         return Err(ReconcileError::UnsupportedMapping(
             "`order.key` must be the order id (`\"key\": \"id\"`)".into(),
         ));
@@ -42,7 +44,7 @@ pub fn objects(mapping: &Mapping) -> Result<Objects, ReconcileError> {
                 order: &order,
                 line: Some(&line),
             });
-            if key.as_deref() != Some(&format!("{PROBE}-7")) {
+            if key.as_deref().ok() != Some(format!("{PROBE}-7").as_str()) {
                 return Err(ReconcileError::UnsupportedMapping(
                     "`items.key` must be `{\"template\": \"{order.id}-{line_number}\"}`".into(),
                 ));
@@ -53,11 +55,90 @@ pub fn objects(mapping: &Mapping) -> Result<Objects, ReconcileError> {
             ))
         }
     };
+    let names = |place: &str, object: &ObjectMapping| {
+        object
+            .compared_fields()
+            .map(|(name, _)| identifier(&format!("{place}.fields"), name))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let order_fields = names("order", &mapping.order.object)?;
+    let item_fields = match &mapping.items {
+        Some(i) => names("items", &i.object)?,
+        None => Vec::new(),
+    };
     Ok(Objects {
         order_object,
         order_field,
         items,
+        order_fields,
+        item_fields,
     })
+}
+
+/// The compared fields and how each is matched, in [`Objects`]' order.
+fn fields(mapping: &Mapping) -> Fields {
+    let kinds = |object: &ObjectMapping| {
+        object
+            .compared_fields()
+            .map(|(name, e)| (name.to_owned(), kind(e)))
+            .collect()
+    };
+    Fields {
+        order: kinds(&mapping.order.object),
+        item: mapping
+            .items
+            .as_ref()
+            .map(|i| kinds(&i.object))
+            .unwrap_or_default(),
+    }
+}
+
+fn kind(e: &Expr) -> FieldKind {
+    if e.is_number() {
+        return FieldKind::Number { scale: e.scale() };
+    }
+    match e.format_kind() {
+        Some(Format::Date) => FieldKind::Date,
+        Some(Format::Datetime) => FieldKind::Datetime,
+        _ => FieldKind::Text,
+    }
+}
+
+/// What the order's records should hold: each compared field evaluated on the order.
+fn expected(mapping: &Mapping, order: &Value) -> Expected {
+    let scope = MappingScope { order, line: None };
+    let values = |object: &ObjectMapping, scope| {
+        object
+            .compared_fields()
+            .map(|(_, e)| e.eval(scope))
+            .collect::<Vec<_>>()
+    };
+    let mut items = HashMap::new();
+    if let Some(i) = &mapping.items {
+        for line in order
+            .get("lines")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let Some(n) = line
+                .get("line_number")
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+            else {
+                continue;
+            };
+            let scope = MappingScope {
+                order,
+                line: Some(line),
+            };
+            items.insert(n, values(&i.object, scope));
+        }
+    }
+    Expected {
+        order: values(&mapping.order.object, scope),
+        items,
+    }
 }
 
 /// Names go into SOQL text: only letters, digits and underscores (custom and namespaced names
@@ -102,9 +183,11 @@ pub async fn reconcile_with_progress(
         "read Salesforce"
     );
 
-    let mut classifier = Classifier::new(sf, objects.items.is_some());
-    let total = orders::for_each_order(pool, &scope, started_at, progress, |o| {
-        classifier.order(o);
+    let compare = !objects.order_fields.is_empty() || !objects.item_fields.is_empty();
+    let mut classifier = Classifier::new(sf, objects.items.is_some()).with_fields(fields(mapping));
+    let total = orders::for_each_order(pool, &scope, started_at, progress, compare, |o, full| {
+        let expected = full.map(|order| expected(mapping, &order));
+        classifier.order_with(o, expected.as_ref());
     })
     .await?;
     tracing::debug!(orders = total, elapsed = ?run.elapsed(), "read Postgres");
@@ -142,10 +225,30 @@ mod tests {
                 order_object: "Order".into(),
                 order_field: "External_Id__c".into(),
                 items: Some(("OrderItem".into(), "External_Id__c".into())),
+                order_fields: [
+                    "BillingCity",
+                    "BillingCountry",
+                    "BillingPostalCode",
+                    "BillingStreet",
+                    "Description",
+                    "EffectiveDate",
+                    "Name",
+                    "PoNumber",
+                    "ShippingCity",
+                    "ShippingCountry",
+                    "ShippingPostalCode",
+                    "ShippingStreet",
+                    "TotalAmount",
+                ]
+                .map(String::from)
+                .to_vec(),
+                item_fields: ["Description", "Quantity", "UnitPrice", "TotalPrice"]
+                    .map(String::from)
+                    .to_vec(),
             }
         );
         let by_ref = Mapping::parse(
-            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "client_ref"}}"#,
+            r#"{"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": {"template": "{id}-case"}}}"#,
             "test",
         )
         .unwrap();

@@ -1,7 +1,7 @@
 //! Reading Salesforce: one SOQL query per object for every record with the external id set,
-//! followed page by page through `nextRecordsUrl`, and reduced at once to ids
-//! ([`SalesforceSide`]). Only SOQL and the REST client, so it runs against the emulator and a
-//! real org alike.
+//! followed page by page through `nextRecordsUrl`, and reduced at once to ids and the values of
+//! the compared fields ([`SalesforceSide`]). Only SOQL and the REST client, so it runs against
+//! the emulator and a real org alike.
 
 use std::collections::HashMap;
 
@@ -28,15 +28,21 @@ pub struct Objects {
     pub order_field: String,
     /// `None` when the mapping writes no items.
     pub items: Option<(String, String)>,
+    /// The order object's fields compared with the orders (read with the ids).
+    pub order_fields: Vec<String>,
+    /// The items object's compared fields.
+    pub item_fields: Vec<String>,
 }
 
-/// What Salesforce holds, reduced to ids.
+/// What Salesforce holds, reduced to ids and compared values.
 #[derive(Debug, Default)]
 pub struct SalesforceSide {
     /// Order external id → record ids.
     pub orders: HashMap<Uuid, Vec<String>>,
     /// Order id → (line number, record id) of its items.
     pub items: HashMap<Uuid, Vec<(u32, String)>>,
+    /// Record id → the values of the compared fields of its object, in [`Objects`]' order.
+    pub values: HashMap<String, Vec<Value>>,
     pub order_records: u64,
     pub item_records: u64,
     pub ignored: u64,
@@ -60,7 +66,17 @@ impl SalesforceSide {
             None => self.ignored += 1,
         }
     }
+
+    /// Records the compared fields' values of the record `id` (of ours: others are not kept).
+    pub fn add_values(&mut self, id: String, values: Vec<Value>) {
+        if !values.is_empty() {
+            self.values.insert(id, values);
+        }
+    }
 }
+
+/// One record as read: external id, record id, compared values.
+type Row = (String, String, Vec<Value>);
 
 /// Reads both objects at once (each with its own progress bar) into one [`SalesforceSide`].
 /// Salesforce cannot filter by our `created_at`, so with a lower bound only `CreatedDate` narrows
@@ -80,10 +96,11 @@ pub(crate) async fn read(
     let mut order_records = Vec::new();
     let mut item_records = Vec::new();
     let orders_bar = progress.phase(&format!("Salesforce {}", objects.order_object));
-    let order_read = read_ids(
+    let order_read = read_records(
         client,
         &objects.order_object,
         &objects.order_field,
+        &objects.order_fields,
         since_filter,
         orders_bar.as_ref(),
         &mut order_records,
@@ -91,10 +108,11 @@ pub(crate) async fn read(
     match &objects.items {
         Some((object, field)) => {
             let items_bar = progress.phase(&format!("Salesforce {object}"));
-            let item_read = read_ids(
+            let item_read = read_records(
                 client,
                 object,
                 field,
+                &objects.item_fields,
                 since_filter,
                 items_bar.as_ref(),
                 &mut item_records,
@@ -103,26 +121,34 @@ pub(crate) async fn read(
         }
         None => order_read.await?,
     }
-    for (ext, id) in order_records {
+    for (ext, id, values) in order_records {
+        if parse_order_key(&ext).is_some() {
+            sf.add_values(id.clone(), values);
+        }
         sf.add_order(&ext, id);
     }
-    for (ext, id) in item_records {
+    for (ext, id, values) in item_records {
+        if parse_item_key(&ext).is_some() {
+            sf.add_values(id.clone(), values);
+        }
         sf.add_item(&ext, id);
     }
     Ok(sf)
 }
 
-/// Reads (external id, record id) of every record of `object` with the external id set,
-/// following `nextRecordsUrl`.
-async fn read_ids(
+/// Reads (external id, record id, values of `fields`) of every record of `object` with the
+/// external id set, following `nextRecordsUrl`.
+async fn read_records(
     client: &Client,
     object: &str,
     field: &str,
+    fields: &[String],
     filter: &str,
     bar: &dyn PhaseProgress,
-    out: &mut Vec<(String, String)>,
+    out: &mut Vec<Row>,
 ) -> Result<(), ReconcileError> {
-    let soql = format!("SELECT Id, {field} FROM {object} WHERE {field} != null{filter}");
+    let extra: String = fields.iter().map(|f| format!(", {f}")).collect();
+    let soql = format!("SELECT Id, {field}{extra} FROM {object} WHERE {field} != null{filter}");
     let err = |source| ReconcileError::Salesforce {
         object: object.to_owned(),
         source: Box::new(source),
@@ -143,7 +169,16 @@ async fn read_ids(
                 .and_then(|(_, v)| v.as_str());
             let id = record.get("Id").and_then(Value::as_str);
             if let (Some(ext), Some(id)) = (ext, id) {
-                out.push((ext.to_owned(), id.to_owned()));
+                let values = fields
+                    .iter()
+                    .map(|f| {
+                        record
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(f))
+                            .map_or(Value::Null, |(_, v)| v.clone())
+                    })
+                    .collect();
+                out.push((ext.to_owned(), id.to_owned(), values));
             }
         }
         if page.done {

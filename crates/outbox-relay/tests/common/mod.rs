@@ -13,7 +13,9 @@ use orderbridge_broker::lapin::options::{BasicAckOptions, BasicGetOptions};
 use orderbridge_broker::lapin::{BasicProperties, Connection, ConnectionProperties};
 use orderbridge_broker::signing::DEV_SIGNING_KEY;
 use orderbridge_broker::{BrokerConfig, Keyring, SigningConfig, Topology};
-use orderbridge_domain::{Customer, LineInput, NewOrder, NewOrderRequest, OrderEvent};
+use orderbridge_domain::{
+    ClientId, ClientScope, CustomerInput, LineInput, NewOrder, NewOrderRequest, OrderEvent,
+};
 use outbox_relay::{Metrics, Relay, RelayConfig};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -178,7 +180,7 @@ pub async fn api_client(pool: &PgPool) -> Uuid {
 fn new_order(client_ref: &str) -> NewOrder {
     NewOrder::parse(NewOrderRequest {
         client_ref: client_ref.to_owned(),
-        customer: Customer {
+        customer: CustomerInput {
             external_id: "CUST-1".into(),
             name: "Acme GmbH".into(),
             email: "buyer@acme.example".into(),
@@ -190,7 +192,7 @@ fn new_order(client_ref: &str) -> NewOrder {
         lines: vec![LineInput {
             sku: "SKU-1".into(),
             name: "Mug".into(),
-            quantity: 2,
+            quantity: 2.into(),
             unit_price: "12.50".into(),
         }],
         notes: None,
@@ -222,8 +224,12 @@ pub async fn insert_order_row(
     .execute(&mut *tx)
     .await
     .unwrap();
+    let client = ClientScope {
+        id: ClientId::from_uuid(client_id),
+        external_id_prefix: format!("{}:", client_id.simple()),
+    };
     let envelope =
-        OrderEvent::Submitted(Box::new(order)).into_envelope(now, Some(format!("req-{id}")));
+        OrderEvent::submitted(order, client).into_envelope(now, Some(format!("req-{id}")));
     (id, envelope)
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use lapin::message::Delivery;
 use orderbridge_broker::{DeadLetterReason, Keyring, SignatureError, headers};
-use orderbridge_domain::{DecodeError, Envelope, Order, OrderEvent, OrderId};
+use orderbridge_domain::{DecodeError, Envelope, OrderEvent, OrderId, SubmittedOrder};
 
 use super::breaker;
 use super::settle::settle;
@@ -20,7 +20,7 @@ pub(super) struct Message {
     pub(super) delivery: Delivery,
     /// `None` when it could not be read or is not signed by the relay; then `decode_error` or
     /// `signature_error` says why.
-    pub(super) event: Option<Envelope<Order>>,
+    pub(super) event: Option<Envelope<SubmittedOrder>>,
     pub(super) decode_error: Option<DecodeError>,
     /// Why the signature was not accepted. Such a message is never decoded, written or
     /// reported on (a forged message must not even mark a real order failed).
@@ -64,7 +64,7 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     let last_delivery = last_delivery(ctx.topology.delivery_limit);
 
     let (writes, newest) = plan_writes(&messages, last_delivery);
-    let orders: Vec<&Order> = writes
+    let orders: Vec<&SubmittedOrder> = writes
         .iter()
         .filter_map(|i| messages[*i].event.as_ref().map(|e| &e.data))
         .collect();
@@ -115,18 +115,19 @@ fn plan_writes(messages: &[Message], last_delivery: u32) -> (Vec<usize>, HashSet
     let mut newest: HashMap<OrderId, usize> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let Some(e) = &m.event else { continue };
-        match newest.get(&e.data.id) {
+        let order = &e.data.order;
+        match newest.get(&order.id) {
             Some(&j) => {
                 let other = messages[j]
                     .event
                     .as_ref()
-                    .map(|o| (o.data.version, o.occurred_at));
-                if other < Some((e.data.version, e.occurred_at)) {
-                    newest.insert(e.data.id, i);
+                    .map(|o| (o.data.order.version, o.occurred_at));
+                if other < Some((order.version, e.occurred_at)) {
+                    newest.insert(order.id, i);
                 }
             }
             None => {
-                newest.insert(e.data.id, i);
+                newest.insert(order.id, i);
             }
         }
     }
@@ -232,7 +233,7 @@ pub(super) fn read(delivery: Delivery, keyring: &Keyring) -> Message {
     }
     match OrderEvent::decode(&delivery.data) {
         Ok(env) => {
-            let OrderEvent::Submitted(order) = env.data;
+            let OrderEvent::Submitted(submitted) = env.data;
             Message {
                 event: Some(Envelope {
                     id: env.id,
@@ -240,7 +241,7 @@ pub(super) fn read(delivery: Delivery, keyring: &Keyring) -> Message {
                     version: env.version,
                     occurred_at: env.occurred_at,
                     correlation_id: env.correlation_id,
-                    data: *order,
+                    data: *submitted,
                 }),
                 decode_error: None,
                 signature_error: None,

@@ -18,7 +18,7 @@ use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, PublisherConfirm};
 use orderbridge_broker::headers::{self, long_string};
 use orderbridge_broker::{DeadLetterReason, Keyring, REQUEUE_ROUTING_KEY, Topology};
-use orderbridge_domain::{Envelope, Order, SyncError, SyncState, SyncStatus, text};
+use orderbridge_domain::{Envelope, SubmittedOrder, SyncError, SyncState, SyncStatus, text};
 
 use super::decision::{Action, Message};
 use super::{BatchError, Ctx};
@@ -387,7 +387,7 @@ async fn ack_or_requeue(ctx: &Ctx, acker: &Acker, ack: bool) -> Result<(), Batch
 /// Metrics and the log line for a settled message.
 fn record(ctx: &Ctx, m: &Message, action: &Action, now: DateTime<Utc>) {
     let metrics = &ctx.metrics;
-    let order = m.event.as_ref().map(|e| e.data.id);
+    let order = m.event.as_ref().map(|e| e.data.order.id);
     let correlation_id = m.event.as_ref().and_then(|e| e.correlation_id.as_deref());
     match action {
         Action::Synced(id) => {
@@ -463,15 +463,15 @@ fn failure_properties(
 }
 
 fn status_of(
-    e: &Envelope<Order>,
+    e: &Envelope<SubmittedOrder>,
     state: SyncState,
     salesforce_id: Option<String>,
     attempts: u32,
     error: Option<(&String, &String)>,
 ) -> SyncStatus {
     SyncStatus {
-        order_id: e.data.id,
-        order_version: e.data.version,
+        order_id: e.data.order.id,
+        order_version: e.data.order.version,
         state,
         salesforce_id,
         attempts,

@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use orderbridge_domain::Order;
+use orderbridge_domain::SubmittedOrder;
 use orderbridge_salesforce::{ApiError, Client, Error, ErrorClass};
 use serde_json::{Map, Value};
 
@@ -166,7 +166,7 @@ impl Writer {
     }
 
     /// Writes `orders` (distinct ids) and returns one result per order, in order.
-    pub async fn write(&self, orders: &[&Order]) -> Vec<OrderResult> {
+    pub async fn write(&self, orders: &[&SubmittedOrder]) -> Vec<OrderResult> {
         let mut results: Vec<Option<OrderResult>> = vec![None; orders.len()];
         let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(orders.len());
 

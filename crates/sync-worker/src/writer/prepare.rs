@@ -4,8 +4,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Instant;
 
-use orderbridge_domain::Order;
-use orderbridge_mapping::{ObjectMapping, Scope};
+use orderbridge_domain::SubmittedOrder;
+use orderbridge_mapping::{KeyError, Scope};
 use orderbridge_salesforce::ErrorClass;
 use serde_json::Value;
 
@@ -15,7 +15,7 @@ use crate::pricebook::{PriceBookError, Resolved};
 impl Writer {
     pub(super) async fn entries_for(
         &self,
-        orders: &[&Order],
+        orders: &[&SubmittedOrder],
     ) -> Result<Option<HashMap<String, Option<String>>>, CallFailure> {
         let Some(items) = &self.mapping.items else {
             return Ok(None);
@@ -25,7 +25,7 @@ impl Writer {
         }
         let skus: BTreeSet<&str> = orders
             .iter()
-            .flat_map(|o| o.lines.iter().map(|l| l.sku.as_str()))
+            .flat_map(|o| o.order.lines.iter().map(|l| l.sku.as_str()))
             .collect();
         let started = Instant::now();
         match self.pricebook.entries(&skus).await {
@@ -39,44 +39,64 @@ impl Writer {
         }
     }
 
+    /// One order's records. An order with a value Salesforce could not hold exactly (too
+    /// long, too many digits) fails here, permanently and naming the field, before anything is
+    /// written: nothing is cut or rounded on the way.
     pub(super) fn prepare(
         &self,
-        order: &Order,
+        submitted: &SubmittedOrder,
         entries: Option<&HashMap<String, Option<String>>>,
         pricebook: Option<&Resolved>,
     ) -> Result<Prepared, Failure> {
-        let json = serde_json::to_value(order).map_err(|e| Failure {
+        let order = &submitted.order;
+        // What the mapping reads: the event's data (the order plus its client).
+        let mut json = serde_json::to_value(order).map_err(|e| Failure {
             retryable: false,
             code: "UNSERIALIZABLE".into(),
             message: e.to_string(),
         })?;
+        if let (Value::Object(m), Some(client)) = (&mut json, &submitted.client) {
+            m.insert(
+                "client".into(),
+                serde_json::to_value(client).unwrap_or_default(),
+            );
+        }
         let scope = Scope {
             order: &json,
             line: None,
         };
-        let key_missing = |obj: &ObjectMapping| Failure {
+        let key_failure = |e: KeyError| Failure {
             retryable: false,
-            code: "MAPPING_KEY_MISSING".into(),
-            message: format!(
-                "the mapping's key for {} ({}) has no value in this order",
-                obj.sobject, obj.external_id_field
-            ),
+            code: e.code().into(),
+            message: e.to_string(),
         };
         let m = &self.mapping;
-        let order_key = m
-            .order
-            .object
-            .key(scope)
-            .ok_or_else(|| key_missing(&m.order.object))?;
+        // Keys first: an event without a client, or an ambiguous key, fails with its own code.
+        let order_key = m.order.object.key(scope).map_err(key_failure)?;
+        let account_key = match &m.account {
+            Some(a) => Some(a.object.key(scope).map_err(key_failure)?),
+            None => None,
+        };
+        let overflows = m.check_order(&json);
+        if !overflows.is_empty() {
+            return Err(Failure {
+                retryable: false,
+                code: "FIELD_LIMIT".into(),
+                message: overflows
+                    .iter()
+                    .map(|o| format!("{}: {}", o.pointer, o.detail))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            });
+        }
         let mut order_record = m.order.object.record(scope, &order_key);
-        let account = match &m.account {
-            Some(a) => {
-                let key = a.object.key(scope).ok_or_else(|| key_missing(&a.object))?;
+        let account = match (&m.account, account_key) {
+            (Some(a), Some(key)) => {
                 order_record.insert(a.relationship.clone(), a.object.reference(&key));
                 let record = a.object.record(scope, &key);
                 Some((key, record))
             }
-            None => None,
+            _ => None,
         };
         if let (Some(field), Some(pb)) = (&m.order.pricebook_field, pricebook) {
             order_record.insert(field.clone(), Value::String(pb.id.clone()));
@@ -89,10 +109,7 @@ impl Writer {
                     order: &json,
                     line: Some(value),
                 };
-                let key = im
-                    .object
-                    .key(scope)
-                    .ok_or_else(|| key_missing(&im.object))?;
+                let key = im.object.key(scope).map_err(key_failure)?;
                 let mut record = im.object.record(scope, &key);
                 record.insert(
                     im.order_relationship.clone(),

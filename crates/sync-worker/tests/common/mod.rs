@@ -17,7 +17,9 @@ use orderbridge_broker::lapin::types::FieldTable;
 use orderbridge_broker::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use orderbridge_broker::signing::DEV_SIGNING_KEY;
 use orderbridge_broker::{BrokerConfig, Keyring, Supervisor, Topology};
-use orderbridge_domain::{Envelope, NewOrder, NewOrderRequest, Order, OrderEvent, SyncStatus};
+use orderbridge_domain::{
+    ClientId, ClientScope, Envelope, NewOrder, NewOrderRequest, Order, OrderEvent, SyncStatus,
+};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde_json::{Value, json};
@@ -57,6 +59,14 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The API client the harness's orders come from (accounts are `test:<customer id>`).
+pub fn test_client() -> ClientScope {
+    ClientScope {
+        id: ClientId::from_uuid(uuid::Uuid::from_u128(0x7e57)),
+        external_id_prefix: "test:".into(),
     }
 }
 
@@ -261,21 +271,46 @@ impl Harness {
         (conn, ch)
     }
 
-    /// Publishes `order.submitted` for each order as the relay does (signed); returns the
-    /// envelopes.
+    /// Publishes `order.submitted` for each order as the relay does (signed), from
+    /// [`test_client`]; returns the envelopes.
     pub async fn publish_orders(&self, orders: &[Order]) -> Vec<Envelope<Value>> {
+        self.publish_orders_as(orders, &test_client()).await
+    }
+
+    /// Publishes `order.submitted` for each order as the relay does, accepted from `client`.
+    pub async fn publish_orders_as(
+        &self,
+        orders: &[Order],
+        client: &ClientScope,
+    ) -> Vec<Envelope<Value>> {
+        let envelopes: Vec<Envelope<Value>> = orders
+            .iter()
+            .map(|o| {
+                OrderEvent::submitted(o.clone(), client.clone())
+                    .into_envelope(o.created_at, Some(format!("req-{}", o.id)))
+            })
+            .collect();
+        self.publish_envelopes(&envelopes).await;
+        envelopes
+    }
+
+    /// Publishes ready-made `order.submitted` envelopes as the relay does.
+    pub async fn publish_envelopes(&self, envelopes: &[Envelope<Value>]) {
         let (conn, ch) = self.channel().await;
-        let mut out = Vec::new();
-        for o in orders {
-            let env = OrderEvent::Submitted(Box::new(o.clone()))
-                .into_envelope(o.created_at, Some(format!("req-{}", o.id)));
+        for env in envelopes {
+            let o = &env.data;
             let body = serde_json::to_vec(&env).unwrap();
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into())
                 .with_message_id(env.id.to_string().into())
                 .with_type(env.event_type.as_str().into())
-                .with_correlation_id(format!("req-{}", o.id).into());
+                .with_correlation_id(
+                    env.correlation_id
+                        .clone()
+                        .unwrap_or_else(|| format!("req-{}", o["id"]))
+                        .into(),
+                );
             let props = keyring().sign(props, &body);
             ch.basic_publish(
                 self.topology.events_exchange.as_str().into(),
@@ -291,10 +326,8 @@ impl Harness {
             .unwrap()
             .await
             .unwrap();
-            out.push(env);
         }
         conn.close(200, "bye".into()).await.ok();
-        out
     }
 
     /// Publishes raw bytes on the work queue's binding (a poison message), signed as the relay

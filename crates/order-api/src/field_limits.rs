@@ -1,0 +1,68 @@
+//! Refusing at intake what Salesforce could not hold exactly: the mapped fields' limits
+//! (`orderbridge_mapping::Mapping::check_order`, the same check the sync worker makes before it
+//! writes), applied to the order as its event will carry it. A 422 naming the field now beats a
+//! dead letter later, and a value cut or rounded in Salesforce never happens.
+//!
+//! The API never talks to Salesforce: the limits are the ones the mapping file declares, which
+//! the worker (at start-up) and `sync-worker check-mapping --salesforce` verify against the
+//! org's describe results.
+
+use orderbridge_domain::{ClientScope, Order, Violations};
+use orderbridge_mapping::Mapping;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// 422 with every value of `order` a mapped Salesforce field could not hold.
+pub fn check(mapping: &Mapping, order: &Order, client: &ClientScope) -> Result<(), ApiError> {
+    let mut data = serde_json::to_value(order).map_err(|e| ApiError::Internal(e.into()))?;
+    if let Value::Object(m) = &mut data {
+        m.insert(
+            "client".into(),
+            serde_json::to_value(client).map_err(|e| ApiError::Internal(e.into()))?,
+        );
+    }
+    let mut v = Violations::default();
+    for o in mapping.check_order(&data) {
+        let (pointer, detail) = request_place(&o.pointer, o.detail);
+        v.push(&pointer, o.code, detail);
+    }
+    Ok(v.into_result(())?)
+}
+
+/// The request's place for a pointer into the stored order: computed amounts are named by the
+/// input they come from (the total by `/lines`, a line total by its line).
+fn request_place(pointer: &str, detail: String) -> (String, String) {
+    if pointer == "/total" {
+        return ("/lines".into(), format!("the order total {detail}"));
+    }
+    if let Some(line) = pointer
+        .strip_prefix("/lines/")
+        .and_then(|rest| rest.strip_suffix("/line_total"))
+    {
+        return (format!("/lines/{line}"), format!("the line total {detail}"));
+    }
+    if pointer == "/" {
+        return (String::new(), detail);
+    }
+    (pointer.to_owned(), detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn computed_amounts_point_at_their_inputs() {
+        assert_eq!(request_place("/total", "x".into()).0, "/lines");
+        assert_eq!(
+            request_place("/lines/3/line_total", "x".into()).0,
+            "/lines/3"
+        );
+        assert_eq!(
+            request_place("/billing_address/city", "x".into()).0,
+            "/billing_address/city"
+        );
+        assert_eq!(request_place("/", "x".into()).0, "");
+    }
+}
