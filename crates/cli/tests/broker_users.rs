@@ -532,7 +532,11 @@ async fn the_relay_and_the_worker_run_an_order_through_as_their_own_users() {
         .unwrap()
         .into_order(Uuid::now_v7(), chrono::Utc::now());
     let order_id = order.id;
-    orderbridge_db::create::create_order(&db.pool, client_id.into(), None, order, None)
+    let scope = orderbridge_db::clients::scope(&db.pool, client_id.into())
+        .await
+        .unwrap()
+        .unwrap();
+    orderbridge_db::create::create_order(&db.pool, &scope, None, order, None)
         .await
         .unwrap();
 

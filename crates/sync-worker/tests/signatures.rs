@@ -21,7 +21,8 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// An `order.submitted` event for `o` and the properties the relay gives it, unsigned.
 fn event(o: &Order) -> (Vec<u8>, BasicProperties) {
-    let env = OrderEvent::Submitted(Box::new(o.clone())).into_envelope(o.created_at, None);
+    let env =
+        OrderEvent::submitted(o.clone(), common::test_client()).into_envelope(o.created_at, None);
     let body = serde_json::to_vec(&env).unwrap();
     let props = BasicProperties::default()
         .with_delivery_mode(2)
