@@ -19,6 +19,7 @@
 
 pub mod admin;
 pub mod admin_guard;
+pub mod admin_pubsub;
 pub mod api;
 pub mod auth;
 pub mod composite;
@@ -27,6 +28,7 @@ pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod pubsub;
+pub mod pubsub_api;
 pub mod reply;
 pub mod route;
 pub mod schema;
@@ -342,7 +344,7 @@ async fn run(
         pubsub: pubsub_listener,
         ..
     } = bound;
-    let pubsub_server = tokio::spawn(pubsub::server::serve(
+    let pubsub_server = tokio::spawn(pubsub_api::server::serve(
         pubsub_listener,
         tls.clone(),
         Arc::clone(&state),
