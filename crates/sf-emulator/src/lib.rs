@@ -9,13 +9,18 @@
 //!                   ├► /services/data/vNN.N/…      sObjects, upsert by external id,
 //!                   │                              Collections, Composite, SOQL, /limits
 //!                   │                              (counted; Sforce-Limit-Info on every reply)
-//!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed
-//!                          │
+//!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed,
+//!                          │                      pubsub (stats, faults, schema changes)
 //!                  one Mutex<Inner>: Store (records in memory, schema-validated),
 //!                  sessions, faults, counters
+//!                          │ committed changes (CDC), platform events
+//!                          ▼
+//!  gRPC client ────► Pub/Sub API (`pubsub` hub,    GetTopic, GetSchema, Subscribe, Publish,
+//!                    `pubsub_api` server)         PublishStream; own listener, same TLS
 //! ```
 //!
-//! Use it in-process from tests with [`spawn`] (port 0), or run the `sf-emulator` binary.
+//! Use it in-process from tests with [`spawn`] (port 0 for both listeners), or run the
+//! `sf-emulator` binary.
 
 pub mod admin;
 pub mod admin_guard;

@@ -994,3 +994,25 @@ async fn injected_delivery_delay_holds_events_back() {
         "reset clears Pub/Sub faults: {stats}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let org = Org::start_with(config()).await;
+    let mut sub = subscribe(&org, fetch(ORDER_TOPIC, ReplayPreset::Latest, vec![], 1))
+        .await
+        .unwrap();
+    assert!(sub.next().await.unwrap().events.is_empty());
+    let Org { emu, .. } = org;
+    tokio::time::timeout(Duration::from_secs(10), emu.shutdown())
+        .await
+        .expect("shutdown waited on an open Subscribe stream")
+        .unwrap();
+    let err = loop {
+        match sub.stream.message().await {
+            Err(e) => break e,
+            Ok(Some(r)) => assert!(r.events.is_empty()),
+            Ok(None) => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
