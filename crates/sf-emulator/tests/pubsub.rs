@@ -12,6 +12,7 @@ use std::time::Duration;
 use apache_avro::types::Value as Avro;
 use common::{Org, V};
 use orderbridge_pubsub::bitmap::Bitmap;
+use orderbridge_pubsub::call;
 use orderbridge_pubsub::proto::pub_sub_client::PubSubClient;
 use orderbridge_pubsub::proto::{
     FetchRequest, FetchResponse, ProducerEvent, PublishRequest, ReplayPreset, SchemaRequest,
@@ -85,10 +86,7 @@ async fn client(org: &Org) -> PubSubClient<Channel> {
 
 fn authed<T>(org: &Org, token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    let md = r.metadata_mut();
-    md.insert(metadata::ACCESS_TOKEN, token.parse().unwrap());
-    md.insert(metadata::INSTANCE_URL, org.base().parse().unwrap());
-    md.insert(metadata::TENANT_ID, org.emu.state.org_id.parse().unwrap());
+    call::insert_auth(r.metadata_mut(), token, org.base(), &org.emu.state.org_id).unwrap();
     r
 }
 
@@ -485,14 +483,7 @@ async fn never_more_than_requested_and_keepalive_carries_the_latest_replay_id() 
 
 fn assert_trailer(status: &Status, code: Code, error_code: &str) {
     assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(
-        status
-            .metadata()
-            .get(metadata::ERROR_CODE)
-            .and_then(|v| v.to_str().ok()),
-        Some(error_code),
-        "{status:?}"
-    );
+    assert_eq!(call::error_code(status), Some(error_code), "{status:?}");
 }
 
 async fn first_error(org: &Org, req: FetchRequest) -> Status {
