@@ -1,5 +1,6 @@
 //! The admin API under `/__admin` (outside `/services`, never counted as API calls): statistics,
-//! record dumps, fault injection, reset and seeding.
+//! record dumps, fault injection, reset and seeding. The Pub/Sub side's admin calls
+//! (`/__admin/pubsub…`) are in `pubsub::admin`.
 
 use std::collections::BTreeMap;
 
@@ -163,11 +164,15 @@ pub async fn clear_faults(State(s): State<AppState>) -> Response {
 pub async fn reset(State(s): State<AppState>) -> Response {
     let mut inner = s.lock();
     inner.reset(&s.schema);
+    s.pubsub.lock().faults = Default::default();
     if let Some(seed_value) = &s.seed {
         let parsed: Result<Seed, _> = serde_json::from_value(seed_value.clone());
         match parsed {
             Ok(seed) => {
-                if let Err(e) = seed::apply(&mut inner.store, &seed) {
+                let applied = seed::apply(&mut inner.store, &seed);
+                // Admin data loads publish no change events (nobody changed a record).
+                inner.store.take_changes();
+                if let Err(e) = applied {
                     return to_response(e.into_reply(), None);
                 }
             }
@@ -185,9 +190,12 @@ pub async fn seed(State(s): State<AppState>, body: Bytes) -> Response {
     };
     let mut inner = s.lock();
     let savepoint = inner.store.begin();
-    match seed::apply(&mut inner.store, &seed) {
+    let applied = seed::apply(&mut inner.store, &seed);
+    match applied {
         Ok(created) => {
             inner.store.commit(savepoint);
+            // Admin data loads publish no change events (nobody changed a record).
+            inner.store.take_changes();
             inner.dirty = true;
             to_response(Reply::json(201, created), None)
         }

@@ -98,6 +98,34 @@ pub struct EmulatorConfig {
     /// (e.g. `REQUESTS_CA_BUNDLE`, `SSL_CERT_FILE`).
     #[arg(long, env = "SF_EMULATOR_TLS_CA_OUT", requires = "tls_self_signed")]
     pub tls_ca_out: Option<PathBuf>,
+    /// Address of the Pub/Sub API (gRPC) server (port 0 picks a free port). TLS with the same
+    /// certificate when HTTPS is on.
+    #[arg(
+        long,
+        env = "SF_EMULATOR_PUBSUB_ADDR",
+        default_value = "127.0.0.1:7443"
+    )]
+    pub pubsub_addr: SocketAddr,
+    /// How often an idle Subscribe stream gets an empty FetchResponse (keepalive) carrying the
+    /// latest replay id; Salesforce sends one at least every 270 s.
+    #[arg(long, env = "SF_EMULATOR_PUBSUB_KEEPALIVE", default_value = "270s", value_parser = humantime::parse_duration)]
+    pub pubsub_keepalive: Duration,
+    /// How long published events stay replayable (Salesforce: 72 hours).
+    #[arg(long, env = "SF_EMULATOR_EVENT_RETENTION", default_value = "72h", value_parser = humantime::parse_duration)]
+    pub event_retention: Duration,
+    /// Most events kept per topic; older ones are dropped first (their replay ids then fail
+    /// like expired ones), so memory stays bounded however much is published.
+    #[arg(long, env = "SF_EMULATOR_EVENT_MAX", default_value_t = 10_000)]
+    pub event_max: usize,
+    /// Objects whose creates, updates and deletes publish Change Data Capture events
+    /// (comma-separated; `/data/<Object>ChangeEvent` and `/data/ChangeEvents`).
+    #[arg(
+        long,
+        env = "SF_EMULATOR_CDC_OBJECTS",
+        default_value = "Order",
+        value_delimiter = ','
+    )]
+    pub cdc_objects: Vec<String>,
 }
 
 impl Default for EmulatorConfig {
@@ -122,15 +150,21 @@ impl Default for EmulatorConfig {
             tls_key_file: None,
             tls_self_signed: false,
             tls_ca_out: None,
+            pubsub_addr: SocketAddr::from(([127, 0, 0, 1], 7443)),
+            pubsub_keepalive: Duration::from_secs(270),
+            event_retention: Duration::from_secs(72 * 3600),
+            event_max: 10_000,
+            cdc_objects: vec!["Order".to_owned()],
         }
     }
 }
 
 impl EmulatorConfig {
-    /// Defaults, listening on a free port of 127.0.0.1 (for tests).
+    /// Defaults, listening on free ports of 127.0.0.1 (REST and Pub/Sub; for tests).
     pub fn ephemeral() -> Self {
         Self {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            pubsub_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Self::default()
         }
     }

@@ -7,6 +7,7 @@
 //!                                              ─► daily limit? 403 ─► count call
 //!                                              ─► injected error? ─► api::execute
 //!                                              ─► + Sforce-Limit-Info
+//!                                              ─► committed changes ─► Pub/Sub (CDC)
 //! ```
 
 use std::time::Duration;
@@ -26,6 +27,7 @@ use crate::admin;
 use crate::admin_guard;
 use crate::api;
 use crate::auth;
+use crate::pubsub;
 // `to_response` lived here before it moved next to `Reply`; the old path keeps working.
 pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
@@ -55,6 +57,12 @@ pub fn app(state: AppState) -> Router {
                 )
                 .route("/__admin/reset", post(admin::reset))
                 .route("/__admin/seed", post(admin::seed))
+                .route("/__admin/pubsub", get(pubsub::admin::stats))
+                .route(
+                    "/__admin/pubsub/faults",
+                    post(pubsub::admin::set_faults).delete(pubsub::admin::clear_faults),
+                )
+                .route("/__admin/pubsub/schema", post(pubsub::admin::add_field))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     admin_guard::guard,
@@ -314,7 +322,15 @@ async fn data(
         spent: Vec::new(),
     };
     let reply = api::execute(&ctx, &mut inner, &route, &mut req);
+    // Whatever the call committed (single, Collections, Composite, upsert, cascades) becomes
+    // change events, published after the lock is released.
+    let changes = inner.store.take_changes();
     drop(inner);
+    if !changes.is_empty() {
+        let client = call_options_client(&headers);
+        let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
+        s.pubsub.publish_changes(changes, origin, &s.user_id);
+    }
     // Freed outside the lock too.
     drop(req);
     tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");

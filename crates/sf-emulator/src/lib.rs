@@ -26,6 +26,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod jwt;
+pub mod pubsub;
 pub mod reply;
 pub mod route;
 pub mod schema;
@@ -63,6 +64,8 @@ pub enum StartError {
     Tls(#[from] tls::TlsError),
     #[error("TLS needs both a certificate and a key file")]
     TlsIncomplete,
+    #[error(transparent)]
+    PubSub(#[from] pubsub::avro::SchemaBuildError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -109,17 +112,22 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         _ => None,
     };
     let seed_path = config.seed_file.clone();
+    let hub = pubsub::Hub::new(&config, &schema)?;
     let shared = Arc::new(state::Shared::new(
         config,
         instance_url,
         jwt_key,
         Arc::new(schema),
         seed.clone(),
+        hub,
     ));
     if let Some(data) = saved {
         // Saved data already holds whatever was seeded the first time.
         let mut inner = shared.lock();
         inner.store = store::Store::with_data(Arc::clone(&shared.schema), data);
+        inner
+            .store
+            .capture_changes(shared.pubsub.captured.iter().cloned());
     } else if let (Some(seed), Some(path)) = (seed, seed_path) {
         let err = |message: String| StartError::Seed {
             path: path.display().to_string(),
@@ -129,6 +137,8 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         let mut inner = shared.lock();
         seed::apply(&mut inner.store, &parsed)
             .map_err(|e| err(format!("{}: {}", e.code, e.message)))?;
+        // The org's starting data is not a change anyone subscribed to.
+        inner.store.take_changes();
     }
     Ok(shared)
 }
@@ -138,6 +148,10 @@ pub struct RunningEmulator {
     /// `http://127.0.0.1:PORT`: login URL and instance URL.
     pub base_url: String,
     pub addr: SocketAddr,
+    /// Where the Pub/Sub API (gRPC) listens.
+    pub pubsub_addr: SocketAddr,
+    /// `http://127.0.0.1:PORT` (`https://` in HTTPS mode): the Pub/Sub endpoint for clients.
+    pub pubsub_url: String,
     pub state: AppState,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), std::io::Error>>>,
@@ -170,6 +184,15 @@ struct Bound {
     addr: SocketAddr,
     url: String,
     tls: Option<Arc<rustls::ServerConfig>>,
+    pubsub: TcpListener,
+    pubsub_addr: SocketAddr,
+}
+
+impl Bound {
+    fn pubsub_url(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.pubsub_addr)
+    }
 }
 
 async fn bind(config: &EmulatorConfig) -> Result<Bound, StartError> {
@@ -219,11 +242,23 @@ async fn bind(config: &EmulatorConfig) -> Result<Bound, StartError> {
         .unwrap_or_else(|| format!("{scheme}://{bound}"))
         .trim_end_matches('/')
         .to_owned();
+    let pubsub = TcpListener::bind(config.pubsub_addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.pubsub_addr,
+            source,
+        })?;
+    let pubsub_addr = pubsub.local_addr().map_err(|source| StartError::Bind {
+        addr: config.pubsub_addr,
+        source,
+    })?;
     Ok(Bound {
         tcp,
         addr: bound,
         url,
         tls,
+        pubsub,
+        pubsub_addr,
     })
 }
 
@@ -295,8 +330,33 @@ async fn run(
             }
         })
     });
-    let served = serve_on(bound, router, shutdown).await;
+    // The Pub/Sub server stops with the REST one.
+    let (ps_stop_tx, ps_stop_rx) = oneshot::channel::<()>();
+    let shutdown = async move {
+        shutdown.await;
+        let _ = ps_stop_tx.send(());
+    };
+    let Bound {
+        tcp,
+        tls,
+        pubsub: pubsub_listener,
+        ..
+    } = bound;
+    let pubsub_server = tokio::spawn(pubsub::server::serve(
+        pubsub_listener,
+        tls.clone(),
+        Arc::clone(&state),
+        async move {
+            let _ = ps_stop_rx.await;
+        },
+    ));
+    let served = serve_on(tcp, tls, router, shutdown).await;
     let _ = stop_tx.send(());
+    match pubsub_server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the Pub/Sub server failed"),
+        Err(e) => tracing::warn!(error = %e, "the Pub/Sub server task failed"),
+    }
     if let Some(f) = flusher {
         f.await.map_err(std::io::Error::other)??;
     }
@@ -304,19 +364,20 @@ async fn run(
 }
 
 async fn serve_on(
-    bound: Bound,
+    tcp: TcpListener,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), std::io::Error> {
-    match bound.tls {
+    match tls_config {
         Some(config) => {
-            let listener = tls::TlsListener::new(bound.tcp, config)?;
+            let listener = tls::TlsListener::new(tcp, config)?;
             axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         None => {
-            axum::serve(bound.tcp, router)
+            axum::serve(tcp, router)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
@@ -327,6 +388,7 @@ async fn serve_on(
 pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, StartError> {
     let bound = bind(&config).await?;
     let (addr, base_url) = (bound.addr, bound.url.clone());
+    let (pubsub_addr, pubsub_url) = (bound.pubsub_addr, bound.pubsub_url());
     let state = build_state(config, base_url.clone())?;
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(run(bound, Arc::clone(&state), async {
@@ -335,6 +397,8 @@ pub async fn spawn(config: EmulatorConfig) -> Result<RunningEmulator, StartError
     Ok(RunningEmulator {
         base_url,
         addr,
+        pubsub_addr,
+        pubsub_url,
         state,
         shutdown: Some(tx),
         task: Some(task),
@@ -348,7 +412,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let bound = bind(&config).await?;
     let state = build_state(config, bound.url.clone())?;
-    tracing::info!(addr = %bound.addr, instance_url = %bound.url, tls = bound.tls.is_some(), "sf-emulator listening");
+    tracing::info!(addr = %bound.addr, instance_url = %bound.url, pubsub = %bound.pubsub_url(), tls = bound.tls.is_some(), "sf-emulator listening");
     run(bound, state, shutdown).await?;
     Ok(())
 }

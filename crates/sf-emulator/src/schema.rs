@@ -187,10 +187,23 @@ impl ObjectDef {
     }
 }
 
+/// A platform event (`Name__e`): published over REST or Pub/Sub, delivered on `/event/Name__e`.
+/// Its fields are the custom ones; `CreatedDate` and `CreatedById` are added to every event.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventDef {
+    pub name: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub fields: Vec<FieldDef>,
+}
+
 /// The whole schema file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SchemaFile {
     pub objects: Vec<ObjectDef>,
+    #[serde(default)]
+    pub platform_events: Vec<EventDef>,
 }
 
 /// Why a schema could not be loaded.
@@ -211,6 +224,7 @@ pub enum SchemaError {
 #[derive(Debug, Clone)]
 pub struct Schema {
     objects: Vec<ObjectDef>,
+    platform_events: Vec<EventDef>,
     by_name: HashMap<String, usize>,
     /// The same, by the schema's own spelling: the store asks by it on every record write, and
     /// this spares lower-casing (an allocation) each time.
@@ -298,8 +312,29 @@ impl Schema {
             }
             objects.push(obj);
         }
+        for event in &file.platform_events {
+            if !event.name.ends_with("__e") {
+                return Err(SchemaError::Invalid(format!(
+                    "platform event {}: the name must end in __e",
+                    event.name
+                )));
+            }
+            let mut seen = std::collections::HashSet::new();
+            for f in &event.fields {
+                if !seen.insert(f.name.to_ascii_lowercase())
+                    || ["createddate", "createdbyid"]
+                        .contains(&f.name.to_ascii_lowercase().as_str())
+                {
+                    return Err(SchemaError::Invalid(format!(
+                        "platform event {}: field {} defined twice (CreatedDate and CreatedById are added automatically)",
+                        event.name, f.name
+                    )));
+                }
+            }
+        }
         let schema = Self {
             objects,
+            platform_events: file.platform_events,
             by_name,
             by_exact_name,
             by_prefix,
@@ -338,6 +373,18 @@ impl Schema {
     /// All objects, in schema order.
     pub fn objects(&self) -> &[ObjectDef] {
         &self.objects
+    }
+
+    /// The platform event named `name`, case-insensitively.
+    pub fn platform_event(&self, name: &str) -> Option<&EventDef> {
+        self.platform_events
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+    }
+
+    /// All platform events, in schema order.
+    pub fn platform_events(&self) -> &[EventDef] {
+        &self.platform_events
     }
 }
 

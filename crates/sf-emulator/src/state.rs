@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::config::EmulatorConfig;
 use crate::ids;
+use crate::pubsub::Hub;
 use crate::schema::Schema;
 use crate::store::{Locks, Store};
 
@@ -157,6 +158,8 @@ pub struct Shared {
     pub seed: Option<Value>,
     pub org_id: String,
     pub user_id: String,
+    /// The Pub/Sub side (topics, schemas, events); its own lock, taken after `inner`'s.
+    pub pubsub: Hub,
     inner: Mutex<Inner>,
 }
 
@@ -170,9 +173,12 @@ impl Shared {
         jwt_key: Option<RsaPublicKey>,
         schema: Arc<Schema>,
         seed: Option<Value>,
+        pubsub: Hub,
     ) -> Self {
+        let mut store = Store::new(Arc::clone(&schema));
+        store.capture_changes(pubsub.captured.iter().cloned());
         let inner = Inner {
-            store: Store::new(Arc::clone(&schema)),
+            store,
             locks: Locks::default(),
             faults: Faults::default(),
             sessions: HashMap::new(),
@@ -190,6 +196,7 @@ impl Shared {
             seed,
             org_id: ids::make_id("00D", 1),
             user_id: ids::make_id("005", 1),
+            pubsub,
             inner: Mutex::new(inner),
         }
     }
@@ -211,7 +218,9 @@ impl Inner {
     /// Data back to a fresh org (standard price book only); stats, usage, faults and cursors
     /// cleared. Sessions survive, so a test can reset between cases without logging in again.
     pub fn reset(&mut self, schema: &Arc<Schema>) {
+        let captured = self.store.captured_objects();
         self.store = Store::new(Arc::clone(schema));
+        self.store.capture_changes(captured.iter().cloned());
         self.locks = Locks::default();
         self.faults = Faults::default();
         self.stats = Stats::default();

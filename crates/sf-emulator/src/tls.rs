@@ -184,6 +184,19 @@ impl TlsListener {
         });
         Ok(Self { rx, local })
     }
+
+    /// The handshaken connections, for servers that take a stream of them (the Pub/Sub gRPC
+    /// server).
+    pub fn into_connections(self) -> mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)> {
+        self.rx
+    }
+}
+
+/// `config` for HTTP/2 only (gRPC), sharing its certificate.
+pub fn for_http2(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut h2 = config.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(h2)
 }
 
 impl axum::serve::Listener for TlsListener {

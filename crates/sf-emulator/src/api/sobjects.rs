@@ -1,4 +1,5 @@
-//! One record by id: `POST /sobjects/{o}` (create, or publish a platform event),
+//! One record by id: `POST /sobjects/{o}` (create, or publish a platform event: one in the
+//! schema is checked and delivered over Pub/Sub, an unknown `__e` only stored),
 //! `GET`/`PATCH`/`DELETE /sobjects/{o}/{id}`.
 //!
 //! Thin on purpose: the rules are the store's, so these handlers only map the request onto it
@@ -21,7 +22,29 @@ fn platform_event(inner: &mut Inner, name: &str, req: &Req) -> Result<Reply, Rep
     ))
 }
 
+/// A platform event of the schema: checked against its fields, delivered on `/event/Name__e`,
+/// and kept (like the unknown ones) for `/__admin/records`.
+fn known_platform_event(
+    ctx: &Ctx<'_>,
+    inner: &mut Inner,
+    name: &str,
+    req: &Req,
+) -> Result<Reply, Reply> {
+    let body = req.body_object()?;
+    crate::pubsub::platform::publish_rest(&ctx.shared.pubsub, name, body, &ctx.shared.user_id)
+        .map_err(RecordError::into_reply)?;
+    let id = inner.store.insert_raw(name, body.clone());
+    Ok(Reply::json(
+        201,
+        json!({"id": id, "success": true, "errors": []}),
+    ))
+}
+
 pub(super) fn create(ctx: &Ctx<'_>, inner: &mut Inner, o: &str, req: &Req) -> Result<Reply, Reply> {
+    if let Some(event) = ctx.shared.schema.platform_event(o) {
+        let name = event.name.clone();
+        return known_platform_event(ctx, inner, &name, req);
+    }
     if o.ends_with("__e") && ctx.shared.schema.object(o).is_none() {
         return platform_event(inner, o, req);
     }

@@ -16,11 +16,12 @@
 //!   ─► objects (Order.TotalAmount roll-up, order lines deleted with their order)
 //! ```
 //!
-//! `dml` runs those stages for create, update and delete, `upsert` picks create or update by
+//! `changes` keeps what Change Data Capture publishes (see there). `dml` runs those stages for create, update and delete, `upsert` picks create or update by
 //! external id, `transaction` holds the savepoints, `render` the REST shape of a record.
 //!
 //! [`Schema`]: crate::schema::Schema
 
+mod changes;
 mod dml;
 mod fields;
 mod locks;
@@ -34,6 +35,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
+pub use changes::Change;
 pub use locks::{LockRule, Locks};
 pub use records::{Record, Store, StoreData, sf_datetime, text_of};
 pub use render::render;

@@ -17,6 +17,8 @@ use crate::ids;
 use crate::reply::RecordError;
 use crate::schema::{ObjectDef, Schema};
 
+use super::changes::ChangeLog;
+
 /// A record: field name (schema spelling) → JSON value.
 pub type Record = Map<String, Value>;
 
@@ -65,6 +67,8 @@ pub struct Store {
     /// Undo log of the open transactions (`allOrNone`), innermost last.
     pub(super) journal: Vec<Undo>,
     pub(super) depth: usize,
+    /// Changes of captured objects, for Change Data Capture (see `changes`).
+    pub(super) changes: ChangeLog,
 }
 
 /// Salesforce's datetime format in API responses.
@@ -100,6 +104,7 @@ impl Store {
             index: Index::new(),
             journal: Vec::new(),
             depth: 0,
+            changes: ChangeLog::default(),
         };
         store.init_standard_pricebook();
         store
@@ -114,6 +119,7 @@ impl Store {
             index: Index::new(),
             journal: Vec::new(),
             depth: 0,
+            changes: ChangeLog::default(),
         };
         let all: Vec<(String, String, Record)> = store
             .data
@@ -187,6 +193,7 @@ impl Store {
             self.index_remove(obj, id, old);
         }
         self.index_add(obj, id, &rec);
+        self.record_change(obj, id, old.as_ref(), Some(&rec));
         self.data
             .tables
             .entry(obj.to_owned())
@@ -213,6 +220,7 @@ impl Store {
             return;
         };
         self.index_remove(obj, id, &old);
+        self.record_change(obj, id, Some(&old), None);
         self.data.deleted.insert(id.to_owned(), obj.to_owned());
         if self.depth > 0 {
             self.journal.push(Undo::Deleted {

@@ -10,12 +10,14 @@ impl Store {
     /// Opens a (possibly nested) transaction; returns its savepoint.
     pub fn begin(&mut self) -> usize {
         self.depth += 1;
+        self.changes.marks.push(self.changes.changes.len());
         self.journal.len()
     }
 
     /// Keeps the changes since `savepoint`.
     pub fn commit(&mut self, savepoint: usize) {
         let _ = savepoint;
+        self.changes.marks.pop();
         self.depth = self.depth.saturating_sub(1);
         if self.depth == 0 {
             self.journal.clear();
@@ -42,6 +44,11 @@ impl Store {
                     self.put(&obj, &id, old);
                 }
             }
+        }
+        // The restores above were recorded as changes too: dropping everything since the
+        // mark removes them with the changes they undo.
+        if let Some(mark) = self.changes.marks.pop() {
+            self.changes.changes.truncate(mark);
         }
         self.depth = depth.saturating_sub(1);
         if self.depth == 0 {

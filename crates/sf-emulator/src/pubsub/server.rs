@@ -1,0 +1,103 @@
+//! Serving the Pub/Sub API: the gRPC server on its own listener (plain HTTP/2, or TLS with the
+//! emulator's HTTPS certificate and ALPN `h2`), ended with the emulator.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use orderbridge_pubsub::proto::pub_sub_server::PubSubServer;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::transport::server::Connected;
+
+use super::service::PubSubService;
+use crate::state::AppState;
+use crate::tls;
+
+/// Largest gRPC message accepted (a PublishRequest of 200 events stays well below).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Serves until `shutdown` resolves; open Subscribe streams are ended first so the server can
+/// stop (they would otherwise keep it waiting for ever).
+pub async fn serve(
+    listener: TcpListener,
+    tls_config: Option<Arc<rustls::ServerConfig>>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), tonic::transport::Error> {
+    let hub_state = Arc::clone(&state);
+    let shutdown = async move {
+        shutdown.await;
+        hub_state.pubsub.drop_streams();
+    };
+    let service =
+        PubSubServer::new(PubSubService::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let router = tonic::transport::Server::builder().add_service(service);
+    match tls_config {
+        None => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                .await
+        }
+        Some(config) => {
+            let Ok(tls_listener) = tls::TlsListener::new(listener, tls::for_http2(&config)) else {
+                tracing::error!("the Pub/Sub listener has no local address; not serving");
+                return Ok(());
+            };
+            let incoming = ReceiverStream::new(tls_listener.into_connections())
+                .map(|(stream, _)| Ok::<_, io::Error>(TlsIo(stream)));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+}
+
+/// A handshaken TLS connection, as tonic's server takes it.
+struct TlsIo(TlsStream<TcpStream>);
+
+impl Connected for TlsIo {
+    type ConnectInfo = ();
+    fn connect_info(&self) -> Self::ConnectInfo {}
+}
+
+impl AsyncRead for TlsIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
