@@ -74,10 +74,20 @@ pub struct SubscriberConfig {
     pub status_map: StatusMap,
     /// Where to resume when the stored replay id is no longer valid (past the bus's retention):
     /// `latest` (default) or `earliest`. Either way the gap is logged, counted and recorded.
-    #[arg(long, env = "SUBSCRIBER_REPLAY_FALLBACK", value_enum, default_value = "latest")]
+    #[arg(
+        long,
+        env = "SUBSCRIBER_REPLAY_FALLBACK",
+        value_enum,
+        default_value = "latest"
+    )]
     pub replay_fallback: Preset,
     /// Where a topic starts the first time (no stored replay id): `latest` or `earliest`.
-    #[arg(long, env = "SUBSCRIBER_INITIAL_REPLAY", value_enum, default_value = "latest")]
+    #[arg(
+        long,
+        env = "SUBSCRIBER_INITIAL_REPLAY",
+        value_enum,
+        default_value = "latest"
+    )]
     pub initial_replay: Preset,
     /// Inbox rows (handled event ids) are kept this long; longer than the bus's 72 h retention,
     /// so an event can never be replayed after its row is gone.
@@ -97,7 +107,11 @@ pub struct SubscriberConfig {
     #[arg(long, env = "SUBSCRIBER_IDLE_TIMEOUT", default_value = "5m", value_parser = orderbridge_runtime::parse_interval)]
     pub idle_timeout: Duration,
     /// Postgres `application_name` of the subscriber's connections.
-    #[arg(long, env = "SUBSCRIBER_DB_APPLICATION_NAME", default_value = "sf-subscriber")]
+    #[arg(
+        long,
+        env = "SUBSCRIBER_DB_APPLICATION_NAME",
+        default_value = "sf-subscriber"
+    )]
     pub db_application_name: String,
 }
 
@@ -126,7 +140,9 @@ fn parse_endpoint(s: &str) -> Result<String, String> {
 
 /// A topic name: `/data/…` or `/event/…`, then letters, digits and `_`.
 pub fn valid_topic(t: &str) -> bool {
-    let name = t.strip_prefix("/data/").or_else(|| t.strip_prefix("/event/"));
+    let name = t
+        .strip_prefix("/data/")
+        .or_else(|| t.strip_prefix("/event/"));
     name.is_some_and(|n| {
         !n.is_empty() && n.len() <= 120 && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     })
@@ -202,7 +218,10 @@ mod tests {
     #[test]
     fn hostile_values_are_refused_naming_the_setting() {
         for (args, needle) in [
-            (vec!["--topics", "/data/Order ChangeEvent"], "is not a topic"),
+            (
+                vec!["--topics", "/data/Order ChangeEvent"],
+                "is not a topic",
+            ),
             (vec!["--topics", "OrderChangeEvent"], "is not a topic"),
             (vec!["--topics", "/data/../x"], "is not a topic"),
             (vec!["--topics", " , "], "no topic"),
@@ -212,7 +231,10 @@ mod tests {
             (vec!["--pubsub-endpoint", "ftp://x"], "http://"),
             (vec!["--pubsub-endpoint", "http://x/path"], "scheme://host"),
             (vec!["--status-map", "Activated"], "SalesforceValue=status"),
-            (vec!["--extra-status-fields", "Activated Date"], "field API name"),
+            (
+                vec!["--extra-status-fields", "Activated Date"],
+                "field API name",
+            ),
             (vec!["--extra-status-fields", "Status"], "always watched"),
             (vec!["--inbox-retention", "1h"], "72 h"),
             (vec!["--replay-fallback", "never"], "never"),
@@ -222,7 +244,9 @@ mod tests {
             assert!(err.contains(needle), "{args:?}: {err}");
         }
         let many: Vec<String> = (0..21).map(|i| format!("/event/E{i}__e")).collect();
-        let err = parse(&["--topics", &many.join(",")]).unwrap_err().to_string();
+        let err = parse(&["--topics", &many.join(",")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("at most"), "{err}");
     }
 }

@@ -58,7 +58,9 @@ impl EventSchema {
                 nested.insert(i, record.fields.iter().map(|f| f.name.clone()).collect());
             }
         }
-        let change_event = fields.first().is_some_and(|f| f.name == "ChangeEventHeader");
+        let change_event = fields
+            .first()
+            .is_some_and(|f| f.name == "ChangeEventHeader");
         Ok(Self {
             id: id.to_owned(),
             fields: fields.iter().map(|f| f.name.clone()).collect(),
@@ -158,7 +160,13 @@ impl EventSchema {
             };
             match &bitmap {
                 Bitmap::TopLevel(_) => {
-                    names.extend(bitmap.names(&self.fields).map_err(bad)?.into_iter().map(str::to_owned));
+                    names.extend(
+                        bitmap
+                            .names(&self.fields)
+                            .map_err(bad)?
+                            .into_iter()
+                            .map(str::to_owned),
+                    );
                 }
                 Bitmap::Nested { parent, .. } => {
                     let (Some(parent_name), Some(children)) =

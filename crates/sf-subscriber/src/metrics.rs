@@ -107,20 +107,76 @@ impl Metrics {
         let mut out = String::with_capacity(4096);
         let c = &self.counters;
         for (name, help, value) in [
-            ("sf_subscriber_events_received_total", "Events delivered by the Pub/Sub API (duplicates included).", &c.received),
-            ("sf_subscriber_events_applied_total", "Status changes that changed an order.", &c.applied),
-            ("sf_subscriber_events_echo_total", "Changes made by this integration itself (changeOrigin names SF_CLIENT_NAME), ignored.", &c.echo),
-            ("sf_subscriber_events_duplicate_total", "Events already handled (found in the inbox), ignored.", &c.duplicate),
-            ("sf_subscriber_events_stale_total", "Status changes older than the order's current status, ignored.", &c.stale),
-            ("sf_subscriber_events_unchanged_total", "Status changes equal to the order's current status.", &c.unchanged),
-            ("sf_subscriber_events_unknown_order_total", "Status changes for a Salesforce record no order is synced to.", &c.unknown_order),
-            ("sf_subscriber_decode_failures_total", "Events that could not be decoded.", &c.decode_failures),
-            ("sf_subscriber_dead_letters_total", "Events recorded in pubsub_dead_letters.", &c.dead_letters),
-            ("sf_subscriber_replay_fallbacks_total", "Stored replay ids the server refused (expired): events may have been missed; see pubsub_gaps.", &c.replay_fallbacks),
-            ("sf_subscriber_reconnects_total", "Streams re-opened after an error or their end.", &c.reconnects),
-            ("sf_subscriber_auth_refreshes_total", "Access tokens refreshed after the Pub/Sub API refused one.", &c.auth_refreshes),
-            ("sf_subscriber_rereads_total", "Records re-read over REST (gap events, unknown fields, extra status fields).", &c.rereads),
-            ("sf_subscriber_platform_events_total", "Platform events recorded.", &c.platform_events),
+            (
+                "sf_subscriber_events_received_total",
+                "Events delivered by the Pub/Sub API (duplicates included).",
+                &c.received,
+            ),
+            (
+                "sf_subscriber_events_applied_total",
+                "Status changes that changed an order.",
+                &c.applied,
+            ),
+            (
+                "sf_subscriber_events_echo_total",
+                "Changes made by this integration itself (changeOrigin names SF_CLIENT_NAME), ignored.",
+                &c.echo,
+            ),
+            (
+                "sf_subscriber_events_duplicate_total",
+                "Events already handled (found in the inbox), ignored.",
+                &c.duplicate,
+            ),
+            (
+                "sf_subscriber_events_stale_total",
+                "Status changes older than the order's current status, ignored.",
+                &c.stale,
+            ),
+            (
+                "sf_subscriber_events_unchanged_total",
+                "Status changes equal to the order's current status.",
+                &c.unchanged,
+            ),
+            (
+                "sf_subscriber_events_unknown_order_total",
+                "Status changes for a Salesforce record no order is synced to.",
+                &c.unknown_order,
+            ),
+            (
+                "sf_subscriber_decode_failures_total",
+                "Events that could not be decoded.",
+                &c.decode_failures,
+            ),
+            (
+                "sf_subscriber_dead_letters_total",
+                "Events recorded in pubsub_dead_letters.",
+                &c.dead_letters,
+            ),
+            (
+                "sf_subscriber_replay_fallbacks_total",
+                "Stored replay ids the server refused (expired): events may have been missed; see pubsub_gaps.",
+                &c.replay_fallbacks,
+            ),
+            (
+                "sf_subscriber_reconnects_total",
+                "Streams re-opened after an error or their end.",
+                &c.reconnects,
+            ),
+            (
+                "sf_subscriber_auth_refreshes_total",
+                "Access tokens refreshed after the Pub/Sub API refused one.",
+                &c.auth_refreshes,
+            ),
+            (
+                "sf_subscriber_rereads_total",
+                "Records re-read over REST (gap events, unknown fields, extra status fields).",
+                &c.rereads,
+            ),
+            (
+                "sf_subscriber_platform_events_total",
+                "Platform events recorded.",
+                &c.platform_events,
+            ),
         ] {
             counter(&mut out, name, help, value.load(Ordering::Relaxed));
         }
@@ -177,7 +233,10 @@ mod tests {
         Metrics::inc(&m.counters.echo);
         let text = m.render();
         assert!(text.contains("sf_subscriber_events_echo_total 1"), "{text}");
-        assert!(text.contains("sf_subscriber_subscribed{topic=\"/data/A\"} 1"), "{text}");
+        assert!(
+            text.contains("sf_subscriber_subscribed{topic=\"/data/A\"} 1"),
+            "{text}"
+        );
         assert_eq!(hex(&[0, 0xab]), "00ab");
     }
 }

@@ -150,6 +150,10 @@ mod tests {
             let err = bad.parse::<StatusMap>().unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
-        assert!(format!("A={}", "a".repeat(65)).parse::<StatusMap>().is_err());
+        assert!(
+            format!("A={}", "a".repeat(65))
+                .parse::<StatusMap>()
+                .is_err()
+        );
     }
 }

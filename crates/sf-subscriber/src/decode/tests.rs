@@ -90,7 +90,13 @@ fn decodes_the_header_and_names_changed_fields_from_the_schema() {
     let schema = EventSchema::parse("s1", &json).unwrap();
     assert!(schema.change_event);
     // Status is field 1: bit 1 → 0x02.
-    let bytes = payload(&json, (1, "UPDATE"), "com/salesforce/api/rest/62.0;client=someone", &["0x02"], Some("Activated"));
+    let bytes = payload(
+        &json,
+        (1, "UPDATE"),
+        "com/salesforce/api/rest/62.0;client=someone",
+        &["0x02"],
+        Some("Activated"),
+    );
     let event = schema.decode(&bytes).unwrap();
     let header = event.header.as_ref().unwrap();
     assert_eq!(header.change_type, ChangeType::Update);
@@ -110,10 +116,16 @@ fn positions_follow_the_schema_not_a_fixed_list() {
     let schema = EventSchema::parse("s2", &json).unwrap();
     let bytes = payload(&json, (1, "UPDATE"), "", &["0x04"], Some("Activated"));
     let event = schema.decode(&bytes).unwrap();
-    assert_eq!(event.header.unwrap().changed_fields.0, vec!["Status".to_owned()]);
+    assert_eq!(
+        event.header.unwrap().changed_fields.0,
+        vec!["Status".to_owned()]
+    );
     let bytes = payload(&json, (1, "UPDATE"), "", &["0x02"], None);
     let event = schema.decode(&bytes).unwrap();
-    assert_eq!(event.header.unwrap().changed_fields.0, vec!["Activation__c".to_owned()]);
+    assert_eq!(
+        event.header.unwrap().changed_fields.0,
+        vec!["Activation__c".to_owned()]
+    );
 }
 
 #[test]
@@ -125,7 +137,10 @@ fn nested_bitmaps_name_the_compound_field() {
     let event = schema.decode(&bytes).unwrap();
     assert_eq!(
         event.header.unwrap().changed_fields.0,
-        vec!["BillingAddress".to_owned(), "BillingAddress.City".to_owned()]
+        vec![
+            "BillingAddress".to_owned(),
+            "BillingAddress.City".to_owned()
+        ]
     );
 }
 
@@ -142,21 +157,40 @@ fn gap_events_are_recognised() {
 fn hostile_payloads_and_bitmaps_are_errors_not_panics() {
     let json = schema_json(&[]);
     let schema = EventSchema::parse("s5", &json).unwrap();
-    assert!(matches!(schema.decode(b""), Err(DecodeError::BadPayload { .. })));
+    assert!(matches!(
+        schema.decode(b""),
+        Err(DecodeError::BadPayload { .. })
+    ));
     assert!(schema.decode(&[0xff; 64]).is_err());
     // A huge array length must not allocate its way to a crash.
-    assert!(schema.decode(&[0x02, b'x', 0xfe, 0xff, 0xff, 0xff, 0x0f]).is_err());
+    assert!(
+        schema
+            .decode(&[0x02, b'x', 0xfe, 0xff, 0xff, 0xff, 0x0f])
+            .is_err()
+    );
     let mut bytes = payload(&json, (1, "UPDATE"), "", &["0x02"], None);
     bytes.push(0);
-    assert!(matches!(schema.decode(&bytes), Err(DecodeError::TrailingBytes { .. })));
+    assert!(matches!(
+        schema.decode(&bytes),
+        Err(DecodeError::TrailingBytes { .. })
+    ));
     // A bitmap naming a position past the schema's end was written with another schema.
     let bytes = payload(&json, (1, "UPDATE"), "", &["0x80"], None);
-    assert!(matches!(schema.decode(&bytes), Err(DecodeError::BadHeader(_))));
+    assert!(matches!(
+        schema.decode(&bytes),
+        Err(DecodeError::BadHeader(_))
+    ));
     let bytes = payload(&json, (1, "UPDATE"), "", &["zz"], None);
-    assert!(matches!(schema.decode(&bytes), Err(DecodeError::BadHeader(_))));
+    assert!(matches!(
+        schema.decode(&bytes),
+        Err(DecodeError::BadHeader(_))
+    ));
     // Field 1 (Status) is not a nested record.
     let bytes = payload(&json, (1, "UPDATE"), "", &["1-0x01"], None);
-    assert!(matches!(schema.decode(&bytes), Err(DecodeError::BadHeader(_))));
+    assert!(matches!(
+        schema.decode(&bytes),
+        Err(DecodeError::BadHeader(_))
+    ));
     assert!(EventSchema::parse("bad", "{not json").is_err());
     assert!(matches!(
         EventSchema::parse("str", r#""string""#),
@@ -175,7 +209,10 @@ fn platform_events_have_no_header() {
     let mut r = Record::new(&avro).unwrap();
     r.put("CreatedDate", Value::Long(1));
     r.put("CreatedById", "005");
-    r.put("OrderId__c", Value::Union(1, Box::new(Value::String("801x".into()))));
+    r.put(
+        "OrderId__c",
+        Value::Union(1, Box::new(Value::String("801x".into()))),
+    );
     let bytes = apache_avro::to_avro_datum(&avro, r).unwrap();
     let event = schema.decode(&bytes).unwrap();
     assert!(event.header.is_none());
