@@ -57,6 +57,8 @@ struct Tally {
     dead: u64,
     platform: u64,
     rereads: u64,
+    /// The latest `commitTimestamp` among the batch's change events (for the lag).
+    last_commit: Option<DateTime<Utc>>,
 }
 
 /// The key an event is deduplicated by: its id, or (when that is empty or absurd) its replay id.
@@ -199,6 +201,10 @@ pub async fn handle(
         if !response.events.is_empty() {
             s.last_event_at = Some(now);
         }
+        if let Some(commit) = tally.last_commit {
+            s.last_commit_at = Some(commit);
+            s.lag_seconds = Some((now - commit).num_milliseconds().max(0) as f64 / 1000.0);
+        }
     });
     if !response.events.is_empty() {
         tracing::debug!(topic, events = response.events.len(), elapsed = ?started.elapsed(), "batch committed");
@@ -231,6 +237,13 @@ async fn plan(
             return Ok(Plan::Dead(e.to_string()));
         }
     };
+    if let Some(at) = decoded
+        .header
+        .as_ref()
+        .and_then(|h| DateTime::from_timestamp_millis(h.commit_timestamp))
+    {
+        tally.last_commit = tally.last_commit.max(Some(at));
+    }
     let effect = match decide(&decoded, &ctx.rules) {
         Ok(e) => e,
         Err(e) => {

@@ -55,6 +55,14 @@ async fn a_status_change_in_salesforce_reaches_the_order_and_our_own_changes_are
     let health = sub.sf_events().await;
     assert_eq!(health["ready"], true, "{health}");
     assert!(health["topics"][TOPIC]["replay_id"].is_string(), "{health}");
+    assert!(
+        health["topics"][TOPIC]["lag_seconds"].as_f64().unwrap() >= 0.0,
+        "{health}"
+    );
+    assert!(
+        health["topics"][TOPIC]["last_event_at"].is_string(),
+        "{health}"
+    );
 }
 
 #[tokio::test]
