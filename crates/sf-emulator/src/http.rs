@@ -25,9 +25,9 @@ use serde_json::Value;
 
 use crate::admin;
 use crate::admin_guard;
+use crate::admin_pubsub;
 use crate::api;
 use crate::auth;
-use crate::pubsub;
 // `to_response` lived here before it moved next to `Reply`; the old path keeps working.
 pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
@@ -57,12 +57,12 @@ pub fn app(state: AppState) -> Router {
                 )
                 .route("/__admin/reset", post(admin::reset))
                 .route("/__admin/seed", post(admin::seed))
-                .route("/__admin/pubsub", get(pubsub::admin::stats))
+                .route("/__admin/pubsub", get(admin_pubsub::stats))
                 .route(
                     "/__admin/pubsub/faults",
-                    post(pubsub::admin::set_faults).delete(pubsub::admin::clear_faults),
+                    post(admin_pubsub::set_faults).delete(admin_pubsub::clear_faults),
                 )
-                .route("/__admin/pubsub/schema", post(pubsub::admin::add_field))
+                .route("/__admin/pubsub/schema", post(admin_pubsub::add_field))
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     admin_guard::guard,

@@ -9,16 +9,22 @@
 //!                   ├► /services/data/vNN.N/…      sObjects, upsert by external id,
 //!                   │                              Collections, Composite, SOQL, /limits
 //!                   │                              (counted; Sforce-Limit-Info on every reply)
-//!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed
-//!                          │
+//!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed,
+//!                          │                      pubsub (stats, faults, schema changes)
 //!                  one Mutex<Inner>: Store (records in memory, schema-validated),
 //!                  sessions, faults, counters
+//!                          │ committed changes (CDC), platform events
+//!                          ▼
+//!  gRPC client ────► Pub/Sub API (`pubsub` hub,    GetTopic, GetSchema, Subscribe, Publish,
+//!                    `pubsub_api` server)         PublishStream; own listener, same TLS
 //! ```
 //!
-//! Use it in-process from tests with [`spawn`] (port 0), or run the `sf-emulator` binary.
+//! Use it in-process from tests with [`spawn`] (port 0 for both listeners), or run the
+//! `sf-emulator` binary.
 
 pub mod admin;
 pub mod admin_guard;
+pub mod admin_pubsub;
 pub mod api;
 pub mod auth;
 pub mod composite;
@@ -27,6 +33,7 @@ pub mod http;
 pub mod ids;
 pub mod jwt;
 pub mod pubsub;
+pub mod pubsub_api;
 pub mod reply;
 pub mod route;
 pub mod schema;
@@ -342,7 +349,7 @@ async fn run(
         pubsub: pubsub_listener,
         ..
     } = bound;
-    let pubsub_server = tokio::spawn(pubsub::server::serve(
+    let pubsub_server = tokio::spawn(pubsub_api::server::serve(
         pubsub_listener,
         tls.clone(),
         Arc::clone(&state),

@@ -300,7 +300,7 @@ async fn rest_update_becomes_a_change_event_with_origin_and_changed_fields() {
 }
 
 #[tokio::test]
-async fn upsert_collections_and_delete_publish_and_rolled_back_batches_do_not() {
+async fn upsert_collections_composite_and_delete_publish_and_rolled_back_batches_do_not() {
     let org = Org::start_with(config()).await;
     let acc = org.account("Acme", "A-1").await;
     let base = json!({"AccountId": acc, "EffectiveDate": "2026-11-24", "Status": "Draft"});
@@ -339,6 +339,19 @@ async fn upsert_collections_and_delete_publish_and_rolled_back_batches_do_not() 
         .as_str()
         .unwrap()
         .to_owned();
+    // Composite: one subrequest updates O-1.
+    let r = org
+        .post(
+            "/composite",
+            json!({"allOrNone": true, "compositeRequest": [{"method": "PATCH", "url": format!("{V}/sobjects/Order/{o1}"), "referenceId": "u", "body": {"Name": "via composite"}}]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["compositeResponse"][0]["httpStatusCode"], 204,
+        "{}",
+        r.body
+    );
     let r = org.delete(&format!("/sobjects/Order/{o1}")).await;
     assert_eq!(r.status, 204);
 
@@ -350,17 +363,18 @@ async fn upsert_collections_and_delete_publish_and_rolled_back_batches_do_not() 
     .unwrap();
     let mut schemas = Schemas::default();
     let mut seen = Vec::new();
-    while seen.len() < 3 {
+    while seen.len() < 4 {
         for e in sub.events().await.events {
             let (fields, _) = schemas.decode(&org, e.event.as_ref().unwrap()).await;
             let h = header(&fields);
             seen.push((text(&h["changeType"]), strings(&h["recordIds"])[0].clone()));
         }
     }
-    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen.len(), 4, "{seen:?}");
     assert_eq!(seen[0], ("CREATE".to_owned(), o1.clone()));
     assert_eq!(seen[1].0, "CREATE");
-    assert_eq!(seen[2], ("DELETE".to_owned(), o1));
+    assert_eq!(seen[2], ("UPDATE".to_owned(), o1.clone()));
+    assert_eq!(seen[3], ("DELETE".to_owned(), o1));
     sub.quiet(Duration::from_millis(300)).await;
 }
 
@@ -797,6 +811,31 @@ async fn platform_events_over_rest_and_publish_are_delivered() {
     let e = delivered.events[0].event.as_ref().unwrap();
     assert_eq!(e.id, "mine-1");
     assert_eq!(e.payload, payload);
+
+    // PublishStream: one response per request.
+    let (ptx, prx) = mpsc::channel(4);
+    let mut replies = c
+        .publish_stream(authed(&org, &org.token, ReceiverStream::new(prx)))
+        .await
+        .unwrap()
+        .into_inner();
+    ptx.send(PublishRequest {
+        topic_name: EVENT_TOPIC.into(),
+        events: vec![ProducerEvent {
+            id: "streamed".into(),
+            schema_id: topic.schema_id.clone(),
+            payload: payload.clone(),
+            headers: vec![],
+        }],
+        auth_refresh: String::new(),
+    })
+    .await
+    .unwrap();
+    let reply = replies.message().await.unwrap().unwrap();
+    assert_eq!(reply.results.len(), 1);
+    assert!(reply.results[0].error.is_none(), "{reply:?}");
+    let delivered = sub.events().await;
+    assert_eq!(delivered.events[0].event.as_ref().unwrap().id, "streamed");
 }
 
 #[tokio::test]
@@ -915,4 +954,65 @@ async fn hostile_requests_get_grpc_errors_and_the_server_keeps_serving() {
     );
     let stats: Value = org.admin(Method::GET, "/pubsub", None).await.body;
     assert!(stats["topics"][EVENT_TOPIC].is_object(), "{stats}");
+}
+
+#[tokio::test]
+async fn injected_delivery_delay_holds_events_back() {
+    let org = Org::start_with(config()).await;
+    let id = order(&org).await;
+    let mut sub = subscribe(&org, fetch(ORDER_TOPIC, ReplayPreset::Earliest, vec![], 10))
+        .await
+        .unwrap();
+    sub.events().await;
+    let r = org
+        .admin(
+            Method::POST,
+            "/pubsub/faults",
+            Some(json!({"delay_ms": 800})),
+        )
+        .await;
+    assert_eq!(r.body["delay_ms"], 800, "{}", r.body);
+    let start = std::time::Instant::now();
+    let r = org
+        .patch(&format!("/sobjects/Order/{id}"), json!({"Name": "late"}))
+        .await;
+    assert_eq!(r.status, 204);
+    sub.events().await;
+    // A lower bound only: the event was held at least as long as asked.
+    assert!(
+        start.elapsed() >= Duration::from_millis(800),
+        "{:?}",
+        start.elapsed()
+    );
+    let stats = org.admin(Method::GET, "/pubsub", None).await.body;
+    assert_eq!(stats["faults"]["delay_ms"], 800, "{stats}");
+    let r = org.admin(Method::POST, "/reset", None).await;
+    assert_eq!(r.status, 200);
+    let stats = org.admin(Method::GET, "/pubsub", None).await.body;
+    assert_eq!(
+        stats["faults"]["delay_ms"], 0,
+        "reset clears Pub/Sub faults: {stats}"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams() {
+    let org = Org::start_with(config()).await;
+    let mut sub = subscribe(&org, fetch(ORDER_TOPIC, ReplayPreset::Latest, vec![], 1))
+        .await
+        .unwrap();
+    assert!(sub.next().await.unwrap().events.is_empty());
+    let Org { emu, .. } = org;
+    tokio::time::timeout(Duration::from_secs(10), emu.shutdown())
+        .await
+        .expect("shutdown waited on an open Subscribe stream")
+        .unwrap();
+    let err = loop {
+        match sub.stream.message().await {
+            Err(e) => break e,
+            Ok(Some(r)) => assert!(r.events.is_empty()),
+            Ok(None) => panic!("stream ended without a status"),
+        }
+    };
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
 }

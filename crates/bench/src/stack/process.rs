@@ -121,6 +121,8 @@ impl Stack {
             format!("{base}/services/data/"),
             &[
                 ("SF_EMULATOR_ADDR", format!("127.0.0.1:{port}")),
+                // The bench uses no Pub/Sub; any free port keeps parallel runs from colliding.
+                ("SF_EMULATOR_PUBSUB_ADDR", "127.0.0.1:0".to_owned()),
                 ("SF_EMULATOR_SEED_FILE", seed.display().to_string()),
                 (
                     "SF_EMULATOR_DAILY_API_LIMIT",

@@ -5,28 +5,24 @@
 //! ```text
 //! REST write ─► store change log ─► http takes it after the request ─► cdc ─┐
 //! REST POST /sobjects/X__e ─► platform ───────────────────────────────────────┼─► Hub: registry
-//! gRPC Publish ─► service ─────────────────────────────────────────────────────┘   (topics,
+//! gRPC Publish ─► pubsub_api::service ────────────────────────────────────────┘   (topics,
 //!                                                                                   schemas) +
-//! gRPC Subscribe ◄─ subscribe (one task per stream) ◄── watch: new event ◄──── bus (events)
+//! gRPC Subscribe ◄─ pubsub_api::subscribe (task per stream) ◄── watch ◄──────── bus (events)
 //! ```
 //!
 //! One file per concern: `avro` (schemas, values), `registry` (topics, schema versions), `bus`
-//! (event log, replay ids, retention), `cdc` (change → payload), `platform` (REST publish),
-//! `service` (the gRPC methods and their auth), `subscribe` (the stream loop), `server`
-//! (listening, TLS), `admin` (`/__admin/pubsub`).
+//! (event log, replay ids, retention), `cdc` (change → payload), `platform` (REST publish). The
+//! gRPC side that serves them (methods, auth, the stream loop, listening) is `pubsub_api`, and
+//! `/__admin/pubsub` is `admin_pubsub`: both need the emulator's state, which holds this hub.
 //!
 //! Locking: the hub's mutex is taken after the state's (`Inner`) when both are needed and never
 //! the other way round; nothing awaits while holding it.
 
-pub mod admin;
 pub mod avro;
 pub mod bus;
 pub mod cdc;
 pub mod platform;
 pub mod registry;
-pub mod server;
-pub mod service;
-pub mod subscribe;
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};

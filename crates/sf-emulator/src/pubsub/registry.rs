@@ -14,6 +14,10 @@ use orderbridge_pubsub::topics;
 use super::avro::{self, EventSchema, FieldSpec, SchemaBuildError};
 use crate::schema::{FieldType, Schema};
 
+/// Most data fields a topic's schema may have: run-time additions stop here, so the admin API
+/// cannot grow a schema (and the list of its versions) without bound.
+pub const MAX_FIELDS: usize = 1000;
+
 /// System fields Salesforce leaves out of change events (the id travels in the header).
 const NOT_IN_CHANGE_EVENTS: [&str; 3] = ["Id", "IsDeleted", "SystemModstamp"];
 
@@ -50,6 +54,8 @@ pub enum AddFieldError {
     BadName(String),
     #[error("the topic already has a field {0}")]
     Exists(String),
+    #[error("the topic already has {MAX_FIELDS} fields")]
+    TooMany,
     #[error(transparent)]
     Build(#[from] SchemaBuildError),
 }
@@ -196,6 +202,9 @@ impl Registry {
             || reserved.iter().any(|r| r.eq_ignore_ascii_case(name))
         {
             return Err(AddFieldError::Exists(name.to_owned()));
+        }
+        if t.fields.len() >= MAX_FIELDS {
+            return Err(AddFieldError::TooMany);
         }
         let mut fields = t.fields.clone();
         fields.push(FieldSpec {

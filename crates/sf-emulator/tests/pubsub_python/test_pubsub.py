@@ -3,13 +3,15 @@ Salesforce: grpcio stubs generated from the proto, metadata auth, a Subscribe re
 paced by a semaphore, schemas fetched with GetSchema and payloads decoded with Apache Avro.
 
 Environment: SF_EMULATOR_URL (REST base URL), SF_PUBSUB_ADDR (host:port of the gRPC server),
-PUBSUB_STUBS (directory holding pubsub_api_pb2*.py).
+PUBSUB_STUBS (directory holding pubsub_api_pb2*.py), SF_EMULATOR_CA (optional: the emulator's
+generated CA; then REST is HTTPS and gRPC uses a TLS channel trusting it).
 """
 
 import io
 import json
 import os
 import signal
+import ssl
 import sys
 import threading
 import urllib.parse
@@ -27,6 +29,8 @@ BASE = os.environ["SF_EMULATOR_URL"]
 ADDR = os.environ["SF_PUBSUB_ADDR"]
 TOPIC = "/data/OrderChangeEvent"
 CLIENT = "pyclient"
+CA = os.environ.get("SF_EMULATOR_CA")
+TLS = ssl.create_default_context(cafile=CA) if CA else None
 
 
 def fail(msg):
@@ -48,7 +52,7 @@ def http(method, path, body=None, token=None, headers=None):
     if token:
         h["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(BASE + path, data=data, method=method, headers=h)
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=20, context=TLS) as r:
         raw = r.read()
         return r.status, (json.loads(raw) if raw else None)
 
@@ -64,7 +68,7 @@ def login():
         }
     ).encode()
     req = urllib.request.Request(BASE + "/services/oauth2/token", data=form, method="POST")
-    with urllib.request.urlopen(req, timeout=20) as r:
+    with urllib.request.urlopen(req, timeout=20, context=TLS) as r:
         reply = json.loads(r.read())
     # The identity URL ends in /id/<org id>/<user id>, as the examples read the tenant id.
     org_id = reply["id"].rstrip("/").split("/")[-2]
@@ -92,7 +96,11 @@ def main():
     signal.alarm(120)
     token, instance_url, org_id = login()
     metadata = (("accesstoken", token), ("instanceurl", instance_url), ("tenantid", org_id))
-    channel = grpc.insecure_channel(ADDR)
+    if CA:
+        with open(CA, "rb") as f:
+            channel = grpc.secure_channel(ADDR, grpc.ssl_channel_credentials(root_certificates=f.read()))
+    else:
+        channel = grpc.insecure_channel(ADDR)
     stub = pb2_grpc.PubSubStub(channel)
 
     # A wrong token: UNAUTHENTICATED with Salesforce's error-code trailer.

@@ -17,17 +17,22 @@ use orderbridge_pubsub::{error_codes, metadata};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::bus::replay_id;
-use super::platform::check_payload;
-use super::registry::TopicKind;
+use super::status::{rpc_id, status_with_code};
 use crate::auth;
+use crate::pubsub::bus::replay_id;
+use crate::pubsub::platform::check_payload;
+use crate::pubsub::registry::TopicKind;
 use crate::state::AppState;
 
 /// Most events in one PublishRequest (Salesforce's limit is 200 per batch).
 pub const MAX_EVENTS_PER_PUBLISH: usize = 200;
+
+/// Most Subscribe streams open at once: each holds a task and a channel, so a client opening
+/// streams in a loop gets RESOURCE_EXHAUSTED instead of growing the emulator without bound.
+pub const MAX_OPEN_STREAMS: usize = 1000;
 
 /// The service; cheap to clone.
 #[derive(Clone)]
@@ -41,19 +46,8 @@ impl PubSubService {
     }
 }
 
-/// A status with Salesforce's `error-code` trailer.
-pub fn status_with_code(code: tonic::Code, message: &str, error_code: &'static str) -> Status {
-    let mut md = MetadataMap::new();
-    md.insert(metadata::ERROR_CODE, MetadataValue::from_static(error_code));
-    Status::with_metadata(code, message.to_owned(), md)
-}
-
 fn unauthenticated(why: &str) -> Status {
     status_with_code(tonic::Code::Unauthenticated, why, error_codes::AUTH_ERROR)
-}
-
-pub(super) fn rpc_id() -> String {
-    uuid::Uuid::new_v4().to_string()
 }
 
 impl PubSubService {
@@ -215,6 +209,11 @@ impl PubSub for PubSubService {
         request: Request<Streaming<FetchRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         self.authenticate(request.metadata())?;
+        if self.state.pubsub.open_streams() >= MAX_OPEN_STREAMS {
+            return Err(Status::resource_exhausted(format!(
+                "at most {MAX_OPEN_STREAMS} Subscribe streams may be open at once"
+            )));
+        }
         let (tx, rx) = mpsc::channel(4);
         let state = self.state.clone();
         tokio::spawn(super::subscribe::run(state, request.into_inner(), tx));

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at};
 use tonic::{Status, Streaming};
 
-use super::bus::replay_id;
-use super::service::{rpc_id, status_with_code};
+use super::status::{rpc_id, status_with_code};
+use crate::pubsub::bus::replay_id;
 use crate::state::AppState;
 
 /// How long a new stream may wait before sending its first FetchRequest.

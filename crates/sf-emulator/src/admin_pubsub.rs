@@ -14,7 +14,9 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::PubSubFaults;
+use crate::pubsub::PubSubFaults;
+use crate::pubsub::bus::replay_id;
+use crate::pubsub::registry::AddFieldError;
 use crate::reply::{Reply, to_response};
 use crate::schema::FieldType;
 use crate::state::AppState;
@@ -44,7 +46,7 @@ pub async fn stats(State(s): State<AppState>) -> Response {
     }
     let body = json!({
         "open_streams": open,
-        "latest_replay_id": super::bus::replay_id(st.bus.current()),
+        "latest_replay_id": replay_id(st.bus.current()),
         "topics": topics,
         "faults": st.faults,
         "cdc_objects": hub.captured,
@@ -135,7 +137,7 @@ pub async fn add_field(State(s): State<AppState>, body: Bytes) -> Response {
             ),
             None,
         ),
-        Err(e @ super::registry::AddFieldError::UnknownTopic(_)) => {
+        Err(e @ AddFieldError::UnknownTopic(_)) => {
             to_response(Reply::error(404, "NOT_FOUND", e.to_string()), None)
         }
         Err(e) => bad_request(e.to_string()),

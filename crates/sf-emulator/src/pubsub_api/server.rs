@@ -22,6 +22,9 @@ use crate::tls;
 /// Largest gRPC message accepted (a PublishRequest of 200 events stays well below).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 
+/// HTTP/2 streams (calls) at once on one connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 256;
+
 /// Serves until `shutdown` resolves; open Subscribe streams are ended first so the server can
 /// stop (they would otherwise keep it waiting for ever).
 pub async fn serve(
@@ -37,7 +40,12 @@ pub async fn serve(
     };
     let service =
         PubSubServer::new(PubSubService::new(state)).max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let router = tonic::transport::Server::builder().add_service(service);
+    let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        // Peers that vanish without closing (a killed client) are noticed.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(60)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(service);
     match tls_config {
         None => {
             router
