@@ -14,6 +14,7 @@ pub mod events;
 pub mod ids;
 pub mod order;
 pub mod status;
+pub mod status_map;
 pub mod tenant;
 pub mod text;
 pub mod validation;

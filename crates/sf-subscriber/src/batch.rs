@@ -19,8 +19,8 @@ use crate::effects::{Effect, Rules, decide};
 use crate::grpc::Failure;
 use crate::metrics::{Metrics, hex};
 use crate::schemas::SchemaCache;
-use crate::status_map::StatusMap;
 use crate::store::{self, DeadLetter};
+use orderbridge_domain::status_map::StatusMap;
 
 /// What every batch needs, shared by the topics' streams.
 pub struct Context {

@@ -9,7 +9,7 @@ use orderbridge_db::DbConfig;
 use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::SalesforceConfig;
 
-use crate::status_map::StatusMap;
+use orderbridge_domain::status_map::StatusMap;
 
 /// Receives what Salesforce decides about orders (Change Data Capture over the Pub/Sub API) and
 /// applies it to the orders in Postgres.

@@ -14,7 +14,7 @@
 //!
 //! Modules: [`config`] (settings), [`stream`] (a topic's subscription and its failures),
 //! [`batch`] (one response, one transaction), [`schemas`] (GetSchema cache), [`decode`] (Avro),
-//! [`effects`] (what an event asks for), [`status_map`], [`store`] (the tables), [`grpc`]
+//! [`effects`] (what an event asks for), [`store`] (the tables), [`grpc`]
 //! (channel, metadata, error classes), [`metrics`], [`admin`]. See README.md beside this crate.
 
 pub mod admin;
@@ -25,7 +25,6 @@ pub mod effects;
 pub mod grpc;
 pub mod metrics;
 pub mod schemas;
-pub mod status_map;
 pub mod store;
 pub mod stream;
 

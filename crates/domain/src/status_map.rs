@@ -1,4 +1,6 @@
-//! Salesforce Order `Status` values → orderbridge business statuses (`SUBSCRIBER_STATUS_MAP`).
+//! Salesforce Order `Status` values → orderbridge business statuses (`SUBSCRIBER_STATUS_MAP`),
+//! shared by the subscriber (change events) and `orderbridge reconcile statuses` (SOQL reads), so
+//! both name a status the same way.
 //!
 //! Listed values map as configured; any other value is lower-cased with spaces (and any other
 //! character that is not a letter, digit, `_` or `-`) turned into `_`, so a status an admin adds
