@@ -15,7 +15,7 @@
 //! Modules: [`config`] (settings), [`stream`] (a topic's subscription and its failures),
 //! [`batch`] (one response, one transaction), [`schemas`] (GetSchema cache), [`decode`] (Avro),
 //! [`effects`] (what an event asks for), [`store`] (the tables), [`grpc`]
-//! (channel, metadata, error classes), [`metrics`], [`admin`]. See README.md beside this crate.
+//! (channel, TLS, metadata, error classes), [`metrics`], [`admin`]. See README.md beside this crate.
 
 pub mod admin;
 pub mod batch;

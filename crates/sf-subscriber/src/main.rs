@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
 use orderbridge_runtime::backoff::Backoff;
 use sf_subscriber::batch::Context;
@@ -23,12 +23,15 @@ async fn main() -> anyhow::Result<()> {
     cli.log.init()?;
     let _ = apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION);
     let s = &cli.subscriber;
-    if s.pubsub_endpoint.starts_with("https://") {
-        bail!(
-            "SF_PUBSUB_ENDPOINT {}: TLS to the Pub/Sub API is not built in yet; run a TLS-terminating sidecar (e.g. an Envoy or stunnel forwarding to api.pubsub.salesforce.com:7443) and point SF_PUBSUB_ENDPOINT at it over http://",
-            s.pubsub_endpoint
-        );
-    }
+    // TLS is set up (and SF_CA_CERT_FILE read) now, so a bad file stops the start at once.
+    let tls = if s.pubsub_endpoint.starts_with("https://") {
+        Some(
+            sf_subscriber::grpc::tls_config(cli.salesforce.ca_cert_file.as_deref())
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -81,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
     });
     let settings = StreamSettings {
         endpoint: s.pubsub_endpoint.clone(),
+        tls,
         batch: s.batch,
         initial: s.initial_replay,
         fallback: s.replay_fallback,

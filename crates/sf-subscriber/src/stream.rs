@@ -22,6 +22,8 @@ use crate::store;
 #[derive(Debug, Clone)]
 pub struct StreamSettings {
     pub endpoint: String,
+    /// For an `https://` endpoint.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     pub batch: i32,
     pub initial: Preset,
     pub fallback: Preset,
@@ -184,7 +186,12 @@ async fn session(
             Preset::Earliest => (ReplayPreset::Earliest, Vec::new()),
         },
     };
-    let mut grpc = grpc::connect(&settings.endpoint, settings.call_timeout).await?;
+    let mut grpc = grpc::connect(
+        &settings.endpoint,
+        settings.tls.as_ref(),
+        settings.call_timeout,
+    )
+    .await?;
     let (requests, rx) = mpsc::channel::<FetchRequest>(4);
     let first = FetchRequest {
         topic_name: topic.to_owned(),

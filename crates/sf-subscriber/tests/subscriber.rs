@@ -370,3 +370,69 @@ async fn hostile_configuration_is_refused_with_a_clear_error() {
         );
     }
 }
+
+#[tokio::test]
+async fn tls_endpoints_work_with_the_emulators_certificate() {
+    let db = TestDatabase::new().await;
+    let dir = std::env::temp_dir().join(format!("sub-tls-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    let emu = sf_emulator::spawn(EmulatorConfig {
+        tls_self_signed: true,
+        tls_ca_out: Some(ca.clone()),
+        ..emulator_config()
+    })
+    .await
+    .unwrap();
+    assert!(emu.pubsub_url.starts_with("https://"), "{}", emu.pubsub_url);
+    // REST over HTTPS through our own client (the tests' reqwest has no TLS), not as the worker.
+    let rest = orderbridge_salesforce::Client::new(&orderbridge_salesforce::SalesforceConfig {
+        login_url: emu.base_url.clone(),
+        ca_cert_file: Some(ca.clone()),
+        client_name: "tls-test".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    let account = rest
+        .create("Account", &json!({"Name": "Acme"}))
+        .await
+        .unwrap();
+    let sf = rest
+        .create(
+            "Order",
+            &json!({"AccountId": account, "EffectiveDate": "2026-12-01", "Status": "Draft"}),
+        )
+        .await
+        .unwrap();
+    let local = local_order(&db.pool, &sf).await;
+
+    let port = orderbridge_testkit::free_port().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sf-subscriber"));
+    cmd.env_clear()
+        .env("DATABASE_URL", db.url())
+        .env("SF_LOGIN_URL", &emu.base_url)
+        .env("SF_CA_CERT_FILE", &ca)
+        .env("SF_PUBSUB_ENDPOINT", &emu.pubsub_url)
+        .env("SUBSCRIBER_ADMIN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SUBSCRIBER_INITIAL_REPLAY", "earliest")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _child = orderbridge_testkit::ChildGuard(cmd.spawn().unwrap());
+    eventually("subscribed over TLS", || async {
+        matches!(
+            reqwest::get(format!("http://127.0.0.1:{port}/health/ready")).await,
+            Ok(r) if r.status().is_success()
+        )
+    })
+    .await;
+    rest.update("Order", &sf, &json!({"Status": "Activated"}))
+        .await
+        .unwrap();
+    let pool = db.pool.clone();
+    eventually("the order activated over TLS", || {
+        let pool = pool.clone();
+        async move { status_of(&pool, local).await == "activated" }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
