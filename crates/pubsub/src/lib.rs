@@ -8,8 +8,10 @@
 //!   values, the replay-failure message, the flow-control cap.
 //! - [`bitmap`]: the `changedFields`/`nulledFields`/`diffFields` strings of Change Data Capture.
 //! - [`topics`]: topic names for CDC and platform events.
+//! - [`call`]: putting the auth metadata on a call, reading the `error-code` trailer back.
 
 pub mod bitmap;
+pub mod call;
 pub mod topics;
 
 /// Generated from `proto/pubsub_api.proto` by build.rs.

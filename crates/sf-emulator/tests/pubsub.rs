@@ -12,6 +12,7 @@ use std::time::Duration;
 use apache_avro::types::Value as Avro;
 use common::{Org, V};
 use orderbridge_pubsub::bitmap::Bitmap;
+use orderbridge_pubsub::call;
 use orderbridge_pubsub::proto::pub_sub_client::PubSubClient;
 use orderbridge_pubsub::proto::{
     FetchRequest, FetchResponse, ProducerEvent, PublishRequest, ReplayPreset, SchemaRequest,
@@ -85,10 +86,7 @@ async fn client(org: &Org) -> PubSubClient<Channel> {
 
 fn authed<T>(org: &Org, token: &str, msg: T) -> Request<T> {
     let mut r = Request::new(msg);
-    let md = r.metadata_mut();
-    md.insert(metadata::ACCESS_TOKEN, token.parse().unwrap());
-    md.insert(metadata::INSTANCE_URL, org.base().parse().unwrap());
-    md.insert(metadata::TENANT_ID, org.emu.state.org_id.parse().unwrap());
+    call::insert_auth(r.metadata_mut(), token, org.base(), &org.emu.state.org_id).unwrap();
     r
 }
 
@@ -485,14 +483,7 @@ async fn never_more_than_requested_and_keepalive_carries_the_latest_replay_id() 
 
 fn assert_trailer(status: &Status, code: Code, error_code: &str) {
     assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(
-        status
-            .metadata()
-            .get(metadata::ERROR_CODE)
-            .and_then(|v| v.to_str().ok()),
-        Some(error_code),
-        "{status:?}"
-    );
+    assert_eq!(call::error_code(status), Some(error_code), "{status:?}");
 }
 
 async fn first_error(org: &Org, req: FetchRequest) -> Status {
@@ -1015,4 +1006,98 @@ async fn shutdown_ends_open_streams() {
         }
     };
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+}
+
+#[tokio::test]
+async fn custom_objects_and_nulled_fields() {
+    // The built-in schema plus a custom object, both captured.
+    let mut schema: Value = serde_json::from_str(sf_emulator::schema::DEFAULT_SCHEMA_JSON).unwrap();
+    schema["objects"].as_array_mut().unwrap().push(json!({
+        "name": "Widget__c", "key_prefix": "a01",
+        "fields": [{"name": "Name", "type": "string"}, {"name": "Size__c", "type": "int"}]
+    }));
+    let file = std::env::temp_dir().join(format!("pubsub-schema-{}.json", uuid::Uuid::new_v4()));
+    std::fs::write(&file, schema.to_string()).unwrap();
+    let org = Org::start_with(EmulatorConfig {
+        schema_file: Some(file.clone()),
+        cdc_objects: vec!["Order".into(), "widget__c".into(), "NoSuchObject".into()],
+        ..config()
+    })
+    .await;
+    let _ = std::fs::remove_file(&file);
+    let r = org
+        .post("/sobjects/Widget__c", json!({"Name": "w", "Size__c": 3}))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.body["id"].as_str().unwrap().to_owned();
+    let r = org
+        .patch(
+            &format!("/sobjects/Widget__c/{id}"),
+            json!({"Size__c": null}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+
+    let mut sub = subscribe(
+        &org,
+        fetch(
+            "/data/Widget__ChangeEvent",
+            ReplayPreset::Earliest,
+            vec![],
+            10,
+        ),
+    )
+    .await
+    .unwrap();
+    let mut events = Vec::new();
+    while events.len() < 2 {
+        events.extend(sub.events().await.events);
+    }
+    let mut schemas = Schemas::default();
+    let (created, _) = schemas
+        .decode(&org, events[0].event.as_ref().unwrap())
+        .await;
+    assert_eq!(unwrap_union(&created["Size__c"]), &Avro::Int(3));
+    let (updated, names) = schemas
+        .decode(&org, events[1].event.as_ref().unwrap())
+        .await;
+    let h = header(&updated);
+    assert_eq!(text(&h["entityName"]), "Widget__c");
+    assert!(marked(&h["changedFields"], &names).contains(&"Size__c".to_owned()));
+    assert_eq!(
+        marked(&h["nulledFields"], &names),
+        vec!["Size__c".to_owned()]
+    );
+    assert_eq!(unwrap_union(&updated["Size__c"]), &Avro::Null);
+    let schema = schemas
+        .get(&org, &events[0].event.as_ref().unwrap().schema_id)
+        .await;
+    assert_eq!(
+        schema.name().unwrap().fullname(None),
+        "com.sforce.eventbus.Widget__ChangeEvent"
+    );
+
+    // The all-objects channel has them; the unknown object was ignored; Account is not captured.
+    let stats = org.admin(Method::GET, "/pubsub", None).await.body;
+    assert_eq!(
+        stats["cdc_objects"],
+        json!(["Order", "Widget__c"]),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["topics"]["/data/ChangeEvents"]["events_retained"], 2,
+        "{stats}"
+    );
+    let mut c = client(&org).await;
+    let err = c
+        .get_topic(authed(
+            &org,
+            &org.token,
+            TopicRequest {
+                topic_name: "/data/AccountChangeEvent".into(),
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
 }
