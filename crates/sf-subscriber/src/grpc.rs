@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 
+use orderbridge_pubsub::call::{error_code, insert_auth};
 use orderbridge_pubsub::proto::pub_sub_client::PubSubClient;
-use orderbridge_pubsub::{REPLAY_ID_VALIDATION_FAILED, error_codes, metadata};
+use orderbridge_pubsub::{REPLAY_ID_VALIDATION_FAILED, error_codes};
 use orderbridge_salesforce::SessionToken;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
@@ -136,23 +137,17 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Adds `accesstoken`, `instanceurl` and `tenantid` to a request.
+/// A request with `accesstoken`, `instanceurl` and `tenantid` (the shared
+/// `orderbridge_pubsub::call::insert_auth`).
 pub fn authed<T>(message: T, token: &SessionToken, org_id: &str) -> Result<Request<T>, Failure> {
     let mut request = Request::new(message);
-    let md = request.metadata_mut();
-    let value = |v: &str, what: &str| {
-        v.parse()
-            .map_err(|_| Failure::Other(format!("the {what} is not a valid gRPC metadata value")))
-    };
-    md.insert(
-        metadata::ACCESS_TOKEN,
-        value(token.access_token.expose_secret(), "access token")?,
-    );
-    md.insert(
-        metadata::INSTANCE_URL,
-        value(&token.instance_url, "instance URL")?,
-    );
-    md.insert(metadata::TENANT_ID, value(org_id, "org id")?);
+    insert_auth(
+        request.metadata_mut(),
+        token.access_token.expose_secret(),
+        &token.instance_url,
+        org_id,
+    )
+    .map_err(|e| Failure::Other(format!("{} is not a valid gRPC metadata value", e.key)))?;
     Ok(request)
 }
 
@@ -180,11 +175,7 @@ impl std::fmt::Display for Failure {
 impl Failure {
     /// Classifies a gRPC status by its code and its `error-code` trailer.
     pub fn from_status(status: &Status, generation: u64) -> Self {
-        let code = status
-            .metadata()
-            .get(metadata::ERROR_CODE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
+        let code = error_code(status).unwrap_or("");
         let detail = format!(
             "{:?}: {}{}",
             status.code(),
@@ -215,6 +206,7 @@ impl Failure {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use orderbridge_pubsub::metadata;
 
     fn with_code(code: Code, msg: &str, error_code: Option<&str>) -> Status {
         let mut s = Status::new(code, msg);
