@@ -436,3 +436,151 @@ async fn tls_endpoints_work_with_the_emulators_certificate() {
     .await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A GAP_UPDATE change event for `record_id`, written with the topic's current schema, as
+/// Salesforce sends when it could not capture a change's values.
+fn gap_event(org: &Org, record_id: &str) -> ProducerEvent {
+    use apache_avro::types::{Record, Value as Avro};
+    let schema = {
+        let st = org.emu.state.pubsub.lock();
+        let (_, schema) = st.registry.topic(TOPIC).unwrap();
+        schema.unwrap()
+    };
+    let apache_avro::Schema::Record(rs) = &schema.avro else {
+        panic!("not a record schema")
+    };
+    let header_schema = &rs.fields[0].schema;
+    let mut header = Record::new(header_schema).unwrap();
+    header.put("entityName", "Order");
+    header.put(
+        "recordIds",
+        Avro::Array(vec![Avro::String(record_id.into())]),
+    );
+    let apache_avro::Schema::Record(hs) = header_schema else {
+        panic!("header is not a record")
+    };
+    let change_type = hs.fields.iter().find(|f| f.name == "changeType").unwrap();
+    let apache_avro::Schema::Enum(e) = &change_type.schema else {
+        panic!("changeType is not an enum")
+    };
+    let gap = e.symbols.iter().position(|s| s == "GAP_UPDATE").unwrap();
+    header.put("changeType", Avro::Enum(gap as u32, "GAP_UPDATE".into()));
+    header.put("changeOrigin", "");
+    header.put("transactionKey", "gap-tx");
+    header.put("sequenceNumber", 1);
+    header.put(
+        "commitTimestamp",
+        Avro::Long(chrono::Utc::now().timestamp_millis()),
+    );
+    header.put("commitNumber", Avro::Long(1));
+    header.put("commitUser", "005000000000001AAA");
+    for f in ["nulledFields", "diffFields", "changedFields"] {
+        header.put(f, Avro::Array(vec![]));
+    }
+    let mut record = Record::new(&schema.avro).unwrap();
+    record.put("ChangeEventHeader", header);
+    for f in &rs.fields[1..] {
+        record.put(&f.name, Avro::Union(0, Box::new(Avro::Null)));
+    }
+    ProducerEvent {
+        id: format!("gap-{record_id}"),
+        schema_id: schema.id.clone(),
+        payload: apache_avro::to_avro_datum(&schema.avro, record).unwrap(),
+        headers: vec![],
+    }
+}
+
+#[tokio::test]
+async fn gap_events_reread_the_record_and_platform_events_are_recorded() {
+    let db = TestDatabase::new().await;
+    let org = Org::start(emulator_config()).await;
+    let sf = org.order().await;
+    let local = local_order(&db.pool, &sf).await;
+    let platform = "/event/OrderProvisionRequested__e";
+    let sub = Subscriber::start(
+        &db,
+        &org,
+        &[("SF_PUBSUB_TOPICS", &format!("{TOPIC},{platform}"))],
+    )
+    .await;
+
+    // Activated by a change our client made (echo: ignored) ...
+    org.set_status(&sf, "Activated", Some("orderbridge")).await;
+    eventually("the echo counted", || async {
+        sub.metric("sf_subscriber_events_echo_total").await >= 1.0
+    })
+    .await;
+    assert_eq!(status_of(&db.pool, local).await, "submitted");
+    // ... then a gap event for the record: its Status is re-read over REST and applied.
+    org.emu.state.pubsub.publish(&[TOPIC], gap_event(&org, &sf));
+    let pool = db.pool.clone();
+    eventually("the re-read status applied", || {
+        let pool = pool.clone();
+        async move { status_of(&pool, local).await == "activated" }
+    })
+    .await;
+    assert!(sub.metric("sf_subscriber_rereads_total").await >= 1.0);
+
+    // No event on the platform topic yet: only keepalives (every second here) can have stored a
+    // position for it, and they do, so a quiet topic's position does not age out of retention.
+    eventually("a keepalive's replay id stored", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<Vec<u8>>>(
+                "SELECT replay_id FROM pubsub_cursors WHERE topic = $1",
+            )
+            .bind(platform)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+            .flatten()
+            .is_some()
+        }
+    })
+    .await;
+
+    let (code, body) = org
+        .call(
+            "POST",
+            "/sobjects/OrderProvisionRequested__e",
+            Some(json!({"OrderId__c": sf, "CorrelationId__c": "c-1"})),
+            None,
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    eventually("the platform event recorded", || async {
+        sub.metric("sf_subscriber_platform_events_total").await == 1.0
+    })
+    .await;
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM pubsub_inbox WHERE topic = $1")
+        .bind(platform)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 1);
+}
+
+#[tokio::test]
+async fn the_inbox_is_purged_after_its_retention() {
+    let db = TestDatabase::new().await;
+    sqlx::query(
+        "INSERT INTO pubsub_inbox (event_id, topic, received_at) VALUES
+             ('old', '/data/OrderChangeEvent', now() - interval '5 days'),
+             ('new', '/data/OrderChangeEvent', now())",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let before = chrono::Utc::now() - chrono::Duration::days(4);
+    assert_eq!(
+        sf_subscriber::store::purge_inbox(&db.pool, before)
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<String> = sqlx::query_scalar("SELECT event_id FROM pubsub_inbox")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["new"]);
+}
