@@ -27,7 +27,6 @@
 //! connection with capped exponential backoff and jitter, re-declares the topology, and every
 //! lapin await in this crate runs under [`BrokerConfig::broker_op_timeout`].
 
-mod backoff;
 pub mod headers;
 pub mod permissions;
 pub mod signing;
@@ -43,9 +42,10 @@ use lapin::uri::AMQPUri;
 use lapin::{Channel, Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
-pub use backoff::Backoff;
+// Lives in orderbridge-runtime so services without a broker (sf-subscriber) share it.
 pub use headers::DeadLetterReason;
 pub use lapin;
+pub use orderbridge_runtime::backoff::Backoff;
 pub use permissions::{Component, Permissions};
 pub use signing::{Keyring, SignatureError, SigningConfig, SigningError};
 pub use topology::{REQUEUE_ROUTING_KEY, RetryTier, Topology};

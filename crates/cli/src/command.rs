@@ -41,7 +41,9 @@ pub struct Cli {
 pub enum Command {
     /// Compare Postgres orders with Salesforce records by external id; report missing,
     /// duplicated, mismatched and orphaned ones. Exit status 0 when clean, 1 when not, 2 on
-    /// errors.
+    /// errors. `reconcile statuses --since <time>` instead applies the Status of every Order
+    /// changed in Salesforce since then (closing a gap of the Salesforce subscriber).
+    #[command(args_conflicts_with_subcommands = true)]
     Reconcile(ReconcileArgs),
     /// Inspect and replay the dead-letter queue. Exit status 0 on success, 2 on errors.
     Dlq {
@@ -64,6 +66,8 @@ pub enum Command {
 /// `orderbridge reconcile` options.
 #[derive(Debug, Clone, Args)]
 pub struct ReconcileArgs {
+    #[command(subcommand)]
+    pub target: Option<ReconcileTarget>,
     /// Only orders created at or after this instant (RFC 3339, e.g. 2026-11-24T00:00:00Z).
     #[arg(long, visible_alias = "created-after", value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -89,6 +93,15 @@ pub struct ReconcileArgs {
     pub include_failed: bool,
 }
 
+/// What `reconcile` compares besides the records (the default).
+#[derive(Debug, Clone, Subcommand)]
+pub enum ReconcileTarget {
+    /// Apply the Salesforce Status of every Order changed since `--since` to its order (source
+    /// `reconcile`), and mark the subscriber's gaps from then on closed. Exit status 0, or 2 on
+    /// errors.
+    Statuses(crate::statuses::StatusesArgs),
+}
+
 pub(crate) fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
@@ -108,6 +121,8 @@ pub enum CommandError {
     Reconcile(#[from] ReconcileError),
     #[error("--since must be before --until")]
     EmptyScope,
+    #[error("database: {0}")]
+    Statuses(String),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod progress;
 pub mod reconcile;
 pub mod render;
+pub mod statuses;
 
 pub use reconcile::{
     FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile, reconcile_with_progress,

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use orderbridge_cli::command::{Cli, Command, run_reconcile};
+use orderbridge_cli::command::{Cli, Command, ReconcileArgs, ReconcileTarget, run_reconcile};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,6 +14,19 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     match &cli.command {
+        Command::Reconcile(ReconcileArgs {
+            target: Some(ReconcileTarget::Statuses(args)),
+            ..
+        }) => {
+            let mut out = std::io::stdout().lock();
+            match orderbridge_cli::statuses::run(args, &cli.db, &cli.salesforce, &mut out).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Reconcile(args) => {
             let mut out = std::io::stdout().lock();
             match run_reconcile(args, &cli.db, &cli.salesforce, &mut out).await {

@@ -1,11 +1,11 @@
 //! Creating orders: the one transaction that accepts an order (advisory lock on the idempotency
-//! key, key lookup, order + lines + `order.submitted` outbox event + remembered response), used
-//! by `POST /v1/orders` and by the intake benchmark's direct-Postgres baseline alike, and the
-//! row writers it is made of ([`insert_orders`]), which the benchmarks also use to lay down a
-//! backlog many orders per statement.
+//! key, key lookup, order + lines + first status-history row + `order.submitted` outbox event +
+//! remembered response), used by `POST /v1/orders` and by the intake benchmark's direct-Postgres
+//! baseline alike, and the row writers it is made of ([`insert_orders`]), which the benchmarks
+//! also use to lay down a backlog many orders per statement.
 
 use chrono::{DateTime, Utc};
-use orderbridge_domain::{ClientId, ClientScope, Order, OrderEvent, OrderId};
+use orderbridge_domain::{ClientId, ClientScope, Order, OrderEvent, OrderId, StatusSource};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
@@ -155,8 +155,9 @@ pub async fn insert_order(
     insert_orders(conn, client_id, std::slice::from_ref(order)).await
 }
 
-/// Inserts new orders and their lines: two statements whatever their number (arrays unnested
-/// server-side), so a backlog of thousands costs what one order does.
+/// Inserts new orders, their lines and their first status-history rows: three statements whatever
+/// their number (arrays unnested server-side), so a backlog of thousands costs what one order
+/// does.
 pub async fn insert_orders(
     conn: &mut PgConnection,
     client_id: ClientId,
@@ -212,9 +213,9 @@ pub async fn insert_orders(
     sqlx::query(
         "INSERT INTO orders (id, client_id, client_ref, customer, billing_address,
              shipping_address, currency, notes, total, status, sync_state, version,
-             created_at, updated_at)
+             created_at, updated_at, status_at)
          SELECT id, $1, client_ref, customer, billing, shipping, currency, notes, total, status,
-             sync_state, version, created, updated
+             sync_state, version, created, updated, created
          FROM UNNEST($2::uuid[], $3::text[], $4::jsonb[], $5::jsonb[], $6::jsonb[], $7::text[],
                      $8::text[], $9::numeric[], $10::text[], $11::text[], $12::bigint[],
                      $13::timestamptz[], $14::timestamptz[])
@@ -249,6 +250,19 @@ pub async fn insert_orders(
     .bind(&quantities)
     .bind(&prices)
     .bind(&line_totals)
+    .execute(&mut *conn)
+    .await?;
+    // Each order's first status, so its history is never empty; the order of `ids` keeps
+    // history ids in creation order.
+    sqlx::query(
+        "INSERT INTO order_status_history (order_id, status, at, source)
+         SELECT order_id, status, at, $4
+         FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS t(order_id, status, at)",
+    )
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&created)
+    .bind(StatusSource::API)
     .execute(&mut *conn)
     .await?;
     Ok(())

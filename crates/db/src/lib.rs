@@ -1,8 +1,8 @@
 //! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
 //! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]), the order-creating
 //! transaction ([`create`], with its [`idempotency`] keys), the order reads and writes more
-//! than one binary needs ([`orders`]), API keys ([`keys`]) and the API clients' Salesforce scopes
-//! ([`clients`]).
+//! than one binary needs ([`orders`]), the business status and its history ([`status`]), API keys
+//! ([`keys`]) and the API clients' Salesforce scopes ([`clients`]).
 
 pub mod clients;
 pub mod create;
@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod keys;
 pub mod orders;
 pub mod outbox;
+pub mod status;
 
 use std::time::Duration;
 

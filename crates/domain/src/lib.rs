@@ -13,6 +13,8 @@ pub mod currency;
 pub mod events;
 pub mod ids;
 pub mod order;
+pub mod status;
+pub mod status_map;
 pub mod tenant;
 pub mod text;
 pub mod validation;
@@ -22,7 +24,8 @@ pub use events::{DecodeError, Envelope, OrderEvent, SubmittedOrder, SyncStatus};
 pub use ids::{ClientId, EventId, OrderId};
 pub use order::{
     Address, AddressInput, Customer, CustomerInput, LineInput, NewLine, NewOrder, NewOrderRequest,
-    Order, OrderLine, SyncError, SyncInfo, SyncState,
+    Order, OrderLine, OrderStatus, SyncError, SyncInfo, SyncState,
 };
+pub use status::{StatusEntry, StatusSource};
 pub use tenant::ClientScope;
 pub use validation::{FieldError, Violations};

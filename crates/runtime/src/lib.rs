@@ -1,8 +1,10 @@
 //! Process plumbing shared by every orderbridge binary: log set-up ([`LogConfig::init`]) and the
 //! shutdown signal ([`shutdown_signal`]), the parser for loop intervals ([`parse_interval`]), the
-//! admin server ([`admin`]) and Prometheus rendering ([`metrics`]).
+//! admin server ([`admin`]), Prometheus rendering ([`metrics`]) and reconnect delays
+//! ([`backoff::Backoff`]).
 
 pub mod admin;
+pub mod backoff;
 pub mod metrics;
 
 use clap::{Args, ValueEnum};

@@ -69,6 +69,62 @@ struct SessionSlot {
     generation: u64,
 }
 
+/// What another Salesforce API (the Pub/Sub API) needs to authenticate a call: the access token,
+/// the instance URL and the org id. Holds no `Debug` of the token.
+#[derive(Clone)]
+pub struct SessionToken {
+    pub access_token: SecretString,
+    /// The instance URL as the token response gave it, without a trailing slash.
+    pub instance_url: String,
+    /// The org id from the identity URL (`…/id/<org id>/<user id>`); `None` when the token
+    /// response carried no identity URL.
+    pub org_id: Option<String>,
+    /// The login this token came from (see [`Client::refresh_session`]).
+    pub generation: u64,
+}
+
+impl std::fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionToken")
+            .field("instance_url", &self.instance_url)
+            .field("org_id", &self.org_id)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionToken {
+    fn from_slot(slot: &SessionSlot) -> Self {
+        Self {
+            access_token: slot.session.access_token.clone(),
+            instance_url: slot
+                .session
+                .instance_url
+                .as_str()
+                .trim_end_matches('/')
+                .to_owned(),
+            org_id: slot
+                .session
+                .identity
+                .as_deref()
+                .and_then(org_id_from_identity),
+            generation: slot.generation,
+        }
+    }
+}
+
+/// The org id of an identity URL `https://login.salesforce.com/id/<org id>/<user id>`: the
+/// second-to-last path segment after `id`.
+pub fn org_id_from_identity(identity: &str) -> Option<String> {
+    let path = identity.split(['?', '#']).next().unwrap_or(identity);
+    let mut segments = path.trim_end_matches('/').rsplit('/');
+    let _user = segments.next()?;
+    let org = segments.next()?;
+    let marker = segments.next()?;
+    (marker == "id" && !org.is_empty() && org.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| org.to_owned())
+}
+
 /// One entry of `GET /services/data/`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct ApiVersion {
@@ -275,6 +331,24 @@ impl Client {
     /// The identity URL (`…/id/<org id>/<user id>`) of the current session, if logged in.
     pub fn identity_url(&self) -> Option<String> {
         self.current().and_then(|s| s.session.identity.clone())
+    }
+
+    /// The current session's credentials for a non-REST API (the Pub/Sub API's gRPC metadata
+    /// `accesstoken`, `instanceurl`, `tenantid`), logging in first if needed. Keep the returned
+    /// [`SessionToken::generation`]: after the other API refuses the token, pass it to
+    /// [`Client::refresh_session`].
+    pub async fn session_token(&self) -> Result<SessionToken, Error> {
+        let slot = self.session().await?;
+        Ok(SessionToken::from_slot(&slot))
+    }
+
+    /// Logs in again because the token of session `generation` was refused by another API
+    /// (gRPC UNAUTHENTICATED). Single-flight like the REST path's re-login: callers that saw the
+    /// same stale generation share one login, and one whose session was already replaced gets
+    /// the newer one without another login.
+    pub async fn refresh_session(&self, generation: u64) -> Result<SessionToken, Error> {
+        let slot = self.relogin(Some(generation)).await?;
+        Ok(SessionToken::from_slot(&slot))
     }
 
     /// When the current token was issued (ms since the epoch), if Salesforce said.
@@ -580,4 +654,31 @@ impl Client {
 pub(crate) enum Body<'a> {
     Json(&'a serde_json::Value),
     Serialized(&'a [u8]),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::org_id_from_identity;
+
+    #[test]
+    fn org_id_comes_from_the_identity_url() {
+        assert_eq!(
+            org_id_from_identity(
+                "https://login.salesforce.com/id/00D000000000001AAA/005000000000001AAA"
+            )
+            .as_deref(),
+            Some("00D000000000001AAA")
+        );
+        assert_eq!(
+            org_id_from_identity("http://127.0.0.1:8089/id/00Dx/005y/").as_deref(),
+            Some("00Dx")
+        );
+        assert_eq!(
+            org_id_from_identity("https://x/services/oauth2/userinfo"),
+            None
+        );
+        assert_eq!(org_id_from_identity(""), None);
+        assert_eq!(org_id_from_identity("https://x/id//005y"), None);
+        assert_eq!(org_id_from_identity("https://x/id/00D x/005y"), None);
+    }
 }

@@ -38,7 +38,7 @@ pub mod query;
 pub mod sobjects;
 
 pub use auth::JwtClaims;
-pub use client::{ApiVersion, Client};
+pub use client::{ApiVersion, Client, SessionToken, org_id_from_identity};
 pub use collections::COLLECTION_LIMIT;
 pub use composite::{
     Composite, CompositeResponse, Ref, SubrequestKind, SubrequestOutcome, SubrequestResult,
