@@ -15,6 +15,7 @@ mod chart;
 mod common;
 mod drain;
 mod e2e;
+mod inbound;
 mod intake;
 mod load;
 mod poster;
@@ -73,6 +74,11 @@ enum Command {
     /// order-api under 2,000 half-open connections (slowloris): the latency of normal requests
     /// on new connections before, during and after, and order-api's memory. Only order-api runs.
     Slowloris(slowloris::SlowlorisArgs),
+    /// The return path: orders synced, then status changes made in Salesforce at a fixed rate
+    /// and watched through the API (SSE), then a backlog drained by a restarted sf-subscriber:
+    /// change → visible p99, backlog changes/s, the subscriber's memory; every order ends with
+    /// Salesforce's status and one history entry per change.
+    Inbound(inbound::InboundArgs),
 }
 
 #[tokio::main]
@@ -89,6 +95,7 @@ async fn main() -> ExitCode {
         Command::Relay(args) => relay::run(args).await,
         Command::Chaos(args) => chaos::run(*args).await,
         Command::Slowloris(args) => slowloris::run(args).await,
+        Command::Inbound(args) => inbound::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

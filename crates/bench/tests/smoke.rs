@@ -206,3 +206,33 @@ async fn slowloris_short_run_through_the_real_binaries() {
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[tokio::test]
+async fn inbound_short_run_through_the_real_binaries() {
+    let out = out_dir("inbound");
+    let report = bench(
+        &[
+            "inbound",
+            "--orders",
+            "10",
+            "--changes",
+            "40",
+            "--rate",
+            "40",
+            "--backlog",
+            "30",
+        ],
+        &out,
+    );
+    let live = &report["live"];
+    assert_eq!(live["made"].as_u64(), Some(40), "{report}");
+    assert_eq!(live["unseen"].as_u64(), Some(0), "{report}");
+    assert_eq!(live["change_to_api_ms"]["n"].as_u64(), Some(40), "{report}");
+    assert_eq!(report["backlog"]["applied"].as_u64(), Some(30), "{report}");
+    assert_eq!(report["mismatched"], serde_json::json!([]), "{report}");
+    assert!(out.join("logs/sf-subscriber.log").is_file());
+    assert!(out.join("logs/sf-subscriber.2.log").is_file());
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}

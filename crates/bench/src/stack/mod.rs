@@ -28,8 +28,9 @@ pub const EMULATOR: &str = "sf-emulator";
 pub const API: &str = "order-api";
 pub const RELAY: &str = "outbox-relay";
 pub const WORKER: &str = "sync-worker";
+pub const SUBSCRIBER: &str = "sf-subscriber";
 /// Every binary a run may start.
-pub const BINARIES: [&str; 4] = [EMULATOR, API, RELAY, WORKER];
+pub const BINARIES: [&str; 5] = [EMULATOR, API, RELAY, WORKER, SUBSCRIBER];
 
 /// The name under which the bench's API client and key are created.
 pub const CLIENT_NAME: &str = "bench";
@@ -45,7 +46,7 @@ pub const EMULATOR_DAILY_API_LIMIT: u64 = 1_000_000_000;
 /// environment.
 #[derive(Debug, Clone, Args)]
 pub struct StackArgs {
-    /// Directory holding order-api, outbox-relay, sync-worker and sf-emulator. Default: this
+    /// Directory holding order-api, outbox-relay, sync-worker, sf-subscriber and sf-emulator. Default: this
     /// program's own directory, i.e. the binaries of the same cargo profile (build them with
     /// `cargo build --release --bins`).
     #[arg(long, env = "BENCH_BIN_DIR")]
@@ -161,6 +162,8 @@ pub struct Stack {
     pub http: reqwest::Client,
     pub pool: Option<PgPool>,
     pub emulator_url: Option<String>,
+    /// The emulator's Pub/Sub API (`http://127.0.0.1:<port>`), for sf-subscriber.
+    pub pubsub_url: Option<String>,
     pub api_url: Option<String>,
     services: Vec<Service>,
     /// Processes sent a signal by [`Self::stop`] and not yet reaped.
@@ -203,6 +206,7 @@ impl Stack {
                 .build()?,
             pool: None,
             emulator_url: None,
+            pubsub_url: None,
             api_url: None,
             services: Vec::new(),
             stopping: Vec::new(),

@@ -12,16 +12,19 @@ use anyhow::{Context, Result, anyhow, bail};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use super::{API, EMULATOR, EMULATOR_DAILY_API_LIMIT, RELAY, Stack, WORKER, workspace_root};
+use super::{
+    API, EMULATOR, EMULATOR_DAILY_API_LIMIT, RELAY, SUBSCRIBER, Stack, WORKER, workspace_root,
+};
 
 /// Variables the services read that must not leak in from the caller's environment (a
 /// `SF_USERNAME` of a real org, say): the bench sets what it needs, `--env` adds the rest.
-const SERVICE_ENV_PREFIXES: [&str; 10] = [
+const SERVICE_ENV_PREFIXES: [&str; 11] = [
     "DATABASE_URL",
     "DB_",
     "ORDER_API_",
     "RELAY_",
     "WORKER_",
+    "SUBSCRIBER_",
     "SF_",
     "BROKER_",
     "AMQP_URL",
@@ -108,6 +111,7 @@ impl Stack {
     pub async fn start_emulator(&mut self) -> Result<()> {
         let port = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
+        let pubsub_port = free_port()?;
         let seed = self
             .args
             .seed_file
@@ -121,8 +125,13 @@ impl Stack {
             format!("{base}/services/data/"),
             &[
                 ("SF_EMULATOR_ADDR", format!("127.0.0.1:{port}")),
-                // The bench uses no Pub/Sub; any free port keeps parallel runs from colliding.
-                ("SF_EMULATOR_PUBSUB_ADDR", "127.0.0.1:0".to_owned()),
+                (
+                    "SF_EMULATOR_PUBSUB_ADDR",
+                    format!("127.0.0.1:{pubsub_port}"),
+                ),
+                // `inbound` makes thousands of changes; the default in-memory log (10,000
+                // events per topic) could drop a backlog before the subscriber reads it.
+                ("SF_EMULATOR_EVENT_MAX", "100000".to_owned()),
                 ("SF_EMULATOR_SEED_FILE", seed.display().to_string()),
                 (
                     "SF_EMULATOR_DAILY_API_LIMIT",
@@ -132,6 +141,7 @@ impl Stack {
         )?;
         self.wait_ready(EMULATOR).await?;
         self.emulator_url = Some(base);
+        self.pubsub_url = Some(format!("http://127.0.0.1:{pubsub_port}"));
         self.set_faults(json!({
             "latency_ms": self.args.latency_ms,
             "jitter_ms": self.args.jitter_ms,
@@ -177,6 +187,22 @@ impl Stack {
             WORKER,
             format!("http://127.0.0.1:{port}/health/ready"),
             &[("WORKER_ADMIN_ADDR", format!("127.0.0.1:{port}"))],
+        )
+    }
+
+    /// Starts an sf-subscriber on the emulator's Pub/Sub API; returns its pid.
+    pub fn spawn_subscriber(&mut self) -> Result<u32> {
+        let Some(pubsub) = self.pubsub_url.clone() else {
+            bail!("start the emulator before the subscriber");
+        };
+        let port = free_port()?;
+        self.spawn(
+            SUBSCRIBER,
+            format!("http://127.0.0.1:{port}/health/ready"),
+            &[
+                ("SUBSCRIBER_ADMIN_ADDR", format!("127.0.0.1:{port}")),
+                ("SF_PUBSUB_ENDPOINT", pubsub),
+            ],
         )
     }
 

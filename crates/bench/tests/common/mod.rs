@@ -24,7 +24,13 @@ pub fn service_bins() -> PathBuf {
     }
     let dir = orderbridge_testkit::build_bins(
         Path::new(BENCH),
-        &["order-api", "outbox-relay", "sync-worker", "sf-emulator"],
+        &[
+            "order-api",
+            "outbox-relay",
+            "sync-worker",
+            "sf-emulator",
+            "sf-subscriber",
+        ],
     )
     .unwrap();
     *built = Some(dir.clone());
