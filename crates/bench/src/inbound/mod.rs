@@ -108,7 +108,7 @@ pub async fn run(args: InboundArgs) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number");
     }
-    if args.backlog % args.orders != 0 {
+    if !args.backlog.is_multiple_of(args.orders) {
         bail!("--backlog must be a multiple of --orders (every order changes once per round)");
     }
     with_stack(args.stack.clone(), "inbound", async |stack| {
@@ -120,12 +120,20 @@ pub async fn run(args: InboundArgs) -> Result<bool> {
 /// The status a change sets: the `k`-th change of an order (from 0) activates it when `k` is
 /// even and takes it back to draft when odd.
 fn salesforce_status(k: usize) -> &'static str {
-    if k % 2 == 0 { "Activated" } else { "Draft" }
+    if k.is_multiple_of(2) {
+        "Activated"
+    } else {
+        "Draft"
+    }
 }
 
 /// The API's status for that Salesforce value under the default status map.
 fn api_status(k: usize) -> &'static str {
-    if k % 2 == 0 { "activated" } else { "submitted" }
+    if k.is_multiple_of(2) {
+        "activated"
+    } else {
+        "submitted"
+    }
 }
 
 /// One synced order: its id in both systems.
