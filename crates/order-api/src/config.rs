@@ -68,6 +68,24 @@ pub struct ApiConfig {
     /// in the listen backlog until one ends.
     #[arg(long, env = "ORDER_API_MAX_CONNECTIONS", default_value = "1024")]
     pub max_connections: NonZeroU32,
+    /// Longest a long-poll (`GET` with `If-None-Match` and `Prefer: wait=<s>`) waits for the
+    /// order to change; larger waits are clamped to it. Comes on top of the request timeout.
+    /// `0s` turns long-polls off (such requests are answered at once).
+    #[arg(long, env = "ORDER_API_LONG_POLL_MAX", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub long_poll_max: Duration,
+    /// Interval of the heartbeat comments on a quiet event stream (`/v1/orders/{id}/events`),
+    /// so proxies and load balancers do not close it as idle.
+    #[arg(long, env = "ORDER_API_SSE_HEARTBEAT", default_value = "15s", value_parser = orderbridge_runtime::parse_interval)]
+    pub sse_heartbeat: Duration,
+    /// Longest an event stream stays open; clients reconnect with `Last-Event-ID`. Bounds what
+    /// one stream can hold (a connection, a stream slot) and spreads streams across instances
+    /// after a deploy.
+    #[arg(long, env = "ORDER_API_SSE_MAX_DURATION", default_value = "30m", value_parser = orderbridge_runtime::parse_interval)]
+    pub sse_max_duration: Duration,
+    /// Most event streams open at once in this process; beyond, 503 with `Retry-After`. Each
+    /// holds a connection busy: keep it below `ORDER_API_MAX_CONNECTIONS`.
+    #[arg(long, env = "ORDER_API_SSE_MAX_STREAMS", default_value_t = 512)]
+    pub sse_max_streams: usize,
     /// The sync worker's field mapping (the same file, and the same variable, as the worker's;
     /// unset: the built-in one). Its declared field limits decide what intake refuses because
     /// Salesforce could not hold it exactly; the worker checks them against the org.

@@ -87,6 +87,8 @@ pub enum ApiError {
     ResyncRateLimited { retry_after: Duration },
     #[error("the request took too long")]
     Timeout,
+    #[error("too many event streams are open; retry later")]
+    TooManyStreams { retry_after: Duration },
     #[error("the database is unavailable")]
     Unavailable(#[source] sqlx::Error),
     #[error("internal error")]
@@ -162,7 +164,9 @@ impl ApiError {
             Self::RateLimited { .. }
             | Self::AuthThrottled { .. }
             | Self::ResyncRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Timeout | Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout | Self::Unavailable(_) | Self::TooManyStreams { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -206,7 +210,8 @@ impl IntoResponse for ApiError {
             // Round up: "Retry-After: 0" would invite an immediate, equally futile retry.
             Self::RateLimited { retry_after }
             | Self::AuthThrottled { retry_after }
-            | Self::ResyncRateLimited { retry_after } => {
+            | Self::ResyncRateLimited { retry_after }
+            | Self::TooManyStreams { retry_after } => {
                 Some(retry_after.as_secs_f64().ceil().max(1.0) as u64)
             }
             Self::Unavailable(_) | Self::Timeout => Some(1),

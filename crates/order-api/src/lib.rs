@@ -10,11 +10,17 @@
 //!
 //! [`app`] builds the router apart from [`serve::serve`] (connections, their timeouts and cap,
 //! shutdown), so tests drive it with `oneshot` and a per-test database.
+//!
+//! Waiting for an order to change (long-polls on `GET /v1/orders/{id}`, the event stream
+//! `GET /v1/orders/{id}/events`) rests on one `LISTEN` per process ([`watch`], started by
+//! [`spawn_listener`]); [`until_shutdown`] ends every wait when the server begins to stop.
 
 pub mod auth;
 pub mod body_deadline;
 pub mod config;
+pub mod detail;
 pub mod error;
+pub mod events;
 pub mod extract;
 pub mod field_limits;
 pub mod health;
@@ -23,18 +29,22 @@ pub mod limits;
 pub mod log_text;
 pub mod openapi;
 pub mod orders;
+pub mod prefer;
 pub mod problem_fallback;
 pub mod rate_limit;
 pub mod request_id;
 pub mod serve;
 pub mod store;
+pub mod watch;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
+use axum::http::Method;
+use axum::http::header::{AUTHORIZATION, IF_NONE_MATCH};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,6 +57,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use config::ApiConfig;
 use error::ApiError;
+use events::StreamSlots;
 use key_cache::KeyCache;
 use rate_limit::{AuthFailures, RateLimiter};
 use request_id::RequestId;
@@ -60,6 +71,12 @@ pub struct AppState {
     pub resync_limiter: RateLimiter,
     pub auth_failures: AuthFailures,
     pub key_cache: KeyCache,
+    /// The orders requests wait on, woken by the process's one `LISTEN` ([`spawn_listener`]).
+    pub watch: watch::OrderWatch,
+    /// The cap on open event streams (`ORDER_API_SSE_MAX_STREAMS`).
+    pub streams: StreamSlots,
+    /// Turns true when the server begins to stop: waits end at once.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -71,10 +88,37 @@ impl AppState {
             ),
             auth_failures: AuthFailures::new(config.auth_failure_rate, config.auth_failure_burst),
             key_cache: KeyCache::new(config.key_cache_ttl),
+            watch: watch::OrderWatch::default(),
+            streams: StreamSlots::new(config.sse_max_streams),
+            stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
             pool,
         }
     }
+
+    /// Ends every wait: event streams close and waiting long-polls answer at once. Called when
+    /// the server begins to stop ([`until_shutdown`]), before connections are drained, so no
+    /// stream holds the shutdown until its grace runs out.
+    pub fn begin_shutdown(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Resolves (via `wait_for(|s| *s)`) once [`AppState::begin_shutdown`] was called.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+}
+
+/// The shutdown future to hand to [`serve::serve`]: `signal`, then [`AppState::begin_shutdown`].
+pub async fn until_shutdown(state: AppState, signal: impl Future<Output = ()>) {
+    signal.await;
+    state.begin_shutdown();
+}
+
+/// Starts the process's one `LISTEN order_versions` (see [`watch`]); it runs until the pool is
+/// closed or the task is aborted.
+pub fn spawn_listener(state: &AppState) -> tokio::task::JoinHandle<()> {
+    watch::spawn_listener(state.pool.clone(), state.watch.clone())
 }
 
 /// The whole HTTP application.
@@ -86,6 +130,7 @@ pub fn app(state: AppState) -> Router {
             axum::routing::post(orders::create_order).get(orders::list_orders),
         )
         .route("/v1/orders/{id}", get(orders::get_order))
+        .route("/v1/orders/{id}/events", get(events::order_events))
         .route(
             "/v1/orders/{id}/resync",
             axum::routing::post(orders::resync_order),
@@ -102,7 +147,7 @@ pub fn app(state: AppState) -> Router {
             body_deadline::limit_body_time,
         ))
         .layer(middleware::from_fn_with_state(
-            config.request_timeout,
+            config.clone(),
             request_timeout,
         ))
         .layer(CatchPanicLayer::custom(|_| {
@@ -134,7 +179,19 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(request_id::assign))
 }
 
-async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+/// Bounds the whole request by `ORDER_API_REQUEST_TIMEOUT`; a long-poll gets the wait it asked
+/// for (clamped as its handler clamps it) on top, since waiting is not working. An event
+/// stream's body is not covered: its handler answers at once, and the stream has bounds of its
+/// own.
+async fn request_timeout(
+    State(config): State<Arc<ApiConfig>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let mut limit = config.request_timeout;
+    if req.method() == Method::GET && req.headers().contains_key(IF_NONE_MATCH) {
+        limit += prefer::requested_wait(req.headers(), config.long_poll_max).unwrap_or_default();
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
         Err(_) => ApiError::Timeout.into_response(),

@@ -98,13 +98,22 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(api.addr)
         .await
         .with_context(|| format!("cannot listen on {}", api.addr))?;
+    if api.sse_max_streams >= api.max_connections.get() as usize {
+        // Streams hold their connections busy: at the cap nothing else would be served.
+        tracing::warn!(
+            sse_max_streams = api.sse_max_streams,
+            max_connections = api.max_connections.get(),
+            "ORDER_API_SSE_MAX_STREAMS is not below ORDER_API_MAX_CONNECTIONS: event streams can take every connection"
+        );
+    }
     let state = AppState::new(pool.clone(), api);
     let housekeeping = order_api::spawn_housekeeping(state.clone());
+    let version_listener = order_api::spawn_listener(&state);
     tracing::info!(addr = %listener.local_addr()?, "order-api listening");
 
     let config = state.config.clone();
-    match order_api::serve::serve(listener, order_api::app(state), &config, shutdown_signal()).await
-    {
+    let shutdown = order_api::until_shutdown(state.clone(), shutdown_signal());
+    match order_api::serve::serve(listener, order_api::app(state), &config, shutdown).await {
         Stopped::Drained => {}
         Stopped::GraceExpired { open } => tracing::warn!(
             open,
@@ -112,6 +121,7 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
         ),
     }
     housekeeping.abort();
+    version_listener.abort();
     pool.close().await;
     tracing::info!("order-api stopped");
     Ok(())

@@ -18,6 +18,7 @@ use utoipa::{Modify, OpenApi};
         crate::orders::create_order,
         crate::orders::list_orders,
         crate::orders::get_order,
+        crate::events::order_events,
         crate::orders::resync_order,
         crate::health::live,
         crate::health::ready,

@@ -1,4 +1,6 @@
-//! `/v1/orders`: create, read, list and resync orders.
+//! `/v1/orders`: create, read (and long-poll), list and resync orders.
+
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -14,15 +16,19 @@ use orderbridge_domain::{ClientId, NewOrder, NewOrderRequest, Order, OrderId, Sy
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use tokio::time::Instant;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::Client;
+use crate::detail::{self, OrderDetail};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, OrderPath, QueryParams};
+use crate::prefer::{self, PREFERENCE_APPLIED};
 use crate::request_id::RequestId;
 use crate::store::{self, ListFilter};
+use crate::watch::Subscription;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -233,8 +239,15 @@ fn etag_matches(if_none_match: &HeaderValue, version: i64) -> bool {
 
 /// Get an order.
 ///
-/// Returns the order with its sync state. Send the `ETag` back as `If-None-Match` to poll
-/// cheaply: while nothing changed the answer is 304 with no body. Another client's order is 404.
+/// Returns the order with its sync state, its business `status` and `status_history` (every
+/// status it has had, oldest first: `submitted` at creation, then what Salesforce decides). Send
+/// the `ETag` back as `If-None-Match` to poll cheaply: while nothing changed the answer is 304
+/// with no body. Another client's order is 404.
+///
+/// Long-poll: with `If-None-Match` and `Prefer: wait=<seconds>`, a matching ETag does not answer
+/// 304 at once but waits until the order changes (200 with the new order) or the wait ends
+/// (304). The wait is clamped to `ORDER_API_LONG_POLL_MAX` (30 s by default) and reported in
+/// `Preference-Applied: wait=<seconds>`; a malformed `wait` is ignored.
 #[utoipa::path(
     get,
     path = "/v1/orders/{id}",
@@ -242,10 +255,18 @@ fn etag_matches(if_none_match: &HeaderValue, version: i64) -> bool {
     params(
         ("id" = Uuid, Path, description = "Order id"),
         ("If-None-Match" = Option<String>, Header, description = "ETag from an earlier response"),
+        ("Prefer" = Option<String>, Header, example = "wait=25",
+            description = "`wait=<seconds>` with `If-None-Match`: wait up to that long for a change (long-poll), at most ORDER_API_LONG_POLL_MAX."),
     ),
     responses(
-        (status = 200, description = "The order.", body = Order, headers(("ETag" = String, description = "Entity tag of the order"))),
-        (status = 304, description = "Not modified since the given ETag."),
+        (status = 200, description = "The order.", body = OrderDetail, headers(
+            ("ETag" = String, description = "Entity tag of the order"),
+            ("Preference-Applied" = Option<String>, description = "`wait=<seconds>`: the long-poll wait applied"),
+        )),
+        (status = 304, description = "Not modified since the given ETag (for a long-poll: not within the wait).", headers(
+            ("ETag" = String, description = "Entity tag of the order"),
+            ("Preference-Applied" = Option<String>, description = "`wait=<seconds>`: the long-poll wait applied"),
+        )),
         (status = 401, description = "Missing or invalid API key.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such order for this client.", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limit exceeded; see Retry-After.", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -261,22 +282,81 @@ pub async fn get_order(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let no_cache = (CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    let mut applied = None;
     if let Some(inm) = headers.get(IF_NONE_MATCH) {
+        let wait = prefer::requested_wait(&headers, state.config.long_poll_max);
+        applied = wait.map(|w| {
+            [(
+                PREFERENCE_APPLIED,
+                HeaderValue::from_str(&format!("wait={}", w.as_secs()))
+                    .unwrap_or(HeaderValue::from_static("wait=0")),
+            )]
+        });
+        // Before the first read, so a change committed after it wakes the wait.
+        let mut subscription = wait.map(|_| state.watch.subscribe(id.get()));
         // The cheap path for pollers: one indexed lookup of a single column.
         let version = store::order_version(&state.pool, client.id, id)
             .await?
             .ok_or(ApiError::NotFound)?;
         if etag_matches(inm, version) {
-            return Ok(
-                (StatusCode::NOT_MODIFIED, [(ETAG, etag(version)), no_cache]).into_response(),
-            );
+            let unchanged = match (wait, subscription.as_mut()) {
+                (Some(wait), Some(subscription)) => {
+                    wait_for_change(&state, subscription, client.id, id, inm, wait).await?
+                }
+                _ => Some(version),
+            };
+            if let Some(version) = unchanged {
+                return Ok((
+                    StatusCode::NOT_MODIFIED,
+                    [(ETAG, etag(version)), no_cache],
+                    applied,
+                    (),
+                )
+                    .into_response());
+            }
         }
     }
     let mut conn = state.pool.acquire().await?;
-    let order = orders::get_order(&mut conn, id, Some(client.id))
+    let order = detail::load(&mut conn, client.id, id)
         .await?
         .ok_or(ApiError::NotFound)?;
-    Ok(([(ETAG, etag(order.version)), no_cache], Json(order)).into_response())
+    Ok((
+        [(ETAG, etag(order.order.version)), no_cache],
+        applied,
+        Json(order),
+    )
+        .into_response())
+}
+
+/// Waits up to `wait` for the order's ETag to stop matching `inm`: `None` once it changed,
+/// `Some(version)` (still matching) when the wait ended or the server began to stop. Reads the
+/// version only when the listener says the order may have changed.
+async fn wait_for_change(
+    state: &AppState,
+    subscription: &mut Subscription,
+    client_id: ClientId,
+    id: OrderId,
+    inm: &HeaderValue,
+    wait: Duration,
+) -> Result<Option<i64>, ApiError> {
+    let deadline = Instant::now() + wait;
+    let mut stopping = state.stopping();
+    loop {
+        let woken = tokio::select! {
+            () = tokio::time::sleep_until(deadline) => false,
+            _ = stopping.wait_for(|stopping| *stopping) => false,
+            () = subscription.changed() => true,
+        };
+        let version = store::order_version(&state.pool, client_id, id)
+            .await?
+            .ok_or(ApiError::NotFound)?;
+        if !etag_matches(inm, version) {
+            return Ok(None);
+        }
+        if !woken {
+            return Ok(Some(version));
+        }
+    }
 }
 
 /// Resync an order.

@@ -178,7 +178,16 @@ async fn schemathesis_finds_no_failure() {
         .expect("cannot install the pinned Python test tools (tools/requirements-test.txt)");
     let db = FreshDatabase::new("orderbridge_st");
     let key = create_key(&db, "schemathesis");
-    let (_server, base) = start_server(&db).await;
+    // Short waits: schemathesis reads every event stream to its end and holds long-polls for
+    // their whole wait, which at the defaults (30 min, 30 s) would make this run for hours.
+    let (_server, base) = start_server_with(
+        &db,
+        &[
+            ("ORDER_API_SSE_MAX_DURATION", "1s"),
+            ("ORDER_API_LONG_POLL_MAX", "1s"),
+        ],
+    )
+    .await;
 
     let out = tokio::process::Command::new(schemathesis)
         .args(["run", &format!("{base}/openapi.json"), "--url", &base])

@@ -35,7 +35,18 @@ async fn create_then_get_returns_the_stored_order() {
 
     let fetched = app.get(&key, &format!("/v1/orders/{id}")).await;
     assert_eq!(fetched.status, 200);
-    assert_eq!(fetched.json(), order);
+    // GET adds the business status history to the order the POST returned.
+    let mut fetched_order = fetched.json();
+    let history = fetched_order
+        .as_object_mut()
+        .unwrap()
+        .remove("status_history")
+        .unwrap();
+    assert_eq!(
+        history,
+        json!([{"status": "submitted", "at": order["created_at"], "source": "api"}])
+    );
+    assert_eq!(fetched_order, order);
     assert_eq!(fetched.header("etag"), Some("\"v1\""));
 }
 
