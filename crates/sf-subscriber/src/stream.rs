@@ -92,8 +92,15 @@ pub async fn run(
                         }
                     }
                     Failure::ReplayInvalid(detail) => {
-                        fallback = Some(replay_fallback(&ctx, &settings, &topic, &detail).await);
-                        None
+                        match replay_fallback(&ctx, &settings, &topic, &detail).await {
+                            Some(preset) => {
+                                fallback = Some(preset);
+                                None
+                            }
+                            // Nothing recorded (no stored id, or Postgres failed): try again
+                            // after a pause rather than in a loop.
+                            None => Some(backoff.fail()),
+                        }
                     }
                     Failure::Other(detail) => {
                         let wait = backoff.fail();
@@ -123,19 +130,25 @@ fn record_error(metrics: &Metrics, topic: &str, failure: &Failure) {
 }
 
 /// The stored replay id was refused: count it, say loudly which window may have been missed,
-/// record the gap for the operator, and pick where to resume.
+/// record the gap for the operator (forgetting the id in the same transaction), and pick where
+/// to resume. `None` when there was no stored id to refuse or the gap could not be recorded.
 async fn replay_fallback(
     ctx: &Context,
     settings: &StreamSettings,
     topic: &str,
     detail: &str,
-) -> Preset {
-    Metrics::inc(&ctx.metrics.counters.replay_fallbacks);
-    let stored = store::cursor(&ctx.pool, topic)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or_default();
+) -> Option<Preset> {
+    let stored = match store::cursor(&ctx.pool, topic).await {
+        Ok(Some(c)) if c.replay_id.is_some() => c,
+        Ok(_) => {
+            tracing::warn!(topic, %detail, "replay refused without a stored replay id");
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(topic, error = %e, "cannot read the cursor after a refused replay id");
+            return None;
+        }
+    };
     let from = stored.last_event_at.map_or_else(
         || "unknown (no event received before)".to_owned(),
         |t| t.to_rfc3339(),
@@ -151,10 +164,16 @@ async fn replay_fallback(
         gap_id = ?gap.as_ref().ok(),
         "the stored replay id is no longer valid (past the event bus's retention): changes in this window may have been missed; close the gap with `orderbridge reconcile statuses --since {from}`"
     );
-    if let Err(e) = gap {
-        tracing::error!(topic, error = %e, "cannot record the gap in pubsub_gaps");
+    match gap {
+        Ok(_) => {
+            Metrics::inc(&ctx.metrics.counters.replay_fallbacks);
+            Some(settings.fallback)
+        }
+        Err(e) => {
+            tracing::error!(topic, error = %e, "cannot record the gap in pubsub_gaps");
+            None
+        }
     }
-    settings.fallback
 }
 
 async fn session(
