@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{CommandError, parse_time};
 
 /// The `source` recorded in the status history.
-pub const SOURCE: &str = "reconcile";
+pub const SOURCE: &str = orderbridge_domain::StatusSource::RECONCILE;
 
 /// `orderbridge reconcile statuses` options.
 #[derive(Debug, Clone, Args)]

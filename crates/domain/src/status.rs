@@ -1,6 +1,7 @@
 //! Business status history: the statuses an order has had, as the API returns them. Salesforce
-//! owns the status after creation (see [`crate::order::OrderStatus`]), so any name it reports is
-//! kept as-is.
+//! owns the status after creation (see [`crate::order::OrderStatus`]); its values reach the API
+//! through the status map ([`crate::status_map::StatusMap`]: `Activated` → `activated`, other
+//! names lower-cased, spaces → `_`).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -12,7 +13,7 @@ pub struct StatusEntry {
     /// When the status was decided where it was decided (the order's creation, or the
     /// Salesforce change's commit time), not when orderbridge learned of it.
     pub at: DateTime<Utc>,
-    /// Who set it: [`StatusSource::API`] or [`StatusSource::SALESFORCE`].
+    /// Who set it: one of [`StatusSource`]'s names.
     pub source: String,
 }
 
@@ -22,6 +23,8 @@ pub struct StatusSource;
 impl StatusSource {
     /// Set by orderbridge when it accepted the order.
     pub const API: &'static str = "api";
-    /// Mirrored from Salesforce.
+    /// Mirrored from Salesforce (sf-subscriber, from Change Data Capture).
     pub const SALESFORCE: &'static str = "salesforce";
+    /// Read from Salesforce by `orderbridge reconcile statuses` to close a gap in the events.
+    pub const RECONCILE: &'static str = "reconcile";
 }

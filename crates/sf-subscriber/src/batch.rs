@@ -33,7 +33,7 @@ pub struct Context {
 }
 
 /// The source recorded with statuses that came from Salesforce.
-pub const SOURCE: &str = "salesforce";
+pub const SOURCE: &str = orderbridge_domain::StatusSource::SALESFORCE;
 
 /// What one event turned into before the transaction.
 enum Plan {
