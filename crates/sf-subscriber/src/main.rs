@@ -12,6 +12,7 @@ use sf_subscriber::metrics::Metrics;
 use sf_subscriber::stream::{self, StreamSettings};
 use sf_subscriber::{Cli, admin, store};
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 /// Largest allocation the Avro decoder may make for one value: a hostile length prefix in a
 /// payload cannot make it reserve gigabytes (events are at most 1 MB).
@@ -34,9 +35,10 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let signal_tx = shutdown_tx.clone();
     tokio::spawn(async move {
         orderbridge_runtime::shutdown_signal().await;
-        let _ = shutdown_tx.send(true);
+        let _ = signal_tx.send(true);
     });
 
     // Bind first: a taken admin port is a configuration error worth failing on at once.
@@ -93,28 +95,43 @@ async fn main() -> anyhow::Result<()> {
         call_timeout: s.call_timeout,
         idle_timeout: s.idle_timeout,
     };
-    let mut tasks = Vec::new();
+    let mut tasks = JoinSet::new();
     for topic in &s.topics.0 {
-        tasks.push(tokio::spawn(stream::run(
+        tasks.spawn(stream::run(
             ctx.clone(),
             settings.clone(),
             topic.clone(),
             shutdown_rx.clone(),
-        )));
+        ));
     }
-    tasks.push(tokio::spawn(purge_inbox(
-        pool,
-        s.inbox_retention,
-        shutdown_rx.clone(),
-    )));
+    tasks.spawn(purge_inbox(pool, s.inbox_retention, shutdown_rx.clone()));
     tracing::info!(admin = %s.admin_addr, endpoint = %s.pubsub_endpoint, topics = ?s.topics.0, "sf-subscriber starting");
 
+    // Run until a signal. The tasks only end when told to; one that ends on its own (a panic)
+    // stops the process, so that a supervisor restarts it rather than it running half-deaf.
+    let mut rx = shutdown_rx.clone();
+    tokio::select! {
+        _ = rx.wait_for(|v| *v) => {}
+        ended = tasks.join_next() => {
+            match ended {
+                Some(Err(e)) => tracing::error!(error = %e, "a subscriber task failed; stopping"),
+                _ => tracing::error!("a subscriber task ended on its own; stopping"),
+            }
+            let _ = shutdown_tx.send(true);
+        }
+    }
     // Each stream commits or drops its batch when it sees the shutdown; wait for them briefly.
-    for task in tasks {
-        match tokio::time::timeout(s.call_timeout + Duration::from_secs(5), task).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "a subscriber task failed"),
-            Err(_) => tracing::warn!("a subscriber task did not stop in time"),
+    let deadline = tokio::time::Instant::now() + s.call_timeout + Duration::from_secs(5);
+    loop {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(()))) => {}
+            Ok(Some(Err(e))) => tracing::error!(error = %e, "a subscriber task failed"),
+            Err(_) => {
+                tracing::warn!(left = tasks.len(), "subscriber tasks did not stop in time");
+                tasks.abort_all();
+                break;
+            }
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;

@@ -584,3 +584,30 @@ async fn the_inbox_is_purged_after_its_retention() {
         .unwrap();
     assert_eq!(left, vec!["new"]);
 }
+
+/// The subscriber runs until it is told to stop, however quiet the topic: an earlier version
+/// waited for its tasks with the shutdown timeout straight after starting and so exited by itself
+/// `SUBSCRIBER_CALL_TIMEOUT + 5 s` per task after the start (40 s with the defaults).
+#[tokio::test]
+async fn an_idle_subscriber_keeps_running_until_signalled_and_still_applies_changes() {
+    let db = TestDatabase::new().await;
+    let org = Org::start(emulator_config()).await;
+    let sf = org.order().await;
+    let order = local_order(&db.pool, &sf).await;
+    let mut sub = Subscriber::start(&db, &org, &[("SUBSCRIBER_CALL_TIMEOUT", "1s")]).await;
+
+    // Longer than the old code's self-inflicted exit (2 tasks × (1 s + 5 s)).
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert!(
+        sub.child.0.try_wait().unwrap().is_none(),
+        "the subscriber exited without being told to"
+    );
+    org.set_status(&sf, "Activated", None).await;
+    let pool = db.pool.clone();
+    eventually("the order activated after the quiet spell", || {
+        let pool = pool.clone();
+        async move { status_of(&pool, order).await == "activated" }
+    })
+    .await;
+    assert!(sub.terminate().success());
+}
