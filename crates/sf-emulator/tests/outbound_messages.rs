@@ -156,11 +156,9 @@ fn parse(xml: &str) -> Envelope {
                 path.push(local);
                 text.clear();
             }
-            Event::Empty(e) => {
-                if e.local_name().as_ref() == "SessionId" {
-                    let nil = e.try_get_attribute("xsi:nil").unwrap().unwrap();
-                    env.session_nil = nil.value == "true";
-                }
+            Event::Empty(e) if e.local_name().as_ref() == "SessionId" => {
+                let nil = e.try_get_attribute("xsi:nil").unwrap().unwrap();
+                env.session_nil = nil.value == "true";
             }
             Event::Text(t) => text.push_str(&t.xml10_content()),
             Event::GeneralRef(r) => match r.resolve_char_ref().unwrap() {

@@ -69,7 +69,11 @@ async fn send(sender: &Sender, client: &reqwest::Client, batch: &Batch) -> Outco
     let items: Vec<Item<'_>> = batch
         .items
         .iter()
-        .map(|(id, object, fields)| Item { id, object, fields })
+        .map(|i| Item {
+            id: &i.id,
+            object: &i.object,
+            fields: &i.fields,
+        })
         .collect();
     let body = envelope::build(
         &Header {

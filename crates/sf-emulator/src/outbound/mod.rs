@@ -140,8 +140,17 @@ pub struct Batch {
     pub generation: u64,
     pub url: String,
     pub action_id: String,
-    /// (notification id, object, fields).
-    pub items: Vec<(String, String, Vec<(String, Value)>)>,
+    pub items: Vec<BatchItem>,
+}
+
+/// One notification of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// `04l…`
+    pub id: String,
+    pub object: String,
+    /// Field name → value, `Id` first.
+    pub fields: Vec<(String, Value)>,
 }
 
 /// How a POST ended.
@@ -259,8 +268,11 @@ impl Outbound {
                 });
             }
             if let Some(b) = batches.last_mut() {
-                b.items
-                    .push((n.id.clone(), n.object.clone(), n.fields.clone()));
+                b.items.push(BatchItem {
+                    id: n.id.clone(),
+                    object: n.object.clone(),
+                    fields: n.fields.clone(),
+                });
             }
         }
         (groups.into_values().flatten().collect(), next)
@@ -280,7 +292,7 @@ impl Outbound {
             }
             q.attempts += 1;
             let ids: std::collections::HashSet<&str> =
-                batch.items.iter().map(|(id, _, _)| id.as_str()).collect();
+                batch.items.iter().map(|i| i.id.as_str()).collect();
             let endpoint = q.endpoints.entry(batch.url.clone()).or_default();
             endpoint.attempts += 1;
             match outcome {
