@@ -10,6 +10,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::flows::Flows;
 use crate::reply::{Reply, to_response};
 use crate::seed::{self, Seed};
 use crate::state::AppState;
@@ -160,10 +161,14 @@ pub async fn clear_faults(State(s): State<AppState>) -> Response {
     to_response(current(&s), None)
 }
 
-/// `POST /__admin/reset`: fresh org (plus the configured seed), counters and faults cleared.
+/// `POST /__admin/reset`: fresh org (plus the configured seed), counters and faults cleared, the
+/// Flow rules back to the configured ones, the outbound-message queue emptied.
 pub async fn reset(State(s): State<AppState>) -> Response {
+    s.outbound.clear();
     let mut inner = s.lock();
     inner.reset(&s.schema);
+    inner.flows = Flows::new(s.flows_at_start.clone());
+    s.capture(&mut inner);
     s.pubsub.lock().faults = Default::default();
     if let Some(seed_value) = &s.seed {
         let parsed: Result<Seed, _> = serde_json::from_value(seed_value.clone());
@@ -184,15 +189,36 @@ pub async fn reset(State(s): State<AppState>) -> Response {
 
 /// `POST /__admin/seed`
 pub async fn seed(State(s): State<AppState>, body: Bytes) -> Response {
-    let seed: Seed = match serde_json::from_slice(&body) {
+    let mut seed: Seed = match serde_json::from_slice(&body) {
         Ok(p) => p,
         Err(e) => return bad_request(format!("invalid seed body: {e}")),
     };
+    // Rules are checked before any record is written, so a bad one leaves the org untouched.
+    let mut rules = Vec::new();
+    for input in seed.flows.take().unwrap_or_default() {
+        match input.validate(&s.schema, &s.pubsub) {
+            Ok(rule) => rules.push(rule),
+            Err(e) => return bad_request(e.to_string()),
+        }
+    }
+    let seeded_flows = !rules.is_empty();
     let mut inner = s.lock();
     let savepoint = inner.store.begin();
     let applied = seed::apply(&mut inner.store, &seed);
     match applied {
-        Ok(created) => {
+        Ok(mut created) => {
+            let mut flows = inner.flows.clone();
+            for rule in rules {
+                if let Err(e) = flows.upsert(rule) {
+                    inner.store.rollback(savepoint);
+                    return bad_request(e.to_string());
+                }
+            }
+            inner.flows = flows;
+            s.capture(&mut inner);
+            if seeded_flows && let Some(m) = created.as_object_mut() {
+                m.insert("flows".into(), inner.flows.to_json()["flows"].clone());
+            }
             inner.store.commit(savepoint);
             // Admin data loads publish no change events (nobody changed a record).
             inner.store.take_changes();

@@ -126,6 +126,34 @@ pub struct EmulatorConfig {
         value_delimiter = ','
     )]
     pub cdc_objects: Vec<String>,
+    /// Flow rules at start: `default` (the built-in `provision-on-activate` rule) or `none`.
+    /// A seed file with a `flows` list replaces either (`"flows": []`: no rules).
+    #[arg(long, env = "SF_EMULATOR_FLOWS", value_enum, default_value = "default")]
+    pub flows: FlowsAtStart,
+    /// First retry interval of an unacknowledged outbound message; each retry doubles it.
+    #[arg(long, env = "SF_EMULATOR_OM_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub om_retry_base: Duration,
+    /// Longest interval between outbound-message retries (Salesforce: up to 2 hours).
+    #[arg(long, env = "SF_EMULATOR_OM_RETRY_CAP", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub om_retry_cap: Duration,
+    /// After this long without an acknowledgement an outbound message goes to the failed list
+    /// (Salesforce: 24 hours).
+    #[arg(long, env = "SF_EMULATOR_OM_GIVE_UP", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub om_give_up: Duration,
+    /// How long one outbound-message POST may take before it counts as not delivered
+    /// (Salesforce: 60 s).
+    #[arg(long, env = "SF_EMULATOR_OM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub om_timeout: Duration,
+}
+
+/// Which Flow rules the emulator starts with (`SF_EMULATOR_FLOWS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FlowsAtStart {
+    /// `provision-on-activate`: Order `Status` → `Activated` publishes `OrderProvisionRequested__e`.
+    #[default]
+    Default,
+    /// No rules (add them with `POST /__admin/flows`).
+    None,
 }
 
 impl Default for EmulatorConfig {
@@ -155,6 +183,11 @@ impl Default for EmulatorConfig {
             event_retention: Duration::from_secs(72 * 3600),
             event_max: 10_000,
             cdc_objects: vec!["Order".to_owned()],
+            flows: FlowsAtStart::Default,
+            om_retry_base: Duration::from_secs(1),
+            om_retry_cap: Duration::from_secs(2 * 3600),
+            om_give_up: Duration::from_secs(24 * 3600),
+            om_timeout: Duration::from_secs(60),
         }
     }
 }

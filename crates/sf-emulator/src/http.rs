@@ -8,6 +8,8 @@
 //!                                              ─► injected error? ─► api::execute
 //!                                              ─► + Sforce-Limit-Info
 //!                                              ─► committed changes ─► Pub/Sub (CDC)
+//!                                                 └► Flow rules ─► platform events,
+//!                                                                  outbound messages
 //! ```
 
 use std::time::Duration;
@@ -19,12 +21,14 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::middleware;
 use axum::response::Response;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use rand::Rng;
 use serde_json::Value;
 
 use crate::admin;
+use crate::admin_flows;
 use crate::admin_guard;
+use crate::admin_outbound;
 use crate::admin_pubsub;
 use crate::api;
 use crate::auth;
@@ -63,6 +67,17 @@ pub fn app(state: AppState) -> Router {
                     post(admin_pubsub::set_faults).delete(admin_pubsub::clear_faults),
                 )
                 .route("/__admin/pubsub/schema", post(admin_pubsub::add_field))
+                .route(
+                    "/__admin/flows",
+                    get(admin_flows::list)
+                        .post(admin_flows::add)
+                        .delete(admin_flows::clear),
+                )
+                .route("/__admin/flows/{name}", delete(admin_flows::remove))
+                .route(
+                    "/__admin/outbound-messages",
+                    get(admin_outbound::status).delete(admin_outbound::clear),
+                )
                 .route_layer(middleware::from_fn_with_state(
                     state.clone(),
                     admin_guard::guard,
@@ -323,13 +338,23 @@ async fn data(
     };
     let reply = api::execute(&ctx, &mut inner, &route, &mut req);
     // Whatever the call committed (single, Collections, Composite, upsert, cascades) becomes
-    // change events, published after the lock is released.
+    // change events and sets off Flow rules; both are carried out after the lock is released.
     let changes = inner.store.take_changes();
+    let fired = inner.flows.evaluate(&changes);
     drop(inner);
     if !changes.is_empty() {
         let client = call_options_client(&headers);
         let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
         s.pubsub.publish_changes(changes, origin, &s.user_id);
+    }
+    if !fired.is_empty() {
+        let failed = crate::flows::fire::execute(&s.pubsub, &s.outbound, &s.user_id, fired);
+        if !failed.is_empty() {
+            let mut inner = s.lock();
+            for (rule, error) in failed {
+                inner.flows.record_error(&rule, error);
+            }
+        }
     }
     // Freed outside the lock too.
     drop(req);

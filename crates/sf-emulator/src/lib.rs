@@ -23,15 +23,19 @@
 //! `sf-emulator` binary.
 
 pub mod admin;
+pub mod admin_flows;
 pub mod admin_guard;
+pub mod admin_outbound;
 pub mod admin_pubsub;
 pub mod api;
 pub mod auth;
 pub mod composite;
 pub mod config;
+pub mod flows;
 pub mod http;
 pub mod ids;
 pub mod jwt;
+pub mod outbound;
 pub mod pubsub;
 pub mod pubsub_api;
 pub mod reply;
@@ -120,6 +124,7 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
     };
     let seed_path = config.seed_file.clone();
     let hub = pubsub::Hub::new(&config, &schema)?;
+    let flows = initial_flows(&config, &schema, &hub, seed.as_ref(), seed_path.as_deref())?;
     let shared = Arc::new(state::Shared::new(
         config,
         instance_url,
@@ -127,14 +132,13 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         Arc::new(schema),
         seed.clone(),
         hub,
+        flows,
     ));
     if let Some(data) = saved {
         // Saved data already holds whatever was seeded the first time.
         let mut inner = shared.lock();
         inner.store = store::Store::with_data(Arc::clone(&shared.schema), data);
-        inner
-            .store
-            .capture_changes(shared.pubsub.captured.iter().cloned());
+        shared.capture(&mut inner);
     } else if let (Some(seed), Some(path)) = (seed, seed_path) {
         let err = |message: String| StartError::Seed {
             path: path.display().to_string(),
@@ -148,6 +152,40 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         inner.store.take_changes();
     }
     Ok(shared)
+}
+
+/// The Flow rules the org starts with: the seed file's `flows` when it has that list, otherwise
+/// the built-in rule unless `SF_EMULATOR_FLOWS=none`.
+fn initial_flows(
+    config: &EmulatorConfig,
+    schema: &schema::Schema,
+    hub: &pubsub::Hub,
+    seed: Option<&Value>,
+    seed_path: Option<&std::path::Path>,
+) -> Result<Vec<flows::Rule>, StartError> {
+    if let (Some(list), Some(path)) = (seed.and_then(|s| s.get("flows")), seed_path) {
+        let err = |message: String| StartError::Seed {
+            path: path.display().to_string(),
+            message,
+        };
+        let inputs: Vec<flows::RuleInput> =
+            serde_json::from_value(list.clone()).map_err(|e| err(format!("flows: {e}")))?;
+        return inputs
+            .into_iter()
+            .map(|input| input.validate(schema, hub).map_err(|e| err(e.to_string())))
+            .collect();
+    }
+    match config.flows {
+        config::FlowsAtStart::None => Ok(Vec::new()),
+        // A custom schema file may lack the Order or the event; the emulator still starts.
+        config::FlowsAtStart::Default => match flows::Rule::default_input().validate(schema, hub) {
+            Ok(rule) => Ok(vec![rule]),
+            Err(e) => {
+                tracing::warn!(error = %e, "the built-in flow rule does not fit the schema; starting without it");
+                Ok(Vec::new())
+            }
+        },
+    }
 }
 
 /// A running in-process emulator. Dropping it stops the server.
@@ -337,6 +375,16 @@ async fn run(
             }
         })
     });
+    // Outbound messages are delivered until the server stops.
+    let (om_stop_tx, om_stop_rx) = oneshot::channel::<()>();
+    let deliverer = tokio::spawn(outbound::deliver::run(
+        Arc::clone(&state.outbound),
+        outbound::deliver::Sender {
+            org_id: state.org_id.clone(),
+            instance_url: state.instance_url.clone(),
+        },
+        om_stop_rx,
+    ));
     // The Pub/Sub server stops with the REST one.
     let (ps_stop_tx, ps_stop_rx) = oneshot::channel::<()>();
     let shutdown = async move {
@@ -359,6 +407,10 @@ async fn run(
     ));
     let served = serve_on(tcp, tls, router, shutdown).await;
     let _ = stop_tx.send(());
+    let _ = om_stop_tx.send(());
+    if let Err(e) = deliverer.await {
+        tracing::warn!(error = %e, "the outbound-message task failed");
+    }
     match pubsub_server.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "the Pub/Sub server failed"),

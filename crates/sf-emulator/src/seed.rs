@@ -1,5 +1,6 @@
 //! Seeding price books, products, price book entries and arbitrary records (`POST /__admin/seed`
-//! and `SF_EMULATOR_SEED_FILE`), through the same validation as API writes.
+//! and `SF_EMULATOR_SEED_FILE`), through the same validation as API writes; the document may also
+//! carry Flow rules (`flows`, handled by the caller).
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,11 @@ pub struct Seed {
     /// Any other records: object name → list of bodies, as for a create.
     #[serde(default)]
     pub records: BTreeMap<String, Vec<Map<String, Value>>>,
+    /// Flow rules (`POST /__admin/flows` bodies). In the seed file: the rules the org starts
+    /// with, replacing the built-in one (`[]`: none). In `POST /__admin/seed`: added or replaced
+    /// by name. Not applied by [`apply`] (records only).
+    #[serde(default)]
+    pub flows: Option<Vec<crate::flows::RuleInput>>,
 }
 
 fn context(e: RecordError, at: &str) -> RecordError {

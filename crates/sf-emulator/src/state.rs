@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::config::EmulatorConfig;
+use crate::flows::{Flows, Rule};
 use crate::ids;
+use crate::outbound::{Outbound, Settings};
 use crate::pubsub::Hub;
 use crate::schema::Schema;
 use crate::store::{Locks, Store};
@@ -147,6 +149,8 @@ pub struct Inner {
     pub dirty: bool,
     pub cursors: HashMap<String, Cursor>,
     pub next_cursor: u64,
+    /// Flow rules, evaluated against each request's committed changes.
+    pub flows: Flows,
 }
 
 /// Everything a handler needs.
@@ -160,6 +164,11 @@ pub struct Shared {
     pub user_id: String,
     /// The Pub/Sub side (topics, schemas, events); its own lock, taken after `inner`'s.
     pub pubsub: Hub,
+    /// Outbound messages waiting for delivery (shared with the delivery task); its own lock,
+    /// never held with `inner`'s.
+    pub outbound: Arc<Outbound>,
+    /// The Flow rules the org starts with (and gets back on reset).
+    pub flows_at_start: Vec<Rule>,
     inner: Mutex<Inner>,
 }
 
@@ -174,10 +183,12 @@ impl Shared {
         schema: Arc<Schema>,
         seed: Option<Value>,
         pubsub: Hub,
+        flows: Vec<Rule>,
     ) -> Self {
         let mut store = Store::new(Arc::clone(&schema));
         store.capture_changes(pubsub.captured.iter().cloned());
-        let inner = Inner {
+        let outbound = Arc::new(Outbound::new(Settings::from_config(&config)));
+        let mut inner = Inner {
             store,
             locks: Locks::default(),
             faults: Faults::default(),
@@ -187,7 +198,9 @@ impl Shared {
             dirty: false,
             cursors: HashMap::new(),
             next_cursor: 0,
+            flows: Flows::new(flows.clone()),
         };
+        capture(&pubsub, &mut inner);
         Self {
             config,
             instance_url,
@@ -197,6 +210,8 @@ impl Shared {
             org_id: ids::make_id("00D", 1),
             user_id: ids::make_id("005", 1),
             pubsub,
+            outbound,
+            flows_at_start: flows,
             inner: Mutex::new(inner),
         }
     }
@@ -212,11 +227,24 @@ impl Shared {
     pub fn session_timeout(&self) -> Duration {
         self.config.session_timeout
     }
+
+    /// Records the changes of the CDC objects and of every object a Flow rule watches; call it
+    /// whenever the rules change.
+    pub fn capture(&self, inner: &mut Inner) {
+        capture(&self.pubsub, inner);
+    }
+}
+
+fn capture(pubsub: &Hub, inner: &mut Inner) {
+    let mut objects = inner.flows.objects();
+    objects.extend(pubsub.captured.iter().cloned());
+    inner.store.capture_changes(objects);
 }
 
 impl Inner {
     /// Data back to a fresh org (standard price book only); stats, usage, faults and cursors
     /// cleared. Sessions survive, so a test can reset between cases without logging in again.
+    /// Flow rules are the caller's (see `admin::reset`).
     pub fn reset(&mut self, schema: &Arc<Schema>) {
         let captured = self.store.captured_objects();
         self.store = Store::new(Arc::clone(schema));

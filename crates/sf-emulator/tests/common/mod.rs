@@ -165,6 +165,37 @@ impl Org {
     }
 }
 
+impl Org {
+    /// Creates a Draft Order of a new Account and returns its id.
+    pub async fn draft_order(&self, ext: &str, extra: Value) -> String {
+        let acc = self
+            .account(&format!("Acme {ext}"), &format!("ACC-{ext}"))
+            .await;
+        let mut body = json!({"AccountId": acc, "EffectiveDate": "2026-11-24", "Status": "Draft", "External_Id__c": ext});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        let r = self.post("/sobjects/Order", body).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        r.body["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets an Order's Status (an activation must change nothing else).
+    pub async fn set_status(&self, id: &str, status: &str) {
+        let r = self
+            .patch(&format!("/sobjects/Order/{id}"), json!({"Status": status}))
+            .await;
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+
+    /// Adds a Flow rule through the admin API.
+    pub async fn add_flow(&self, rule: Value) -> Resp {
+        let r = self.admin(Method::POST, "/flows", Some(rule)).await;
+        assert!(r.status == 201 || r.status == 200, "{}", r.body);
+        r
+    }
+}
+
 pub async fn to_resp(r: reqwest::Response) -> Resp {
     let status = r.status().as_u16();
     let headers = r.headers().clone();
