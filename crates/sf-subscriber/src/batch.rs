@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use orderbridge_db::fulfilment::{self, NewRequest, Requested};
 use orderbridge_db::status::{StatusApplied, StatusChange, apply_by_salesforce_id};
+use orderbridge_domain::fulfilment::{Trigger, idem_key};
 use orderbridge_pubsub::proto::FetchResponse;
 use orderbridge_salesforce::{ErrorClass, SessionToken};
 use sqlx::PgPool;
@@ -18,6 +20,7 @@ use tracing::Instrument;
 use crate::effects::{Effect, Rules, decide};
 use crate::grpc::Failure;
 use crate::metrics::{Metrics, hex};
+use crate::provision::{Provision, ProvisionRules, from_platform_event};
 use crate::schemas::SchemaCache;
 use crate::store::{self, DeadLetter};
 use orderbridge_domain::status_map::StatusMap;
@@ -28,6 +31,7 @@ pub struct Context {
     pub salesforce: orderbridge_salesforce::Client,
     pub status_map: StatusMap,
     pub rules: Rules,
+    pub provision: ProvisionRules,
     pub metrics: Arc<Metrics>,
     pub call_timeout: std::time::Duration,
 }
@@ -39,9 +43,21 @@ pub const SOURCE: &str = orderbridge_domain::StatusSource::SALESFORCE;
 enum Plan {
     Dead(String),
     Echo,
-    Apply(Vec<(String, String, DateTime<Utc>)>),
+    Apply(Vec<Change>),
     PlatformEvent,
+    Provision(Provision),
     Ignore,
+}
+
+/// A status to apply to the order synced to a Salesforce record.
+struct Change {
+    record_id: String,
+    /// The mapped (orderbridge) status.
+    status: String,
+    at: DateTime<Utc>,
+    /// The Salesforce Status value, when reaching it requests provisioning
+    /// (`SUBSCRIBER_PROVISION_ON_STATUS`).
+    provision_on: Option<String>,
 }
 
 /// Counts of one batch, added to the metrics after its commit.
@@ -57,8 +73,23 @@ struct Tally {
     dead: u64,
     platform: u64,
     rereads: u64,
+    provision_requested: u64,
+    provision_ignored: u64,
+    provision_unknown: u64,
     /// The latest `commitTimestamp` among the batch's change events (for the lag).
     last_commit: Option<DateTime<Utc>>,
+}
+
+impl Tally {
+    fn count_request(&mut self, requested: &Requested) {
+        match requested {
+            Requested::Queued { .. } => self.provision_requested += 1,
+            Requested::UnknownOrder => self.provision_unknown += 1,
+            Requested::Duplicate { .. }
+            | Requested::AlreadyProvisioned { .. }
+            | Requested::NotSynced { .. } => self.provision_ignored += 1,
+        }
+    }
 }
 
 /// The key an event is deduplicated by: its id, or (when that is empty or absurd) its replay id.
@@ -131,25 +162,57 @@ pub async fn handle(
                 }
                 Plan::Echo => tally.echo += 1,
                 Plan::PlatformEvent => tally.platform += 1,
+                Plan::Provision(p) => {
+                    tally.platform += 1;
+                    let key = p.idem_key.clone().unwrap_or_else(|| idem_key::event(&key));
+                    let new = NewRequest {
+                        salesforce_id: &p.salesforce_id,
+                        idem_key: &key,
+                        trigger: Trigger::PLATFORM_EVENT,
+                        correlation_id: p.correlation_id.as_deref(),
+                    };
+                    let requested = fulfilment::request(&mut tx, new).await?;
+                    tally.count_request(&requested);
+                    tracing::info!(idem_key = %key, topic, salesforce_id = %p.salesforce_id, correlation_id = ?p.correlation_id, ?requested, "provisioning requested");
+                }
                 Plan::Ignore => {}
                 Plan::Apply(changes) => {
-                    for (record_id, status, at) in changes {
+                    for c in changes {
                         let outcome = apply_by_salesforce_id(
                             &mut tx,
-                            record_id,
+                            &c.record_id,
                             StatusChange {
-                                status,
-                                at: *at,
+                                status: &c.status,
+                                at: c.at,
                                 source: SOURCE,
                             },
                         )
                         .await?;
-                        tracing::info!(event_id = %key, topic, salesforce_id = %record_id, status = %status, ?outcome, "status change");
+                        tracing::info!(event_id = %key, topic, salesforce_id = %c.record_id, status = %c.status, ?outcome, "status change");
                         match outcome {
                             StatusApplied::Applied { .. } => tally.applied += 1,
                             StatusApplied::Unchanged => tally.unchanged += 1,
                             StatusApplied::Stale => tally.stale += 1,
                             StatusApplied::UnknownOrder => tally.unknown += 1,
+                        }
+                        // A stale change must not start work the order has moved past; an
+                        // unchanged one may (the status arrived first another way, e.g. an
+                        // outbound message): the key makes a second request a duplicate.
+                        if let (
+                            Some(value),
+                            StatusApplied::Applied { .. } | StatusApplied::Unchanged,
+                        ) = (&c.provision_on, outcome)
+                        {
+                            let key = idem_key::status(&c.record_id, value);
+                            let new = NewRequest {
+                                salesforce_id: &c.record_id,
+                                idem_key: &key,
+                                trigger: Trigger::STATUS_CHANGE,
+                                correlation_id: None,
+                            };
+                            let requested = fulfilment::request(&mut tx, new).await?;
+                            tally.count_request(&requested);
+                            tracing::info!(idem_key = %key, salesforce_id = %c.record_id, ?requested, "provisioning requested by a Status");
                         }
                     }
                 }
@@ -192,6 +255,12 @@ pub async fn handle(
     c.dead_letters.fetch_add(tally.dead, Relaxed);
     c.platform_events.fetch_add(tally.platform, Relaxed);
     c.rereads.fetch_add(tally.rereads, Relaxed);
+    c.provision_requested
+        .fetch_add(tally.provision_requested, Relaxed);
+    c.provision_ignored
+        .fetch_add(tally.provision_ignored, Relaxed);
+    c.provision_unknown_order
+        .fetch_add(tally.provision_unknown, Relaxed);
     let now = Utc::now();
     ctx.metrics.topic(topic, |s| {
         s.subscribed = true;
@@ -253,10 +322,17 @@ async fn plan(
     };
     Ok(match effect {
         Effect::Echo => Plan::Echo,
-        Effect::PlatformEvent => {
-            tracing::info!(topic, "platform event recorded");
-            Plan::PlatformEvent
-        }
+        Effect::PlatformEvent => match from_platform_event(&decoded, topic, &ctx.provision) {
+            Ok(Some(p)) => Plan::Provision(p),
+            Ok(None) => {
+                tracing::info!(topic, "platform event recorded");
+                Plan::PlatformEvent
+            }
+            Err(e) => {
+                tally.decode_failures += 1;
+                Plan::Dead(e.to_string())
+            }
+        },
         Effect::Ignore(why) => {
             tracing::debug!(why, "event ignored");
             Plan::Ignore
@@ -266,12 +342,20 @@ async fn plan(
             value,
             at,
         } => match ctx.status_map.map(&value) {
-            Ok(status) => Plan::Apply(
-                record_ids
-                    .into_iter()
-                    .map(|id| (id, status.clone(), at))
-                    .collect(),
-            ),
+            Ok(status) => {
+                let provision_on = ctx.provision.on_status(&value).then_some(value);
+                Plan::Apply(
+                    record_ids
+                        .into_iter()
+                        .map(|record_id| Change {
+                            record_id,
+                            status: status.clone(),
+                            at,
+                            provision_on: provision_on.clone(),
+                        })
+                        .collect(),
+                )
+            }
             Err(e) => {
                 tally.decode_failures += 1;
                 Plan::Dead(format!("Status value: {e}"))
@@ -288,7 +372,12 @@ async fn plan(
                 tracing::info!(salesforce_id = %id, why, "re-reading the order's Status");
                 match reread_status(ctx, &id).await? {
                     Some(value) => match ctx.status_map.map(&value) {
-                        Ok(status) => changes.push((id, status, at)),
+                        Ok(status) => changes.push(Change {
+                            record_id: id,
+                            status,
+                            at,
+                            provision_on: ctx.provision.on_status(&value).then_some(value),
+                        }),
                         Err(e) => return Ok(Plan::Dead(format!("Status value: {e}"))),
                     },
                     None => tracing::info!(salesforce_id = %id, "record gone; nothing to apply"),

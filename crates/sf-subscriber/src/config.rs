@@ -57,7 +57,7 @@ pub struct SubscriberConfig {
     pub pubsub_endpoint: String,
     /// Topics to subscribe to, comma-separated: CDC channels (`/data/OrderChangeEvent`) and
     /// platform events (`/event/Name__e`, recorded and counted only, for now).
-    #[arg(long, env = "SF_PUBSUB_TOPICS", default_value = "/data/OrderChangeEvent", value_parser = parse_topics)]
+    #[arg(long, env = "SF_PUBSUB_TOPICS", default_value = "/data/OrderChangeEvent,/event/OrderProvisionRequested__e", value_parser = parse_topics)]
     pub topics: Topics,
     /// Events requested at a time (`num_requested`, at most 100, the API's cap); more are
     /// requested only after a batch's transaction committed, so memory stays bounded.
@@ -72,6 +72,17 @@ pub struct SubscriberConfig {
     /// two are the defaults); other values are lower-cased with spaces turned into `_`.
     #[arg(long, env = "SUBSCRIBER_STATUS_MAP", default_value = "")]
     pub status_map: StatusMap,
+
+    /// The platform event whose events request provisioning (fields `OrderId__c`, optional
+    /// `IdemKey__c`, `CorrelationId__c`); its `/event/…` topic must be in SF_PUBSUB_TOPICS to be
+    /// received. Empty: no platform event requests provisioning.
+    #[arg(long, env = "SUBSCRIBER_PROVISION_EVENT", default_value = "OrderProvisionRequested__e", value_parser = parse_event_name)]
+    pub provision_event: OptionalName,
+
+    /// A Salesforce Order Status value (`Approved`) whose arrival requests provisioning, as
+    /// well as or instead of the platform event. Empty (the default): off.
+    #[arg(long, env = "SUBSCRIBER_PROVISION_ON_STATUS", default_value = "", value_parser = parse_status_value)]
+    pub provision_on_status: OptionalName,
     /// Where to resume when the stored replay id is no longer valid (past the bus's retention):
     /// `latest` (default) or `earliest`. Either way the gap is logged, counted and recorded.
     #[arg(
@@ -187,6 +198,46 @@ fn parse_fields(s: &str) -> Result<FieldList, String> {
     Ok(FieldList(fields))
 }
 
+/// A setting that may be empty (off).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OptionalName(pub Option<String>);
+
+fn parse_event_name(s: &str) -> Result<OptionalName, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(OptionalName(None));
+    }
+    let ok = s.len() <= 80
+        && s.ends_with("__e")
+        && s.starts_with(|c: char| c.is_ascii_alphabetic())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !ok {
+        return Err(format!("`{s}` is not a platform event API name (Name__e)"));
+    }
+    Ok(OptionalName(Some(s.to_owned())))
+}
+
+fn parse_status_value(s: &str) -> Result<OptionalName, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(OptionalName(None));
+    }
+    if s.len() > 255 || s.chars().any(char::is_control) {
+        return Err("a Status value is at most 255 characters, without control characters".into());
+    }
+    Ok(OptionalName(Some(s.to_owned())))
+}
+
+impl SubscriberConfig {
+    /// The topic of [`Self::provision_event`], when set.
+    pub fn provision_topic(&self) -> Option<String> {
+        self.provision_event
+            .0
+            .as_ref()
+            .map(|name| format!("/event/{name}"))
+    }
+}
+
 fn parse_retention(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(72 * 3600) {
@@ -209,7 +260,24 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = parse(&[]).unwrap();
-        assert_eq!(cli.subscriber.topics.0, vec!["/data/OrderChangeEvent"]);
+        assert_eq!(
+            cli.subscriber.topics.0,
+            vec![
+                "/data/OrderChangeEvent",
+                "/event/OrderProvisionRequested__e"
+            ]
+        );
+        assert_eq!(
+            cli.subscriber.provision_topic().as_deref(),
+            Some("/event/OrderProvisionRequested__e")
+        );
+        assert_eq!(cli.subscriber.provision_on_status.0, None);
+        let off = parse(&["--provision-event", "", "--provision-on-status", "Approved"]).unwrap();
+        assert_eq!(off.subscriber.provision_topic(), None);
+        assert_eq!(
+            off.subscriber.provision_on_status.0.as_deref(),
+            Some("Approved")
+        );
         assert_eq!(cli.subscriber.batch, 100);
         assert_eq!(cli.subscriber.replay_fallback, Preset::Latest);
         assert_eq!(cli.subscriber.pubsub_endpoint, "http://127.0.0.1:7443");
@@ -239,6 +307,9 @@ mod tests {
             (vec!["--inbox-retention", "1h"], "72 h"),
             (vec!["--replay-fallback", "never"], "never"),
             (vec!["--reconnect-min", "0s"], "too short"),
+            (vec!["--provision-event", "Order"], "platform event"),
+            (vec!["--provision-event", "a b__e"], "platform event"),
+            (vec!["--provision-on-status", "a\nb"], "control"),
         ] {
             let err = parse(&args).unwrap_err().to_string();
             assert!(err.contains(needle), "{args:?}: {err}");

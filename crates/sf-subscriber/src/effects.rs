@@ -35,7 +35,8 @@ pub enum Effect {
         at: DateTime<Utc>,
         why: &'static str,
     },
-    /// A platform event: recorded in the inbox and counted; acting on it is later work.
+    /// A platform event: recorded in the inbox and counted; the provisioning topic's events
+    /// become fulfilment requests (`crate::provision`).
     PlatformEvent,
     /// Nothing to do.
     Ignore(&'static str),
@@ -50,6 +51,8 @@ pub enum Unusable {
     NoRecords,
     #[error("record id {0:?} is not a Salesforce id")]
     BadRecordId(String),
+    #[error("the event has no {0}")]
+    MissingField(&'static str),
 }
 
 /// Decides what `event` asks for.
@@ -113,7 +116,7 @@ pub fn decide(event: &Event, rules: &Rules) -> Result<Effect, Unusable> {
 }
 
 /// 15 or 18 letters and digits.
-fn salesforce_id(id: &str) -> bool {
+pub(crate) fn salesforce_id(id: &str) -> bool {
     matches!(id.len(), 15 | 18) && id.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 

@@ -9,6 +9,7 @@ use orderbridge_runtime::backoff::Backoff;
 use sf_subscriber::batch::Context;
 use sf_subscriber::effects::Rules;
 use sf_subscriber::metrics::Metrics;
+use sf_subscriber::provision::ProvisionRules;
 use sf_subscriber::stream::{self, StreamSettings};
 use sf_subscriber::{Cli, admin, store};
 use tokio::sync::watch;
@@ -81,9 +82,16 @@ async fn main() -> anyhow::Result<()> {
             client_name: cli.salesforce.client_name.clone(),
             extra_status_fields: s.extra_status_fields.0.clone(),
         },
+        provision: ProvisionRules {
+            event_topic: s.provision_topic(),
+            on_status: s.provision_on_status.0.clone(),
+        },
         metrics: metrics.clone(),
         call_timeout: s.call_timeout,
     });
+    if let Some(topic) = s.provision_topic().filter(|t| !s.topics.0.contains(t)) {
+        tracing::warn!(%topic, "SUBSCRIBER_PROVISION_EVENT's topic is not in SF_PUBSUB_TOPICS: its events will not be received");
+    }
     let settings = StreamSettings {
         endpoint: s.pubsub_endpoint.clone(),
         tls,

@@ -38,8 +38,15 @@ pub struct Counters {
     pub auth_refreshes: AtomicU64,
     /// Records re-read over REST (gap events, unknown changed fields, extra status fields).
     pub rereads: AtomicU64,
-    /// Platform events recorded (no effect yet).
+    /// Platform events recorded.
     pub platform_events: AtomicU64,
+    /// Fulfilment requests queued (a provisioning event or the configured Status).
+    pub provision_requested: AtomicU64,
+    /// Provisioning triggers that queued nothing: the same key again, an open request, or the
+    /// order already provisioned.
+    pub provision_ignored: AtomicU64,
+    /// Provisioning triggers naming a Salesforce Order no order is synced to.
+    pub provision_unknown_order: AtomicU64,
 }
 
 /// One topic's state, for `/health/sf-events` and readiness.
@@ -176,6 +183,21 @@ impl Metrics {
                 "sf_subscriber_platform_events_total",
                 "Platform events recorded.",
                 &c.platform_events,
+            ),
+            (
+                "sf_subscriber_provision_requested_total",
+                "Fulfilment requests queued by a provisioning event or the configured Status.",
+                &c.provision_requested,
+            ),
+            (
+                "sf_subscriber_provision_ignored_total",
+                "Provisioning triggers that queued nothing (same key again, a request already open, order already provisioned).",
+                &c.provision_ignored,
+            ),
+            (
+                "sf_subscriber_provision_unknown_order_total",
+                "Provisioning triggers naming a Salesforce Order no order is synced to.",
+                &c.provision_unknown_order,
             ),
         ] {
             counter(&mut out, name, help, value.load(Ordering::Relaxed));

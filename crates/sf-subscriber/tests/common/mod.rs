@@ -196,9 +196,12 @@ pub struct Subscriber {
     pub admin: String,
 }
 
+/// No Flow rules: a test that wants the emulator's `provision-on-activate` rule (an activation
+/// publishes `OrderProvisionRequested__e`) turns it on, so other tests see only their own events.
 pub fn emulator_config() -> EmulatorConfig {
     EmulatorConfig {
         pubsub_keepalive: Duration::from_secs(1),
+        flows: sf_emulator::config::FlowsAtStart::None,
         ..EmulatorConfig::ephemeral()
     }
 }
