@@ -41,7 +41,7 @@ fn admin_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| ADMIN_URL.to_owned())
 }
 
-/// A namespace, its topology and its three users; all removed on drop.
+/// A namespace, its topology and its users; all removed on drop.
 struct Users {
     ns: String,
 }
@@ -69,6 +69,7 @@ impl Users {
             "BROKER_PASSWORD_OUTBOX_RELAY",
             "BROKER_PASSWORD_SYNC_WORKER",
             "BROKER_PASSWORD_OPERATOR",
+            "BROKER_PASSWORD_FULFILMENT_WORKER",
         ] {
             cmd.env_remove(var);
         }
