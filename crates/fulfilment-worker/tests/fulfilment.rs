@@ -1,0 +1,234 @@
+//! The provisioning loop against real Postgres, RabbitMQ, the outbox relay and the Salesforce
+//! emulator, with a fulfilment receiver that verifies every signature: a request provisioned
+//! and written back; 500 twice then provisioned with one idempotency key; a refusal with its
+//! reason on both sides; the same message twice calling once; 202 and a callback; a forged
+//! message dead-lettered and never acted on.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use common::{Harness, eventually, header};
+use orderbridge_broker::headers;
+use orderbridge_broker::lapin::BasicProperties;
+use orderbridge_db::fulfilment::{self as requests, Outcome};
+use orderbridge_domain::fulfilment::RequestState;
+use serde_json::json;
+
+#[tokio::test]
+async fn a_provisioned_request_is_written_back_to_salesforce_and_the_order() {
+    let mut h = Harness::new().await;
+    h.start_relay();
+    h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-provisioned-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(request.attempts, 1);
+    assert_eq!(
+        h.activation(&sf_id).await,
+        (Some("Provisioned".into()), None)
+    );
+    assert_eq!(h.status(order_id).await, "provisioned");
+    let history = h.history(order_id).await;
+    let statuses: Vec<(&str, &str)> = history
+        .iter()
+        .map(|(s, src)| (s.as_str(), src.as_str()))
+        .collect();
+    assert_eq!(
+        &statuses[statuses.len() - 2..],
+        [
+            ("provisioning", "fulfilment"),
+            ("provisioned", "fulfilment")
+        ]
+    );
+
+    // The receiver got one signed request, idempotent on the key, carrying the ids.
+    let calls = h.receiver.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.webhook_id, id.to_string());
+    assert_eq!(call.idem_key.as_deref(), Some("idem-provisioned-1"));
+    assert_eq!(call.correlation_id.as_deref(), Some("corr-test-1"));
+    assert_eq!(call.body["request_id"], json!(id));
+    assert_eq!(call.body["order_id"], json!(order_id));
+    assert_eq!(call.body["salesforce_id"], json!(sf_id));
+    assert_eq!(call.body["order"]["lines"][0]["sku"], "SKU-RED-MUG");
+    assert_eq!(*h.receiver.forged.lock().unwrap(), 0);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn two_server_errors_then_provisioned_calls_three_times_with_one_key() {
+    let mut h = Harness::new().await;
+    h.receiver.answer(500, "down");
+    h.receiver.answer(503, "still down");
+    h.start_relay();
+    let metrics = h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-retry-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(request.attempts, 3);
+    let calls = h.receiver.calls();
+    assert_eq!(calls.len(), 3);
+    for c in &calls {
+        assert_eq!(c.idem_key.as_deref(), Some("idem-retry-1"));
+        assert_eq!(c.webhook_id, id.to_string());
+        assert_eq!(
+            c.body, calls[0].body,
+            "every attempt sends the same request"
+        );
+    }
+    assert_eq!(metrics.requests("retry"), 2);
+    assert_eq!(metrics.requests("provisioned"), 1);
+    assert_eq!(h.status(order_id).await, "provisioned");
+    assert_eq!(h.activation(&sf_id).await.0.as_deref(), Some("Provisioned"));
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_refusal_fails_the_order_with_its_reason_on_both_sides() {
+    let mut h = Harness::new().await;
+    h.receiver.answer(
+        200,
+        r#"{"status":"failed","reason":"no stock for SKU-RED-MUG"}"#,
+    );
+    h.start_relay();
+    h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-failed-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Failed);
+    assert_eq!(request.reason.as_deref(), Some("no stock for SKU-RED-MUG"));
+    assert_eq!(h.status(order_id).await, "provisioning_failed");
+    assert_eq!(
+        h.activation(&sf_id).await,
+        (
+            Some("Failed".into()),
+            Some("no stock for SKU-RED-MUG".into())
+        )
+    );
+    assert_eq!(h.receiver.calls().len(), 1);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn the_same_message_twice_calls_the_fulfilment_system_once() {
+    let mut h = Harness::new().await;
+    h.start_relay();
+    let metrics = h.start_worker().await;
+    let (_, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-twice-1").await;
+    h.wait_written_back(id).await;
+
+    // The relay's message again, exactly (as after a relay failover), signed by the relay key.
+    let (event_type, payload) = h.outbox_envelope(id).await;
+    let body = serde_json::to_vec(&payload).unwrap();
+    let props = BasicProperties::default()
+        .with_message_id(payload["id"].as_str().unwrap().into())
+        .with_type(event_type.as_str().into())
+        .with_content_type("application/json".into());
+    let props = common_keyring().sign(props, &body);
+    h.publish(&event_type, &body, props.clone()).await;
+    h.publish(&event_type, &body, props).await;
+    eventually("both duplicates handled", || async {
+        metrics.noops_total.load(Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(h.receiver.calls().len(), 1);
+    assert_eq!(h.load(id).await.attempts, 1);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn accepted_then_a_callback_result_is_written_back() {
+    let mut h = Harness::new().await;
+    h.receiver.answer(202, r#"{"status":"accepted"}"#);
+    h.start_relay();
+    h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-accepted-1").await;
+    eventually("the request accepted", || async {
+        h.load(id).await.state == RequestState::Accepted
+    })
+    .await;
+    assert_eq!(h.status(order_id).await, "provisioning");
+    assert_eq!(h.activation(&sf_id).await.0, None);
+
+    // What the callback endpoint does with a signed `provisioned`: record it and queue the
+    // result, in one transaction.
+    let mut tx = h.db.pool.begin().await.unwrap();
+    requests::record_outcome(&mut tx, id, Outcome::Provisioned)
+        .await
+        .unwrap();
+    requests::queue_result(&mut tx, id, order_id, Some("corr-callback"))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(
+        h.activation(&sf_id).await,
+        (Some("Provisioned".into()), None)
+    );
+    assert_eq!(h.status(order_id).await, "provisioned");
+    assert_eq!(h.receiver.calls().len(), 1, "the result nudge calls nobody");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_forged_message_is_dead_lettered_and_never_acted_on() {
+    // No relay: the only message is the forged one.
+    let mut h = Harness::new().await;
+    let metrics = h.start_worker().await;
+    let (_, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-forged-1").await;
+    let (event_type, payload) = h.outbox_envelope(id).await;
+    let body = serde_json::to_vec(&payload).unwrap();
+    let props = BasicProperties::default()
+        .with_message_id(payload["id"].as_str().unwrap().into())
+        .with_type(event_type.as_str().into());
+    // Signed with a key the worker does not accept, and once not signed at all.
+    let forger =
+        orderbridge_broker::Keyring::single("evil:an-attackers-own-key-of-at-least-32-bytes")
+            .unwrap();
+    h.publish(&event_type, &body, forger.sign(props.clone(), &body))
+        .await;
+    h.publish(&event_type, &body, props).await;
+
+    eventually("both dead-lettered", || async {
+        metrics.dead_letters("bad_signature") >= 2
+    })
+    .await;
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 2);
+    let mut codes: Vec<String> = dead
+        .iter()
+        .map(|(p, _)| header(p, headers::ERROR_CODE).unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["SIGNATURE_MISSING", "SIGNATURE_UNKNOWN_KEY"]);
+    for (p, b) in &dead {
+        assert_eq!(header(p, headers::REASON).as_deref(), Some("bad_signature"));
+        assert_eq!(
+            header(p, headers::ORIGIN_QUEUE).as_deref(),
+            Some(h.topology.fulfilment_queue.as_str())
+        );
+        assert_eq!(b, &body);
+    }
+    assert!(h.receiver.calls().is_empty());
+    let request = h.load(id).await;
+    assert_eq!(request.state, RequestState::Queued);
+    assert_eq!(request.attempts, 0);
+    h.cleanup().await;
+}
+
+fn common_keyring() -> orderbridge_broker::Keyring {
+    orderbridge_broker::Keyring::single(common::SIGNING_KEY).unwrap()
+}
