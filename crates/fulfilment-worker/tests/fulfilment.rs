@@ -145,6 +145,41 @@ async fn the_same_message_twice_calls_the_fulfilment_system_once() {
     h.cleanup().await;
 }
 
+/// Two deliveries of one request at once, the fulfilment system slow to answer: the second finds
+/// the request locked while the first is calling, and afterwards decided: still one call.
+#[tokio::test]
+async fn two_deliveries_at_once_call_the_fulfilment_system_once() {
+    // No relay: the test publishes the request's event itself, twice, before the worker
+    // starts, so both are handed over together (prefetch) and handled side by side.
+    let mut h = Harness::new().await;
+    h.receiver.answer_after(std::time::Duration::from_secs(1));
+    let (_, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-concurrent-1").await;
+    let (event_type, payload) = h.outbox_envelope(id).await;
+    let body = serde_json::to_vec(&payload).unwrap();
+    let props = BasicProperties::default()
+        .with_message_id(payload["id"].as_str().unwrap().into())
+        .with_type(event_type.as_str().into());
+    let props = common_keyring().sign(props, &body);
+    h.publish(&event_type, &body, props.clone()).await;
+    h.publish(&event_type, &body, props).await;
+    let metrics = h.start_worker().await;
+
+    let request = h.wait_written_back(id).await;
+    eventually("the second delivery settled", || async {
+        metrics.noops_total.load(Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(h.receiver.calls().len(), 1);
+    assert_eq!(request.attempts, 1);
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert!(
+        metrics.retries_total.load(Relaxed) >= 1,
+        "the second delivery found the request busy and came back later"
+    );
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn accepted_then_a_callback_result_is_written_back() {
     let mut h = Harness::new().await;

@@ -84,6 +84,9 @@ pub struct Receiver {
     /// Calls refused because their signature did not verify.
     pub forged: Mutex<u32>,
     script: Mutex<VecDeque<(u16, String)>>,
+    /// How long each answer takes (a slow fulfilment system), so a test can have a second
+    /// delivery arrive while the first call is in progress.
+    answer_after: Mutex<Duration>,
 }
 
 impl Receiver {
@@ -92,6 +95,10 @@ impl Receiver {
             .lock()
             .unwrap()
             .push_back((status, body.to_owned()));
+    }
+
+    pub fn answer_after(&self, delay: Duration) {
+        *self.answer_after.lock().unwrap() = delay;
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -129,6 +136,8 @@ async fn receive(
         correlation_id: text("x-correlation-id"),
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
     });
+    let delay = *receiver.answer_after.lock().unwrap();
+    tokio::time::sleep(delay).await;
     let (status, answer) = receiver
         .script
         .lock()
