@@ -305,6 +305,48 @@ async fn each_component_user_can_do_its_job_and_nothing_else() {
     )
     .await;
 
+    // The fulfilment worker: consumes its own queue; publishes retries and dead letters only.
+    let fulfilment = connect(&urls["FULFILMENT_WORKER"]).await;
+    let f = &fulfilment;
+    assert_allowed(
+        f,
+        "fulfilment worker consumes the fulfilment queue",
+        Op::Consume(&t.fulfilment_queue),
+    )
+    .await;
+    for x in [&t.retry_exchange, &t.dead_letter_exchange] {
+        assert_allowed(
+            f,
+            &format!("fulfilment worker publishes to {x}"),
+            Op::Publish(x, "fulfilment.5s"),
+        )
+        .await;
+    }
+    assert_refused(
+        f,
+        "fulfilment worker consumes the Salesforce work queue",
+        Op::Consume(&t.sf_sync_queue),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes an event",
+        Op::Publish(&t.events_exchange, "fulfilment.result"),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes a status report",
+        Op::Publish(&t.status_exchange, "order.sync_status.synced"),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes through the default exchange",
+        Op::Publish("", &t.fulfilment_queue),
+    )
+    .await;
+
     // The relay: publishes order events (and forged reports' dead letters); consumes reports.
     let relay = connect(&urls["OUTBOX_RELAY"]).await;
     let r = &relay;
