@@ -252,6 +252,17 @@ impl Harness {
         }
     }
 
+    /// The worker's command line for this harness (program name first), to start the real
+    /// binary with.
+    pub fn worker_args(&self) -> Vec<String> {
+        Self::base_args(
+            &self.ns,
+            &self.emulator.base_url,
+            &self.receiver_url,
+            &self.db,
+        )
+    }
+
     fn base_args(ns: &str, sf_url: &str, fulfilment_url: &str, db: &TestDatabase) -> Vec<String> {
         [
             "fulfilment-worker",
