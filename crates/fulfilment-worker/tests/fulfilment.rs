@@ -90,6 +90,83 @@ async fn two_server_errors_then_provisioned_calls_three_times_with_one_key() {
     h.cleanup().await;
 }
 
+/// A fulfilment system that never answers properly: after FULFILMENT_MAX_ATTEMPTS (5 here) calls
+/// the request fails with the reason, the result is written back, and the message is
+/// dead-lettered for the operator.
+#[tokio::test]
+async fn calls_that_keep_failing_end_failed_written_back_and_dead_lettered() {
+    let mut h = Harness::new().await;
+    for _ in 0..5 {
+        h.receiver.answer(502, "bad gateway");
+    }
+    h.start_relay();
+    let metrics = h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-exhausted-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Failed);
+    assert_eq!(request.attempts, 5);
+    let reason = request.reason.unwrap();
+    assert!(reason.starts_with("gave up after 5 calls"), "{reason}");
+    assert!(reason.contains("502"), "{reason}");
+    assert_eq!(h.receiver.calls().len(), 5);
+    assert_eq!(h.status(order_id).await, "provisioning_failed");
+    let (status, error) = h.activation(&sf_id).await;
+    assert_eq!(status.as_deref(), Some("Failed"));
+    assert!(error.unwrap().starts_with("gave up after 5 calls"));
+    eventually("the dead letter", || async {
+        metrics.dead_letters("attempts_exhausted") == 1
+    })
+    .await;
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    let (props, _) = &dead[0];
+    assert_eq!(
+        header(props, headers::REASON).as_deref(),
+        Some("attempts_exhausted")
+    );
+    assert_eq!(
+        header(props, headers::ERROR_CODE).as_deref(),
+        Some("FULFILMENT_UNAVAILABLE")
+    );
+    h.cleanup().await;
+}
+
+/// Salesforce refusing the write-back (a field the org does not have) is no reason to call the
+/// fulfilment system again: the request stays decided, not written back, and the message is
+/// dead-lettered `permanent` with Salesforce's error code.
+#[tokio::test]
+async fn a_write_back_salesforce_refuses_is_dead_lettered() {
+    let mut h = Harness::new().await;
+    h.start_relay();
+    let metrics = h
+        .start_worker_with(&["--sf-status-field", "No_Such_Field__c"])
+        .await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-refused-write-1").await;
+    eventually("the dead letter", || async {
+        metrics.dead_letters("permanent") == 1
+    })
+    .await;
+    let request = h.load(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(request.written_back_at, None);
+    assert_eq!(h.status(order_id).await, "provisioned");
+    assert_eq!(h.receiver.calls().len(), 1);
+    let dead = h.dead_letters().await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        header(&dead[0].0, headers::REASON).as_deref(),
+        Some("permanent")
+    );
+    assert_eq!(
+        header(&dead[0].0, headers::ERROR_CODE).as_deref(),
+        Some("INVALID_FIELD")
+    );
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_refusal_fails_the_order_with_its_reason_on_both_sides() {
     let mut h = Harness::new().await;

@@ -315,12 +315,13 @@ impl Harness {
 
     /// Starts the worker in-process.
     pub async fn start_worker(&mut self) -> Arc<Metrics> {
-        let args = Self::base_args(
-            &self.ns,
-            &self.emulator.base_url,
-            &self.receiver_url,
-            &self.db,
-        );
+        self.start_worker_with(&[]).await
+    }
+
+    /// Starts the worker in-process with `extra` flags.
+    pub async fn start_worker_with(&mut self, extra: &[&str]) -> Arc<Metrics> {
+        let mut args = self.worker_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
         let cli = Cli::parse_from(args);
         let f = cli.fulfilment.clone();
         let caller = Caller::new(
