@@ -294,6 +294,36 @@ async fn accepted_then_a_callback_result_is_written_back() {
     h.cleanup().await;
 }
 
+/// The callback decides the request while the worker is still waiting for the 202 (its
+/// `record_outcome` locks the order, then the request, while the worker holds the request's
+/// lock): no deadlock, the callback's decision stands, the result is written back once.
+#[tokio::test]
+async fn a_callback_that_races_the_202_decides_and_is_written_back() {
+    let mut h = Harness::new().await;
+    h.receiver.callback_before_answering(h.db.pool.clone());
+    h.receiver.answer(202, r#"{"status":"accepted"}"#);
+    h.start_relay();
+    let metrics = h.start_worker().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-race-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(h.status(order_id).await, "provisioned");
+    assert_eq!(
+        h.activation(&sf_id).await,
+        (Some("Provisioned".into()), None)
+    );
+    // The `fulfilment.result` nudge arrives after: nothing left to do.
+    eventually("the result nudge handled", || async {
+        metrics.noops_total.load(Relaxed) >= 1
+    })
+    .await;
+    assert_eq!(h.receiver.calls().len(), 1);
+    assert_eq!(metrics.write_backs_total.load(Relaxed), 1);
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn a_forged_message_is_dead_lettered_and_never_acted_on() {
     // No relay: the only message is the forged one.

@@ -4,7 +4,8 @@
 //!  take the request's lock (no wait) ── taken elsewhere → retry later (shortest tier)
 //!   queued      → attempts += 1, call the fulfilment system (lock held) →
 //!                   provisioned / failed / refused → record the outcome, commit → write back
-//!                   accepted → record it, commit, ack (the callback brings the result)
+//!                   accepted → record it, commit, ack (the callback brings the result;
+//!                     a callback that already decided it → write back)
 //!                   5xx, timeout, unreachable → commit the attempt, retry tier by attempts;
 //!                     the last attempt → failed, write back, dead letter
 //!   decided, not written back → PATCH the Salesforce order, mark written back, commit
@@ -211,10 +212,12 @@ async fn provision(
             failed(&why)
         }
     };
-    record(&mut tx, request.id, outcome).await?;
+    let recorded = record(&mut tx, request.id, outcome).await?;
     tx.commit().await?;
-    Ok(match answer {
-        Answer::Accepted => Next::Done(Action::Ack),
+    Ok(match (answer, recorded) {
+        // Accepted and still open: the callback brings the result.
+        (Answer::Accepted, Recorded::Recorded { .. }) => Next::Done(Action::Ack),
+        // Decided (here, or by a callback that raced the answer): write it back.
         _ => Next::Again,
     })
 }
@@ -225,8 +228,13 @@ fn failed(reason: &str) -> Outcome {
     }
 }
 
-async fn record(conn: &mut PgConnection, id: Uuid, outcome: Outcome) -> Result<(), StoreError> {
-    match requests::record_outcome(conn, id, outcome).await? {
+async fn record(
+    conn: &mut PgConnection,
+    id: Uuid,
+    outcome: Outcome,
+) -> Result<Recorded, StoreError> {
+    let recorded = requests::record_outcome(conn, id, outcome).await?;
+    match &recorded {
         Recorded::Recorded { state, .. } => tracing::debug!(%state, "outcome recorded"),
         // The callback decided it while we were calling: its decision stands.
         Recorded::AlreadyDecided { state, .. } => {
@@ -234,7 +242,7 @@ async fn record(conn: &mut PgConnection, id: Uuid, outcome: Outcome) -> Result<(
         }
         Recorded::UnknownRequest => tracing::warn!("the request is gone; outcome not recorded"),
     }
-    Ok(())
+    Ok(recorded)
 }
 
 /// Writes a decided result to the Salesforce order, holding the row's lock, and marks it

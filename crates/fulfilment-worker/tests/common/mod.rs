@@ -87,6 +87,9 @@ pub struct Receiver {
     /// How long each answer takes (a slow fulfilment system), so a test can have a second
     /// delivery arrive while the first call is in progress.
     answer_after: Mutex<Duration>,
+    /// When set, the receiver stores a `provisioned` result the way the callback endpoint does
+    /// (record it, queue `fulfilment.result`) before it answers: a callback racing the 202.
+    callback_first: Mutex<Option<PgPool>>,
 }
 
 impl Receiver {
@@ -99,6 +102,10 @@ impl Receiver {
 
     pub fn answer_after(&self, delay: Duration) {
         *self.answer_after.lock().unwrap() = delay;
+    }
+
+    pub fn callback_before_answering(&self, pool: PgPool) {
+        *self.callback_first.lock().unwrap() = Some(pool);
     }
 
     pub fn calls(&self) -> Vec<Call> {
@@ -130,6 +137,19 @@ async fn receive(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
+    let callback = receiver.callback_first.lock().unwrap().clone();
+    if let Some(pool) = callback {
+        let id: Uuid = verified.id.parse().unwrap();
+        let request = requests::load(&pool, id).await.unwrap().unwrap();
+        let mut tx = pool.begin().await.unwrap();
+        requests::record_outcome(&mut tx, id, requests::Outcome::Provisioned)
+            .await
+            .unwrap();
+        requests::queue_result(&mut tx, id, request.order_id, None)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
     receiver.calls.lock().unwrap().push(Call {
         webhook_id: verified.id,
         idem_key: text("idempotency-key"),
