@@ -371,6 +371,46 @@ async fn a_forged_message_is_dead_lettered_and_never_acted_on() {
     h.cleanup().await;
 }
 
+/// A signed message the worker cannot read (another type, another version, not JSON) is
+/// dead-lettered `undecodable` with a code naming why, and nothing else happens.
+#[tokio::test]
+async fn an_unreadable_message_is_dead_lettered_with_the_reason() {
+    let mut h = Harness::new().await;
+    let metrics = h.start_worker().await;
+    let keys = common_keyring();
+    let other_version = json!({
+        "id": uuid::Uuid::now_v7(), "type": "fulfilment.requested", "version": 9,
+        "occurred_at": "2026-12-03T12:00:00Z", "correlation_id": null,
+        "data": {"request_id": uuid::Uuid::now_v7(), "order_id": uuid::Uuid::now_v7()}
+    });
+    for (key, body) in [
+        (
+            "fulfilment.requested",
+            serde_json::to_vec(&other_version).unwrap(),
+        ),
+        ("fulfilment.requested", b"not json".to_vec()),
+    ] {
+        let props = BasicProperties::default()
+            .with_message_id(uuid::Uuid::now_v7().to_string().into())
+            .with_type(key.into());
+        h.publish(key, &body, keys.sign(props, &body)).await;
+    }
+    eventually("both dead-lettered", || async {
+        metrics.dead_letters("undecodable") >= 2
+    })
+    .await;
+    let mut codes: Vec<String> = h
+        .dead_letters()
+        .await
+        .iter()
+        .map(|(p, _)| header(p, headers::ERROR_CODE).unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(codes, ["MALFORMED_MESSAGE", "UNSUPPORTED_EVENT"]);
+    assert!(h.receiver.calls().is_empty());
+    h.cleanup().await;
+}
+
 fn common_keyring() -> orderbridge_broker::Keyring {
     orderbridge_broker::Keyring::single(common::SIGNING_KEY).unwrap()
 }
