@@ -1,5 +1,5 @@
 //! RabbitMQ plumbing shared by the orderbridge binaries that talk to the broker (the outbox relay,
-//! the sync worker): the configuration ([`BrokerConfig`]), the topology every one of them declares
+//! the sync worker, the fulfilment worker): the configuration ([`BrokerConfig`]), the topology every one of them declares
 //! at start-up ([`Topology`]), a supervised connection ([`Supervisor`]), the message headers
 //! they exchange ([`headers`]: names, [`DeadLetterReason`], one reader for every value type),
 //! the signatures on every message ([`signing`]) and the broker permissions each component needs
@@ -17,6 +17,10 @@
 //!                                          ─"1m"──► {ns}.sf-sync.retry.1m  ──TTL──┘  the default
 //!                                          ─"10m"─► {ns}.sf-sync.retry.10m ──TTL──┘  exchange, back
 //!                                                                                     to {ns}.sf-sync)
+//!  outbox-relay ─► {ns}.events ──fulfilment.#──► {ns}.fulfilment (quorum, x-delivery-limit, DLX)
+//!                                                   │ consumed by fulfilment-worker
+//!  fulfilment-worker ──retry──► {ns}.retry ─"fulfilment.5s"…─► {ns}.fulfilment.retry.5s … ──TTL──┘
+//!                                          ─"fulfilment.requeue"─► {ns}.fulfilment
 //!  sync-worker ──status──► {ns}.status (topic) ──#──► {ns}.status-events ──► outbox-relay's status
 //!                                                      │ (quorum, DLX)        applier ──► orders
 //!                                                      └─unreadable, rejected──► {ns}.dlx ──► {ns}.dead-letters
@@ -48,7 +52,10 @@ pub use lapin;
 pub use orderbridge_runtime::backoff::Backoff;
 pub use permissions::{Component, Permissions};
 pub use signing::{Keyring, SignatureError, SigningConfig, SigningError};
-pub use topology::{REQUEUE_ROUTING_KEY, RetryTier, Topology};
+pub use topology::{
+    FULFILMENT_BINDING, FULFILMENT_REQUEUE_ROUTING_KEY, REQUEUE_ROUTING_KEY, RetryTier,
+    SF_SYNC_BINDING, Topology,
+};
 
 /// Broker settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]

@@ -12,6 +12,7 @@
 //! |---------------|-----------|----------------------------------------|----------------------|
 //! | outbox-relay  | nothing   | `{ns}.events`, `{ns}.dlx`              | `{ns}.status-events` |
 //! | sync-worker   | nothing   | `{ns}.retry`, `{ns}.dlx`, `{ns}.status` | `{ns}.sf-sync`       |
+//! | fulfilment-worker | nothing | `{ns}.retry`, `{ns}.dlx`             | `{ns}.fulfilment`    |
 //! | operator      | nothing   | the default exchange (`amq.default`)   | `{ns}.dead-letters`  |
 //!
 //! So the worker cannot publish order events (it never writes `{ns}.events`) nor read the
@@ -35,10 +36,17 @@ pub enum Component {
     SyncWorker,
     /// `orderbridge dlq`: reads dead letters, replays them to their queue.
     Operator,
+    /// Consumes the fulfilment nudges; publishes their retries, requeues and dead letters.
+    FulfilmentWorker,
 }
 
 impl Component {
-    pub const ALL: [Self; 3] = [Self::OutboxRelay, Self::SyncWorker, Self::Operator];
+    pub const ALL: [Self; 4] = [
+        Self::OutboxRelay,
+        Self::SyncWorker,
+        Self::Operator,
+        Self::FulfilmentWorker,
+    ];
 
     /// The component's name, also the suffix of its user name.
     pub fn name(self) -> &'static str {
@@ -46,6 +54,7 @@ impl Component {
             Self::OutboxRelay => "outbox-relay",
             Self::SyncWorker => "sync-worker",
             Self::Operator => "operator",
+            Self::FulfilmentWorker => "fulfilment-worker",
         }
     }
 }
@@ -75,6 +84,10 @@ impl Topology {
                 vec![&self.sf_sync_queue],
             ),
             Component::Operator => (vec![DEFAULT_EXCHANGE], vec![&self.dead_letter_queue]),
+            Component::FulfilmentWorker => (
+                vec![&self.retry_exchange, &self.dead_letter_exchange],
+                vec![&self.fulfilment_queue],
+            ),
         };
         Permissions {
             configure: exactly(&[]),
@@ -129,6 +142,10 @@ mod tests {
         let operator = t.permissions(Component::Operator);
         assert_eq!(operator.write, r"^(?:amq\.default)$");
         assert_eq!(operator.read, r"^(?:ns\.dead\-letters)$");
+        let fulfilment = t.permissions(Component::FulfilmentWorker);
+        assert_eq!(fulfilment.configure, "^$");
+        assert_eq!(fulfilment.write, r"^(?:ns\.retry|ns\.dlx)$");
+        assert_eq!(fulfilment.read, r"^(?:ns\.fulfilment)$");
     }
 
     #[test]
@@ -137,6 +154,14 @@ mod tests {
         assert_eq!(escape("plain_NAME9"), "plain_NAME9");
         assert_eq!(escape("ünï"), "ünï");
         let names: Vec<&str> = Component::ALL.iter().map(|c| c.name()).collect();
-        assert_eq!(names, ["outbox-relay", "sync-worker", "operator"]);
+        assert_eq!(
+            names,
+            [
+                "outbox-relay",
+                "sync-worker",
+                "operator",
+                "fulfilment-worker"
+            ]
+        );
     }
 }

@@ -21,6 +21,18 @@ pub const SF_SYNC_BINDING: &str = "order.#";
 /// vhost). Retry tier keys are durations (`5s`) and never collide with it.
 pub const REQUEUE_ROUTING_KEY: &str = "requeue";
 
+/// Binding of the fulfilment work queue on the events exchange: the provisioning nudges
+/// (`fulfilment.requested`, `fulfilment.result`), never matched by [`SF_SYNC_BINDING`].
+pub const FULFILMENT_BINDING: &str = "fulfilment.#";
+
+/// Routing key on the retry exchange that puts a message straight back on the fulfilment work
+/// queue (the fulfilment worker's counterpart of [`REQUEUE_ROUTING_KEY`]).
+pub const FULFILMENT_REQUEUE_ROUTING_KEY: &str = "fulfilment.requeue";
+
+/// Prefix of the fulfilment retry tiers' routing keys on the (shared, direct) retry exchange:
+/// `fulfilment.5s` never equals a sync tier's `5s`, so the two sets of tiers cannot cross.
+const FULFILMENT_TIER_PREFIX: &str = "fulfilment.";
+
 /// One delayed-retry tier: a queue whose messages expire back into the work queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetryTier {
@@ -46,6 +58,13 @@ pub struct Topology {
     /// Fanout exchange for dead letters (delivery limit exceeded, or the worker gave up).
     pub dead_letter_exchange: String,
     pub dead_letter_queue: String,
+    /// Quorum work queue the fulfilment worker consumes (bound with [`FULFILMENT_BINDING`]),
+    /// with the same delivery limit and dead-letter exchange as the Salesforce work queue.
+    pub fulfilment_queue: String,
+    /// The fulfilment queue's own delay tiers (same delays as [`Self::retry_tiers`], routing
+    /// keys `fulfilment.<delay>`, queues `{ns}.fulfilment.retry.<delay>`), expiring back into
+    /// [`Self::fulfilment_queue`]; shortest first.
+    pub fulfilment_retry_tiers: Vec<RetryTier>,
     /// Topic exchange for sync status events flowing back from the worker (routing key
     /// `order.sync_status.<state>`).
     pub status_exchange: String,
@@ -80,7 +99,9 @@ impl Topology {
         delays.sort();
         delays.dedup();
         let sf_sync_queue = format!("{namespace}.sf-sync");
+        let fulfilment_queue = format!("{namespace}.fulfilment");
         let mut retry_tiers = Vec::with_capacity(delays.len());
+        let mut fulfilment_retry_tiers = Vec::with_capacity(delays.len());
         for delay in delays {
             if delay.is_zero() || delay.as_millis() > u128::from(u32::MAX) {
                 return Err(BrokerError::InvalidConfig(format!(
@@ -90,6 +111,11 @@ impl Topology {
             let routing_key = humantime::format_duration(delay)
                 .to_string()
                 .replace(' ', "");
+            fulfilment_retry_tiers.push(RetryTier {
+                queue: format!("{fulfilment_queue}.retry.{routing_key}"),
+                routing_key: format!("{FULFILMENT_TIER_PREFIX}{routing_key}"),
+                delay,
+            });
             retry_tiers.push(RetryTier {
                 queue: format!("{sf_sync_queue}.retry.{routing_key}"),
                 routing_key,
@@ -104,6 +130,8 @@ impl Topology {
             retry_tiers,
             dead_letter_exchange: format!("{namespace}.dlx"),
             dead_letter_queue: format!("{namespace}.dead-letters"),
+            fulfilment_queue,
+            fulfilment_retry_tiers,
             status_exchange: format!("{namespace}.status"),
             status_queue: format!("{namespace}.status-events"),
         })
@@ -152,58 +180,26 @@ impl Topology {
         )
         .await?;
 
-        // The work queue: after `delivery_limit` deliveries (crash loops, requeues) the broker
-        // dead-letters the message instead of redelivering it forever. At-least-once
-        // dead-lettering (which needs reject-publish overflow) so a message is never lost on
-        // its way to the dead-letter queue.
-        let mut args = at_least_once_dead_lettering(quorum());
-        args.insert("x-delivery-limit".into(), long(self.delivery_limit.into()));
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            long_string(&self.dead_letter_exchange),
-        );
-        self.declare_queue(config, channel, &self.sf_sync_queue, args)
-            .await?;
-        self.bind(
+        // The work queues: the Salesforce sync's and the fulfilment worker's, each with its own
+        // requeue binding and delay tiers, sharing the retry and dead-letter exchanges.
+        self.declare_work_queue(
             config,
             channel,
             &self.sf_sync_queue,
-            &self.events_exchange,
             SF_SYNC_BINDING,
+            REQUEUE_ROUTING_KEY,
+            &self.retry_tiers,
         )
         .await?;
-        self.bind(
+        self.declare_work_queue(
             config,
             channel,
-            &self.sf_sync_queue,
-            &self.retry_exchange,
-            REQUEUE_ROUTING_KEY,
+            &self.fulfilment_queue,
+            FULFILMENT_BINDING,
+            FULFILMENT_REQUEUE_ROUTING_KEY,
+            &self.fulfilment_retry_tiers,
         )
         .await?;
-
-        // Retry tiers: no consumer; each message expires after the tier's TTL and is
-        // dead-lettered through the default exchange straight into the work queue (not back
-        // through the events exchange, which would copy it to every other subscriber).
-        for tier in &self.retry_tiers {
-            let mut args = at_least_once_dead_lettering(quorum());
-            let ttl = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
-            args.insert("x-message-ttl".into(), long(ttl));
-            args.insert("x-dead-letter-exchange".into(), long_string(""));
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                long_string(&self.sf_sync_queue),
-            );
-            self.declare_queue(config, channel, &tier.queue, args)
-                .await?;
-            self.bind(
-                config,
-                channel,
-                &tier.queue,
-                &self.retry_exchange,
-                &tier.routing_key,
-            )
-            .await?;
-        }
 
         // Status reports: applied to orders by the relay process. One that cannot be read is
         // rejected and dead-lettered (never requeued: it would fail the same way forever, and
@@ -278,14 +274,7 @@ impl Topology {
             passive: true,
             ..QueueDeclareOptions::default()
         };
-        let queues = [
-            &self.sf_sync_queue,
-            &self.dead_letter_queue,
-            &self.status_queue,
-        ]
-        .into_iter()
-        .chain(self.retry_tiers.iter().map(|t| &t.queue));
-        for name in queues {
+        for name in self.queues() {
             let declared = config
                 .op(
                     "queue.declare",
@@ -336,13 +325,7 @@ impl Topology {
         config: &BrokerConfig,
         channel: &Channel,
     ) -> Result<(), BrokerError> {
-        let mut queues = vec![
-            &self.sf_sync_queue,
-            &self.dead_letter_queue,
-            &self.status_queue,
-        ];
-        queues.extend(self.retry_tiers.iter().map(|t| &t.queue));
-        for q in queues {
+        for q in self.queues() {
             config
                 .op(
                     "queue.delete",
@@ -364,6 +347,69 @@ impl Topology {
                 .await?;
         }
         Ok(())
+    }
+
+    /// A work queue bound on the events exchange with `binding`, its requeue binding on the
+    /// retry exchange, and its delay tiers.
+    async fn declare_work_queue(
+        &self,
+        config: &BrokerConfig,
+        channel: &Channel,
+        queue: &str,
+        binding: &str,
+        requeue_key: &str,
+        tiers: &[RetryTier],
+    ) -> Result<(), BrokerError> {
+        // After `delivery_limit` deliveries (crash loops, requeues) the broker dead-letters the
+        // message instead of redelivering it forever. At-least-once dead-lettering (which needs
+        // reject-publish overflow) so a message is never lost on its way to the dead-letter
+        // queue.
+        let mut args = at_least_once_dead_lettering(quorum());
+        args.insert("x-delivery-limit".into(), long(self.delivery_limit.into()));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            long_string(&self.dead_letter_exchange),
+        );
+        self.declare_queue(config, channel, queue, args).await?;
+        self.bind(config, channel, queue, &self.events_exchange, binding)
+            .await?;
+        self.bind(config, channel, queue, &self.retry_exchange, requeue_key)
+            .await?;
+
+        // Retry tiers: no consumer; each message expires after the tier's TTL and is
+        // dead-lettered through the default exchange straight into the work queue (not back
+        // through the events exchange, which would copy it to every other subscriber).
+        for tier in tiers {
+            let mut args = at_least_once_dead_lettering(quorum());
+            let ttl = i64::try_from(tier.delay.as_millis()).unwrap_or(i64::MAX);
+            args.insert("x-message-ttl".into(), long(ttl));
+            args.insert("x-dead-letter-exchange".into(), long_string(""));
+            args.insert("x-dead-letter-routing-key".into(), long_string(queue));
+            self.declare_queue(config, channel, &tier.queue, args)
+                .await?;
+            self.bind(
+                config,
+                channel,
+                &tier.queue,
+                &self.retry_exchange,
+                &tier.routing_key,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Every queue of the topology.
+    fn queues(&self) -> Vec<&String> {
+        let mut queues = vec![
+            &self.sf_sync_queue,
+            &self.dead_letter_queue,
+            &self.status_queue,
+            &self.fulfilment_queue,
+        ];
+        queues.extend(self.retry_tiers.iter().map(|t| &t.queue));
+        queues.extend(self.fulfilment_retry_tiers.iter().map(|t| &t.queue));
+        queues
     }
 
     async fn declare_queue(
@@ -464,6 +510,25 @@ mod tests {
             .collect();
         assert_eq!(keys, ["5s", "1m", "10m"]);
         assert_eq!(t.retry_tiers[0].queue, "ns.sf-sync.retry.5s");
+        assert_eq!(t.fulfilment_queue, "ns.fulfilment");
+        let keys: Vec<_> = t
+            .fulfilment_retry_tiers
+            .iter()
+            .map(|t| t.routing_key.as_str())
+            .collect();
+        assert_eq!(keys, ["fulfilment.5s", "fulfilment.1m", "fulfilment.10m"]);
+        assert_eq!(t.fulfilment_retry_tiers[2].queue, "ns.fulfilment.retry.10m");
+        // The requeue keys and every tier key differ, on the one retry exchange.
+        let mut all: Vec<&str> = t
+            .retry_tiers
+            .iter()
+            .chain(&t.fulfilment_retry_tiers)
+            .map(|t| t.routing_key.as_str())
+            .chain([REQUEUE_ROUTING_KEY, FULFILMENT_REQUEUE_ROUTING_KEY])
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 8);
         assert!(Topology::new("", 5, &[Duration::from_secs(1)]).is_err());
         assert!(Topology::new("ns", 0, &[Duration::from_secs(1)]).is_err());
         assert!(Topology::new("ns", 5, &[]).is_err());

@@ -1,5 +1,6 @@
 //! The topology on a real broker: idempotent declaration, delayed retry through a tier back to
-//! the work queue, the delivery limit dead-lettering, status events (and their dead letters).
+//! the work queue, the delivery limit dead-lettering, status events (and their dead letters), and
+//! the fulfilment queue beside the Salesforce one (its own binding, requeue, tiers, dead letters).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -11,7 +12,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use orderbridge_broker::{
-    BrokerConfig, BrokerError, REQUEUE_ROUTING_KEY, SigningConfig, Supervisor,
+    BrokerConfig, BrokerError, FULFILMENT_REQUEUE_ROUTING_KEY, REQUEUE_ROUTING_KEY, SigningConfig,
+    Supervisor,
 };
 use secrecy::SecretString;
 
@@ -207,6 +209,75 @@ async fn topology_is_idempotent_and_routes_retries_dead_letters_and_status() {
         .unwrap();
     let dead = get_one(ch, &t.dead_letter_queue).await;
     assert_eq!(dead.data, b"{\"n\":5}");
+    assert_eq!(first_death_reason(&dead), "rejected");
+
+    t.delete(&cfg, ch).await.unwrap();
+    s.close(&cfg).await;
+}
+
+/// The fulfilment work queue gets `fulfilment.*` events and only those; its requeue and its own
+/// delay tiers lead back to it (never to the Salesforce queue), and what its consumer rejects
+/// ends in the one dead-letter queue.
+#[tokio::test]
+async fn fulfilment_queue_has_its_own_binding_requeue_tiers_and_shares_the_dead_letters() {
+    let cfg = config(2);
+    let sup = Supervisor::new(cfg.clone(), "topology-fulfilment-test").unwrap();
+    let t = sup.topology().clone();
+    let s = sup.try_connect().await.unwrap();
+    let ch = &s.channel;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+
+    // A fulfilment event reaches the fulfilment queue only; an order event the sync queue only.
+    publish(ch, &t.events_exchange, "fulfilment.requested", b"{\"f\":1}").await;
+    publish(ch, &t.events_exchange, "order.submitted", b"{\"o\":1}").await;
+    assert_eq!(get_one(ch, &t.fulfilment_queue).await.data, b"{\"f\":1}");
+    assert_eq!(get_one(ch, &t.sf_sync_queue).await.data, b"{\"o\":1}");
+    assert!(is_empty(ch, &t.fulfilment_queue).await);
+    assert!(is_empty(ch, &t.sf_sync_queue).await);
+
+    // Its requeue key goes straight back to it.
+    publish(
+        ch,
+        &t.retry_exchange,
+        FULFILMENT_REQUEUE_ROUTING_KEY,
+        b"{\"f\":2}",
+    )
+    .await;
+    assert_eq!(get_one(ch, &t.fulfilment_queue).await.data, b"{\"f\":2}");
+
+    // Its shortest tier expires back into the fulfilment queue, not the sync queue.
+    let tier = &t.fulfilment_retry_tiers[0];
+    assert_eq!(tier.routing_key, "fulfilment.300ms");
+    publish(ch, &t.retry_exchange, &tier.routing_key, b"{\"f\":3}").await;
+    let back = get_one(ch, &t.fulfilment_queue).await;
+    assert_eq!(back.data, b"{\"f\":3}");
+    assert_eq!(first_death_reason(&back), "expired");
+    assert!(is_empty(ch, &t.sf_sync_queue).await);
+
+    // Rejected without requeue: into the shared dead-letter queue.
+    publish(ch, &t.events_exchange, "fulfilment.result", b"{\"f\":4}").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rejected = loop {
+        if let Some(m) = ch
+            .basic_get(
+                t.fulfilment_queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            )
+            .await
+            .unwrap()
+        {
+            break m.delivery;
+        }
+        assert!(Instant::now() < deadline, "nothing on the fulfilment queue");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ch.basic_reject(rejected.delivery_tag, BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let dead = get_one(ch, &t.dead_letter_queue).await;
+    assert_eq!(dead.data, b"{\"f\":4}");
     assert_eq!(first_death_reason(&dead), "rejected");
 
     t.delete(&cfg, ch).await.unwrap();

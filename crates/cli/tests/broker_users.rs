@@ -41,7 +41,7 @@ fn admin_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| ADMIN_URL.to_owned())
 }
 
-/// A namespace, its topology and its three users; all removed on drop.
+/// A namespace, its topology and its users; all removed on drop.
 struct Users {
     ns: String,
 }
@@ -69,6 +69,7 @@ impl Users {
             "BROKER_PASSWORD_OUTBOX_RELAY",
             "BROKER_PASSWORD_SYNC_WORKER",
             "BROKER_PASSWORD_OPERATOR",
+            "BROKER_PASSWORD_FULFILMENT_WORKER",
         ] {
             cmd.env_remove(var);
         }
@@ -301,6 +302,48 @@ async fn each_component_user_can_do_its_job_and_nothing_else() {
         w,
         "worker declares an unrelated queue",
         Op::Declare(&unrelated),
+    )
+    .await;
+
+    // The fulfilment worker: consumes its own queue; publishes retries and dead letters only.
+    let fulfilment = connect(&urls["FULFILMENT_WORKER"]).await;
+    let f = &fulfilment;
+    assert_allowed(
+        f,
+        "fulfilment worker consumes the fulfilment queue",
+        Op::Consume(&t.fulfilment_queue),
+    )
+    .await;
+    for x in [&t.retry_exchange, &t.dead_letter_exchange] {
+        assert_allowed(
+            f,
+            &format!("fulfilment worker publishes to {x}"),
+            Op::Publish(x, "fulfilment.5s"),
+        )
+        .await;
+    }
+    assert_refused(
+        f,
+        "fulfilment worker consumes the Salesforce work queue",
+        Op::Consume(&t.sf_sync_queue),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes an event",
+        Op::Publish(&t.events_exchange, "fulfilment.result"),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes a status report",
+        Op::Publish(&t.status_exchange, "order.sync_status.synced"),
+    )
+    .await;
+    assert_refused(
+        f,
+        "fulfilment worker publishes through the default exchange",
+        Op::Publish("", &t.fulfilment_queue),
     )
     .await;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use orderbridge_mapping::Mapping;
+use orderbridge_webhook::Webhook;
 
 /// HTTP server settings for `order-api serve`.
 #[derive(Debug, Clone, Args)]
@@ -91,6 +92,19 @@ pub struct ApiConfig {
     /// Salesforce could not hold it exactly; the worker checks them against the org.
     #[arg(long = "mapping-file", env = "WORKER_MAPPING_FILE", default_value = "", hide_default_value = true, value_parser = load_mapping)]
     pub mapping: Arc<Mapping>,
+    /// The key(s) fulfilment callbacks (`POST /v1/fulfilment/callback`) are signed with, the
+    /// same as the fulfilment worker's: `whsec_<base64>` or text of at least 24 bytes,
+    /// comma-separated during a rotation. Unset: the callback endpoint is off (404).
+    #[arg(long = "fulfilment-signing-secret", env = "FULFILMENT_SIGNING_SECRET", hide_env_values = true, value_parser = parse_webhook)]
+    pub fulfilment_webhook: Option<Arc<Webhook>>,
+}
+
+/// Checks the signing secret once, at start-up; the keys are kept only as keyed MACs, and the
+/// value never appears in `Debug` output or errors.
+fn parse_webhook(secrets: &str) -> Result<Arc<Webhook>, String> {
+    Webhook::from_secrets(secrets)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
 
 /// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.

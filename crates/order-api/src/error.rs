@@ -48,6 +48,9 @@ pub struct Problem {
 pub enum ApiError {
     #[error("missing or invalid API key")]
     Unauthorized,
+    /// A webhook (the fulfilment callback) whose signature is not accepted.
+    #[error("webhook signature not accepted: {0}")]
+    BadSignature(#[source] orderbridge_webhook::VerifyError),
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -148,7 +151,7 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -189,6 +192,10 @@ impl ApiError {
                 "urn:orderbridge:problem:duplicate-client-ref",
                 "An order with this client_ref already exists",
             ),
+            Self::BadSignature(_) => (
+                "urn:orderbridge:problem:bad-signature",
+                "Webhook signature not accepted",
+            ),
             other => (
                 "about:blank",
                 other.status().canonical_reason().unwrap_or("Error"),
@@ -206,6 +213,8 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let (problem_type, title) = self.problem_type();
+        // Only API-key failures name the Bearer scheme; a webhook is signed, not bearer-authed.
+        let bearer = matches!(self, Self::Unauthorized);
         let retry_after = match &self {
             // Round up: "Retry-After: 0" would invite an immediate, equally futile retry.
             Self::RateLimited { retry_after }
@@ -243,7 +252,7 @@ impl IntoResponse for ApiError {
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        if status == StatusCode::UNAUTHORIZED {
+        if bearer {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"orderbridge\""),

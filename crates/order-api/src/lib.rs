@@ -23,6 +23,7 @@ pub mod error;
 pub mod events;
 pub mod extract;
 pub mod field_limits;
+pub mod fulfilment_callback;
 pub mod health;
 pub mod key_cache;
 pub mod limits;
@@ -134,6 +135,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/orders/{id}/resync",
             axum::routing::post(orders::resync_order),
+        )
+        .route(
+            "/v1/fulfilment/callback",
+            axum::routing::post(fulfilment_callback::fulfilment_callback),
         )
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))

@@ -20,12 +20,14 @@ use utoipa::{Modify, OpenApi};
         crate::orders::get_order,
         crate::events::order_events,
         crate::orders::resync_order,
+        crate::fulfilment_callback::fulfilment_callback,
         crate::health::live,
         crate::health::ready,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Order intake and status"),
+        (name = "fulfilment", description = "Results from the fulfilment system (signed webhooks)"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

@@ -31,7 +31,7 @@ pub enum BrokerCommand {
     /// Print the broker permissions (configure, write, read) of each component's user.
     Permissions,
     /// Declare the topology (as AMQP_URL's user, who may), then create or update one RabbitMQ
-    /// user per component (outbox-relay, sync-worker, operator) on AMQP_URL's vhost with only the
+    /// user per component (outbox-relay, sync-worker, operator, fulfilment-worker) on AMQP_URL's vhost with only the
     /// permissions it needs, using rabbitmqctl. Prints the AMQP_URL each component should use
     /// (run them with BROKER_DECLARE_TOPOLOGY=false). Exit status 0 on success, 2 on errors.
     SetupUsers(SetupUsersArgs),
@@ -41,7 +41,7 @@ pub enum BrokerCommand {
 #[derive(Debug, Clone, Args)]
 pub struct SetupUsersArgs {
     /// Prefix of the user names (`<prefix>-outbox-relay`, `<prefix>-sync-worker`,
-    /// `<prefix>-operator`). Default: BROKER_NAMESPACE.
+    /// `<prefix>-operator`, `<prefix>-fulfilment-worker`). Default: BROKER_NAMESPACE.
     #[arg(long)]
     pub user_prefix: Option<String>,
     /// How to run rabbitmqctl, split at spaces: e.g. `docker compose exec -T rabbitmq
@@ -62,6 +62,9 @@ pub struct SetupUsersArgs {
     /// The operator user's password, for `orderbridge dlq` (as above).
     #[arg(long, env = "BROKER_PASSWORD_OPERATOR", value_parser = secret, hide_env_values = true)]
     pub operator_password: Option<SecretString>,
+    /// The fulfilment-worker user's password (as above).
+    #[arg(long, env = "BROKER_PASSWORD_FULFILMENT_WORKER", value_parser = secret, hide_env_values = true)]
+    pub fulfilment_worker_password: Option<SecretString>,
 }
 
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
@@ -75,6 +78,7 @@ impl SetupUsersArgs {
             Component::OutboxRelay => self.outbox_relay_password.as_ref(),
             Component::SyncWorker => self.sync_worker_password.as_ref(),
             Component::Operator => self.operator_password.as_ref(),
+            Component::FulfilmentWorker => self.fulfilment_worker_password.as_ref(),
         }
     }
 }

@@ -1,0 +1,21 @@
+//! The fulfilment worker: consumes the fulfilment nudges (`fulfilment.requested`,
+//! `fulfilment.result`) from `{ns}.fulfilment`, calls the fulfilment system for each queued
+//! request (a signed webhook), and writes each decided result back to the Salesforce order (see
+//! README.md beside this crate). The request row in Postgres is the truth; a message only says
+//! "look at request X".
+//!
+//! - `config`: command line and environment;
+//! - `message`: reading a delivery (signature, then envelope);
+//! - `store`: the request's lock and row;
+//! - `call`: the signed HTTP call and what its answer means;
+//! - `writeback`: the Salesforce PATCH;
+//! - `worker`: consuming, handling under the row's lock, settling;
+//! - `metrics`: `/metrics`.
+
+pub mod call;
+pub mod config;
+pub mod message;
+pub mod metrics;
+pub mod store;
+pub mod worker;
+pub mod writeback;
