@@ -2,13 +2,15 @@
 //! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]), the order-creating
 //! transaction ([`create`], with its [`idempotency`] keys), the order reads and writes more
 //! than one binary needs ([`orders`]), the business status and its history ([`status`]), API keys
-//! ([`keys`]) and the API clients' Salesforce scopes ([`clients`]).
+//! ([`keys`]), the API clients' Salesforce scopes ([`clients`]) and the Salesforce outbound
+//! messages received ([`outbound`]).
 
 pub mod clients;
 pub mod create;
 pub mod idempotency;
 pub mod keys;
 pub mod orders;
+pub mod outbound;
 pub mod outbox;
 pub mod status;
 

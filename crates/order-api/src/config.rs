@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use orderbridge_domain::status_map::StatusMap;
 use orderbridge_mapping::Mapping;
 
 /// HTTP server settings for `order-api serve`.
@@ -91,6 +92,41 @@ pub struct ApiConfig {
     /// Salesforce could not hold it exactly; the worker checks them against the org.
     #[arg(long = "mapping-file", env = "WORKER_MAPPING_FILE", default_value = "", hide_default_value = true, value_parser = load_mapping)]
     pub mapping: Arc<Mapping>,
+    /// Path of the Salesforce outbound-message endpoint. Salesforce cannot send an API key, so
+    /// put a secret segment in it (`/v1/salesforce/outbound-messages/<random>`) and in the
+    /// outbound message's endpoint URL.
+    #[arg(long, env = "ORDER_API_OUTBOUND_MESSAGE_PATH", default_value = "/v1/salesforce/outbound-messages", value_parser = parse_route_path)]
+    pub outbound_message_path: String,
+    /// The Salesforce org whose outbound messages are accepted (15- or 18-character id; the
+    /// first 15 characters are compared). The default is the local emulator's org.
+    #[arg(long, env = "SF_ORG_ID", default_value = "00D5g0000000001EAA", value_parser = parse_org_id)]
+    pub sf_org_id: String,
+    /// Salesforce Status value → order status for outbound messages, as the subscriber's (same
+    /// variable, same rule): `Draft=submitted,Activated=activated` are the defaults; other values
+    /// are lower-cased with spaces turned into `_`.
+    #[arg(long, env = "SUBSCRIBER_STATUS_MAP", default_value = "")]
+    pub status_map: StatusMap,
+}
+
+/// A fixed route path: starts with `/`, no `{}` captures or wildcards, no spaces.
+fn parse_route_path(path: &str) -> Result<String, String> {
+    let ok = path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    ok.then(|| path.to_owned()).ok_or_else(|| {
+        "must start with `/`, not end with one, and hold only letters, digits and `/-_.~`".into()
+    })
+}
+
+fn parse_org_id(id: &str) -> Result<String, String> {
+    let id = id.trim();
+    ((id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| id.to_owned())
+        .ok_or_else(|| "must be a 15- or 18-character Salesforce org id".into())
 }
 
 /// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.

@@ -20,12 +20,14 @@ use utoipa::{Modify, OpenApi};
         crate::orders::get_order,
         crate::events::order_events,
         crate::orders::resync_order,
+        crate::outbound::receive,
         crate::health::live,
         crate::health::ready,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "orders", description = "Order intake and status"),
+        (name = "salesforce", description = "Webhooks Salesforce calls (outbound messages)"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]
