@@ -237,6 +237,18 @@ async fn a_message_repeating_an_id_inside_itself_processes_it_once() {
 }
 
 #[tokio::test]
+async fn two_notifications_for_one_order_apply_in_document_order() {
+    let s = Setup::new(ApiConfig::default()).await;
+    // Ids in the other order than the document's: the document decides.
+    let both = notification("04lB", ORDER_SF_ID, "Activated")
+        + &notification("04lA", ORDER_SF_ID, "Cancelled");
+    assert_ack(&s.post_xml(envelope(ORG, &both)).await);
+    assert_eq!(s.order_status().await, "cancelled");
+    let statuses: Vec<String> = s.history().await.into_iter().map(|(st, _)| st).collect();
+    assert_eq!(statuses, ["submitted", "activated", "cancelled"]);
+}
+
+#[tokio::test]
 async fn the_15_character_org_id_is_accepted() {
     let s = Setup::new(ApiConfig::default()).await;
     let res = s

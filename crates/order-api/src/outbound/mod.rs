@@ -196,16 +196,20 @@ async fn store(
     message: &Message,
     received_at: DateTime<Utc>,
 ) -> Result<Stored, sqlx::Error> {
-    let fields: Vec<serde_json::Value> = message
-        .notifications
+    // Rows locked in one order (notification ids, then the orders by Salesforce id) by every
+    // message, so two messages stored at once wait for each other instead of deadlocking. A
+    // notification repeated in the message counts at its first place (stable sort); two for one
+    // order apply in document order. Each keeps its place in the message (`usize`).
+    let mut by_id: Vec<(usize, &Notification)> = message.notifications.iter().enumerate().collect();
+    by_id.sort_by(|(_, a), (_, b)| a.id.cmp(&b.id));
+    let fields: Vec<serde_json::Value> = by_id
         .iter()
-        .map(|n| serde_json::json!(n.fields))
+        .map(|(_, n)| serde_json::json!(n.fields))
         .collect();
-    let rows: Vec<NewNotification<'_>> = message
-        .notifications
+    let rows: Vec<NewNotification<'_>> = by_id
         .iter()
         .zip(&fields)
-        .map(|(n, fields)| NewNotification {
+        .map(|((_, n), fields)| NewNotification {
             notification_id: &n.id,
             object: &n.object,
             record_id: n.record_id(),
@@ -221,18 +225,18 @@ async fn store(
         &rows,
     )
     .await?;
+    let mut fresh: Vec<(usize, &Notification)> = by_id
+        .into_iter()
+        .zip(new)
+        .filter_map(|(n, new)| new.then_some(n))
+        .collect();
+    fresh.sort_by(|(i, a), (j, b)| (a.record_id(), i).cmp(&(b.record_id(), j)));
     let mut stored = Stored {
         total: message.notifications.len(),
-        new: 0,
+        new: fresh.len(),
         applied: 0,
     };
-    for (notification, _) in message
-        .notifications
-        .iter()
-        .zip(new)
-        .filter(|(_, new)| *new)
-    {
-        stored.new += 1;
+    for (_, notification) in fresh {
         if apply_status(&mut tx, state, notification, received_at).await? {
             stored.applied += 1;
         }
