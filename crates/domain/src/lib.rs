@@ -11,6 +11,7 @@
 pub mod country;
 pub mod currency;
 pub mod events;
+pub mod fulfilment;
 pub mod ids;
 pub mod order;
 pub mod status;

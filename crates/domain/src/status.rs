@@ -27,4 +27,9 @@ impl StatusSource {
     pub const SALESFORCE: &'static str = "salesforce";
     /// Read from Salesforce by `orderbridge reconcile statuses` to close a gap in the events.
     pub const RECONCILE: &'static str = "reconcile";
+    /// Set by orderbridge's fulfilment loop (`provisioning`, `provisioned`,
+    /// `provisioning_failed`; see [`crate::fulfilment`]).
+    pub const FULFILMENT: &'static str = "fulfilment";
+    /// Mirrored from a Salesforce outbound message (the SOAP webhook on order-api).
+    pub const OUTBOUND_MESSAGE: &'static str = "outbound_message";
 }

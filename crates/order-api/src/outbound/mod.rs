@@ -35,8 +35,7 @@ use reply::FaultCode;
 use soap::{Message, Notification, SoapError};
 
 /// The `source` of statuses set by an outbound message in the order's history.
-// TODO(i14-core): `orderbridge_domain::StatusSource::OUTBOUND_MESSAGE` once merged.
-pub const SOURCE: &str = "outbound_message";
+pub const SOURCE: &str = orderbridge_domain::StatusSource::OUTBOUND_MESSAGE;
 
 /// Receive a Salesforce outbound message.
 ///
