@@ -1,8 +1,9 @@
 //! Postgres plumbing shared by the orderbridge binaries: the connection pool ([`connect`]), the
 //! schema migrations ([`MIGRATOR`]), the transactional outbox ([`outbox`]), the order-creating
 //! transaction ([`create`], with its [`idempotency`] keys), the order reads and writes more
-//! than one binary needs ([`orders`]), the business status and its history ([`status`]), fulfilment requests ([`fulfilment`]), API keys
-//! ([`keys`]) and the API clients' Salesforce scopes ([`clients`]).
+//! than one binary needs ([`orders`]), the business status and its history ([`status`]),
+//! fulfilment requests ([`fulfilment`]), API keys ([`keys`]), the API clients' Salesforce scopes
+//! ([`clients`]) and the Salesforce outbound messages received ([`outbound`]).
 
 pub mod clients;
 pub mod create;
@@ -10,6 +11,7 @@ pub mod fulfilment;
 pub mod idempotency;
 pub mod keys;
 pub mod orders;
+pub mod outbound;
 pub mod outbox;
 pub mod status;
 

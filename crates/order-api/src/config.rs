@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use orderbridge_domain::status_map::StatusMap;
 use orderbridge_mapping::Mapping;
 use orderbridge_webhook::Webhook;
 
@@ -97,6 +98,24 @@ pub struct ApiConfig {
     /// comma-separated during a rotation. Unset: the callback endpoint is off (404).
     #[arg(long = "fulfilment-signing-secret", env = "FULFILMENT_SIGNING_SECRET", hide_env_values = true, value_parser = parse_webhook)]
     pub fulfilment_webhook: Option<Arc<Webhook>>,
+    /// Path of the Salesforce outbound-message endpoint. Salesforce cannot send an API key, so
+    /// put a secret segment in it (`/v1/salesforce/outbound-messages/<random>`) and in the
+    /// outbound message's endpoint URL.
+    #[arg(long, env = "ORDER_API_OUTBOUND_MESSAGE_PATH", default_value = "/v1/salesforce/outbound-messages", value_parser = parse_route_path)]
+    pub outbound_message_path: String,
+    /// The Salesforce org whose outbound messages are accepted (15- or 18-character id; the
+    /// first 15 characters are compared). The default is the local emulator's org.
+    #[arg(long, env = "SF_ORG_ID", default_value = "00D5g0000000001EAA", value_parser = parse_org_id)]
+    pub sf_org_id: String,
+    /// Salesforce Status value → order status for outbound messages, as the subscriber's (same
+    /// variable, same rule): `Draft=submitted,Activated=activated` are the defaults; other values
+    /// are lower-cased with spaces turned into `_`.
+    #[arg(long, env = "SUBSCRIBER_STATUS_MAP", default_value = "")]
+    pub status_map: StatusMap,
+    /// A Salesforce Order Status value whose arrival in an outbound message requests fulfilment
+    /// (the same variable and rule as the subscriber's for change events). Empty: off.
+    #[arg(long, env = "SUBSCRIBER_PROVISION_ON_STATUS", default_value = "", value_parser = parse_status_value)]
+    pub provision_on_status: String,
 }
 
 /// Checks the signing secret once, at start-up; the keys are kept only as keyed MACs, and the
@@ -105,6 +124,35 @@ fn parse_webhook(secrets: &str) -> Result<Arc<Webhook>, String> {
     Webhook::from_secrets(secrets)
         .map(Arc::new)
         .map_err(|e| e.to_string())
+}
+
+/// A fixed route path: starts with `/`, no `{}` captures or wildcards, no spaces.
+fn parse_route_path(path: &str) -> Result<String, String> {
+    let ok = path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/-_.~".contains(&b));
+    ok.then(|| path.to_owned()).ok_or_else(|| {
+        "must start with `/`, not end with one, and hold only letters, digits and `/-_.~`".into()
+    })
+}
+
+fn parse_status_value(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if value.len() > 255 || value.chars().any(char::is_control) {
+        return Err("a Status value is at most 255 characters, without control characters".into());
+    }
+    Ok(value.to_owned())
+}
+
+fn parse_org_id(id: &str) -> Result<String, String> {
+    let id = id.trim();
+    ((id.len() == 15 || id.len() == 18) && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then(|| id.to_owned())
+        .ok_or_else(|| "must be a 15- or 18-character Salesforce org id".into())
 }
 
 /// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.

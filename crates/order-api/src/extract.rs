@@ -69,7 +69,7 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
+pub(crate) fn body_rejection(rejection: BytesRejection, limit: usize) -> ApiError {
     use std::error::Error as _;
     let status = rejection.status();
     if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

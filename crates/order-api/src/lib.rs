@@ -30,6 +30,8 @@ pub mod limits;
 pub mod log_text;
 pub mod openapi;
 pub mod orders;
+pub mod outbound;
+pub mod portal;
 pub mod prefer;
 pub mod problem_fallback;
 pub mod rate_limit;
@@ -140,6 +142,13 @@ pub fn app(state: AppState) -> Router {
             "/v1/fulfilment/callback",
             axum::routing::post(fulfilment_callback::fulfilment_callback),
         )
+        .route(
+            &config.outbound_message_path,
+            axum::routing::post(outbound::receive),
+        )
+        .route("/portal", get(portal::index))
+        .route("/portal/portal.js", get(portal::script))
+        .route("/portal/portal.css", get(portal::style))
         .route("/health/live", get(health::live))
         .route("/health/ready", get(health::ready))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", openapi::document(&config.mapping)))

@@ -21,6 +21,7 @@ use utoipa::{Modify, OpenApi};
         crate::events::order_events,
         crate::orders::resync_order,
         crate::fulfilment_callback::fulfilment_callback,
+        crate::outbound::receive,
         crate::health::live,
         crate::health::ready,
     ),
@@ -28,6 +29,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "orders", description = "Order intake and status"),
         (name = "fulfilment", description = "Results from the fulfilment system (signed webhooks)"),
+        (name = "salesforce", description = "Webhooks Salesforce calls (outbound messages)"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]

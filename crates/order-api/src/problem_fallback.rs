@@ -17,7 +17,11 @@ pub async fn ensure_problem(req: Request, next: Next) -> Response {
         .headers()
         .get(CONTENT_TYPE)
         .is_some_and(|ct| ct.as_bytes().eq_ignore_ascii_case(PROBLEM_JSON.as_bytes()));
-    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+    // SOAP faults of the outbound-message endpoint are complete answers of their own.
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem
+        || crate::outbound::reply::is_soap(&response)
+    {
         return response;
     }
     let title = status.canonical_reason().unwrap_or("Error");
