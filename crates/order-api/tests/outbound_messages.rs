@@ -463,7 +463,10 @@ async fn a_notification_with_the_configured_status_requests_fulfilment_once() {
         .unwrap()
     };
 
-    let draft = envelope(ORG, &notification("04l5g0000000009AAA", ORDER_SF_ID, "Draft"));
+    let draft = envelope(
+        ORG,
+        &notification("04l5g0000000009AAA", ORDER_SF_ID, "Draft"),
+    );
     assert_ack(&s.post_xml(draft).await);
     assert!(requests().await.is_empty());
 
