@@ -199,3 +199,69 @@ async fn the_same_key_twice_is_provisioned_once() {
         .collect();
     assert_eq!(dup, [false, true]);
 }
+
+#[tokio::test]
+async fn an_accepted_request_gets_one_signed_callback() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+
+    // The callback endpoint: verifies like order-api does and hands the body over.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Value, String>>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cb_addr = listener.local_addr().unwrap();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+            let tx = tx.clone();
+            async move {
+                let wh = Webhook::from_secrets(DEV_SECRET).unwrap();
+                let h = |n: &str| headers.get(n).map(|v| v.as_bytes());
+                let verified = wh.verify(
+                    orderbridge_webhook::Headers {
+                        id: h("webhook-id"),
+                        timestamp: h("webhook-timestamp"),
+                        signature: h("webhook-signature"),
+                    },
+                    &body,
+                );
+                let _ = tx.send(
+                    verified
+                        .map(|_| serde_json::from_slice(&body).unwrap())
+                        .map_err(|e| e.to_string()),
+                );
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let r = start().await;
+    let status = r
+        .behaviour(
+            json!({"mode": "accept", "callback_url": format!("http://{cb_addr}/cb"),
+            "callback_after": "10ms", "then": "fail", "reason": "no stock"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let first = r.provision("req-9", "k-9").await;
+    assert_eq!(first, (202, json!({"status": "accepted"})));
+    // The same key again: the same 202, and no second callback.
+    assert_eq!(r.provision("req-9", "k-9").await, first);
+
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a callback within 10 s")
+        .unwrap();
+    assert_eq!(
+        got,
+        Ok(json!({"request_id": "req-9", "status": "failed", "reason": "no stock"}))
+    );
+    // A request with another key brings the second callback; none came in between for k-9.
+    r.provision("req-10", "k-10").await;
+    let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("a callback within 10 s")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next["request_id"], "req-10");
+}
