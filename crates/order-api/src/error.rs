@@ -82,6 +82,10 @@ pub enum ApiError {
         client_ref: String,
         existing: Option<OrderId>,
     },
+    /// Provisioning asked for an order Salesforce does not hold yet (nothing to write the
+    /// result back to).
+    #[error("the order is not in Salesforce yet (sync state not synced); provision it once it is")]
+    NotSynced,
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
     #[error("too many failed authentications from this address")]
@@ -163,7 +167,9 @@ impl ApiError {
             Self::Unprocessable(_) | Self::Validation(_) | Self::IdempotencyKeyReused => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::IdempotencyKeyInFlight | Self::DuplicateClientRef { .. } => StatusCode::CONFLICT,
+            Self::IdempotencyKeyInFlight | Self::DuplicateClientRef { .. } | Self::NotSynced => {
+                StatusCode::CONFLICT
+            }
             Self::RateLimited { .. }
             | Self::AuthThrottled { .. }
             | Self::ResyncRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -191,6 +197,10 @@ impl ApiError {
             Self::DuplicateClientRef { .. } => (
                 "urn:orderbridge:problem:duplicate-client-ref",
                 "An order with this client_ref already exists",
+            ),
+            Self::NotSynced => (
+                "urn:orderbridge:problem:not-synced",
+                "The order is not in Salesforce yet",
             ),
             Self::BadSignature(_) => (
                 "urn:orderbridge:problem:bad-signature",

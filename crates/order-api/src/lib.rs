@@ -34,6 +34,7 @@ pub mod outbound;
 pub mod portal;
 pub mod prefer;
 pub mod problem_fallback;
+pub mod provision;
 pub mod rate_limit;
 pub mod request_id;
 pub mod serve;
@@ -137,6 +138,10 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/orders/{id}/resync",
             axum::routing::post(orders::resync_order),
+        )
+        .route(
+            "/v1/orders/{id}/provision",
+            axum::routing::post(provision::provision_order),
         )
         .route(
             "/v1/fulfilment/callback",

@@ -20,6 +20,7 @@ use utoipa::{Modify, OpenApi};
         crate::orders::get_order,
         crate::events::order_events,
         crate::orders::resync_order,
+        crate::provision::provision_order,
         crate::fulfilment_callback::fulfilment_callback,
         crate::outbound::receive,
         crate::health::live,

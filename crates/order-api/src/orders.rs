@@ -217,7 +217,7 @@ fn fingerprint(document: &serde_json::Value) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn location(id: OrderId) -> HeaderValue {
+pub(crate) fn location(id: OrderId) -> HeaderValue {
     // A hyphenated UUID is always a valid header value.
     HeaderValue::from_str(&format!("/v1/orders/{id}"))
         .unwrap_or(HeaderValue::from_static("/v1/orders"))

@@ -221,6 +221,14 @@
     text("sync-error", sync.last_error);
     $("sync-error").classList.toggle("error", !!sync.last_error);
 
+    // Provisioning: the latest fulfilment request, once one was asked for.
+    const f = order.fulfilment || {};
+    text("fulfilment-state", f.state);
+    text("fulfilment-attempts", f.attempts);
+    text("fulfilment-written", f.state ? (f.written_back ? "yes" : "not yet") : "");
+    text("fulfilment-reason", f.reason);
+    $("fulfilment-reason").classList.toggle("error", !!f.reason);
+
     // Steps: every one reached so far is done, the latest current.
     const history = order.status_history || [];
     const reached = new Set(history.map((h) => h.status));
