@@ -185,6 +185,8 @@ async fn schemathesis_finds_no_failure() {
         &[
             ("ORDER_API_SSE_MAX_DURATION", "1s"),
             ("ORDER_API_LONG_POLL_MAX", "1s"),
+            // The fulfilment callback is on (and so fuzzed against the real verifier).
+            ("FULFILMENT_SIGNING_SECRET", orderbridge_webhook::DEV_SECRET),
         ],
     )
     .await;

@@ -143,6 +143,14 @@ struct Target {
 }
 
 async fn measure(stack: &mut Stack, args: &InboundArgs) -> Result<bool> {
+    // Status changes only: without Flow rules, an activation does not also ask for fulfilment
+    // (the emulator's default `provision-on-activate` rule would move the orders on to
+    // `provisioning`, which this run does not expect; `fulfilment` measures that loop). Set
+    // before the first service starts, ahead of the user's own `--env`.
+    stack
+        .args
+        .env
+        .insert(0, ("SF_EMULATOR_FLOWS".to_owned(), "none".to_owned()));
     let (key, api) = stack.start_pipeline().await?;
     let subscriber = stack.spawn_subscriber()?;
     stack.wait_ready_pid(subscriber).await?;
