@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Fulfilment triggers: an approval in Salesforce (the emulator's `provision-on-activate` Flow
 //! rule publishing `OrderProvisionRequested__e`, or the event published directly) becomes exactly
 //! one fulfilment request — row, `provisioning` status, outbox event — stored in the same
