@@ -15,6 +15,7 @@ mod chart;
 mod common;
 mod drain;
 mod e2e;
+mod fulfilment;
 mod inbound;
 mod intake;
 mod load;
@@ -79,6 +80,11 @@ enum Command {
     /// change → visible p99, backlog changes/s, the subscriber's memory; every order ends with
     /// Salesforce's status and one history entry per change.
     Inbound(inbound::InboundArgs),
+    /// The fulfilment loop: orders synced, then approved in Salesforce at a fixed rate; a Flow
+    /// publishes the provisioning event, fulfilment-worker calls the reference receiver and
+    /// writes the result back: approval → provisioned (through the API) p50/p95/p99; every
+    /// order ends provisioned on both sides, provisioned exactly once, nothing dead-lettered.
+    Fulfilment(fulfilment::FulfilmentArgs),
 }
 
 #[tokio::main]
@@ -96,6 +102,7 @@ async fn main() -> ExitCode {
         Command::Chaos(args) => chaos::run(*args).await,
         Command::Slowloris(args) => slowloris::run(args).await,
         Command::Inbound(args) => inbound::run(args).await,
+        Command::Fulfilment(args) => fulfilment::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

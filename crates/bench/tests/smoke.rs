@@ -236,3 +236,53 @@ async fn inbound_short_run_through_the_real_binaries() {
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The whole loop of issue 14 through the real binaries: approvals in the emulator → Flow →
+/// platform event → sf-subscriber → fulfilment-worker → fulfilment-receiver → written back to
+/// Salesforce and the local order. The bench's own checks (its exit status) cover every order
+/// provisioned on both sides exactly once with nothing dead-lettered; the report is asserted too.
+#[tokio::test]
+async fn fulfilment_loop_through_the_real_binaries() {
+    let out = out_dir("fulfilment");
+    let report = bench(
+        &[
+            "fulfilment",
+            "--orders",
+            "5",
+            "--rate",
+            "5",
+            "--receiver-delay",
+            "50ms",
+        ],
+        &out,
+    );
+    let live = &report["live"];
+    assert_eq!(live["approved"].as_u64(), Some(5), "{report}");
+    assert_eq!(live["unseen"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        live["approval_to_provisioned_ms"]["n"].as_u64(),
+        Some(5),
+        "{report}"
+    );
+    let checks = &report["checks"];
+    let empty = serde_json::json!([]);
+    assert_eq!(checks["not_provisioned"], empty, "{report}");
+    assert_eq!(checks["salesforce_not_provisioned"], empty, "{report}");
+    assert_eq!(checks["not_provisioned_once"], empty, "{report}");
+    assert_eq!(
+        checks["receiver_bad_signatures"].as_u64(),
+        Some(0),
+        "{report}"
+    );
+    assert_eq!(checks["dead_letters"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        checks["request_states"],
+        serde_json::json!([{"state": "provisioned", "count": 5}]),
+        "{report}"
+    );
+    assert!(out.join("logs/fulfilment-worker.log").is_file());
+    assert!(out.join("logs/fulfilment-receiver.log").is_file());
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}

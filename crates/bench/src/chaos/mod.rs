@@ -13,7 +13,7 @@ mod faults;
 mod plan;
 mod post;
 mod report;
-mod settle;
+pub mod settle;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

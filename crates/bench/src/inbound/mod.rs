@@ -16,7 +16,7 @@
 //! `report.rs` the table.
 
 mod report;
-mod sse;
+pub mod sse;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,9 +137,9 @@ fn api_status(k: usize) -> &'static str {
 }
 
 /// One synced order: its id in both systems.
-struct Target {
-    id: Uuid,
-    salesforce_id: String,
+pub struct Target {
+    pub id: Uuid,
+    pub salesforce_id: String,
 }
 
 async fn measure(stack: &mut Stack, args: &InboundArgs) -> Result<bool> {
@@ -214,8 +214,9 @@ fn changes_of(o: usize, changes: usize, orders: usize) -> usize {
     changes / orders + usize::from(o < changes % orders)
 }
 
-/// Posts `n` orders and waits until every one is synced; returns their ids.
-async fn post_and_sync(stack: &Stack, api: &str, key: &str, n: usize) -> Result<Vec<Target>> {
+/// Posts `n` orders and waits until every one is synced; returns their ids. Also the set-up of
+/// `fulfilment`.
+pub async fn post_and_sync(stack: &Stack, api: &str, key: &str, n: usize) -> Result<Vec<Target>> {
     let poster = Arc::new(Poster::new(
         api.to_owned(),
         key.to_owned(),
@@ -271,7 +272,7 @@ async fn post_and_sync(stack: &Stack, api: &str, key: &str, n: usize) -> Result<
 }
 
 /// A Salesforce client on the emulator under [`OPERATOR_CLIENT`].
-fn operator_client(stack: &Stack) -> Result<Client> {
+pub fn operator_client(stack: &Stack) -> Result<Client> {
     let config = SalesforceConfig {
         login_url: stack.emulator()?.to_owned(),
         request_timeout: Duration::from_secs(60),

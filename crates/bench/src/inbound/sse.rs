@@ -26,6 +26,8 @@ pub struct Seen {
     pub status: Option<String>,
     pub events: u64,
     pub reconnects: u64,
+    /// When each status was first seen (`fulfilment` waits for `provisioned`).
+    pub statuses: Vec<(String, Instant)>,
 }
 
 impl Seen {
@@ -36,8 +38,21 @@ impl Seen {
         for slot in self.at.iter_mut().take(history_len + 1) {
             slot.get_or_insert(now);
         }
+        if let Some(s) = &status
+            && !self.statuses.iter().any(|(seen, _)| seen == s)
+        {
+            self.statuses.push((s.clone(), now));
+        }
         self.status = status;
         self.events += 1;
+    }
+
+    /// When `status` was first seen.
+    pub fn status_first(&self, status: &str) -> Option<Instant> {
+        self.statuses
+            .iter()
+            .find(|(s, _)| s == status)
+            .map(|(_, at)| *at)
     }
 
     /// When a history of `len` entries was first seen.

@@ -29,8 +29,19 @@ pub const API: &str = "order-api";
 pub const RELAY: &str = "outbox-relay";
 pub const WORKER: &str = "sync-worker";
 pub const SUBSCRIBER: &str = "sf-subscriber";
+pub const FULFILMENT_WORKER: &str = "fulfilment-worker";
+/// The reference fulfilment system the worker calls.
+pub const RECEIVER: &str = "fulfilment-receiver";
 /// Every binary a run may start.
-pub const BINARIES: [&str; 5] = [EMULATOR, API, RELAY, WORKER, SUBSCRIBER];
+pub const BINARIES: [&str; 7] = [
+    EMULATOR,
+    API,
+    RELAY,
+    WORKER,
+    SUBSCRIBER,
+    FULFILMENT_WORKER,
+    RECEIVER,
+];
 
 /// The name under which the bench's API client and key are created.
 pub const CLIENT_NAME: &str = "bench";
@@ -159,12 +170,17 @@ pub struct Stack {
     /// The run's own broker signing key (`id:secret`, made for this run), given to every
     /// service; the bench signs what it publishes itself (poison messages) with it.
     signing_key: String,
+    /// The run's own `FULFILMENT_SIGNING_SECRET`, shared by order-api, fulfilment-worker and
+    /// fulfilment-receiver.
+    fulfilment_secret: String,
     pub http: reqwest::Client,
     pub pool: Option<PgPool>,
     pub emulator_url: Option<String>,
     /// The emulator's Pub/Sub API (`http://127.0.0.1:<port>`), for sf-subscriber.
     pub pubsub_url: Option<String>,
     pub api_url: Option<String>,
+    /// The fulfilment receiver's base URL (`http://127.0.0.1:<port>`), once started.
+    pub receiver_url: Option<String>,
     services: Vec<Service>,
     /// Processes sent a signal by [`Self::stop`] and not yet reaped.
     stopping: Vec<Service>,
@@ -201,6 +217,12 @@ impl Stack {
             admin_url,
             namespace,
             signing_key,
+            // Plain-text secrets are accepted (longer than the minimum key length).
+            fulfilment_secret: format!(
+                "bench-{}{}",
+                Uuid::new_v4().simple(),
+                Uuid::new_v4().simple()
+            ),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()?,
@@ -208,6 +230,7 @@ impl Stack {
             emulator_url: None,
             pubsub_url: None,
             api_url: None,
+            receiver_url: None,
             services: Vec::new(),
             stopping: Vec::new(),
             started: std::collections::HashMap::new(),

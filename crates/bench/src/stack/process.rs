@@ -13,12 +13,13 @@ use serde_json::json;
 use tokio::process::{Child, Command};
 
 use super::{
-    API, EMULATOR, EMULATOR_DAILY_API_LIMIT, RELAY, SUBSCRIBER, Stack, WORKER, workspace_root,
+    API, EMULATOR, EMULATOR_DAILY_API_LIMIT, FULFILMENT_WORKER, RECEIVER, RELAY, SUBSCRIBER, Stack,
+    WORKER, workspace_root,
 };
 
 /// Variables the services read that must not leak in from the caller's environment (a
 /// `SF_USERNAME` of a real org, say): the bench sets what it needs, `--env` adds the rest.
-const SERVICE_ENV_PREFIXES: [&str; 11] = [
+const SERVICE_ENV_PREFIXES: [&str; 13] = [
     "DATABASE_URL",
     "DB_",
     "ORDER_API_",
@@ -30,6 +31,8 @@ const SERVICE_ENV_PREFIXES: [&str; 11] = [
     "AMQP_URL",
     "LOG_FORMAT",
     "RUST_LOG",
+    "FULFILMENT_",
+    "RECEIVER_",
 ];
 
 /// One running service.
@@ -58,9 +61,13 @@ impl Stack {
             .env("BROKER_NAMESPACE", &self.namespace)
             .env("BROKER_SIGNING_KEY", self.signing_key())
             .env("LOG_FORMAT", "json")
-            .env("RUST_LOG", &self.args.service_log);
+            .env("RUST_LOG", &self.args.service_log)
+            .env("FULFILMENT_SIGNING_SECRET", &self.fulfilment_secret);
         if let Some(url) = &self.emulator_url {
             cmd.env("SF_LOGIN_URL", url);
+        }
+        if let Some(url) = &self.receiver_url {
+            cmd.env("FULFILMENT_URL", format!("{url}/provision"));
         }
         for (k, v) in extra {
             cmd.env(k, v);
@@ -203,6 +210,37 @@ impl Stack {
                 ("SUBSCRIBER_ADMIN_ADDR", format!("127.0.0.1:{port}")),
                 ("SF_PUBSUB_ENDPOINT", pubsub),
             ],
+        )
+    }
+
+    /// Starts the reference fulfilment receiver answering after `delay`; later services get
+    /// its URL as `FULFILMENT_URL`. Returns its pid.
+    pub fn spawn_receiver(&mut self, delay: Duration) -> Result<u32> {
+        let port = free_port()?;
+        let base = format!("http://127.0.0.1:{port}");
+        let pid = self.spawn(
+            RECEIVER,
+            // It has no health endpoint; its counters answer once it listens.
+            format!("{base}/__admin/stats"),
+            &[
+                ("RECEIVER_ADDR", format!("127.0.0.1:{port}")),
+                ("RECEIVER_DELAY", format!("{}ms", delay.as_millis())),
+            ],
+        )?;
+        self.receiver_url = Some(base);
+        Ok(pid)
+    }
+
+    /// Starts a fulfilment-worker calling the receiver; returns its pid.
+    pub fn spawn_fulfilment_worker(&mut self) -> Result<u32> {
+        if self.emulator_url.is_none() || self.receiver_url.is_none() {
+            bail!("start the emulator and the receiver before the fulfilment worker");
+        }
+        let port = free_port()?;
+        self.spawn(
+            FULFILMENT_WORKER,
+            format!("http://127.0.0.1:{port}/health/ready"),
+            &[("FULFILMENT_ADMIN_ADDR", format!("127.0.0.1:{port}"))],
         )
     }
 
