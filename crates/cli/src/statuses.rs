@@ -41,6 +41,8 @@ pub struct StatusesOutcome {
     pub read: u64,
     pub applied: u64,
     pub unchanged: u64,
+    /// Older than the order's current status: added to its history only.
+    pub late: u64,
     pub stale: u64,
     pub unknown_order: u64,
     /// Records whose Status or LastModifiedDate could not be used (named in the log).
@@ -119,6 +121,7 @@ pub async fn run(
             match applied {
                 StatusApplied::Applied { .. } => outcome.applied += 1,
                 StatusApplied::Unchanged => outcome.unchanged += 1,
+                StatusApplied::Late { .. } => outcome.late += 1,
                 StatusApplied::Stale => outcome.stale += 1,
                 StatusApplied::UnknownOrder => outcome.unknown_order += 1,
             }
@@ -149,11 +152,12 @@ pub async fn run(
         let o = &outcome;
         writeln!(
             out,
-            "Orders changed in Salesforce since {}: {} read, {} applied, {} unchanged, {} stale, {} unknown to orderbridge, {} unusable; {} gap(s) closed",
+            "Orders changed in Salesforce since {}: {} read, {} applied, {} unchanged, {} late (history only), {} stale, {} unknown to orderbridge, {} unusable; {} gap(s) closed",
             args.since.to_rfc3339(),
             o.read,
             o.applied,
             o.unchanged,
+            o.late,
             o.stale,
             o.unknown_order,
             o.unusable,

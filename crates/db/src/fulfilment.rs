@@ -1,5 +1,6 @@
 //! Fulfilment requests (issue 14): opening one when a trigger arrives ([`request`],
-//! [`request_for_order`]), recording what the fulfilment system decided ([`record_outcome`]),
+//! [`request_for_order`]), claiming the slow steps for one worker at a time ([`claim_call`],
+//! [`claim_write_back`], [`release_claim`]), recording what the fulfilment system decided ([`record_outcome`]),
 //! noting that the result reached Salesforce ([`mark_written_back`]) and reading them back
 //! ([`load`], [`latest_for_order`]).
 //!
@@ -287,7 +288,7 @@ async fn request_locked(
         Some(id) => {
             sqlx::query(
                 "UPDATE fulfilment_requests
-                 SET state = 'queued', reason = NULL, attempts = 0, decided_at = NULL,
+                 SET state = 'queued', reason = NULL, attempts = 0, decided_at = NULL, claimed_until = NULL,
                      written_back_at = NULL, trigger = $2, correlation_id = $3,
                      salesforce_id = $4, updated_at = now()
                  WHERE id = $1",
@@ -415,7 +416,7 @@ pub async fn record_outcome(
     };
     sqlx::query(
         "UPDATE fulfilment_requests
-         SET state = $2, reason = $3, updated_at = now(),
+         SET state = $2, reason = $3, updated_at = now(), claimed_until = NULL,
              decided_at = CASE WHEN $4 THEN now() END
          WHERE id = $1",
     )
@@ -457,19 +458,115 @@ pub async fn queue_result(
     .await
 }
 
-/// Counts one call to the fulfilment system for request `id`; the new count (`None`: no such
-/// request).
-pub async fn record_attempt<'e>(
+/// What [`claim_call`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallClaim {
+    /// The caller may call the fulfilment system for the request until `until`; `attempts`
+    /// counts this call. Give it back with [`release_claim`] if the call decided nothing.
+    Claimed { attempts: i32, until: DateTime<Utc> },
+    /// Another delivery claimed the call and its claim has not expired.
+    Busy,
+    /// The request is not `queued` (accepted or decided), or there is no such request.
+    NotQueued,
+}
+
+/// Claims the call to the fulfilment system for queued request `id`, for `lease`, and counts
+/// it (committed at once: a call made is counted even if the caller dies before the answer).
+///
+/// The claim is a column, not a lock held by a connection, so the call (seconds, perhaps) is
+/// made without holding one of the pool's connections: how many calls run at once is bounded by
+/// the worker's prefetch, not by its database pool. A claim is released by [`release_claim`] or
+/// [`record_outcome`], or expires: a caller that died mid-call (or is slower than `lease`) no
+/// longer holds the request, and the next delivery calls again under the same idempotency key.
+pub async fn claim_call<'e>(
     executor: impl PgExecutor<'e>,
     id: Uuid,
-) -> Result<Option<i32>, sqlx::Error> {
-    sqlx::query_scalar(
-        "UPDATE fulfilment_requests SET attempts = attempts + 1, updated_at = now()
-         WHERE id = $1 RETURNING attempts",
+    lease: std::time::Duration,
+) -> Result<CallClaim, sqlx::Error> {
+    // The outer SELECT reads the row as it was before the UPDATE (one snapshot): a row that was
+    // queued but not claimed here is claimed by someone else.
+    let (attempts, until, state): (Option<i32>, Option<DateTime<Utc>>, Option<String>) =
+        sqlx::query_as(
+            "WITH claimed AS (
+                 UPDATE fulfilment_requests
+                 SET attempts = attempts + 1, claimed_until = now() + make_interval(secs => $2),
+                     updated_at = now()
+                 WHERE id = $1 AND state = 'queued'
+                   AND (claimed_until IS NULL OR claimed_until <= now())
+                 RETURNING attempts, claimed_until
+             )
+             SELECT (SELECT attempts FROM claimed), (SELECT claimed_until FROM claimed),
+                    (SELECT state FROM fulfilment_requests WHERE id = $1)",
+        )
+        .bind(id)
+        .bind(lease.as_secs_f64())
+        .fetch_one(executor)
+        .await?;
+    Ok(match (attempts.zip(until), state.as_deref()) {
+        (Some((attempts, until)), _) => CallClaim::Claimed { attempts, until },
+        (None, Some("queued")) => CallClaim::Busy,
+        (None, _) => CallClaim::NotQueued,
+    })
+}
+
+/// What [`claim_write_back`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteBackClaim {
+    /// The caller is to write the result back, until `until`; [`mark_written_back`] ends the
+    /// claim, [`release_claim`] gives it back if the write failed.
+    Claimed { until: DateTime<Utc> },
+    /// Another caller holds an unexpired claim on the write-back.
+    Busy,
+    /// Nothing to write back: written back already, not decided, or no such request.
+    Nothing,
+}
+
+/// Claims writing decided request `id`'s result back to Salesforce, for `lease` (see
+/// [`claim_call`] for why a claim and not a lock).
+pub async fn claim_write_back<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    lease: std::time::Duration,
+) -> Result<WriteBackClaim, sqlx::Error> {
+    // As in claim_call: the outer SELECT sees the row as it was before the UPDATE.
+    let (until, pending): (Option<DateTime<Utc>>, Option<bool>) = sqlx::query_as(
+        "WITH claimed AS (
+             UPDATE fulfilment_requests SET claimed_until = now() + make_interval(secs => $2)
+             WHERE id = $1 AND state IN ('provisioned', 'failed') AND written_back_at IS NULL
+               AND (claimed_until IS NULL OR claimed_until <= now())
+             RETURNING claimed_until
+         )
+         SELECT (SELECT claimed_until FROM claimed),
+                (SELECT state IN ('provisioned', 'failed') AND written_back_at IS NULL
+                 FROM fulfilment_requests WHERE id = $1)",
     )
     .bind(id)
-    .fetch_optional(executor)
-    .await
+    .bind(lease.as_secs_f64())
+    .fetch_one(executor)
+    .await?;
+    Ok(match (until, pending) {
+        (Some(until), _) => WriteBackClaim::Claimed { until },
+        (None, Some(true)) => WriteBackClaim::Busy,
+        (None, _) => WriteBackClaim::Nothing,
+    })
+}
+
+/// Gives back the claim `until` on request `id` (from [`claim_call`] or [`claim_write_back`]:
+/// the step did not finish and is to be retried later). Only that claim: one that expired and
+/// was taken by another caller stays theirs.
+pub async fn release_claim<'e>(
+    executor: impl PgExecutor<'e>,
+    id: Uuid,
+    until: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE fulfilment_requests SET claimed_until = NULL WHERE id = $1 AND claimed_until = $2",
+    )
+    .bind(id)
+    .bind(until)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 /// Notes that request `id`'s result reached the Salesforce order. True when this call marked
@@ -479,7 +576,8 @@ pub async fn mark_written_back<'e>(
     id: Uuid,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE fulfilment_requests SET written_back_at = now(), updated_at = now()
+        "UPDATE fulfilment_requests
+         SET written_back_at = now(), updated_at = now(), claimed_until = NULL
          WHERE id = $1 AND state IN ('provisioned', 'failed') AND written_back_at IS NULL",
     )
     .bind(id)

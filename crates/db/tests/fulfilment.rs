@@ -2,11 +2,15 @@
 //! Fulfilment requests against a real Postgres (a database per test): opening one (row, status
 //! `provisioning` with history, outbox event), the same key again, an order already
 //! provisioned, a failed request re-opened by its key, unknown orders, outcomes recorded once,
-//! atomicity with the caller's transaction, and concurrent triggers.
+//! atomicity with the caller's transaction, concurrent triggers, and the claim on the call.
 
 use chrono::{DateTime, TimeDelta, Utc};
 use orderbridge_db::create::{Created, create_order};
-use orderbridge_db::fulfilment::{self, NewRequest, Outcome, Recorded, Requested};
+use std::time::Duration;
+
+use orderbridge_db::fulfilment::{
+    self, CallClaim, NewRequest, Outcome, Recorded, Requested, WriteBackClaim,
+};
 use orderbridge_db::status;
 use orderbridge_domain::fulfilment::{
     FULFILMENT_REQUESTED, FULFILMENT_RESULT, FulfilmentEvent, FulfilmentRef, MAX_REASON_CHARS,
@@ -270,7 +274,7 @@ async fn a_failed_request_is_reopened_by_its_key() {
     let order = order(&db.pool, &c, Some("801A")).await;
     let mut conn = conn(&db).await;
     let (id, _) = queued(&mut conn, "801A", "IDEM-7").await;
-    fulfilment::record_attempt(&db.pool, id).await.unwrap();
+    claim(&db, id).await;
     let failed = fulfilment::record_outcome(
         &mut conn,
         id,
@@ -531,21 +535,6 @@ async fn an_open_request_is_not_marked_written_back_and_results_are_queued() {
     let mut conn = conn(&db).await;
     let (id, _) = queued(&mut conn, "801A", "event:e-1").await;
     assert!(!fulfilment::mark_written_back(&db.pool, id).await.unwrap());
-    assert_eq!(
-        fulfilment::record_attempt(&db.pool, id).await.unwrap(),
-        Some(1)
-    );
-    assert_eq!(
-        fulfilment::record_attempt(&db.pool, id).await.unwrap(),
-        Some(2)
-    );
-    assert_eq!(
-        fulfilment::record_attempt(&db.pool, Uuid::now_v7())
-            .await
-            .unwrap(),
-        None
-    );
-
     fulfilment::queue_result(&mut conn, id, order.id, Some("cb-1"))
         .await
         .unwrap();
@@ -634,6 +623,52 @@ async fn statuses_follow_a_salesforce_status_dated_ahead_of_our_clock() {
 }
 
 #[tokio::test]
+async fn an_activation_overtaken_by_its_provisioning_event_still_joins_the_history() {
+    // The provisioning event and the `Activated` change event come on two streams; the event
+    // won. `activated` (decided before `provisioning` was) is late: it joins the history where
+    // it was decided, and the order stays `provisioning`, then `provisioned`.
+    let db = TestDatabase::new().await;
+    let c = client(&db.pool).await;
+    let order = order(&db.pool, &c, Some("801A")).await;
+    let mut conn = conn(&db).await;
+    let activated_at = Utc::now();
+    let (id, _) = queued(&mut conn, "801A", "event:e-1").await;
+    let activated = status::StatusChange {
+        status: "activated",
+        at: activated_at,
+        source: orderbridge_domain::StatusSource::SALESFORCE,
+    };
+    let late = status::apply_by_salesforce_id(&mut conn, "801A", activated)
+        .await
+        .unwrap();
+    assert!(
+        matches!(late, status::StatusApplied::Late { .. }),
+        "{late:?}"
+    );
+    assert_eq!(status_of(&db.pool, order.id).await, "provisioning");
+    // Replayed after a subscriber restart: nothing more.
+    assert_eq!(
+        status::apply_by_salesforce_id(&mut conn, "801A", activated)
+            .await
+            .unwrap(),
+        status::StatusApplied::Stale
+    );
+    fulfilment::record_outcome(&mut conn, id, Outcome::Provisioned)
+        .await
+        .unwrap();
+    let history: Vec<String> = status::history(&db.pool, order.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.status)
+        .collect();
+    assert_eq!(
+        history,
+        ["submitted", "activated", "provisioning", "provisioned"]
+    );
+}
+
+#[tokio::test]
 async fn a_key_the_table_cannot_hold_fails_the_transaction() {
     let db = TestDatabase::new().await;
     let c = client(&db.pool).await;
@@ -688,4 +723,150 @@ async fn concurrent_triggers_open_one_request() {
         .filter(|e| e.status == "provisioning")
         .count();
     assert_eq!(provisioning, 1);
+}
+
+/// Claims request `id`'s call for a minute; the claim.
+async fn claim(db: &TestDatabase, id: Uuid) -> fulfilment::CallClaim {
+    let claim = fulfilment::claim_call(&db.pool, id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(claim, CallClaim::Claimed { .. }), "{claim:?}");
+    claim
+}
+
+#[tokio::test]
+async fn a_call_is_claimed_by_one_caller_until_released_decided_or_expired() {
+    let db = TestDatabase::new().await;
+    let c = client(&db.pool).await;
+    order(&db.pool, &c, Some("801A")).await;
+    let mut conn = conn(&db).await;
+    let (id, _) = queued(&mut conn, "801A", "event:e-1").await;
+    let minute = Duration::from_secs(60);
+
+    // One claim at a time; each claim counts a call.
+    let CallClaim::Claimed { attempts, until } = claim(&db, id).await else {
+        unreachable!()
+    };
+    assert_eq!(attempts, 1);
+    assert_eq!(
+        fulfilment::claim_call(&db.pool, id, minute).await.unwrap(),
+        CallClaim::Busy
+    );
+    // Releasing someone else's (an expired, re-taken) claim leaves the current one alone.
+    fulfilment::release_claim(&db.pool, id, until - TimeDelta::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(
+        fulfilment::claim_call(&db.pool, id, minute).await.unwrap(),
+        CallClaim::Busy
+    );
+    fulfilment::release_claim(&db.pool, id, until)
+        .await
+        .unwrap();
+    let CallClaim::Claimed { attempts, .. } = claim(&db, id).await else {
+        unreachable!()
+    };
+    assert_eq!(attempts, 2);
+
+    // A claim whose holder died expires: the next caller gets it.
+    sqlx::query("UPDATE fulfilment_requests SET claimed_until = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let CallClaim::Claimed { attempts, .. } = claim(&db, id).await else {
+        unreachable!()
+    };
+    assert_eq!(attempts, 3);
+    assert_eq!(
+        fulfilment::load(&db.pool, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .attempts,
+        3
+    );
+
+    // Accepted (and decided) requests have no call to claim; neither has a missing one.
+    fulfilment::record_outcome(&mut conn, id, Outcome::Accepted)
+        .await
+        .unwrap();
+    assert_eq!(
+        fulfilment::claim_call(&db.pool, id, minute).await.unwrap(),
+        CallClaim::NotQueued
+    );
+    assert_eq!(
+        fulfilment::claim_call(&db.pool, Uuid::now_v7(), minute)
+            .await
+            .unwrap(),
+        CallClaim::NotQueued
+    );
+    let claimed: Option<DateTime<Utc>> =
+        sqlx::query_scalar("SELECT claimed_until FROM fulfilment_requests WHERE id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(claimed, None, "recording an outcome ends the claim");
+}
+
+#[tokio::test]
+async fn a_write_back_is_claimed_by_one_caller_until_marked_released_or_expired() {
+    let db = TestDatabase::new().await;
+    let c = client(&db.pool).await;
+    order(&db.pool, &c, Some("801A")).await;
+    let mut conn = conn(&db).await;
+    let (id, _) = queued(&mut conn, "801A", "event:e-1").await;
+    let minute = Duration::from_secs(60);
+    // Nothing to write back while the request is open.
+    assert_eq!(
+        fulfilment::claim_write_back(&db.pool, id, minute)
+            .await
+            .unwrap(),
+        WriteBackClaim::Nothing
+    );
+    claim(&db, id).await;
+    fulfilment::record_outcome(&mut conn, id, Outcome::Provisioned)
+        .await
+        .unwrap();
+
+    let WriteBackClaim::Claimed { until } = fulfilment::claim_write_back(&db.pool, id, minute)
+        .await
+        .unwrap()
+    else {
+        panic!("the decided result is claimed")
+    };
+    assert_eq!(
+        fulfilment::claim_write_back(&db.pool, id, minute)
+            .await
+            .unwrap(),
+        WriteBackClaim::Busy,
+        "one writer at a time"
+    );
+    fulfilment::release_claim(&db.pool, id, until)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fulfilment::claim_write_back(&db.pool, id, minute)
+            .await
+            .unwrap(),
+        WriteBackClaim::Claimed { .. }
+    ));
+    sqlx::query("UPDATE fulfilment_requests SET claimed_until = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fulfilment::claim_write_back(&db.pool, id, minute)
+            .await
+            .unwrap(),
+        WriteBackClaim::Claimed { .. }
+    ));
+    assert!(fulfilment::mark_written_back(&db.pool, id).await.unwrap());
+    assert_eq!(
+        fulfilment::claim_write_back(&db.pool, id, minute)
+            .await
+            .unwrap(),
+        WriteBackClaim::Nothing,
+        "written back: nothing to claim"
+    );
 }

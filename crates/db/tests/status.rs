@@ -1,5 +1,5 @@
 #![allow(clippy::unwrap_used)]
-//! Business status: applying a status (applied, unchanged, stale, unknown order), the version
+//! Business status: applying a status (applied, unchanged, late, stale, unknown order), the version
 //! bump, the history in order, the first history row written at creation, and the
 //! `order_versions` notification every version change sends.
 
@@ -93,7 +93,7 @@ async fn creation_writes_the_first_history_row() {
 }
 
 #[tokio::test]
-async fn applied_unchanged_stale_and_unknown() {
+async fn applied_unchanged_late_stale_and_unknown() {
     let db = TestDatabase::new().await;
     let t0 = Utc::now() - TimeDelta::hours(1);
     let order = order(&db.pool, t0).await;
@@ -120,7 +120,21 @@ async fn applied_unchanged_stale_and_unknown() {
     .unwrap();
     assert_eq!(again, StatusApplied::Unchanged);
 
-    // Decided before the current status: dropped.
+    // Decided before the current status (it arrived late, on another stream): into the
+    // history where it was decided, the current status untouched, a new version.
+    let late = status::apply_by_salesforce_id(
+        &mut conn,
+        SF_ID,
+        change("Draft", t1 - TimeDelta::seconds(1)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(late, StatusApplied::Late { version: v0 + 2 });
+    assert_eq!(
+        version_and_status(&db.pool, order.id).await,
+        (v0 + 2, "Activated".to_owned())
+    );
+    // The same late change again (a replay): nothing written.
     let stale = status::apply_by_salesforce_id(
         &mut conn,
         SF_ID,
@@ -131,7 +145,7 @@ async fn applied_unchanged_stale_and_unknown() {
     assert_eq!(stale, StatusApplied::Stale);
     assert_eq!(
         version_and_status(&db.pool, order.id).await,
-        (v0 + 1, "Activated".to_owned())
+        (v0 + 2, "Activated".to_owned())
     );
 
     // By order id, later: applied.
@@ -139,7 +153,7 @@ async fn applied_unchanged_stale_and_unknown() {
     let shipped = status::apply(&mut conn, order.id, change("Shipped", t2))
         .await
         .unwrap();
-    assert_eq!(shipped, StatusApplied::Applied { version: v0 + 2 });
+    assert_eq!(shipped, StatusApplied::Applied { version: v0 + 3 });
 
     let unknown = status::apply_by_salesforce_id(&mut conn, "801xx0000000000AAA", change("X", t2))
         .await
@@ -163,15 +177,17 @@ async fn applied_unchanged_stale_and_unknown() {
         names,
         [
             ("submitted", "api"),
+            ("Draft", "salesforce"),
             ("Activated", "salesforce"),
             ("Shipped", "salesforce")
-        ]
+        ],
+        "in the order the statuses were decided"
     );
-    assert_eq!(history[1].at.timestamp_micros(), t1.timestamp_micros());
-    assert_eq!(history[2].at.timestamp_micros(), t2.timestamp_micros());
+    assert_eq!(history[2].at.timestamp_micros(), t1.timestamp_micros());
+    assert_eq!(history[3].at.timestamp_micros(), t2.timestamp_micros());
     assert_eq!(
         version_and_status(&db.pool, order.id).await,
-        (v0 + 2, "Shipped".to_owned())
+        (v0 + 3, "Shipped".to_owned())
     );
 }
 

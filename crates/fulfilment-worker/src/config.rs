@@ -50,8 +50,10 @@ pub struct FulfilmentConfig {
     /// longer is retried through the delay tiers like a 5xx.
     #[arg(long, env = "FULFILMENT_TIMEOUT", default_value = "10s", value_parser = orderbridge_runtime::parse_interval)]
     pub fulfilment_timeout: Duration,
-    /// Messages handled at once (unacknowledged deliveries the broker hands over).
-    #[arg(long, env = "FULFILMENT_PREFETCH", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    /// Messages handled at once (unacknowledged deliveries the broker hands over), hence the
+    /// most calls to the fulfilment system at once. A call holds no database connection, so this
+    /// is bounded by what the fulfilment system accepts, not by DB_MAX_CONNECTIONS.
+    #[arg(long, env = "FULFILMENT_PREFETCH", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub fulfilment_prefetch: u16,
     /// Calls to the fulfilment system per request (5xx, timeouts, unreachable) before it is
     /// marked failed and dead-lettered; the delay tiers (BROKER_RETRY_TIERS) pace them. Also

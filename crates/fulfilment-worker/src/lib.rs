@@ -6,16 +6,14 @@
 //!
 //! - `config`: command line and environment;
 //! - `message`: reading a delivery (signature, then envelope);
-//! - `store`: the request's lock and row;
 //! - `call`: the signed HTTP call and what its answer means;
 //! - `writeback`: the Salesforce PATCH;
-//! - `worker`: consuming, handling under the row's lock, settling;
+//! - `worker`: consuming, handling (the request row decides, the call under its claim), settling;
 //! - `metrics`: `/metrics`.
 
 pub mod call;
 pub mod config;
 pub mod message;
 pub mod metrics;
-pub mod store;
 pub mod worker;
 pub mod writeback;

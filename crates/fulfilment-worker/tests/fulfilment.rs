@@ -223,7 +223,7 @@ async fn the_same_message_twice_calls_the_fulfilment_system_once() {
 }
 
 /// Two deliveries of one request at once, the fulfilment system slow to answer: the second finds
-/// the request locked while the first is calling, and afterwards decided: still one call.
+/// the call claimed while the first is calling, and afterwards decided: still one call.
 #[tokio::test]
 async fn two_deliveries_at_once_call_the_fulfilment_system_once() {
     // No relay: the test publishes the request's event itself, twice, before the worker
@@ -295,8 +295,8 @@ async fn accepted_then_a_callback_result_is_written_back() {
 }
 
 /// The callback decides the request while the worker is still waiting for the 202 (its
-/// `record_outcome` locks the order, then the request, while the worker holds the request's
-/// lock): no deadlock, the callback's decision stands, the result is written back once.
+/// `record_outcome` ends the worker's claim on the call): the callback's decision stands, and the
+/// result is written back once although the worker and the result nudge both want to write it.
 #[tokio::test]
 async fn a_callback_that_races_the_202_decides_and_is_written_back() {
     let mut h = Harness::new().await;

@@ -20,7 +20,8 @@ const CONSISTENT_READ_ATTEMPTS: usize = 3;
 pub struct OrderDetail {
     #[serde(flatten)]
     pub order: Order,
-    /// Every business status the order has had, oldest first; the last one is `status`.
+    /// Every business status the order has had, in the order they were decided (a change that
+    /// arrived late sits where it was decided), oldest first; the last one is `status`.
     #[schema(value_type = Vec<StatusEntrySchema>)]
     pub status_history: Vec<StatusEntry>,
     /// The order's latest fulfilment request, once provisioning was asked for (an approval in

@@ -240,7 +240,8 @@ fn etag_matches(if_none_match: &HeaderValue, version: i64) -> bool {
 /// Get an order.
 ///
 /// Returns the order with its sync state, its business `status` and `status_history` (every
-/// status it has had, oldest first: `submitted` at creation, then what Salesforce decides). Send
+/// status it has had, in the order they were decided: `submitted` at creation, then what
+/// Salesforce and the fulfilment system decide). Send
 /// the `ETag` back as `If-None-Match` to poll cheaply: while nothing changed the answer is 304
 /// with no body. Another client's order is 404.
 ///

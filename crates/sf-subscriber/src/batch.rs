@@ -67,6 +67,7 @@ struct Tally {
     echo: u64,
     duplicate: u64,
     stale: u64,
+    late: u64,
     unchanged: u64,
     unknown: u64,
     decode_failures: u64,
@@ -192,10 +193,11 @@ pub async fn handle(
                         match outcome {
                             StatusApplied::Applied { .. } => tally.applied += 1,
                             StatusApplied::Unchanged => tally.unchanged += 1,
+                            StatusApplied::Late { .. } => tally.late += 1,
                             StatusApplied::Stale => tally.stale += 1,
                             StatusApplied::UnknownOrder => tally.unknown += 1,
                         }
-                        // A stale change must not start work the order has moved past; an
+                        // A late or stale change must not start work the order has moved past; an
                         // unchanged one may (the status arrived first another way, e.g. an
                         // outbound message): the key makes a second request a duplicate.
                         if let (
@@ -249,6 +251,7 @@ pub async fn handle(
     c.echo.fetch_add(tally.echo, Relaxed);
     c.duplicate.fetch_add(tally.duplicate, Relaxed);
     c.stale.fetch_add(tally.stale, Relaxed);
+    c.late.fetch_add(tally.late, Relaxed);
     c.unchanged.fetch_add(tally.unchanged, Relaxed);
     c.unknown_order.fetch_add(tally.unknown, Relaxed);
     c.decode_failures.fetch_add(tally.decode_failures, Relaxed);

@@ -20,8 +20,10 @@ pub struct Counters {
     pub echo: AtomicU64,
     /// Events already in the inbox, ignored.
     pub duplicate: AtomicU64,
-    /// Status changes older than the order's current status.
+    /// Status changes older than the order's current status, already in its history.
     pub stale: AtomicU64,
+    /// Status changes older than the order's current status, added to its history only.
+    pub late: AtomicU64,
     /// Status changes equal to the order's current status.
     pub unchanged: AtomicU64,
     /// Status changes for a Salesforce record no order is synced to.
@@ -136,8 +138,13 @@ impl Metrics {
             ),
             (
                 "sf_subscriber_events_stale_total",
-                "Status changes older than the order's current status, ignored.",
+                "Status changes older than the order's current status and already in its history (replays), ignored.",
                 &c.stale,
+            ),
+            (
+                "sf_subscriber_events_late_total",
+                "Status changes older than the order's current status (overtaken on another stream), added to its history without changing the status.",
+                &c.late,
             ),
             (
                 "sf_subscriber_events_unchanged_total",

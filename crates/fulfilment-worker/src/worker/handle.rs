@@ -1,35 +1,48 @@
-//! What one message leads to: the request row decides, under its lock.
+//! What one message leads to: the request row decides.
 //!
 //! ```text
-//!  take the request's lock (no wait) ── taken elsewhere → retry later (shortest tier)
-//!   queued      → attempts += 1, call the fulfilment system (lock held) →
-//!                   provisioned / failed / refused → record the outcome, commit → write back
-//!                   accepted → record it, commit, ack (the callback brings the result;
+//!  read the request
+//!   queued      → claim the call (claimed elsewhere → retry later, shortest tier);
+//!                 attempts += 1, call the fulfilment system (no database connection held) →
+//!                   provisioned / failed / refused → record the outcome (ends the claim) → write back
+//!                   accepted → record it, ack (the callback brings the result;
 //!                     a callback that already decided it → write back)
-//!                   5xx, timeout, unreachable → commit the attempt, retry tier by attempts;
+//!                   5xx, timeout, unreachable → give the claim back, retry tier by attempts;
 //!                     the last attempt → failed, write back, dead letter
-//!   decided, not written back → PATCH the Salesforce order, mark written back, commit
+//!   decided, not written back → claim the write-back (claimed elsewhere → retry later),
+//!                   PATCH the Salesforce order, mark written back (ends the claim)
 //!                   Salesforce retryable → retry tier; permanent → dead letter
 //!   accepted, or decided and written back, or no such request → ack, nothing else
 //! ```
 //!
 //! So a duplicate message, a retry copy and a `fulfilment.result` nudge can arrive in any
 //! order, any number of times, even at once: the fulfilment system is called only for a
-//! request still `queued`, by whoever holds its lock.
+//! request still `queued`, by whoever holds its claim (`orderbridge_db::fulfilment::claim_call`).
+//! The write-back is claimed the same way (`claim_write_back`), so a result nudge arriving
+//! while the worker writes the answer it received costs no second Salesforce call.
 
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use orderbridge_broker::DeadLetterReason;
-use orderbridge_db::fulfilment::{self as requests, FulfilmentRequest, Outcome, Recorded};
+use orderbridge_db::fulfilment::{
+    self as requests, CallClaim, FulfilmentRequest, Outcome, Recorded, WriteBackClaim,
+};
 use orderbridge_domain::fulfilment::RequestState;
-use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Ctx;
 use crate::call::{self, Answer};
-use crate::store::{self, Locked};
 use crate::writeback::Decided;
+
+/// How much longer than the call's own timeout a claim on it lasts: time to record the answer.
+/// A claim outliving its holder (killed mid-call) delays the next call by at most this plus the
+/// timeout.
+const CLAIM_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long a claim on a write-back lasts: one PATCH under SF_REQUEST_TIMEOUT (30 s by default)
+/// plus a login refresh. Only a worker killed mid-write makes anyone wait for it to expire.
+const WRITE_BACK_LEASE: Duration = Duration::from_secs(60);
 
 /// Why a pass over the request could not finish: the database (or a row it cannot read).
 type StoreError = sqlx::Error;
@@ -100,12 +113,50 @@ async fn pass(
     attempts: u32,
     gave_up: &mut Option<Action>,
 ) -> Result<Next, StoreError> {
-    let mut tx = ctx.pool.begin().await?;
-    let request = match store::lock(&mut tx, id).await? {
-        Locked::Row(r) => r,
-        Locked::Busy => {
-            tx.rollback().await?;
-            tracing::debug!("request busy elsewhere; looking again after the shortest delay");
+    let Some(request) = requests::load(&ctx.pool, id).await? else {
+        tracing::warn!("no such fulfilment request (its order was deleted?); nothing to do");
+        ctx.metrics.noops_total.fetch_add(1, Relaxed);
+        return Ok(Next::Done(Action::Ack));
+    };
+    match request.state {
+        RequestState::Queued => provision(ctx, request, gave_up).await,
+        RequestState::Accepted => {
+            tracing::debug!("accepted by the fulfilment system; waiting for its callback");
+            ctx.metrics.noops_total.fetch_add(1, Relaxed);
+            Ok(Next::Done(Action::Ack))
+        }
+        RequestState::Provisioned | RequestState::Failed if request.written_back_at.is_some() => {
+            tracing::debug!("already decided and written back");
+            ctx.metrics.noops_total.fetch_add(1, Relaxed);
+            Ok(Next::Done(Action::Ack))
+        }
+        RequestState::Provisioned | RequestState::Failed => {
+            write_back(ctx, &request, attempts).await
+        }
+    }
+}
+
+/// Calls the fulfilment system for a queued request, under its claim.
+async fn provision(
+    ctx: &Ctx,
+    request: FulfilmentRequest,
+    gave_up: &mut Option<Action>,
+) -> Result<Next, StoreError> {
+    let order = {
+        let mut conn = ctx.pool.acquire().await?;
+        orderbridge_db::orders::get_order(&mut conn, request.order_id, None).await?
+    };
+    let Some(order) = order else {
+        tracing::warn!(order_id = %request.order_id, "the request's order is gone; nothing to do");
+        ctx.metrics.noops_total.fetch_add(1, Relaxed);
+        return Ok(Next::Done(Action::Ack));
+    };
+    let body = call::body(&request, order).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    let lease = ctx.config.fulfilment_timeout + CLAIM_MARGIN;
+    let (calls, claim) = match requests::claim_call(&ctx.pool, request.id, lease).await? {
+        CallClaim::Claimed { attempts, until } => (attempts, until),
+        CallClaim::Busy => {
+            tracing::debug!("another delivery is calling for this request; looking again later");
             return Ok(Next::Done(Action::Retry {
                 tier: 0,
                 code: "BUSY".into(),
@@ -113,54 +164,8 @@ async fn pass(
                 attempts: None,
             }));
         }
-        Locked::Missing => {
-            tx.rollback().await?;
-            tracing::warn!("no such fulfilment request (its order was deleted?); nothing to do");
-            ctx.metrics.noops_total.fetch_add(1, Relaxed);
-            return Ok(Next::Done(Action::Ack));
-        }
-    };
-    match request.state {
-        RequestState::Queued => provision(ctx, tx, *request, gave_up).await,
-        RequestState::Accepted => {
-            tx.rollback().await?;
-            tracing::debug!("accepted by the fulfilment system; waiting for its callback");
-            ctx.metrics.noops_total.fetch_add(1, Relaxed);
-            Ok(Next::Done(Action::Ack))
-        }
-        RequestState::Provisioned | RequestState::Failed if request.written_back_at.is_some() => {
-            tx.rollback().await?;
-            tracing::debug!("already decided and written back");
-            ctx.metrics.noops_total.fetch_add(1, Relaxed);
-            Ok(Next::Done(Action::Ack))
-        }
-        RequestState::Provisioned | RequestState::Failed => {
-            write_back(ctx, tx, &request, attempts).await
-        }
-    }
-}
-
-/// Calls the fulfilment system for a queued request, holding its lock.
-async fn provision(
-    ctx: &Ctx,
-    mut tx: Transaction<'static, Postgres>,
-    request: FulfilmentRequest,
-    gave_up: &mut Option<Action>,
-) -> Result<Next, StoreError> {
-    let order = orderbridge_db::orders::get_order(&mut tx, request.order_id, None).await?;
-    let Some(order) = order else {
-        tx.rollback().await?;
-        tracing::warn!(order_id = %request.order_id, "the request's order is gone; nothing to do");
-        ctx.metrics.noops_total.fetch_add(1, Relaxed);
-        return Ok(Next::Done(Action::Ack));
-    };
-    let body = call::body(&request, order).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    // Counted on its own, committed before the call: a call made is counted even if this
-    // process dies before it has the answer.
-    let Some(calls) = requests::record_attempt(&ctx.pool, request.id).await? else {
-        tx.rollback().await?;
-        ctx.metrics.noops_total.fetch_add(1, Relaxed);
-        return Ok(Next::Done(Action::Ack));
+        // Accepted or decided since it was read (a callback, another delivery): look again.
+        CallClaim::NotQueued => return Ok(Next::Again),
     };
     let started = Instant::now();
     let answer = ctx.caller.call(&request, &body).await;
@@ -192,7 +197,7 @@ async fn provision(
         Answer::Retry(reason) if calls < ctx.config.fulfilment_max_attempts => {
             ctx.metrics.count_request("retry");
             tracing::warn!(calls, reason = %reason, "no answer from the fulfilment system; trying again later");
-            tx.commit().await?;
+            requests::release_claim(&ctx.pool, request.id, claim).await?;
             return Ok(Next::Done(Action::Retry {
                 tier: usize::try_from(calls.saturating_sub(1)).unwrap_or(usize::MAX),
                 code: "FULFILMENT_UNAVAILABLE".into(),
@@ -212,8 +217,10 @@ async fn provision(
             failed(&why)
         }
     };
-    let recorded = record(&mut tx, request.id, outcome).await?;
-    tx.commit().await?;
+    let recorded = {
+        let mut conn = ctx.pool.acquire().await?;
+        record(&mut conn, request.id, outcome).await?
+    };
     Ok(match (answer, recorded) {
         // Accepted and still open: the callback brings the result.
         (Answer::Accepted, Recorded::Recorded { .. }) => Next::Done(Action::Ack),
@@ -229,7 +236,7 @@ fn failed(reason: &str) -> Outcome {
 }
 
 async fn record(
-    conn: &mut PgConnection,
+    conn: &mut sqlx::PgConnection,
     id: Uuid,
     outcome: Outcome,
 ) -> Result<Recorded, StoreError> {
@@ -245,11 +252,9 @@ async fn record(
     Ok(recorded)
 }
 
-/// Writes a decided result to the Salesforce order, holding the row's lock, and marks it
-/// written back.
+/// Writes a decided result to the Salesforce order and marks it written back.
 async fn write_back(
     ctx: &Ctx,
-    mut tx: Transaction<'static, Postgres>,
     request: &FulfilmentRequest,
     attempts: u32,
 ) -> Result<Next, StoreError> {
@@ -258,20 +263,36 @@ async fn write_back(
     } else {
         Decided::Failed
     };
+    let claim = match requests::claim_write_back(&ctx.pool, request.id, WRITE_BACK_LEASE).await? {
+        WriteBackClaim::Claimed { until } => until,
+        WriteBackClaim::Busy => {
+            tracing::debug!("another delivery is writing the result back; looking again later");
+            return Ok(Next::Done(Action::Retry {
+                tier: 0,
+                code: "BUSY".into(),
+                message: "the result was being written back by another delivery".into(),
+                attempts: None,
+            }));
+        }
+        // Written back since it was read: nothing left.
+        WriteBackClaim::Nothing => {
+            ctx.metrics.noops_total.fetch_add(1, Relaxed);
+            return Ok(Next::Done(Action::Ack));
+        }
+    };
     match ctx
         .write_back
         .write(&request.salesforce_id, decided, request.reason.as_deref())
         .await
     {
         Ok(()) => {
-            requests::mark_written_back(&mut *tx, request.id).await?;
-            tx.commit().await?;
+            requests::mark_written_back(&ctx.pool, request.id).await?;
             ctx.metrics.write_backs_total.fetch_add(1, Relaxed);
             tracing::info!(salesforce_id = %request.salesforce_id, result = ?decided, "result written back to Salesforce");
             Ok(Next::Done(Action::Ack))
         }
         Err(e) => {
-            tx.rollback().await?;
+            requests::release_claim(&ctx.pool, request.id, claim).await?;
             ctx.metrics.write_back_errors_total.fetch_add(1, Relaxed);
             let attempts = attempts + 1;
             let message = call::reason(&e.to_string());
