@@ -1,7 +1,8 @@
 //! Fulfilment requests (issue 14): opening one when a trigger arrives ([`request`],
 //! [`request_for_order`]), claiming the slow steps for one worker at a time ([`claim_call`],
 //! [`claim_write_back`], [`release_claim`]), recording what the fulfilment system decided ([`record_outcome`]),
-//! noting that the result reached Salesforce ([`mark_written_back`]) and reading them back
+//! noting that the result reached Salesforce ([`mark_written_back`]), moving on requests stuck
+//! open ([`sweep`]) and reading them back
 //! ([`load`], [`latest_for_order`]).
 //!
 //! Every function runs inside the CALLER'S connection or transaction (a savepoint when one is
@@ -584,6 +585,124 @@ pub async fn mark_written_back<'e>(
     .execute(executor)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// What [`sweep`] looks for: open requests nothing has touched for a while.
+#[derive(Debug, Clone, Copy)]
+pub struct SweepAfter {
+    /// A `queued` request (no live claim) untouched this long lost its nudge (a message dead-
+    /// lettered and never replayed, a queue purged): it gets a new `fulfilment.requested`.
+    /// Longer than the longest delay tier, or requests waiting out a tier are nudged early.
+    pub queued: std::time::Duration,
+    /// An `accepted` request untouched this long never got its callback: it fails, with a
+    /// reason saying so, and its result is written back like any other.
+    pub accepted: std::time::Duration,
+    /// Most requests handled per sweep (the rest wait for the next one).
+    pub limit: i64,
+}
+
+/// What [`sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Queued requests nudged again.
+    pub renudged: Vec<Uuid>,
+    /// Accepted requests failed for want of a callback.
+    pub timed_out: Vec<Uuid>,
+}
+
+/// Finds open requests stuck past `after` and moves them on: queued ones get a new
+/// `fulfilment.requested` event, accepted ones fail (`record_outcome`) and get a
+/// `fulfilment.result` event, so the worker writes the failure back. Each request is handled in
+/// a transaction of its own (several workers may sweep at once: a request one of them moved on
+/// is no longer stuck for the others).
+pub async fn sweep(pool: &sqlx::PgPool, after: SweepAfter) -> Result<Swept, sqlx::Error> {
+    let mut swept = Swept::default();
+    // `updated_at` moves with every claim, outcome and re-open, so it is the request's last sign
+    // of life.
+    let queued: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM fulfilment_requests
+         WHERE state = 'queued' AND updated_at < now() - make_interval(secs => $1)
+           AND (claimed_until IS NULL OR claimed_until <= now())
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(after.queued.as_secs_f64())
+    .bind(after.limit)
+    .fetch_all(pool)
+    .await?;
+    for id in queued {
+        let mut tx = pool.begin().await?;
+        // Still stuck, and ours to move (SKIP LOCKED: another sweeper or a claim has it).
+        let row: Option<(Uuid, Option<String>)> = sqlx::query_as(
+            "UPDATE fulfilment_requests SET updated_at = now()
+             WHERE id = (SELECT id FROM fulfilment_requests
+                         WHERE id = $1 AND state = 'queued'
+                           AND updated_at < now() - make_interval(secs => $2)
+                           AND (claimed_until IS NULL OR claimed_until <= now())
+                         FOR UPDATE SKIP LOCKED)
+             RETURNING order_id, correlation_id",
+        )
+        .bind(id)
+        .bind(after.queued.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((order_id, correlation_id)) = row else {
+            continue;
+        };
+        let order_id = OrderId::from_uuid(order_id);
+        let event = FulfilmentEvent::Requested(FulfilmentRef {
+            request_id: id,
+            order_id,
+        });
+        outbox::enqueue(
+            &mut *tx,
+            AGGREGATE_TYPE,
+            order_id.get(),
+            &event.into_envelope(Utc::now(), correlation_id),
+        )
+        .await?;
+        tx.commit().await?;
+        swept.renudged.push(id);
+    }
+
+    let accepted: Vec<(Uuid, Option<String>)> = sqlx::query_as(
+        "SELECT id, correlation_id FROM fulfilment_requests
+         WHERE state = 'accepted' AND updated_at < now() - make_interval(secs => $1)
+         ORDER BY updated_at LIMIT $2",
+    )
+    .bind(after.accepted.as_secs_f64())
+    .bind(after.limit)
+    .fetch_all(pool)
+    .await?;
+    let waited = humantime::format_duration(after.accepted);
+    for (id, correlation_id) in accepted {
+        let mut tx = pool.begin().await?;
+        // Still waiting? (Cheap check first.) Then record_outcome locks the order and the
+        // request and decides only a request still open: a callback that came in between
+        // stands (AlreadyDecided, nothing written).
+        let still: Option<bool> = sqlx::query_scalar(
+            "SELECT state = 'accepted' AND updated_at < now() - make_interval(secs => $2)
+             FROM fulfilment_requests WHERE id = $1",
+        )
+        .bind(id)
+        .bind(after.accepted.as_secs_f64())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still != Some(true) {
+            continue;
+        }
+        let reason = format!(
+            "no result from the fulfilment system within {waited} of accepting the request"
+        );
+        let Recorded::Recorded { order_id, .. } =
+            record_outcome(&mut tx, id, Outcome::Failed { reason }).await?
+        else {
+            continue;
+        };
+        queue_result(&mut tx, id, order_id, correlation_id.as_deref()).await?;
+        tx.commit().await?;
+        swept.timed_out.push(id);
+    }
+    Ok(swept)
 }
 
 /// Request `id`, as stored.

@@ -87,6 +87,18 @@ pub struct FulfilmentConfig {
     /// Value of the status field for an order the fulfilment system could not provision.
     #[arg(long, env = "FULFILMENT_SF_FAILED_VALUE", default_value = "Failed")]
     pub sf_failed_value: String,
+    /// How often the sweeper looks for requests stuck open (see the next two settings).
+    #[arg(long, env = "FULFILMENT_SWEEP_INTERVAL", default_value = "1m", value_parser = orderbridge_runtime::parse_interval)]
+    pub sweep_interval: Duration,
+    /// A `queued` request untouched this long lost its message (dead-lettered and never
+    /// replayed, a purged queue): the sweeper queues it again. Keep it above the longest
+    /// BROKER_RETRY_TIERS delay, or requests waiting out a delay are called early.
+    #[arg(long, env = "FULFILMENT_REQUEUE_AFTER", default_value = "30m", value_parser = orderbridge_runtime::parse_interval)]
+    pub requeue_after: Duration,
+    /// How long a request the fulfilment system accepted (202) may wait for its callback; then
+    /// it fails ("no result from the fulfilment system within …") and that is written back.
+    #[arg(long, env = "FULFILMENT_CALLBACK_TIMEOUT", default_value = "1h", value_parser = orderbridge_runtime::parse_interval)]
+    pub callback_timeout: Duration,
     /// Address of the admin HTTP server (`/health/live`, `/health/ready`, `/metrics`).
     #[arg(long, env = "FULFILMENT_ADMIN_ADDR", default_value = "127.0.0.1:9104")]
     pub admin_addr: SocketAddr,

@@ -9,11 +9,13 @@
 //! - `call`: the signed HTTP call and what its answer means;
 //! - `writeback`: the Salesforce PATCH;
 //! - `worker`: consuming, handling (the request row decides, the call under its claim), settling;
+//! - `sweeper`: requests stuck open (message lost, callback never came) moved on;
 //! - `metrics`: `/metrics`.
 
 pub mod call;
 pub mod config;
 pub mod message;
 pub mod metrics;
+pub mod sweeper;
 pub mod worker;
 pub mod writeback;

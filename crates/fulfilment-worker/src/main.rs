@@ -68,6 +68,17 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    if let Some(longest) = cli.broker.broker_retry_tiers.iter().max()
+        && f.requeue_after <= *longest
+    {
+        tracing::warn!(requeue_after = %humantime::format_duration(f.requeue_after), longest_tier = %humantime::format_duration(*longest), "FULFILMENT_REQUEUE_AFTER is not above the longest retry tier: requests waiting out a delay will be queued again early");
+    }
+    let sweeper = tokio::spawn(fulfilment_worker::sweeper::run(
+        pool.clone(),
+        f.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    ));
     let salesforce = orderbridge_salesforce::Client::new(&cli.salesforce)?;
     let write_back = WriteBack::new(salesforce, f);
     let worker = Worker::new(
@@ -80,6 +91,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     tracing::info!(admin = %f.admin_addr, fulfilment_host = f.fulfilment_url.host_str().unwrap_or(""), namespace = %cli.broker.broker_namespace, "fulfilment worker starting");
     worker.run(shutdown_rx).await?;
+    let _ = tokio::time::timeout(Duration::from_secs(2), sweeper).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_task).await;
     tracing::info!("fulfilment worker stopped");
     Ok(())

@@ -27,6 +27,10 @@ pub struct Metrics {
     /// the callback, unknown request).
     pub noops_total: AtomicU64,
     pub broker_reconnects_total: AtomicU64,
+    /// Queued requests the sweeper queued again (their message was lost).
+    pub sweeper_requeued_total: AtomicU64,
+    /// Accepted requests the sweeper failed (no callback within FULFILMENT_CALLBACK_TIMEOUT).
+    pub sweeper_timed_out_total: AtomicU64,
     /// Duration of each call to the fulfilment system.
     pub call_latency: Histogram,
 }
@@ -42,6 +46,8 @@ impl Default for Metrics {
             dead_letters: Mutex::new(BTreeMap::new()),
             noops_total: AtomicU64::new(0),
             broker_reconnects_total: AtomicU64::new(0),
+            sweeper_requeued_total: AtomicU64::new(0),
+            sweeper_timed_out_total: AtomicU64::new(0),
             call_latency: Histogram::new(LATENCY_BUCKETS),
         }
     }
@@ -131,6 +137,18 @@ impl AdminState for Metrics {
             "fulfilment_worker_write_back_errors_total",
             "Salesforce write-backs that failed (retried or dead-lettered).",
             n(&self.write_back_errors_total),
+        );
+        counter(
+            &mut out,
+            "fulfilment_worker_sweeper_requeued_total",
+            "Queued requests untouched for FULFILMENT_REQUEUE_AFTER (their message lost), queued again.",
+            n(&self.sweeper_requeued_total),
+        );
+        counter(
+            &mut out,
+            "fulfilment_worker_sweeper_timed_out_total",
+            "Accepted requests failed for want of a callback within FULFILMENT_CALLBACK_TIMEOUT.",
+            n(&self.sweeper_timed_out_total),
         );
         counter(
             &mut out,

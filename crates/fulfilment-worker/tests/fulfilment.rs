@@ -2,7 +2,8 @@
 //! emulator, with a fulfilment receiver that verifies every signature: a request provisioned
 //! and written back; 500 twice then provisioned with one idempotency key; a refusal with its
 //! reason on both sides; the same message twice calling once; 202 and a callback; a forged
-//! message dead-lettered and never acted on.
+//! message dead-lettered and never acted on; the sweeper re-queuing a request whose message was
+//! lost and failing one whose callback never came.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -413,4 +414,67 @@ async fn an_unreadable_message_is_dead_lettered_with_the_reason() {
 
 fn common_keyring() -> orderbridge_broker::Keyring {
     orderbridge_broker::Keyring::single(common::SIGNING_KEY).unwrap()
+}
+
+#[tokio::test]
+async fn a_queued_request_whose_message_was_lost_is_queued_again_by_the_sweeper() {
+    let mut h = Harness::new().await;
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-lost-1").await;
+    // Its message is lost before anyone published it (as if dead-lettered and never
+    // replayed), and nothing has touched the request for an hour.
+    sqlx::query("DELETE FROM outbox")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE fulfilment_requests SET updated_at = now() - interval '1 hour'")
+        .execute(&h.db.pool)
+        .await
+        .unwrap();
+    h.start_relay();
+    h.start_worker().await;
+    let swept = h.start_sweeper_with(&["--sweep-interval", "200ms", "--requeue-after", "10m"]);
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Provisioned);
+    assert_eq!(h.status(order_id).await, "provisioned");
+    assert_eq!(h.receiver.calls().len(), 1);
+    assert_eq!(swept.sweeper_requeued_total.load(Relaxed), 1);
+    // Touched now: not stuck any more, so the next sweeps leave it alone.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(swept.sweeper_requeued_total.load(Relaxed), 1);
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_accepted_request_whose_callback_never_comes_fails_and_is_written_back() {
+    let mut h = Harness::new().await;
+    h.receiver.answer(202, r#"{"status":"accepted"}"#);
+    h.start_relay();
+    h.start_worker().await;
+    let swept = h.start_sweeper_with(&["--sweep-interval", "200ms", "--callback-timeout", "1s"]);
+    let (order_id, sf_id) = h.synced_order().await;
+    let id = h.request(&sf_id, "idem-no-callback-1").await;
+
+    let request = h.wait_written_back(id).await;
+    assert_eq!(request.state, RequestState::Failed);
+    let reason = request.reason.unwrap_or_default();
+    assert!(
+        reason.contains("no result from the fulfilment system within 1s"),
+        "{reason}"
+    );
+    assert_eq!(h.status(order_id).await, "provisioning_failed");
+    assert_eq!(
+        h.activation(&sf_id).await,
+        (Some("Failed".into()), Some(reason))
+    );
+    assert_eq!(h.receiver.calls().len(), 1, "the sweeper calls nobody");
+    assert_eq!(swept.sweeper_timed_out_total.load(Relaxed), 1);
+    // A callback that comes after all changes nothing: the request is decided.
+    let mut conn = h.db.pool.acquire().await.unwrap();
+    let late = requests::record_outcome(&mut conn, id, Outcome::Provisioned)
+        .await
+        .unwrap();
+    assert!(matches!(late, requests::Recorded::AlreadyDecided { .. }));
+    h.cleanup().await;
 }

@@ -368,6 +368,23 @@ impl Harness {
         metrics
     }
 
+    /// Starts the sweeper in-process (as the binary does beside the worker) with `extra` flags.
+    pub fn start_sweeper_with(&mut self, extra: &[&str]) -> Arc<Metrics> {
+        let mut args = self.worker_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let cli = Cli::parse_from(args);
+        let metrics = Arc::new(Metrics::default());
+        let rx = self.stop.subscribe();
+        self.tasks
+            .push(tokio::spawn(fulfilment_worker::sweeper::run(
+                self.db.pool.clone(),
+                cli.fulfilment,
+                metrics.clone(),
+                rx,
+            )));
+        metrics
+    }
+
     /// Starts the outbox relay in-process: it publishes the `fulfilment.*` events (signed).
     pub fn start_relay(&mut self) {
         let relay_cli = outbox_relay::Cli::parse_from([
