@@ -165,6 +165,55 @@ pub fn republishable(original: &BasicProperties) -> BasicProperties {
     p
 }
 
+/// Longest `x-orderbridge-error-message` written, in characters: headers travel in every frame,
+/// and a huge error from outside must not bloat them.
+pub const MAX_ERROR_MESSAGE: usize = 2000;
+
+/// Why a message is copied to a delay tier or the dead letters, as [`failure_copy`] writes it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failure<'a> {
+    /// The copy's [`ATTEMPTS`].
+    pub attempts: u32,
+    pub code: &'a str,
+    /// Cut to [`MAX_ERROR_MESSAGE`] characters.
+    pub message: &'a str,
+    /// For a dead letter: its reason and the queue `orderbridge dlq replay` sends it back to.
+    pub dead_letter: Option<(DeadLetterReason, &'a str)>,
+}
+
+/// The properties of a failed message's copy: `original`'s ([`republishable`]), persistent,
+/// with the failure headers set ([`ATTEMPTS`], [`ERROR_CODE`], [`ERROR_MESSAGE`], the first
+/// failure's time kept from an earlier copy, [`LAST_FAILURE_AT`] = `now` as RFC 3339) and, for a
+/// dead letter, [`REASON`] and [`ORIGIN_QUEUE`]. Every consumer that retries or dead-letters
+/// writes them the same way, so `orderbridge dlq` reads any of its copies.
+pub fn failure_copy(
+    original: &BasicProperties,
+    failure: Failure<'_>,
+    now: &str,
+) -> BasicProperties {
+    let mut table = original.headers().clone().unwrap_or_default();
+    let first = text(original, FIRST_FAILURE_AT).unwrap_or_else(|| now.to_owned());
+    table.insert(
+        ATTEMPTS.into(),
+        AMQPValue::LongLongInt(i64::from(failure.attempts)),
+    );
+    table.insert(ERROR_CODE.into(), long_string(failure.code));
+    let message = match failure.message.char_indices().nth(MAX_ERROR_MESSAGE) {
+        Some((end, _)) => &failure.message[..end],
+        None => failure.message,
+    };
+    table.insert(ERROR_MESSAGE.into(), long_string(message));
+    table.insert(FIRST_FAILURE_AT.into(), long_string(&first));
+    table.insert(LAST_FAILURE_AT.into(), long_string(now));
+    if let Some((reason, origin_queue)) = failure.dead_letter {
+        table.insert(REASON.into(), long_string(reason.as_str()));
+        table.insert(ORIGIN_QUEUE.into(), long_string(origin_queue));
+    }
+    republishable(original)
+        .with_headers(table)
+        .with_delivery_mode(2)
+}
+
 /// A string header value, as RabbitMQ and other clients expect text (a long string).
 pub fn long_string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
@@ -221,5 +270,48 @@ mod tests {
         assert_eq!(count(&props, "f"), None);
         assert_eq!(text(&props, "f").as_deref(), Some("x"));
         assert_eq!(count(&props, "missing"), None);
+    }
+
+    #[test]
+    fn a_failure_copy_keeps_the_first_failure_and_bounds_the_message() {
+        let first = failure_copy(
+            &BasicProperties::default().with_message_id(ShortString::from("m-1")),
+            Failure {
+                attempts: 1,
+                code: "UNAVAILABLE",
+                message: &"é".repeat(MAX_ERROR_MESSAGE + 10),
+                dead_letter: None,
+            },
+            "2026-12-03T10:00:00+00:00",
+        );
+        assert_eq!(count(&first, ATTEMPTS), Some(1));
+        assert_eq!(
+            text(&first, ERROR_MESSAGE).map(|m| m.chars().count()),
+            Some(MAX_ERROR_MESSAGE)
+        );
+        assert_eq!(text(&first, REASON), None);
+        assert_eq!(first.delivery_mode(), &Some(2));
+
+        let dead = failure_copy(
+            &first,
+            Failure {
+                attempts: 2,
+                code: "GONE",
+                message: "gone",
+                dead_letter: Some((DeadLetterReason::Permanent, "ns.q")),
+            },
+            "2026-12-03T11:00:00+00:00",
+        );
+        assert_eq!(
+            text(&dead, FIRST_FAILURE_AT).as_deref(),
+            Some("2026-12-03T10:00:00+00:00")
+        );
+        assert_eq!(
+            text(&dead, LAST_FAILURE_AT).as_deref(),
+            Some("2026-12-03T11:00:00+00:00")
+        );
+        assert_eq!(text(&dead, REASON).as_deref(), Some("permanent"));
+        assert_eq!(text(&dead, ORIGIN_QUEUE).as_deref(), Some("ns.q"));
+        assert_eq!(dead.message_id().as_ref().map(|m| m.as_str()), Some("m-1"));
     }
 }

@@ -8,18 +8,13 @@
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::AMQPValue;
 use lapin::{BasicProperties, Channel, Confirmation};
-use orderbridge_broker::headers::{self, long_string};
-use orderbridge_broker::{BrokerError, Topology};
-use orderbridge_domain::text;
+use orderbridge_broker::headers;
+use orderbridge_broker::{BrokerError, DeadLetterReason, Topology};
 
 use super::Ctx;
 use super::handle::Action;
 use crate::message::{Message, Unreadable};
-
-/// The longest error message kept in a header.
-const MAX_ERROR_MESSAGE: usize = 2000;
 
 /// Publishes the action's copy (if any) on `channel` (in confirm mode), then acks the original,
 /// or requeues it when the copy was not confirmed. `Err`: the session is unusable (the original
@@ -120,45 +115,27 @@ fn copy(
                 m.attempts,
                 code,
                 message,
-                Some((reason.as_str(), &topo.fulfilment_queue)),
+                Some((*reason, &topo.fulfilment_queue)),
                 now,
             ),
         )),
     }
 }
 
-/// The delivery's properties with the failure headers set (and, for a dead letter, the reason
-/// and the queue `orderbridge dlq replay` sends it back to).
+/// The delivery's properties for its copy (`headers::failure_copy`).
 fn failure_properties(
     m: &Message,
     attempts: u32,
     code: &str,
     message: &str,
-    dead_letter: Option<(&str, &str)>,
+    dead_letter: Option<(DeadLetterReason, &str)>,
     now: DateTime<Utc>,
 ) -> BasicProperties {
-    let props = &m.delivery.properties;
-    let mut table = props.headers().clone().unwrap_or_default();
-    let first = headers::text(props, headers::FIRST_FAILURE_AT).unwrap_or_else(|| now.to_rfc3339());
-    table.insert(
-        headers::ATTEMPTS.into(),
-        AMQPValue::LongLongInt(i64::from(attempts)),
-    );
-    table.insert(headers::ERROR_CODE.into(), long_string(code));
-    table.insert(
-        headers::ERROR_MESSAGE.into(),
-        long_string(text::truncate(message, MAX_ERROR_MESSAGE)),
-    );
-    table.insert(headers::FIRST_FAILURE_AT.into(), long_string(&first));
-    table.insert(
-        headers::LAST_FAILURE_AT.into(),
-        long_string(&now.to_rfc3339()),
-    );
-    if let Some((reason, origin_queue)) = dead_letter {
-        table.insert(headers::REASON.into(), long_string(reason));
-        table.insert(headers::ORIGIN_QUEUE.into(), long_string(origin_queue));
-    }
-    headers::republishable(props)
-        .with_headers(table)
-        .with_delivery_mode(2)
+    let failure = headers::Failure {
+        attempts,
+        code,
+        message,
+        dead_letter,
+    };
+    headers::failure_copy(&m.delivery.properties, failure, &now.to_rfc3339())
 }

@@ -14,18 +14,13 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use chrono::{DateTime, Utc};
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::AMQPValue;
 use lapin::{Acker, BasicProperties, Channel, Confirmation, PublisherConfirm};
-use orderbridge_broker::headers::{self, long_string};
+use orderbridge_broker::headers;
 use orderbridge_broker::{DeadLetterReason, Keyring, REQUEUE_ROUTING_KEY, Topology};
 use orderbridge_domain::{Envelope, SubmittedOrder, SyncError, SyncState, SyncStatus, text};
 
 use super::decision::{Action, Message};
 use super::{BatchError, Ctx};
-
-/// The longest error message kept in a header or a status report: headers travel in every
-/// frame, and a huge message from Salesforce must not bloat them.
-const MAX_ERROR_MESSAGE: usize = 2000;
 
 /// Publishes every outcome of the batch on one confirm channel, waits for the confirms, then
 /// acks what was settled and requeues the rest.
@@ -426,42 +421,6 @@ fn record(ctx: &Ctx, m: &Message, action: &Action, now: DateTime<Utc>) {
     }
 }
 
-/// A copy of the delivery's properties with failure headers set (retry; dead letter, with the
-/// reason and the queue it came from).
-fn failure_properties(
-    m: &Message,
-    attempts: u32,
-    code: &str,
-    message: &str,
-    dead_letter: Option<(DeadLetterReason, &str)>,
-    now: DateTime<Utc>,
-) -> BasicProperties {
-    let props = &m.delivery.properties;
-    let mut table = props.headers().clone().unwrap_or_default();
-    let first = headers::text(props, headers::FIRST_FAILURE_AT).unwrap_or_else(|| now.to_rfc3339());
-    table.insert(
-        headers::ATTEMPTS.into(),
-        AMQPValue::LongLongInt(i64::from(attempts)),
-    );
-    table.insert(headers::ERROR_CODE.into(), long_string(code));
-    table.insert(
-        headers::ERROR_MESSAGE.into(),
-        long_string(text::truncate(message, MAX_ERROR_MESSAGE)),
-    );
-    table.insert(headers::FIRST_FAILURE_AT.into(), long_string(&first));
-    table.insert(
-        headers::LAST_FAILURE_AT.into(),
-        long_string(&now.to_rfc3339()),
-    );
-    if let Some((reason, origin_queue)) = dead_letter {
-        table.insert(headers::REASON.into(), long_string(reason.as_str()));
-        table.insert(headers::ORIGIN_QUEUE.into(), long_string(origin_queue));
-    }
-    headers::republishable(props)
-        .with_headers(table)
-        .with_delivery_mode(2)
-}
-
 fn status_of(
     e: &Envelope<SubmittedOrder>,
     state: SyncState,
@@ -477,9 +436,27 @@ fn status_of(
         attempts,
         error: error.map(|(code, message)| SyncError {
             code: code.clone(),
-            message: text::truncate(message, MAX_ERROR_MESSAGE).to_owned(),
+            message: text::truncate(message, headers::MAX_ERROR_MESSAGE).to_owned(),
         }),
         source_event_id: e.id,
         source_occurred_at: e.occurred_at,
     }
+}
+
+/// The delivery's properties for its copy (`headers::failure_copy`).
+fn failure_properties(
+    m: &Message,
+    attempts: u32,
+    code: &str,
+    message: &str,
+    dead_letter: Option<(DeadLetterReason, &str)>,
+    now: DateTime<Utc>,
+) -> BasicProperties {
+    let failure = headers::Failure {
+        attempts,
+        code,
+        message,
+        dead_letter,
+    };
+    headers::failure_copy(&m.delivery.properties, failure, &now.to_rfc3339())
 }
