@@ -19,6 +19,7 @@ mod fulfilment;
 mod inbound;
 mod intake;
 mod load;
+mod outbound;
 mod poster;
 mod procfs;
 mod relay;
@@ -85,6 +86,11 @@ enum Command {
     /// writes the result back: approval → provisioned (through the API) p50/p95/p99; every
     /// order ends provisioned on both sides, provisioned exactly once, nothing dead-lettered.
     Fulfilment(fulfilment::FulfilmentArgs),
+    /// Salesforce outbound messages into order-api: SOAP envelopes of `--per-envelope` (100)
+    /// notifications posted closed loop on `--connections`: notifications/s (target ≥ 1,000),
+    /// per-envelope latency; every envelope acknowledged, every notification stored once, a
+    /// redelivery changes nothing, every order's status history as its notifications said.
+    Outbound(outbound::OutboundArgs),
 }
 
 #[tokio::main]
@@ -103,6 +109,7 @@ async fn main() -> ExitCode {
         Command::Slowloris(args) => slowloris::run(args).await,
         Command::Inbound(args) => inbound::run(args).await,
         Command::Fulfilment(args) => fulfilment::run(args).await,
+        Command::Outbound(args) => outbound::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

@@ -286,3 +286,52 @@ async fn fulfilment_loop_through_the_real_binaries() {
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// Salesforce outbound messages into order-api: a few small envelopes (orders repeated within
+/// and across them, so the per-order ordering is exercised) and two redeliveries. The bench's
+/// own checks (its exit status) cover every envelope acknowledged, every notification stored
+/// once, every order's history as its notifications said and redeliveries changing nothing.
+#[tokio::test]
+async fn outbound_messages_through_the_real_binaries() {
+    let out = out_dir("outbound");
+    let report = bench(
+        &[
+            "outbound",
+            "--orders",
+            "20",
+            "--envelopes",
+            "6",
+            "--per-envelope",
+            "10",
+            "--connections",
+            "3",
+            "--duplicates",
+            "2",
+        ],
+        &out,
+    );
+    let live = &report["live"];
+    assert_eq!(live["notifications"].as_u64(), Some(60), "{report}");
+    assert_eq!(live["not_acked"].as_u64(), Some(0), "{report}");
+    assert_eq!(
+        live["envelope_latency_ms"]["n"].as_u64(),
+        Some(6),
+        "{report}"
+    );
+    assert!(live["notifications_per_s"].as_f64().unwrap() > 0.0);
+    let checks = &report["checks"];
+    assert_eq!(checks["rows"].as_i64(), Some(60), "{report}");
+    assert_eq!(checks["ids_found"].as_i64(), Some(60), "{report}");
+    assert_eq!(checks["history_entries"].as_i64(), Some(60), "{report}");
+    assert_eq!(checks["mismatched"], serde_json::json!([]), "{report}");
+    let d = &report["duplicates"];
+    assert_eq!(d["not_acked"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        (d["new_rows"].as_i64(), d["new_history"].as_i64()),
+        (Some(0), Some(0)),
+        "{report}"
+    );
+    let db = report["machine"]["database"].as_str().unwrap();
+    assert!(!database_exists(db).await, "database {db} left behind");
+    let _ = std::fs::remove_dir_all(&out);
+}

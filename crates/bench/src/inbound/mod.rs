@@ -119,7 +119,7 @@ pub async fn run(args: InboundArgs) -> Result<bool> {
 
 /// The status a change sets: the `k`-th change of an order (from 0) activates it when `k` is
 /// even and takes it back to draft when odd.
-fn salesforce_status(k: usize) -> &'static str {
+pub fn salesforce_status(k: usize) -> &'static str {
     if k.is_multiple_of(2) {
         "Activated"
     } else {
@@ -128,7 +128,7 @@ fn salesforce_status(k: usize) -> &'static str {
 }
 
 /// The API's status for that Salesforce value under the default status map.
-fn api_status(k: usize) -> &'static str {
+pub fn api_status(k: usize) -> &'static str {
     if k.is_multiple_of(2) {
         "activated"
     } else {
@@ -210,7 +210,7 @@ async fn measure(stack: &mut Stack, args: &InboundArgs) -> Result<bool> {
 }
 
 /// Changes order `o` gets among the first `changes` made round-robin over `orders`.
-fn changes_of(o: usize, changes: usize, orders: usize) -> usize {
+pub fn changes_of(o: usize, changes: usize, orders: usize) -> usize {
     changes / orders + usize::from(o < changes % orders)
 }
 
