@@ -1,7 +1,9 @@
-//! A scaled-down chaos run of the real `orderbridge-bench chaos` (issue 6): 400 orders at 20/s
-//! while every fault kind happens at least once (a fixed seed), three poison messages; it must
-//! end with every order ok (synced, exactly once in Salesforce), nothing lost, duplicated or
-//! unexpected, the poison dead-lettered, and the database gone.
+//! A scaled-down chaos run of the real `orderbridge-bench chaos` (issues 6 and 14): 400 orders at
+//! 20/s, half of them approved in Salesforce once synced, while every fault kind happens at
+//! least once (a fixed seed), three poison messages; it must end with every order ok (synced,
+//! exactly once in Salesforce), nothing lost, duplicated or unexpected, the poison
+//! dead-lettered, every approved order provisioned exactly once and no other, and the database
+//! gone.
 //!
 //! Broker connections are closed only for the run's own processes (`--close-connections own`),
 //! so this test can run beside the others on the shared broker. The services come from this
@@ -27,7 +29,7 @@ async fn small_chaos_run_loses_and_duplicates_nothing() {
             "--seed",
             "20261124",
             "--fault-gap",
-            "1500ms",
+            "1250ms",
             "--fault-window",
             "3s",
         ])
@@ -88,6 +90,24 @@ async fn small_chaos_run_loses_and_duplicates_nothing() {
     );
     assert_eq!(report["quiescence"]["reached"], Value::Bool(true));
 
+    // The fulfilment loop: about half approved (drawn from the seed), each provisioned once.
+    let f = &report["fulfilment"];
+    assert_eq!(f["clean"], Value::Bool(true), "{f}");
+    let approved = f["approved"].as_u64().unwrap();
+    assert!((100..=300).contains(&approved), "{f}");
+    assert_eq!(f["provisioned_once"].as_u64(), Some(approved), "{f}");
+    for class in [
+        "not_provisioned",
+        "salesforce_not_provisioned",
+        "not_once",
+        "failed_requests",
+        "unapproved_touched",
+        "unknown_calls",
+    ] {
+        assert_eq!(f[class].as_u64(), Some(0), "{class}: {f}");
+    }
+    assert_eq!(report["approvals"]["given_up"].as_u64(), Some(0));
+
     // Every kind of fault was carried out, and succeeded.
     let timeline = report["timeline"].as_array().unwrap();
     for kind in [
@@ -102,6 +122,9 @@ async fn small_chaos_run_loses_and_duplicates_nothing() {
         "request-limit",
         "lock-row",
         "latency-spike",
+        "subscriber-kill",
+        "fulfilment-kill",
+        "receiver-fail",
     ] {
         let steps: Vec<&Value> = timeline.iter().filter(|e| e["fault"] == kind).collect();
         assert!(!steps.is_empty(), "{kind} never happened");
@@ -111,7 +134,7 @@ async fn small_chaos_run_loses_and_duplicates_nothing() {
         );
     }
     let svg = std::fs::read_to_string(out.join("timeline.svg")).unwrap();
-    assert!(svg.contains("<polyline") && svg.contains("kill-worker"));
+    assert!(svg.contains("<polyline") && svg.contains("fulfilment-kill"));
     let db = report["machine"]["database"].as_str().unwrap();
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);

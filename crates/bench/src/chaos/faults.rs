@@ -19,7 +19,10 @@ use uuid::Uuid;
 
 use super::plan::{FaultKind, Phase, Planned, steps};
 use crate::procfs;
-use crate::stack::{BENCH_APPLICATION_NAME, EMULATOR_DAILY_API_LIMIT, RELAY, Stack, WORKER};
+use crate::stack::{
+    BENCH_APPLICATION_NAME, EMULATOR_DAILY_API_LIMIT, FULFILMENT_WORKER, RELAY, SUBSCRIBER, Stack,
+    WORKER,
+};
 use crate::workload;
 
 /// The `message_id` prefix of the injected poison messages: how the dead-letter check tells
@@ -244,6 +247,38 @@ impl<'a> Executor<'a> {
                     .await?;
                 Ok(format!("latency back to {latency} ms + 0–{jitter} ms"))
             }
+            (FaultKind::SubscriberKill, Phase::Begin) => self.kill(SUBSCRIBER, p).await,
+            (FaultKind::FulfilmentKill, Phase::Begin) => self.kill(FULFILMENT_WORKER, p).await,
+            (FaultKind::SubscriberKill, Phase::End) => Ok(format!(
+                "started sf-subscriber {}",
+                self.stack.spawn_subscriber()?
+            )),
+            (FaultKind::FulfilmentKill, Phase::End) => Ok(format!(
+                "started fulfilment-worker {}",
+                self.stack.spawn_fulfilment_worker()?
+            )),
+            (FaultKind::ReceiverFail, Phase::Begin) => {
+                // `times` counts answers: more than any window sees, so the window's end (back
+                // to provisioning) is what ends it.
+                let (behaviour, note) = match p.receiver_status() {
+                    Some(status) => (
+                        json!({"mode": "error", "status": status, "times": u32::MAX}),
+                        format!("fulfilment receiver answers {status}"),
+                    ),
+                    None => (
+                        json!({"mode": "hang"}),
+                        "fulfilment receiver hangs (calls time out)".to_owned(),
+                    ),
+                };
+                self.stack.set_receiver_behaviour(behaviour).await?;
+                Ok(note)
+            }
+            (FaultKind::ReceiverFail, Phase::End) => {
+                self.stack
+                    .set_receiver_behaviour(json!({"mode": "provision"}))
+                    .await?;
+                Ok("fulfilment receiver provisions again".into())
+            }
         }
     }
 
@@ -281,6 +316,7 @@ impl<'a> Executor<'a> {
         let vhost = self.vhost.clone();
         let mut pids = self.stack.instances(RELAY);
         pids.extend(self.stack.instances(WORKER));
+        pids.extend(self.stack.instances(FULFILMENT_WORKER));
         let ports = procfs::tcp_ports_to(&pids, self.amqp_port);
         async move {
             if scope == CloseScope::All {

@@ -1,15 +1,22 @@
 //! `chaos`: orders posted at a steady rate while faults hit every part of the pipeline, then,
 //! once everything is quiet, every order classified (ok, lost, duplicated, unexpected, failed).
+//! Meanwhile a share of the synced orders is approved in Salesforce, which sets off the
+//! fulfilment loop (sf-subscriber → fulfilment-worker → fulfilment-receiver → write-back) under
+//! the same faults and some of its own.
 //! The run fails unless nothing was lost, duplicated or unexpected, no real order failed, the
-//! injected poison was dead-lettered and every order ended synced or failed.
+//! injected poison was dead-lettered, every order ended synced or failed, and every approved
+//! order was provisioned exactly once (and no other order at all).
 //! See crates/bench/CHAOS.md for the faults and the classification.
 //!
-//! In stages: [`run`] plans the faults; [`chaos`] starts the pipeline, posts under the faults
-//! (`post.rs`, `faults.rs`) and waits until all is quiet (`settle.rs`), then [`classify_run`]
-//! reconciles and classifies (`classify.rs`); `report.rs` writes the table, JSON and timeline.
+//! In stages: [`run`] plans the faults; [`chaos`] starts the pipeline, posts and approves under
+//! the faults (`post.rs`, `approve.rs`, `faults.rs`) and waits until all is quiet
+//! (`settle.rs`), then [`classify_run`] reconciles and classifies (`classify.rs`, and
+//! `fulfil.rs` for the fulfilment loop); `report.rs` writes the table, JSON and timeline.
 
+mod approve;
 mod classify;
 mod faults;
+mod fulfil;
 mod plan;
 mod post;
 mod report;
@@ -19,18 +26,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 use orderbridge_cli::reconcile::Report;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::common::Clock;
+use crate::inbound::operator_client;
 use crate::poster::Poster;
 use crate::procfs::{self, CpuSnapshot, CpuUsage};
-use crate::stack::{Stack, StackArgs, interruptible};
+use crate::stack::{FULFILMENT_WORKER, RECEIVER, SUBSCRIBER, Stack, StackArgs, interruptible};
 use crate::verify;
 
+use approve::{Approvals, Approver};
 use classify::{DeadLetter, Inputs, Outcome, classify};
 use faults::{CloseScope, Executor};
 use plan::{FaultKind, PlanInput, Planned};
@@ -40,11 +49,18 @@ use settle::{OrderRow, Quiet};
 /// Service settings the chaos run changes unless `--env` sets them: short retry tiers and
 /// probes, so the pipeline recovers within seconds of a fault instead of the production
 /// defaults' minutes (a 10-minute retry tier would make quiescence take 10 minutes).
-const CHAOS_ENV: [(&str, &str); 4] = [
+/// `FULFILMENT_TIMEOUT` bounds a call the receiver hangs on, and the claim a killed
+/// fulfilment-worker leaves on its request (the timeout + 5 s). `SUBSCRIBER_INITIAL_REPLAY`:
+/// a subscriber killed before it stored a replay id for a topic must not resume at `latest`
+/// and skip what was published while it was down (the bus holds only this run's events).
+const CHAOS_ENV: [(&str, &str); 7] = [
     ("BROKER_RETRY_TIERS", "1s,5s,15s"),
     ("WORKER_BUDGET_PROBE", "2s"),
     ("WORKER_BREAKER_PROBE_MAX", "5s"),
     ("WORKER_SHUTDOWN_GRACE", "10s"),
+    ("FULFILMENT_TIMEOUT", "3s"),
+    ("FULFILMENT_SHUTDOWN_GRACE", "10s"),
+    ("SUBSCRIBER_INITIAL_REPLAY", "earliest"),
 ];
 
 #[derive(Debug, Clone, Args)]
@@ -73,6 +89,13 @@ pub struct ChaosArgs {
     /// Poison messages published straight onto the work queue; each must be dead-lettered.
     #[arg(long, default_value_t = 3)]
     pub poison: u32,
+    /// Share of the orders approved in Salesforce once synced (0 to 1; drawn from the seed and
+    /// the order id), which asks for their provisioning.
+    #[arg(long, default_value_t = 0.5)]
+    pub approve: f64,
+    /// How long the fulfilment receiver takes to answer each request.
+    #[arg(long, default_value = "200ms", value_parser = orderbridge_runtime::parse_interval)]
+    pub receiver_delay: Duration,
     /// Which broker connections `broker-close` closes: the run's services' own (`own`), or
     /// every connection on the broker (`all`: `rabbitmqctl close_all_connections`; only where
     /// nobody else uses the broker).
@@ -97,6 +120,7 @@ pub struct Run {
     pub poison_sent: Vec<String>,
     pub quiet: Quiet,
     pub quiet_at_s: f64,
+    pub approvals: Approvals,
     /// (service, pid, exit status, clean) of the processes stopped with a signal.
     pub stopped: Vec<(String, u32, String, bool)>,
     pub load_before: Option<[f64; 3]>,
@@ -113,6 +137,9 @@ pub struct Found {
     pub rows: Vec<OrderRow>,
     pub accepted: HashSet<Uuid>,
     pub outcome: Outcome,
+    pub fulfil: fulfil::Outcome,
+    /// When each provisioned request was decided (for the chart).
+    pub provisioned_at: Vec<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Everything the run measured, for the report.
@@ -128,6 +155,9 @@ pub struct Measured<'a> {
 pub async fn run(mut args: ChaosArgs) -> Result<bool> {
     if !(args.rate.is_finite() && args.rate > 0.0) {
         bail!("--rate must be a positive number (the chaos run posts at a steady rate)");
+    }
+    if !(0.0..=1.0).contains(&args.approve) {
+        bail!("--approve is a share of the orders, from 0 to 1");
     }
     let seed = args.seed.unwrap_or_else(plan::random_seed);
     let kinds = if args.faults.is_empty() {
@@ -194,6 +224,20 @@ async fn chaos(
     schedule: &[Planned],
 ) -> Result<bool> {
     let (key, api) = stack.start_pipeline().await?;
+    // The return path and the fulfilment loop: the receiver first, as the worker is given its
+    // URL when it starts.
+    stack.spawn_receiver(args.receiver_delay)?;
+    stack.wait_ready(RECEIVER).await?;
+    stack.spawn_subscriber()?;
+    stack.spawn_fulfilment_worker()?;
+    for svc in [SUBSCRIBER, FULFILMENT_WORKER] {
+        stack.wait_ready(svc).await?;
+    }
+    let salesforce = operator_client(stack)?;
+    salesforce
+        .login()
+        .await
+        .context("cannot log in to the emulator")?;
     let poster = Arc::new(Poster::new(
         api,
         key,
@@ -201,8 +245,8 @@ async fn chaos(
         args.connections as usize,
         None,
     )?);
-    let run = under_faults(stack, args, seed, schedule, poster).await?;
-    let found = classify_run(stack, &run).await?;
+    let run = under_faults(stack, args, seed, schedule, poster, &salesforce).await?;
+    let found = classify_run(stack, &run, &salesforce).await?;
     let measured = Measured {
         args,
         seed,
@@ -222,6 +266,7 @@ async fn under_faults(
     seed: u64,
     schedule: &[Planned],
     poster: Arc<Poster>,
+    salesforce: &orderbridge_salesforce::Client,
 ) -> Result<Run> {
     let orders = args.orders as usize;
     let load_before = procfs::loadavg();
@@ -243,6 +288,14 @@ async fn under_faults(
         args.connections as usize,
         give_up,
     ));
+    let approver = Approver::start(
+        stack.pool()?.clone(),
+        salesforce.clone(),
+        seed,
+        args.approve,
+        clock.started,
+        give_up,
+    );
 
     let mut executor = Executor::new(stack, schedule, args.close_connections);
     executor.run(clock.started).await;
@@ -255,10 +308,12 @@ async fn under_faults(
     let posting_done_s = clock.started.elapsed().as_secs_f64();
     tracing::info!(
         accepted = posted.accepted.len(),
+        approved = approver.approved(),
         "posting and faults done; waiting for quiescence"
     );
 
-    let quiet = settle::wait_quiet(stack, Instant::now() + args.stack.timeout).await?;
+    let (quiet, approvals) =
+        settle::wait_quiet(stack, Instant::now() + args.stack.timeout, approver).await?;
     let quiet_at_s = clock.started.elapsed().as_secs_f64();
     let stopped = stack.reap_stopped().await;
     let cpu = cpu_before.usage_until(&CpuSnapshot::take(&stack.pids()));
@@ -272,6 +327,7 @@ async fn under_faults(
         poison_sent,
         quiet,
         quiet_at_s,
+        approvals,
         stopped,
         load_before,
         load_after,
@@ -282,8 +338,12 @@ async fn under_faults(
 }
 
 /// Reconciles against Salesforce, reads the dead letters and every order's state, and sorts
-/// each order into its class.
-async fn classify_run(stack: &Stack, run: &Run) -> Result<Found> {
+/// each order into its class; then the same for the fulfilment loop.
+async fn classify_run(
+    stack: &Stack,
+    run: &Run,
+    salesforce: &orderbridge_salesforce::Client,
+) -> Result<Found> {
     tracing::info!("classifying: reconcile against Salesforce, dead letters, Postgres");
     let report = verify::reconcile_run(stack).await?;
     let letters = settle::dead_letters(stack).await?;
@@ -297,11 +357,30 @@ async fn classify_run(stack: &Stack, run: &Run) -> Result<Found> {
         dead_letters: &letters,
         poison_sent: &run.poison_sent,
     });
+    let read = fulfil::read(stack, salesforce).await?;
+    let approved: HashSet<Uuid> = run.approvals.approved.keys().copied().collect();
+    let given_up: HashSet<Uuid> = run.approvals.given_up.iter().map(|(id, _)| *id).collect();
+    let fulfil = fulfil::classify(&fulfil::Inputs {
+        approved: &approved,
+        given_up: &given_up,
+        orders: &read.orders,
+        requests: &read.requests,
+        activation: &read.activation,
+        received: &read.received,
+    });
+    let provisioned_at = read
+        .requests
+        .iter()
+        .filter(|r| r.state == "provisioned")
+        .filter_map(|r| r.decided_at)
+        .collect();
     Ok(Found {
         report,
         letters,
         rows,
         accepted,
         outcome,
+        fulfil,
+        provisioned_at,
     })
 }

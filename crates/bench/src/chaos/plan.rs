@@ -35,10 +35,18 @@ pub enum FaultKind {
     LockRow,
     /// Salesforce calls take seconds instead of the configured latency, for a window.
     LatencySpike,
+    /// SIGKILL sf-subscriber mid-stream, start a new one after a window (it resumes from its
+    /// stored replay ids).
+    SubscriberKill,
+    /// SIGKILL fulfilment-worker while calls are in flight, start a new one a moment later.
+    FulfilmentKill,
+    /// The fulfilment receiver answers 500, 502, 503 or 429, or hangs (the worker's call times
+    /// out), for a window.
+    ReceiverFail,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 11] = [
+    pub const ALL: [FaultKind; 14] = [
         FaultKind::KillRelay,
         FaultKind::KillWorker,
         FaultKind::TwoRelays,
@@ -50,6 +58,9 @@ impl FaultKind {
         FaultKind::RequestLimit,
         FaultKind::LockRow,
         FaultKind::LatencySpike,
+        FaultKind::SubscriberKill,
+        FaultKind::FulfilmentKill,
+        FaultKind::ReceiverFail,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +76,9 @@ impl FaultKind {
             FaultKind::RequestLimit => "request-limit",
             FaultKind::LockRow => "lock-row",
             FaultKind::LatencySpike => "latency-spike",
+            FaultKind::SubscriberKill => "subscriber-kill",
+            FaultKind::FulfilmentKill => "fulfilment-kill",
+            FaultKind::ReceiverFail => "receiver-fail",
         }
     }
 
@@ -107,6 +121,18 @@ impl Planned {
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// How a `receiver-fail` fault makes the receiver answer: an HTTP status (retried like a
+    /// 5xx) or `None` for a hang (the worker's call times out).
+    pub fn receiver_status(&self) -> Option<u16> {
+        match self.pick % 5 {
+            0 => Some(500),
+            1 => Some(502),
+            2 => Some(503),
+            3 => Some(429),
+            _ => None,
+        }
     }
 
     /// A `latency-spike`'s per-call latency: 1–5 s.
@@ -163,11 +189,18 @@ pub fn plan(input: &PlanInput) -> Vec<Planned> {
                 let max = input.max_window_s.max(0.5);
                 let min = match kind {
                     // A killed process stays down briefly; the others' windows are longer.
-                    FaultKind::KillRelay | FaultKind::KillWorker => 0.2,
+                    FaultKind::KillRelay
+                    | FaultKind::KillWorker
+                    | FaultKind::FulfilmentKill
+                    | FaultKind::SubscriberKill => 0.2,
                     _ => max.min(2.0),
                 };
                 let max = match kind {
-                    FaultKind::KillRelay | FaultKind::KillWorker => max.min(3.0),
+                    FaultKind::KillRelay | FaultKind::KillWorker | FaultKind::FulfilmentKill => {
+                        max.min(3.0)
+                    }
+                    // Down for up to a whole window: Salesforce's events pile up meanwhile and
+                    // the new subscriber must read them from its stored replay ids.
                     _ => max,
                 };
                 min + (max - min) * rng.unit()
@@ -282,7 +315,7 @@ mod tests {
             seed,
             posting_s: 100.0,
             kinds: FaultKind::ALL.to_vec(),
-            gap_s: 4.0,
+            gap_s: 3.0,
             max_window_s: 8.0,
             poison: 3,
         }
@@ -297,7 +330,7 @@ mod tests {
     #[test]
     fn every_kind_happens_and_windows_of_a_kind_do_not_overlap() {
         let p = plan(&input(7));
-        assert_eq!(p.len(), 25 + 3);
+        assert_eq!(p.len(), 33 + 3);
         assert_eq!(p.iter().filter(|f| f.kind.is_none()).count(), 3);
         for kind in FaultKind::ALL {
             let mut of_kind: Vec<&Planned> = p.iter().filter(|f| f.kind == Some(kind)).collect();
@@ -327,6 +360,7 @@ mod tests {
             let c = f.locked_customers();
             assert!(!c.is_empty() && c.len() <= 6 && c.iter().all(|&i| i < CUSTOMERS));
             assert!(f.instance(2) < 2);
+            assert!(f.receiver_status().is_none_or(|s| s == 429 || s >= 500));
             assert_eq!(f.instance(0), 0);
         }
     }

@@ -50,11 +50,12 @@ fn context(t: &mut Table, stack: &Stack, m: &Measured<'_>) {
     let orders = args.orders as usize;
     common::machine_context(t, stack, run.load_before, run.load_after, &run.cpu);
     t.context(format!(
-        "repeat the schedule: orderbridge-bench chaos --seed {seed} --orders {orders} --rate {} --fault-gap {} --fault-window {} --poison {}{}",
+        "repeat the schedule: orderbridge-bench chaos --seed {seed} --orders {orders} --rate {} --fault-gap {} --fault-window {} --poison {} --approve {}{}",
         args.rate,
         format_ms(args.fault_gap),
         format_ms(args.fault_window),
         args.poison,
+        args.approve,
         if args.faults.is_empty() {
             String::new()
         } else {
@@ -128,6 +129,26 @@ fn run_rows(t: &mut Table, m: &Measured<'_>) {
     t.info(
         "orders that needed retries (same Idempotency-Key)",
         posted.tally.retried_orders.to_string(),
+    );
+    let a = &run.approvals;
+    t.info(
+        "orders approved in Salesforce (share; calls, failed and retried)",
+        format!(
+            "{} of {} synced ({}; {} calls, {} failed)",
+            a.approved.len(),
+            a.seen.len(),
+            m.args.approve,
+            a.calls,
+            a.failed_calls
+        ),
+    );
+    let f = &m.found.fulfil;
+    t.info(
+        "fulfilment receiver calls (duplicates answered from memory; errors; hung)",
+        format!(
+            "{} ({}; {}; {})",
+            f.received, f.duplicates, f.errors, f.hung
+        ),
     );
     t.info(
         "posting and faults done after",
@@ -221,6 +242,7 @@ fn check_rows(t: &mut Table, m: &Measured<'_>) {
         "= 0, quiet",
         outcome.not_terminal.is_empty() && quiet.reached,
     );
+    fulfil_rows(t, m);
     t.check(
         "services stopped with SIGTERM that did not exit cleanly",
         if unclean.is_empty() {
@@ -245,6 +267,52 @@ fn check_rows(t: &mut Table, m: &Measured<'_>) {
     );
 }
 
+/// The fulfilment loop's checks: every approved order provisioned exactly once, no other.
+fn fulfil_rows(t: &mut Table, m: &Measured<'_>) {
+    let (f, a) = (&m.found.fulfil, &m.run.approvals);
+    t.check_target(
+        "provisioned: approved, provisioned once locally, in Salesforce, at the receiver",
+        format!("{} of {}", f.provisioned_once, f.approved),
+        "all",
+        f.provisioned_once == f.approved,
+    );
+    t.check(
+        "approved orders not provisioned locally (status)",
+        f.not_provisioned.len().to_string(),
+        f.not_provisioned.is_empty(),
+    );
+    t.check(
+        "approved orders whose Salesforce Activation_Status__c is not Provisioned",
+        f.salesforce_not_provisioned.len().to_string(),
+        f.salesforce_not_provisioned.is_empty(),
+    );
+    t.check(
+        "approved orders the receiver did not provision exactly once",
+        f.not_once.len().to_string(),
+        f.not_once.is_empty(),
+    );
+    t.check(
+        "fulfilment requests failed",
+        f.failed_requests.len().to_string(),
+        f.failed_requests.is_empty(),
+    );
+    t.check(
+        "orders not approved but provisioned, requested or called",
+        f.unapproved_touched.len().to_string(),
+        f.unapproved_touched.is_empty(),
+    );
+    t.check(
+        "receiver calls for no request; refused signatures",
+        format!("{} / {}", f.unknown_calls, f.bad_signatures),
+        f.unknown_calls == 0 && f.bad_signatures == 0,
+    );
+    t.check(
+        "approvals never made (retried until the timeout)",
+        a.given_up.len().to_string(),
+        a.given_up.is_empty(),
+    );
+}
+
 fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
     let (args, r, f) = (m.args, &m.run, &m.found);
     let (posted, quiet, report) = (&r.posted, &r.quiet, &f.report);
@@ -259,6 +327,8 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
             "fault_gap_s": args.fault_gap.as_secs_f64(),
             "fault_window_s": args.fault_window.as_secs_f64(),
             "poison": args.poison,
+            "approve": args.approve,
+            "receiver_delay_ms": args.receiver_delay.as_millis() as u64,
             "close_connections": args.close_connections,
             "latency_ms": args.stack.latency_ms, "jitter_ms": args.stack.jitter_ms,
             "service_log": args.stack.service_log,
@@ -288,8 +358,21 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
             "reached": quiet.reached, "waited_s": quiet.waited_s,
             "posting_done_s": r.posting_done_s, "quiet_at_s": r.quiet_at_s,
             "not_terminal": quiet.not_terminal, "unpublished": quiet.unpublished,
-            "queues": quiet.queues,
+            "queues": quiet.queues, "approvals_done": quiet.approvals_done,
+            "fulfilment_open": quiet.fulfilment_open,
+            "approved_unfinished": quiet.approved_unfinished,
         },
+        "approvals": {
+            "synced_seen": r.approvals.seen.len(),
+            "chosen": r.approvals.chosen.len(),
+            "approved": r.approvals.approved.len(),
+            "calls": r.approvals.calls,
+            "failed_calls": r.approvals.failed_calls,
+            "given_up": r.approvals.given_up.len(),
+            "given_up_sample": r.approvals.given_up.iter().take(20)
+                .map(|(id, e)| json!({"id": id, "error": e})).collect::<Vec<_>>(),
+        },
+        "fulfilment": f.fulfil.to_json(),
         "stopped_with_sigterm": r.stopped.iter()
             .map(|(name, pid, status, clean)| json!({"service": name, "pid": pid, "status": status, "clean": clean}))
             .collect::<Vec<_>>(),
@@ -328,6 +411,10 @@ fn chart(m: &Measured<'_>) -> String {
         ),
         run.clock.started_wall,
         &m.found.rows,
+        Fulfilment {
+            approved_s: run.approvals.approved.values().copied().collect(),
+            provisioned_at: &m.found.provisioned_at,
+        },
         &run.events,
         run.quiet_at_s,
         orders,
@@ -339,11 +426,19 @@ fn format_ms(d: Duration) -> String {
     format!("{}ms", d.as_millis())
 }
 
-/// Accepted and synced orders over time, with the faults as bars in one lane per kind.
+/// The fulfilment loop's curves: approvals made (s since the start) and requests provisioned.
+struct Fulfilment<'a> {
+    approved_s: Vec<f64>,
+    provisioned_at: &'a [DateTime<Utc>],
+}
+
+/// Accepted, synced, approved and provisioned orders over time, with the faults as bars in one
+/// lane per kind.
 fn timeline_chart(
     describe: &str,
     started: DateTime<Utc>,
     rows: &[OrderRow],
+    fulfilment: Fulfilment<'_>,
     events: &[faults::Event],
     end_s: f64,
     orders: usize,
@@ -351,6 +446,11 @@ fn timeline_chart(
     let secs = |t: DateTime<Utc>| (t - started).num_milliseconds() as f64 / 1e3;
     let accepted = chart::cumulative(rows.iter().map(|r| secs(r.3)).collect(), 1500);
     let synced = chart::cumulative(rows.iter().filter_map(|r| r.4.map(secs)).collect(), 1500);
+    let approved = chart::cumulative(fulfilment.approved_s, 1500);
+    let provisioned = chart::cumulative(
+        fulfilment.provisioned_at.iter().map(|t| secs(*t)).collect(),
+        1500,
+    );
     let lanes: Vec<&str> = FaultKind::ALL
         .iter()
         .map(|k| k.name())
@@ -388,7 +488,8 @@ fn timeline_chart(
         }
     }
     chart::render(&Chart {
-        title: "Chaos run: orders accepted and synced while faults hit".into(),
+        title: "Chaos run: orders accepted, synced, approved and provisioned while faults hit"
+            .into(),
         subtitle: describe.into(),
         x_label: "seconds since posting started".into(),
         y_label: "orders".into(),
@@ -405,6 +506,18 @@ fn timeline_chart(
                 name: "synced (written to Salesforce)".into(),
                 color: chart::BLUE,
                 points: synced,
+                dashed: false,
+            },
+            Series {
+                name: "approved in Salesforce".into(),
+                color: chart::ORANGE,
+                points: approved,
+                dashed: true,
+            },
+            Series {
+                name: "provisioned (request decided)".into(),
+                color: chart::GREEN,
+                points: provisioned,
                 dashed: false,
             },
         ],

@@ -12,6 +12,7 @@ use orderbridge_cli::dlq::DlqCommand;
 use serde::Deserialize;
 use uuid::Uuid;
 
+use super::approve::{Approvals, Approver};
 use super::classify::{DeadLetter, Stored};
 use super::faults;
 use crate::stack::Stack;
@@ -24,21 +25,57 @@ pub struct Quiet {
     pub not_terminal: i64,
     pub unpublished: i64,
     pub queues: BTreeMap<String, u64>,
+    /// Whether the approvals were finished (every synced order looked at, every approval made
+    /// or given up).
+    pub approvals_done: bool,
+    /// Fulfilment requests still open: queued, accepted, or decided but not yet written back.
+    pub fulfilment_open: i64,
+    /// Approved orders without a decided request written back to Salesforce (the subscriber or
+    /// the worker has not got to them yet).
+    pub approved_unfinished: i64,
 }
 
-/// Waits until every order is synced or failed, the outbox is published and the namespace's
-/// queues (but the dead letters) are empty, twice in a row a second apart; or `deadline`.
-pub async fn wait_quiet(stack: &mut Stack, deadline: Instant) -> Result<Quiet> {
+/// Waits until every order is synced or failed, the approvals are done, every approved order's
+/// fulfilment request is decided and written back, no request is open, the outbox is published
+/// and the namespace's queues (but the dead letters) are empty, twice in a row a second apart;
+/// or `deadline`. The approvals are finished (see [`Approver::finish`]) once every order is
+/// synced or failed, as no order can be synced after that.
+pub async fn wait_quiet(
+    stack: &mut Stack,
+    deadline: Instant,
+    approver: Approver,
+) -> Result<(Quiet, Approvals)> {
     let started = Instant::now();
     let mut quiet = Quiet::default();
     let mut calm = 0;
     let dead_letters = format!("{}.dead-letters", stack.namespace);
+    let mut approver = Some(approver);
+    let mut approvals = Approvals::default();
     loop {
         stack.check_running()?;
-        let (not_terminal, unpublished): (i64, i64) = sqlx::query_as(
+        let (not_terminal, unpublished, fulfilment_open): (i64, i64, i64) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM orders WHERE sync_state NOT IN ('synced', 'failed')),
-                    (SELECT count(*) FROM outbox WHERE published_at IS NULL)",
+                    (SELECT count(*) FROM outbox WHERE published_at IS NULL),
+                    (SELECT count(*) FROM fulfilment_requests
+                     WHERE state IN ('queued', 'accepted') OR written_back_at IS NULL)",
         )
+        .fetch_one(stack.pool()?)
+        .await?;
+        if not_terminal == 0
+            && let Some(a) = approver.take()
+        {
+            tracing::info!("every order synced or failed; finishing the approvals");
+            approvals = a.finish().await;
+            quiet.approvals_done = true;
+        }
+        let approved: Vec<Uuid> = approvals.approved.keys().copied().collect();
+        let approved_unfinished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM unnest($1::uuid[]) AS a(id)
+             WHERE NOT EXISTS (SELECT 1 FROM fulfilment_requests f
+                               WHERE f.order_id = a.id AND f.state IN ('provisioned', 'failed')
+                                 AND f.written_back_at IS NOT NULL)",
+        )
+        .bind(&approved)
         .fetch_one(stack.pool()?)
         .await?;
         let queues = match faults::queue_depths(&stack.args.amqp_url, &stack.namespace).await {
@@ -55,25 +92,39 @@ pub async fn wait_quiet(stack: &mut Stack, deadline: Instant) -> Result<Quiet> {
             .sum();
         quiet.not_terminal = not_terminal;
         quiet.unpublished = unpublished;
+        quiet.fulfilment_open = fulfilment_open;
+        quiet.approved_unfinished = approved_unfinished;
         quiet.queues = queues.into_iter().collect();
         quiet.waited_s = started.elapsed().as_secs_f64();
         tracing::info!(
             not_terminal,
             unpublished,
             busy_queues,
+            fulfilment_open,
+            approved_unfinished,
             "waiting for quiescence"
         );
-        if not_terminal == 0 && unpublished == 0 && busy_queues == 0 && !quiet.queues.is_empty() {
+        if not_terminal == 0
+            && quiet.approvals_done
+            && unpublished == 0
+            && fulfilment_open == 0
+            && approved_unfinished == 0
+            && busy_queues == 0
+            && !quiet.queues.is_empty()
+        {
             calm += 1;
             if calm >= 2 {
                 quiet.reached = true;
-                return Ok(quiet);
+                return Ok((quiet, approvals));
             }
         } else {
             calm = 0;
         }
         if Instant::now() > deadline {
-            return Ok(quiet);
+            if let Some(a) = approver.take() {
+                approvals = a.finish().await;
+            }
+            return Ok((quiet, approvals));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

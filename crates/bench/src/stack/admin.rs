@@ -32,6 +32,24 @@ impl Stack {
         Ok(())
     }
 
+    /// Tells the fulfilment receiver how to answer from now on (`POST /__admin/behaviour`).
+    pub async fn set_receiver_behaviour(&self, behaviour: Value) -> Result<()> {
+        let receiver = self
+            .receiver_url
+            .as_deref()
+            .ok_or_else(|| anyhow!("the fulfilment receiver is not running"))?;
+        let resp = self
+            .http
+            .post(format!("{receiver}/__admin/behaviour"))
+            .json(&behaviour)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            bail!("receiver refused behaviour {behaviour}: {}", resp.status());
+        }
+        Ok(())
+    }
+
     /// The emulator's counters (`GET /__admin/stats`).
     pub async fn emulator_stats(&self) -> Result<Value> {
         Ok(self

@@ -30,6 +30,8 @@ pub fn service_bins() -> PathBuf {
             "sync-worker",
             "sf-emulator",
             "sf-subscriber",
+            "fulfilment-worker",
+            "fulfilment-receiver",
         ],
     )
     .unwrap();
