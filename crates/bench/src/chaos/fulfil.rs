@@ -3,8 +3,8 @@
 //! (`Activation_Status__c` = `Provisioned`) and at the fulfilment system (one request the
 //! receiver provisioned; answers from its idempotency memory do not count) — and that no order
 //! left unapproved was touched. Each fact is read from the system that owns it, as
-//! `fulfilment`'s checks do. The order's status history is not asserted on: `activated` can
-//! rightly be dropped as stale when the provisioning result overtakes it.
+//! `fulfilment`'s checks do. The order's status history is not asserted on (an `activated`
+//! overtaken by the provisioning event joins it late; `crates/db/tests` covers that).
 
 use std::collections::{HashMap, HashSet};
 
