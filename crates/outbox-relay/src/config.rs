@@ -37,7 +37,14 @@ pub struct RelayConfig {
     /// the pause before retrying rows the broker refused.
     #[arg(long, env = "RELAY_POLL_INTERVAL", default_value = "1s", value_parser = orderbridge_runtime::parse_interval)]
     pub poll_interval: Duration,
-    /// How often a standby relay tries to take over publishing.
+    /// Partitions of the outbox, by order (aggregate) id; each is published by one relay at a
+    /// time, so up to this many relays publish at once. Every relay of a deployment must have
+    /// the same value (a relay that sees others publishing with another count stands by). 1
+    /// means one leader publishes everything.
+    #[arg(long, env = "RELAY_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::outbox::MAX_PARTITIONS)))]
+    pub partitions: u16,
+    /// How often a standby relay tries to take over publishing, and how often a publishing
+    /// relay rebalances the partitions with the others.
     #[arg(long, env = "RELAY_STANDBY_INTERVAL", default_value = "1s", value_parser = orderbridge_runtime::parse_interval)]
     pub standby_interval: Duration,
     /// Published rows older than this are deleted.

@@ -1,6 +1,6 @@
 //! The relay's metrics, in the Prometheus text format (see `orderbridge_runtime::metrics`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,7 +38,16 @@ pub struct Metrics {
     pub broker_up: AtomicBool,
     pub db_up: AtomicBool,
     pub listener_up: AtomicBool,
+    /// Leads at least one outbox partition.
     pub leader: AtomicBool,
+    /// `RELAY_PARTITIONS`.
+    partitions: AtomicU64,
+    /// Bit p set while this relay leads partition p.
+    partitions_led: AtomicU64,
+    /// Relays sharing the partitions, this one included, as last seen.
+    pub relays: AtomicU64,
+    /// Standing by because relays with another `RELAY_PARTITIONS` publish.
+    pub partition_conflict: AtomicBool,
     pub published_total: AtomicU64,
     failures: Mutex<BTreeMap<FailureReason, u64>>,
     backlog_rows: AtomicU64,
@@ -67,6 +76,10 @@ impl Default for Metrics {
             db_up: AtomicBool::new(false),
             listener_up: AtomicBool::new(false),
             leader: AtomicBool::new(false),
+            partitions: AtomicU64::new(1),
+            partitions_led: AtomicU64::new(0),
+            relays: AtomicU64::new(0),
+            partition_conflict: AtomicBool::new(false),
             published_total: AtomicU64::new(0),
             failures: Mutex::new(BTreeMap::new()),
             backlog_rows: AtomicU64::new(0),
@@ -104,6 +117,27 @@ impl Metrics {
         f.get(&reason).copied().unwrap_or(0)
     }
 
+    pub fn set_partitions(&self, partitions: u16) {
+        self.partitions
+            .store(u64::from(partitions), Ordering::Relaxed);
+    }
+
+    /// The partitions this relay leads now.
+    pub fn set_leadership(&self, led: &BTreeSet<u16>) {
+        let bits = led
+            .iter()
+            .filter(|&&p| p < 64)
+            .fold(0u64, |acc, &p| acc | (1 << p));
+        self.partitions_led.store(bits, Ordering::Relaxed);
+        self.leader.store(bits != 0, Ordering::Relaxed);
+    }
+
+    /// The partitions this relay leads, in order.
+    pub fn partitions_led(&self) -> Vec<u16> {
+        let bits = self.partitions_led.load(Ordering::Relaxed);
+        (0..64u16).filter(|p| bits & (1 << p) != 0).collect()
+    }
+
     pub fn set_backlog(&self, rows: u64, oldest_age_seconds: f64) {
         self.backlog_rows.store(rows, Ordering::Relaxed);
         self.backlog_oldest_age
@@ -135,8 +169,39 @@ impl Metrics {
         gauge(
             &mut out,
             "outbox_relay_leader",
-            "1 while this relay holds the publishing lock.",
+            "1 while this relay leads (publishes) at least one outbox partition.",
             b(&self.leader),
+        );
+        let partitions = self.partitions.load(Ordering::Relaxed);
+        gauge(
+            &mut out,
+            "outbox_relay_partitions",
+            "Partitions of the outbox (RELAY_PARTITIONS).",
+            partitions as f64,
+        );
+        let _ = writeln!(
+            out,
+            "# HELP outbox_relay_partition_leader 1 for each outbox partition this relay publishes.\n# TYPE outbox_relay_partition_leader gauge"
+        );
+        let led = self.partitions_led.load(Ordering::Relaxed);
+        for p in 0..partitions.min(64) {
+            let _ = writeln!(
+                out,
+                "outbox_relay_partition_leader{{partition=\"{p}\"}} {}",
+                (led >> p) & 1
+            );
+        }
+        gauge(
+            &mut out,
+            "outbox_relay_relays",
+            "Relays sharing the outbox partitions (this one included), as last seen.",
+            self.relays.load(Ordering::Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "outbox_relay_partition_conflict",
+            "1 while this relay stands by because relays with another RELAY_PARTITIONS publish.",
+            b(&self.partition_conflict),
         );
         gauge(
             &mut out,
@@ -267,5 +332,22 @@ mod tests {
         assert!(text.contains("outbox_relay_publish_failures_total{reason=\"unroutable\"} 2"));
         assert!(text.contains("outbox_relay_publish_failures_total{reason=\"nack\"} 0"));
         assert!(!m.ready());
+    }
+
+    #[test]
+    fn renders_the_partitions_led() {
+        let m = Metrics::default();
+        m.set_partitions(4);
+        m.set_leadership(&[1, 3].into_iter().collect());
+        let text = m.render();
+        assert!(text.contains("outbox_relay_partitions 4"));
+        assert!(text.contains("outbox_relay_partition_leader{partition=\"0\"} 0"));
+        assert!(text.contains("outbox_relay_partition_leader{partition=\"1\"} 1"));
+        assert!(text.contains("outbox_relay_partition_leader{partition=\"3\"} 1"));
+        assert!(!text.contains("partition=\"4\""));
+        assert!(text.contains("outbox_relay_leader 1"));
+        assert_eq!(m.partitions_led(), vec![1, 3]);
+        m.set_leadership(&BTreeSet::new());
+        assert!(m.render().contains("outbox_relay_leader 0"));
     }
 }

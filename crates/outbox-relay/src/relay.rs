@@ -6,40 +6,43 @@
 //!            ▼                                              │  publish/confirm timed out
 //!   ensure session (backoff+jitter, declare topology, confirm.select)
 //!            ▼
-//!   ensure leader connection ──lock held elsewhere──► standby: retry every RELAY_STANDBY_INTERVAL
-//!            ▼ pg_try_advisory_lock = true
-//!   read batch ─► publish all (mandatory, persistent) ─► collect confirms ─► mark confirmed rows
-//!            ▲                                                                 │
-//!            └──── NOTIFY / poll interval / more rows waiting ◄────────────────┘
+//!   rebalance on the leader connection ──no partition free──► standby: again every
+//!            ▼ holds the locks of ≥ 1 outbox partition            RELAY_STANDBY_INTERVAL
+//!   read batch (own partitions) ─► publish all (mandatory, persistent) ─► collect confirms
+//!            ▲                                                  ─► mark confirmed rows
+//!            └──── NOTIFY / poll interval / more rows waiting ◄────────┘  (rebalance again
+//!                                                                 every standby interval)
 //! ```
 //!
-//! Each stage has a module of its own: the batch (`batch`, with the row → message mapping in
-//! `message`), the LISTEN wake-ups (`listen`), and retention and the backlog gauge
-//! (`housekeeping`), which run beside the loop on the pool.
+//! Each stage has a module of its own: which partitions this relay leads (`leadership`), the
+//! batch (`batch`, with the row → message mapping in `message`), the LISTEN wake-ups
+//! (`listen`), and retention and the backlog gauge (`housekeeping`), which run beside the loop
+//! on the pool.
 
 mod batch;
 mod housekeeping;
+mod leadership;
 mod listen;
 mod message;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use orderbridge_broker::{Backoff, BrokerConfig, Keyring, Session, Supervisor};
+use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use self::batch::Publisher;
 use self::housekeeping::{backlog_loop, retention_loop};
+use self::leadership::{Leadership, Rebalanced};
 use self::listen::listen_loop;
 use crate::config::RelayConfig;
-use crate::faults::{HEALTHY_SESSION, db_op, sleep_or_shutdown, wait_shutdown};
+use crate::faults::{HEALTHY_SESSION, sleep_or_shutdown, wait_shutdown};
 use crate::metrics::Metrics;
-use crate::outbox;
 
 // Their public paths stay `relay::…`: tests and other crates name them there.
 pub use self::housekeeping::retention_pass;
@@ -58,7 +61,8 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// `pool` is used for LISTEN, retention and the backlog gauge; the leader connection is a
+    /// `pool` is used for LISTEN, retention and the backlog gauge; the leader connection (which
+    /// holds the partition locks, reads and marks) is a
     /// separate connection opened with the pool's connect options (so it carries the same
     /// `application_name` and statement timeout).
     pub fn new(
@@ -71,13 +75,15 @@ impl Relay {
         let keyring = broker.keyring()?;
         let connect_options = (*pool.connect_options()).clone();
         let db_timeout = config.db_timeout;
+        let metrics = Metrics::default();
+        metrics.set_partitions(config.partitions);
         Ok(Self {
             config,
             broker,
             keyring,
             pool,
             connect_options,
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(metrics),
             db_timeout,
         })
     }
@@ -130,9 +136,10 @@ impl Relay {
         let exchange = supervisor.topology().events_exchange.clone();
         let mut session: Option<Session> = None;
         let mut session_started = Instant::now();
-        // The connection that holds (or keeps trying for) the leader lock.
-        let mut db: Option<PgConnection> = None;
-        let mut is_leader = false;
+        // The connection that holds (or keeps trying for) the partition locks.
+        let mut lead = Leadership::new(self.config.partitions);
+        // Set while relays with another RELAY_PARTITIONS publish (logged once per episode).
+        let mut conflict: Option<u16> = None;
         // Aggregates whose oldest unpublished row the broker refused, until when: their rows are
         // left out of reads meanwhile, so refused rows neither spin nor block other orders (even
         // a whole batch of them), while later events of the same order keep waiting behind.
@@ -149,11 +156,15 @@ impl Relay {
             // 1. A healthy broker session in confirm mode.
             if !session.as_ref().is_some_and(Session::is_healthy) {
                 m.broker_up.store(false, Ordering::Relaxed);
-                if is_leader {
-                    // Hand publishing to a standby that may still reach the broker.
-                    is_leader = false;
-                    m.leader.store(false, Ordering::Relaxed);
-                    self.release_lead(&mut db).await;
+                if lead.joined() {
+                    // Hand publishing to a relay that may still reach the broker, and leave the
+                    // membership (also when leading nothing), so the others' shares count
+                    // without this relay and no partition waits for it.
+                    lead.release_all(self.db_timeout).await;
+                    m.set_leadership(lead.held());
+                    tracing::info!(
+                        "released the outbox partitions while the broker is unreachable"
+                    );
                 }
                 if let Some(old) = session.take() {
                     m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
@@ -175,44 +186,45 @@ impl Relay {
                 m.broker_up.store(true, Ordering::Relaxed);
             }
 
-            // 2. Leadership: only the holder of the advisory lock publishes.
-            if !is_leader {
+            // 2. Leadership: publish the partitions whose locks this relay holds; rebalance
+            //    between batches every standby interval, at once while leading nothing.
+            if lead.due(self.config.standby_interval) {
                 let attempt = tokio::select! {
-                    r = self.try_lead(&mut db) => r,
+                    r = lead.rebalance(&self.connect_options, self.db_timeout) => r,
                     () = wait_shutdown(&mut shutdown) => break,
                 };
                 match attempt {
-                    Ok(true) => {
-                        is_leader = true;
-                        m.leader.store(true, Ordering::Relaxed);
+                    Ok(change) => {
                         m.db_up.store(true, Ordering::Relaxed);
                         db_backoff.reset();
-                        tracing::info!("took the leader lock: publishing");
-                    }
-                    Ok(false) => {
-                        m.db_up.store(true, Ordering::Relaxed);
-                        db_backoff.reset();
-                        tracing::debug!("another relay is publishing: standing by");
-                        sleep_or_shutdown(self.config.standby_interval, &mut shutdown).await;
-                        continue;
+                        m.set_leadership(lead.held());
+                        m.relays.store(change.members as u64, Ordering::Relaxed);
+                        self.report(&change, lead.held(), &mut conflict);
                     }
                     Err(e) => {
                         m.db_up.store(false, Ordering::Relaxed);
-                        db = None;
+                        lead.lost();
+                        m.set_leadership(lead.held());
                         let delay = db_backoff.fail();
                         tracing::warn!(error = %e, retry_in = ?delay, "cannot reach Postgres");
                         sleep_or_shutdown(delay, &mut shutdown).await;
                         continue;
                     }
                 }
+                if lead.held().is_empty() {
+                    tracing::debug!("other relays lead every partition: standing by");
+                    sleep_or_shutdown(self.config.standby_interval, &mut shutdown).await;
+                    continue;
+                }
             }
-            let (Some(conn), Some(s)) = (db.as_mut(), session.as_ref()) else {
+            let mine: Vec<u16> = lead.held().iter().copied().collect();
+            let (Some(conn), Some(s)) = (lead.conn(), session.as_ref()) else {
                 continue;
             };
 
             // 3. One batch.
             match publisher
-                .batch(conn, s, &exchange, &mut parked, &shutdown)
+                .batch(conn, s, &exchange, &mut parked, &mine, &shutdown)
                 .await
             {
                 Ok(outcome) => {
@@ -247,12 +259,11 @@ impl Relay {
                     }
                 }
                 Err(e) => {
-                    // The leader connection is gone or wedged: drop it (which releases the lock
-                    // if the server still holds it) and compete again.
+                    // The leader connection is gone or wedged: drop it (which releases the locks
+                    // if the server still holds them) and compete again.
                     tracing::warn!(error = %e, "lost the leader connection");
-                    db = None;
-                    is_leader = false;
-                    m.leader.store(false, Ordering::Relaxed);
+                    lead.lost();
+                    m.set_leadership(lead.held());
                     m.db_up.store(false, Ordering::Relaxed);
                     let delay = db_backoff.fail();
                     sleep_or_shutdown(delay, &mut shutdown).await;
@@ -260,32 +271,54 @@ impl Relay {
             }
         }
 
-        m.leader.store(false, Ordering::Relaxed);
-        if let Some(conn) = db {
-            let _ = tokio::time::timeout(self.db_timeout, conn.close()).await;
-        }
+        m.set_leadership(&Default::default());
+        lead.close(self.db_timeout).await;
         if let Some(s) = session {
             s.close(&self.broker).await;
         }
         Ok(())
     }
 
-    /// Opens the leader connection if needed and tries the lock on it. The connection is kept
-    /// either way, so a standby does not reconnect every interval.
-    async fn try_lead(&self, db: &mut Option<PgConnection>) -> Result<bool, DbFault> {
-        if db.is_none() {
-            *db = Some(
-                db_op(
-                    self.db_timeout,
-                    PgConnection::connect_with(&self.connect_options),
-                )
-                .await?,
-            );
+    /// Logs what a rebalancing pass changed.
+    fn report(&self, change: &Rebalanced, held: &BTreeSet<u16>, conflict: &mut Option<u16>) {
+        let n = self.config.partitions;
+        let m = &self.metrics;
+        if change.other_count != *conflict {
+            *conflict = change.other_count;
+            m.partition_conflict
+                .store(conflict.is_some(), Ordering::Relaxed);
+            match conflict {
+                Some(other) => tracing::error!(
+                    partitions = n,
+                    other_relays_partitions = other,
+                    "relays configured with another RELAY_PARTITIONS are publishing: standing by \
+                     (their partitions would overlap this relay's; give every relay the same value)"
+                ),
+                None => tracing::info!(
+                    partitions = n,
+                    "no relay with another RELAY_PARTITIONS is left"
+                ),
+            }
         }
-        let Some(conn) = db.as_mut() else {
-            return Ok(false);
-        };
-        db_op(self.db_timeout, outbox::try_lock_leader(conn)).await
+        if change.taken.is_empty() && change.released.is_empty() {
+            return;
+        }
+        if n == 1 {
+            if change.taken.is_empty() {
+                tracing::info!("gave the leader lock up");
+            } else {
+                tracing::info!("took the leader lock: publishing");
+            }
+            return;
+        }
+        tracing::info!(
+            partitions = n,
+            taken = ?change.taken,
+            released = ?change.released,
+            leading = ?held,
+            relays = change.members,
+            "rebalanced the outbox partitions"
+        );
     }
 
     /// Closes a failed session in the background: on a wedged connection the close itself can
@@ -293,18 +326,5 @@ impl Relay {
     fn discard(&self, session: Session) {
         let config = self.broker.clone();
         tokio::spawn(async move { session.close(&config).await });
-    }
-
-    /// Gives up the leader lock but keeps the connection (or drops it if it is broken, which
-    /// releases the lock too).
-    async fn release_lead(&self, db: &mut Option<PgConnection>) {
-        if let Some(conn) = db.as_mut()
-            && db_op(self.db_timeout, outbox::unlock_leader(conn))
-                .await
-                .is_err()
-        {
-            *db = None;
-        }
-        tracing::info!("released the leader lock while the broker is unreachable");
     }
 }

@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,23 +14,6 @@ use sqlx::postgres::PgConnectOptions;
 use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn database_url(opts: &PgConnectOptions) -> String {
-    format!(
-        "postgres://postgres@{}:{}/{}",
-        opts.get_host(),
-        opts.get_port(),
-        opts.get_database().unwrap()
-    )
-}
 
 fn spawn_relay(opts: &PgConnectOptions, ns: &str, port: u16, batch: u32) -> Child {
     spawn_relay_via(opts, ns, port, batch, &amqp_url(), "5s")
@@ -60,22 +41,6 @@ fn spawn_relay_via(
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap()
-}
-
-/// A plain HTTP/1.1 GET: (status, body).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
-    Some((status, body))
 }
 
 fn sigterm(child: &Child) {

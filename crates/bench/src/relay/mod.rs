@@ -75,6 +75,11 @@ pub struct RelayArgs {
     /// Orders already in the outbox when the relay starts (saturation); 0 skips the phase.
     #[arg(long, default_value_t = 20_000)]
     pub backlog: u32,
+    /// outbox-relay processes started (both phases). More than one publishes at once only with
+    /// partitions: `--env RELAY_PARTITIONS=4`. They are started one after another, so the first
+    /// leads every partition until the others join (about `RELAY_STANDBY_INTERVAL`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub relays: u32,
     /// Messages of the raw publish-with-confirms loop; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     pub raw_messages: u32,

@@ -19,7 +19,7 @@ use crate::common::{Clock, PgCounters};
 use crate::poster::post_paced;
 use crate::procfs::{self, CpuSnapshot, CpuUsage};
 use crate::snapshot;
-use crate::stack::{RELAY, Stack};
+use crate::stack::Stack;
 use crate::workload;
 
 /// What the saturation phase measured.
@@ -58,9 +58,14 @@ pub async fn saturation(
     let consumer = Consumer::start(session, config, work_queue).await?;
     let load_before = procfs::loadavg();
     let clock = Clock::start();
-    stack.spawn_relay()?;
+    let mut relays = Vec::new();
+    for _ in 0..args.relays {
+        relays.push(stack.spawn_relay()?);
+    }
     let cpu_before = CpuSnapshot::take(&[]).with_new_processes(&stack.pids());
-    stack.wait_ready(RELAY).await?;
+    for pid in relays {
+        stack.wait_ready_pid(pid).await?;
+    }
     let drained = if backlog > 0 {
         consumer.wait_for(backlog, stack.args.timeout).await
     } else {

@@ -21,7 +21,8 @@ pub fn finish(stack: &Stack, m: &Measured<'_>) -> Result<bool> {
 fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Value, Value) {
     let (args, fixed) = (m.args, &m.fixed);
     let mut t = Table::new(format!(
-        "orderbridge-bench relay: {} events/s for {} s (after {} s warm-up), backlog {}, raw loop {} messages",
+        "orderbridge-bench relay: {} relay(s), {} events/s for {} s (after {} s warm-up), backlog {}, raw loop {} messages",
+        args.relays,
         thousands(args.rate),
         args.duration.as_secs_f64(),
         args.warmup.as_secs_f64(),
@@ -197,7 +198,7 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table, service_metrics: Value, pg: 
             "rate": args.rate, "duration_s": args.duration.as_secs_f64(),
             "warmup_s": args.warmup.as_secs_f64(), "connections": args.connections,
             "backlog": sat.backlog, "raw_messages": args.raw_messages, "raw_batch": args.raw_batch,
-            "events_only": args.events_only,
+            "events_only": args.events_only, "relays": args.relays,
             "env": args.stack.env_pairs(),
         },
         "machine": common::machine_json(stack, fixed.load_before, fixed.load_after, &fixed.cpu),

@@ -2,7 +2,7 @@
 //! broker's confirms, then mark the confirmed rows published.
 //!
 //! ```text
-//!  read_batch (skip parked aggregates) ─► basic.publish each (mandatory, persistent; one per
+//!  read_batch (own partitions, skip parked aggregates) ─► basic.publish each (mandatory, persistent; one per
 //!  aggregate) ─► collect every confirm ─► attribute returns by message_id ─► mark_published
 //! ```
 //!
@@ -48,7 +48,8 @@ pub(crate) struct Publisher<'a> {
 }
 
 impl Publisher<'_> {
-    /// Runs one batch on the leader connection. Only Postgres faults are errors (the caller
+    /// Runs one batch on the leader connection, over the partitions in `mine` (whose locks that
+    /// connection holds). Only Postgres faults are errors (the caller
     /// drops that connection and competes for the lock again); broker trouble is reported in
     /// [`Outcome::broker_failed`] instead, since it calls for a new session, not a new
     /// connection.
@@ -58,6 +59,7 @@ impl Publisher<'_> {
         session: &Session,
         exchange: &str,
         parked: &mut HashMap<Uuid, Instant>,
+        mine: &[u16],
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Outcome, DbFault> {
         let m = self.metrics;
@@ -66,7 +68,13 @@ impl Publisher<'_> {
         let skip: Vec<Uuid> = parked.keys().copied().collect();
         let rows = db_op(
             self.config.db_timeout,
-            outbox::read_batch(conn, self.config.batch_size, &skip),
+            outbox::read_batch(
+                conn,
+                self.config.batch_size,
+                &skip,
+                self.config.partitions,
+                mine,
+            ),
         )
         .await?;
         let park_until = now + self.config.poll_interval;

@@ -95,10 +95,47 @@ pub fn broker_config(namespace: &str) -> BrokerConfig {
     }
 }
 
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `DATABASE_URL` for a relay binary, from the test database's options.
+pub fn database_url(opts: &PgConnectOptions) -> String {
+    format!(
+        "postgres://postgres@{}:{}/{}",
+        opts.get_host(),
+        opts.get_port(),
+        opts.get_database().unwrap()
+    )
+}
+
+/// A plain HTTP/1.1 GET of a relay binary's admin endpoint: (status, body).
+pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())?;
+    Some((status, body))
+}
+
 pub fn relay_config(app_name: &str) -> RelayConfig {
     RelayConfig {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         batch_size: 500,
+        partitions: 1,
         poll_interval: Duration::from_secs(1),
         standby_interval: Duration::from_millis(200),
         retention: Duration::from_secs(7 * 24 * 3600),
