@@ -38,6 +38,7 @@ mod topology;
 
 use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::Args;
@@ -60,7 +61,9 @@ pub use topology::{
 /// Broker settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerConfig {
-    /// AMQP URL of the broker. Shared by every orderbridge binary that talks to the broker. A
+    /// AMQP URL of the broker, or of every node of a cluster, comma-separated (each with its
+    /// credentials): a connection goes to the node that answered last and, when it does not
+    /// answer, to the next. Shared by every orderbridge binary that talks to the broker. A
     /// `heartbeat` query parameter is honoured; without one 10 s is used, so a dead peer is
     /// noticed within ~20 s even when idle.
     #[arg(
@@ -128,7 +131,7 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 /// A broker failure. The URL (which may hold a password) is never part of a message.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("AMQP_URL is not a valid AMQP URL")]
+    #[error("AMQP_URL is not a valid AMQP URL (or comma-separated list of them)")]
     InvalidUrl,
     #[error("invalid broker configuration: {0}")]
     InvalidConfig(String),
@@ -204,18 +207,38 @@ impl BrokerConfig {
         with_timeout(self.broker_op_timeout, op, fut).await
     }
 
-    fn uri(&self) -> Result<AMQPUri, BrokerError> {
-        let mut uri = AMQPUri::from_str(self.amqp_url.expose_secret())
-            .map_err(|_| BrokerError::InvalidUrl)?;
-        if uri.query.heartbeat.is_none() {
-            uri.query.heartbeat = Some(10);
+    /// Every node's URL, in the order given, with the heartbeat and connection timeout set
+    /// where the URL does not say.
+    fn uris(&self) -> Result<Vec<AMQPUri>, BrokerError> {
+        let uris = amqp_urls(self.amqp_url.expose_secret())
+            .map(|url| {
+                let mut uri = AMQPUri::from_str(url).map_err(|_| BrokerError::InvalidUrl)?;
+                if uri.query.heartbeat.is_none() {
+                    uri.query.heartbeat = Some(10);
+                }
+                if uri.query.connection_timeout.is_none() {
+                    uri.query.connection_timeout =
+                        Some(u64::try_from(self.broker_op_timeout.as_millis()).unwrap_or(u64::MAX));
+                }
+                Ok(uri)
+            })
+            .collect::<Result<Vec<_>, BrokerError>>()?;
+        if uris.is_empty() {
+            return Err(BrokerError::InvalidUrl);
         }
-        if uri.query.connection_timeout.is_none() {
-            uri.query.connection_timeout =
-                Some(u64::try_from(self.broker_op_timeout.as_millis()).unwrap_or(u64::MAX));
-        }
-        Ok(uri)
+        Ok(uris)
     }
+}
+
+/// The URLs of an `AMQP_URL` value: one, or several comma-separated (a cluster's nodes).
+/// Commas cannot occur in a URL's own parts unencoded, so splitting on them is safe.
+pub fn amqp_urls(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
+/// `host:port` of a node, for logs (never the credentials).
+fn node_name(uri: &AMQPUri) -> String {
+    format!("{}:{}", uri.authority.host, uri.authority.port)
 }
 
 /// Runs one lapin operation under `limit`.
@@ -269,13 +292,15 @@ pub struct Supervisor {
     topology: Topology,
     connection_name: String,
     backoff: Backoff,
+    /// The node to try first: the one that answered last.
+    preferred: AtomicUsize,
 }
 
 impl Supervisor {
     /// `connection_name` shows in the management UI and `rabbitmqctl list_connections`.
     pub fn new(config: BrokerConfig, connection_name: &str) -> Result<Self, BrokerError> {
         // Parse eagerly so a bad URL fails at start-up, not in the retry loop.
-        config.uri()?;
+        config.uris()?;
         let topology = config.topology()?;
         let backoff = Backoff::new(config.broker_reconnect_min, config.broker_reconnect_max);
         Ok(Self {
@@ -283,6 +308,7 @@ impl Supervisor {
             topology,
             connection_name: connection_name.to_owned(),
             backoff,
+            preferred: AtomicUsize::new(0),
         })
     }
 
@@ -295,9 +321,34 @@ impl Supervisor {
     }
 
     /// One attempt: connect, open a channel, declare the topology (or, with
-    /// `BROKER_DECLARE_TOPOLOGY=false`, check that it exists).
+    /// `BROKER_DECLARE_TOPOLOGY=false`, check that it exists). With several nodes, each is tried
+    /// once, from the one that answered last; the error is the last node's.
     pub async fn try_connect(&self) -> Result<Session, BrokerError> {
-        let uri = self.config.uri()?;
+        let uris = self.config.uris()?;
+        let first = self.preferred.load(Ordering::Relaxed) % uris.len();
+        let mut last_error = BrokerError::InvalidUrl;
+        for i in (0..uris.len()).map(|k| (first + k) % uris.len()) {
+            let node = node_name(&uris[i]);
+            match self.try_node(uris[i].clone()).await {
+                Ok(session) => {
+                    self.preferred.store(i, Ordering::Relaxed);
+                    if uris.len() > 1 {
+                        tracing::info!(connection = %self.connection_name, %node, "connected to the broker node");
+                    }
+                    return Ok(session);
+                }
+                Err(e) => {
+                    if uris.len() > 1 {
+                        tracing::warn!(error = %e, %node, "broker node unavailable, trying the next");
+                    }
+                    last_error = e;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn try_node(&self, uri: AMQPUri) -> Result<Session, BrokerError> {
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.clone().into());
         let connection = self
@@ -363,6 +414,8 @@ impl Supervisor {
 
     /// Records that the current session was lost, so the next [`Self::connect`] waits first.
     pub fn session_lost(&mut self) {
+        // The node may be going down: with several, start from the next one.
+        self.preferred.fetch_add(1, Ordering::Relaxed);
         let delay = self.backoff.fail();
         tracing::warn!(retry_in = ?delay, "broker session lost, reconnecting");
     }

@@ -15,7 +15,7 @@ use orderbridge_broker::{
     BrokerConfig, BrokerError, FULFILMENT_REQUEUE_ROUTING_KEY, REQUEUE_ROUTING_KEY, SigningConfig,
     Supervisor,
 };
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 fn config(delivery_limit: u32) -> BrokerConfig {
     BrokerConfig {
@@ -343,10 +343,46 @@ async fn unreachable_broker_fails_the_attempt_within_the_timeout() {
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
+/// `AMQP_URL` with several nodes (a cluster): a node that does not answer is skipped, and the
+/// session opens on the next, whichever place the live node has in the list.
+#[tokio::test]
+async fn a_list_of_nodes_connects_past_one_that_is_down() {
+    let live = config(2).amqp_url.expose_secret().to_owned();
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+    for list in [format!("{dead}, {live}"), format!("{live},{dead}")] {
+        let mut cfg = config(2);
+        cfg.amqp_url = SecretString::from(list);
+        let mut sup = Supervisor::new(cfg.clone(), "node-list-test").unwrap();
+        let session = sup.try_connect().await.unwrap();
+        assert!(session.is_healthy());
+        session.close(&cfg).await;
+        // After a lost session the next node is tried first, and the live one is still found.
+        sup.session_lost();
+        let session = sup.try_connect().await.unwrap();
+        session.close(&cfg).await;
+    }
+    let mut cfg = config(2);
+    cfg.amqp_url = SecretString::from(format!("{dead},{dead}"));
+    let sup = Supervisor::new(cfg, "node-list-test").unwrap();
+    assert!(sup.try_connect().await.is_err());
+}
+
 #[test]
 fn bad_url_is_a_startup_error_that_does_not_echo_the_password() {
     let mut cfg = config(2);
     cfg.amqp_url = SecretString::from("http://user:hunter2@host".to_owned());
     let err = Supervisor::new(cfg, "x").err().unwrap().to_string();
     assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_bad_url_anywhere_in_a_node_list_is_a_startup_error() {
+    let mut cfg = config(2);
+    cfg.amqp_url = SecretString::from(
+        "amqp://guest:guest@127.0.0.1:5672/%2f,http://user:hunter2@host".to_owned(),
+    );
+    let err = Supervisor::new(cfg.clone(), "x").err().unwrap().to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    cfg.amqp_url = SecretString::from(" , ".to_owned());
+    assert!(Supervisor::new(cfg, "x").is_err());
 }

@@ -43,7 +43,11 @@ impl UserAccount {
     /// The component's AMQP_URL, when this run knows its password.
     pub fn amqp_url(&self) -> Option<SecretString> {
         let password = self.password.as_ref()?;
-        with_credentials(&self.base, &self.user, password.expose_secret()).map(SecretString::from)
+        // Every node of a cluster's list gets the component's credentials.
+        let urls = orderbridge_broker::amqp_urls(&self.base)
+            .map(|url| with_credentials(url, &self.user, password.expose_secret()))
+            .collect::<Option<Vec<_>>>()?;
+        Some(SecretString::from(urls.join(",")))
     }
 
     /// `OUTBOX_RELAY_AMQP_URL=amqp://…` (shell syntax), or a comment when the password was kept.
@@ -99,8 +103,14 @@ pub async fn setup_users(
     out: &mut impl std::io::Write,
 ) -> Result<Vec<UserAccount>, SetupError> {
     let admin_url = broker.amqp_url.expose_secret();
-    let base = AMQPUri::from_str(admin_url).map_err(|_| SetupError::InvalidUrl)?;
-    if with_credentials(admin_url, "u", "p").is_none() {
+    // The vhost is the first node's (a cluster's nodes share their vhosts).
+    let first = orderbridge_broker::amqp_urls(admin_url)
+        .next()
+        .ok_or(SetupError::InvalidUrl)?;
+    let base = AMQPUri::from_str(first).map_err(|_| SetupError::InvalidUrl)?;
+    if orderbridge_broker::amqp_urls(admin_url)
+        .any(|url| AMQPUri::from_str(url).is_err() || with_credentials(url, "u", "p").is_none())
+    {
         return Err(SetupError::InvalidUrl);
     }
     let rabbitmqctl = Rabbitmqctl::parse(&args.rabbitmqctl)?;
@@ -370,6 +380,17 @@ mod tests {
             Some("amqp://a%20b:p%2Fw@host")
         );
         assert_eq!(with_credentials("not a url", "u", "p"), None);
+        // A cluster's node list: every node gets the credentials.
+        let nodes = UserAccount {
+            base: "amqp://admin:x@n1:5672/%2f,amqp://admin:x@n2:5673/%2f".into(),
+            component: Component::OutboxRelay,
+            user: "ns-outbox-relay".into(),
+            password: Some(SecretString::from("pw")),
+        };
+        assert_eq!(
+            nodes.amqp_url().unwrap().expose_secret(),
+            "amqp://ns-outbox-relay:pw@n1:5672/%2f,amqp://ns-outbox-relay:pw@n2:5673/%2f"
+        );
         let kept = UserAccount {
             password: None,
             ..a
