@@ -139,3 +139,68 @@ async fn small_chaos_run_loses_and_duplicates_nothing() {
     assert!(!database_exists(db).await, "database {db} left behind");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The same run on the 3-node RabbitMQ cluster of `scripts/rabbitmq-cluster` (started by the run
+/// if needed, stopped at the end): the node holding the work queue's quorum leader is killed or
+/// stopped and started again, twice or more, while orders are posted and approved, beside relay
+/// kills and closed connections. Nothing may be lost or duplicated in Salesforce, and each time
+/// the queue must have a leader on a surviving node within 30 s (the step fails otherwise).
+///
+/// Ignored in CI (three extra broker nodes, ~2 minutes); run it with
+/// `cargo test -p orderbridge-bench --test chaos -- --ignored rabbitmq_cluster`.
+#[tokio::test]
+#[ignore = "starts a 3-node RabbitMQ cluster; run with --ignored"]
+async fn rabbitmq_cluster_node_kills_lose_and_duplicate_nothing() {
+    const CLUSTER_ORDERS: u64 = 600;
+    let out = out_dir("chaos-cluster");
+    let output = Command::new(BENCH)
+        .args(["chaos", "--rabbitmq-cluster", "--orders"])
+        .arg(CLUSTER_ORDERS.to_string())
+        .args(["--rate", "20", "--seed", "20261203"])
+        .args(["--faults", "node-kill,kill-relay,broker-close"])
+        .args(["--fault-gap", "5s", "--fault-window", "6s", "--poison", "0"])
+        .args(["--close-connections", "own", "--latency-ms", "20"])
+        .args(["--jitter-ms", "10", "--timeout", "180s"])
+        .arg("--bin-dir")
+        .arg(service_bins())
+        .arg("--out")
+        .arg(&out)
+        .env("LOG_FORMAT", "pretty")
+        .output()
+        .unwrap();
+    let stop = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/rabbitmq-cluster"
+    ))
+    .arg("stop")
+    .status();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "chaos run failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stop.is_ok_and(|s| s.success()), "cluster did not stop");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let c = &report["classification"];
+    assert_eq!(c["clean"], Value::Bool(true), "{c}");
+    assert_eq!(c["ok"].as_u64(), Some(CLUSTER_ORDERS), "{c}");
+    for class in ["lost", "duplicated", "unexpected", "failed", "not_terminal"] {
+        assert_eq!(c[class].as_u64(), Some(0), "{class}: {c}");
+    }
+    assert_eq!(report["fulfilment"]["clean"], Value::Bool(true));
+    let timeline = report["timeline"].as_array().unwrap();
+    let kills: Vec<&Value> = timeline
+        .iter()
+        .filter(|e| e["fault"] == "node-kill")
+        .collect();
+    let downs = kills.iter().filter(|e| e["phase"] == "begin").count();
+    assert!(downs >= 2, "node-kill happened {downs} times: {kills:?}");
+    assert!(
+        kills.iter().all(|e| e["ok"] == Value::Bool(true)),
+        "{kills:?}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}

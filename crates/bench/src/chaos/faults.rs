@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use uuid::Uuid;
 
+use super::cluster::{self, Cluster};
 use super::plan::{FaultKind, Phase, Planned, steps};
 use crate::procfs;
 use crate::stack::{
@@ -61,21 +62,35 @@ pub struct Executor<'a> {
     pub events: Vec<Event>,
     /// Message ids of the poison messages published.
     pub poison_sent: Vec<String>,
-    amqp_port: u16,
+    /// The broker's AMQP port, or every cluster node's.
+    amqp_ports: Vec<u16>,
     vhost: String,
+    /// `--rabbitmq-cluster`, and the node each `node-kill` took down (by planned id).
+    cluster: Option<Cluster>,
+    nodes_down: HashMap<usize, u8>,
 }
 
 impl<'a> Executor<'a> {
-    pub fn new(stack: &'a mut Stack, plan: &'a [Planned], close: CloseScope) -> Self {
-        let (amqp_port, vhost) = amqp_port_and_vhost(&stack.args.amqp_url);
+    pub fn new(
+        stack: &'a mut Stack,
+        plan: &'a [Planned],
+        close: CloseScope,
+        cluster: Option<Cluster>,
+    ) -> Self {
+        let amqp_ports = orderbridge_broker::amqp_urls(&stack.args.amqp_url)
+            .map(|url| amqp_port_and_vhost(url).0)
+            .collect();
+        let (_, vhost) = amqp_port_and_vhost(&stack.args.amqp_url);
         Self {
             stack,
             plan,
             close,
             events: Vec::new(),
             poison_sent: Vec::new(),
-            amqp_port,
+            amqp_ports,
             vhost,
+            cluster,
+            nodes_down: HashMap::new(),
         }
     }
 
@@ -273,6 +288,28 @@ impl<'a> Executor<'a> {
                 self.stack.set_receiver_behaviour(behaviour).await?;
                 Ok(note)
             }
+            (FaultKind::NodeKill, Phase::Begin) => {
+                let cluster = self
+                    .cluster
+                    .as_ref()
+                    .context("node-kill needs --rabbitmq-cluster")?;
+                let queue = self.stack.broker_config()?.topology()?.sf_sync_queue;
+                let (node, note) = cluster
+                    .take_down_leader(&self.vhost, &queue, p.graceful())
+                    .await?;
+                self.nodes_down.insert(p.id, node);
+                Ok(note)
+            }
+            (FaultKind::NodeKill, Phase::End) => {
+                let cluster = self
+                    .cluster
+                    .as_ref()
+                    .context("node-kill needs --rabbitmq-cluster")?;
+                match self.nodes_down.remove(&p.id) {
+                    Some(node) => cluster.start_node(node).await,
+                    None => Ok("no node was taken down".into()),
+                }
+            }
             (FaultKind::ReceiverFail, Phase::End) => {
                 self.stack
                     .set_receiver_behaviour(json!({"mode": "provision"}))
@@ -317,7 +354,11 @@ impl<'a> Executor<'a> {
         let mut pids = self.stack.instances(RELAY);
         pids.extend(self.stack.instances(WORKER));
         pids.extend(self.stack.instances(FULFILMENT_WORKER));
-        let ports = procfs::tcp_ports_to(&pids, self.amqp_port);
+        let ports: std::collections::HashSet<u16> = self
+            .amqp_ports
+            .iter()
+            .flat_map(|&port| procfs::tcp_ports_to(&pids, port))
+            .collect();
         async move {
             if scope == CloseScope::All {
                 rabbitmqctl(&["close_all_connections", "orderbridge chaos run"]).await?;
@@ -437,25 +478,59 @@ impl<'a> Executor<'a> {
     }
 }
 
-/// Runs `rabbitmqctl` with a time limit; its stdout.
+/// Runs `rabbitmqctl` with a time limit; its stdout. With `--rabbitmq-cluster` it addresses
+/// the first cluster node that runs (one may be down on purpose).
 pub async fn rabbitmqctl(args: &[&str]) -> Result<String> {
+    let nodes = cluster::ctl_nodes();
+    if nodes.is_empty() {
+        return rabbitmqctl_on(None, args).await.map_err(|(e, _)| e);
+    }
+    let mut last = None;
+    for node in nodes {
+        match rabbitmqctl_on(Some(node), args).await {
+            Ok(out) => return Ok(out),
+            Err((e, true)) => last = Some(e),
+            Err((e, false)) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no cluster node answers rabbitmqctl")))
+}
+
+/// One `rabbitmqctl` call; on failure, whether the node did not answer at all.
+async fn rabbitmqctl_on(
+    node: Option<&str>,
+    args: &[&str],
+) -> Result<String, (anyhow::Error, bool)> {
+    let mut command = tokio::process::Command::new("rabbitmqctl");
+    if let Some(node) = node {
+        command.args(["-n", node]);
+    }
     let output = tokio::time::timeout(
         Duration::from_secs(60),
-        tokio::process::Command::new("rabbitmqctl")
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
+        command.args(args).kill_on_drop(true).output(),
     )
     .await
-    .map_err(|_| anyhow!("rabbitmqctl {} took over 60 s", args.join(" ")))?
-    .context("cannot run rabbitmqctl (it must be on PATH, with access to the broker)")?;
+    .map_err(|_| {
+        (
+            anyhow!("rabbitmqctl {} took over 60 s", args.join(" ")),
+            true,
+        )
+    })?
+    .context("cannot run rabbitmqctl (it must be on PATH, with access to the broker)")
+    .map_err(|e| (e, false))?;
     if !output.status.success() {
-        bail!(
-            "rabbitmqctl {} failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let unreachable = stderr.contains("unable to perform an operation on node")
+            || stderr.contains("nodedown");
+        return Err((
+            anyhow!(
+                "rabbitmqctl {} failed ({}): {}",
+                args.join(" "),
+                output.status,
+                stderr.trim()
+            ),
+            unreachable,
+        ));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -488,6 +563,8 @@ pub async fn queue_depths(amqp_url: &str, namespace: &str) -> Result<HashMap<Str
 
 /// The broker's port and virtual host from an AMQP URL (`amqp://u:p@host:5672/%2f`).
 fn amqp_port_and_vhost(url: &str) -> (u16, String) {
+    // A cluster's node list: the first node's (they share their vhosts).
+    let url = orderbridge_broker::amqp_urls(url).next().unwrap_or(url);
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     let rest = rest.split_once('?').map_or(rest, |(r, _)| r);
     let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
@@ -515,5 +592,9 @@ mod tests {
             (5673, "prod".into())
         );
         assert_eq!(amqp_port_and_vhost("amqp://h"), (5672, "/".into()));
+        assert_eq!(
+            amqp_port_and_vhost("amqp://h:5682/v,amqp://h:5683/v"),
+            (5682, "v".into())
+        );
     }
 }

@@ -15,6 +15,7 @@
 
 mod approve;
 mod classify;
+mod cluster;
 mod faults;
 mod fulfil;
 mod plan;
@@ -101,6 +102,11 @@ pub struct ChaosArgs {
     /// nobody else uses the broker).
     #[arg(long, value_enum, default_value = "own")]
     pub close_connections: CloseScope,
+    /// Use the 3-node RabbitMQ cluster of `scripts/rabbitmq-cluster` (started if it is not
+    /// running; never the system broker) instead of `AMQP_URL`: the services get all three
+    /// node URLs, and the default faults gain `node-kill`.
+    #[arg(long)]
+    pub rabbitmq_cluster: bool,
     /// Only print the fault schedule for these settings, start nothing.
     #[arg(long)]
     pub plan_only: bool,
@@ -161,13 +167,20 @@ pub async fn run(mut args: ChaosArgs) -> Result<bool> {
     }
     let seed = args.seed.unwrap_or_else(plan::random_seed);
     let kinds = if args.faults.is_empty() {
-        FaultKind::ALL.to_vec()
+        let mut k = FaultKind::ALL.to_vec();
+        if args.rabbitmq_cluster {
+            k.push(FaultKind::NodeKill);
+        }
+        k
     } else {
         let mut k = args.faults.clone();
         k.sort();
         k.dedup();
         k
     };
+    if kinds.contains(&FaultKind::NodeKill) && !args.rabbitmq_cluster {
+        bail!("the node-kill fault needs --rabbitmq-cluster (it never touches the system broker)");
+    }
     let posting_s = f64::from(args.orders) / args.rate;
     let schedule = plan::plan(&PlanInput {
         seed,
@@ -193,6 +206,12 @@ pub async fn run(mut args: ChaosArgs) -> Result<bool> {
             );
         }
         return Ok(true);
+    }
+    if args.rabbitmq_cluster {
+        let cluster = cluster::Cluster::local();
+        println!("starting the 3-node RabbitMQ cluster (scripts/rabbitmq-cluster start)");
+        cluster.start().await?;
+        args.stack.amqp_url = cluster.amqp_url();
     }
     with_chaos_env(&mut args.stack);
     // Not `with_stack`: the seed is printed before the teardown, whose logs would bury it.
@@ -297,7 +316,12 @@ async fn under_faults(
         give_up,
     );
 
-    let mut executor = Executor::new(stack, schedule, args.close_connections);
+    let mut executor = Executor::new(
+        stack,
+        schedule,
+        args.close_connections,
+        args.rabbitmq_cluster.then(cluster::Cluster::local),
+    );
     executor.run(clock.started).await;
     let (events, poison_sent) = (
         std::mem::take(&mut executor.events),

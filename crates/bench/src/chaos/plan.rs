@@ -43,6 +43,10 @@ pub enum FaultKind {
     /// The fulfilment receiver answers 500, 502, 503 or 429, or hangs (the worker's call times
     /// out), for a window.
     ReceiverFail,
+    /// Only with `--rabbitmq-cluster`: the cluster node holding the work queue's quorum leader
+    /// is killed (its Erlang VM, SIGKILL) or stopped (`rabbitmqctl stop`), by the fault's pick,
+    /// and started again at the window's end. Not in the default set without the cluster.
+    NodeKill,
 }
 
 impl FaultKind {
@@ -79,11 +83,31 @@ impl FaultKind {
             FaultKind::SubscriberKill => "subscriber-kill",
             FaultKind::FulfilmentKill => "fulfilment-kill",
             FaultKind::ReceiverFail => "receiver-fail",
+            FaultKind::NodeKill => "node-kill",
         }
     }
 
     /// Whether the fault lasts a window (begin … end) rather than happening at one instant.
     /// A kill's window is the time until the replacement starts.
+    /// Every kind, for the timeline's lanes: [`Self::ALL`] and the cluster's.
+    pub const LANES: [FaultKind; 15] = [
+        FaultKind::KillRelay,
+        FaultKind::KillWorker,
+        FaultKind::TwoRelays,
+        FaultKind::TwoWorkers,
+        FaultKind::BrokerClose,
+        FaultKind::PgTerminate,
+        FaultKind::SfOutage,
+        FaultKind::ExpireSessions,
+        FaultKind::RequestLimit,
+        FaultKind::LockRow,
+        FaultKind::LatencySpike,
+        FaultKind::SubscriberKill,
+        FaultKind::FulfilmentKill,
+        FaultKind::ReceiverFail,
+        FaultKind::NodeKill,
+    ];
+
     pub fn has_window(self) -> bool {
         !matches!(
             self,
@@ -136,6 +160,11 @@ impl Planned {
     }
 
     /// A `latency-spike`'s per-call latency: 1–5 s.
+    /// `node-kill`: stop the node politely (`rabbitmqctl stop`) rather than kill its VM.
+    pub fn graceful(&self) -> bool {
+        self.pick.is_multiple_of(2)
+    }
+
     pub fn spike_ms(&self) -> u64 {
         1000 + self.pick % 4001
     }

@@ -50,12 +50,17 @@ fn context(t: &mut Table, stack: &Stack, m: &Measured<'_>) {
     let orders = args.orders as usize;
     common::machine_context(t, stack, run.load_before, run.load_after, &run.cpu);
     t.context(format!(
-        "repeat the schedule: orderbridge-bench chaos --seed {seed} --orders {orders} --rate {} --fault-gap {} --fault-window {} --poison {} --approve {}{}",
+        "repeat the schedule: orderbridge-bench chaos --seed {seed} --orders {orders} --rate {} --fault-gap {} --fault-window {} --poison {} --approve {}{}{}",
         args.rate,
         format_ms(args.fault_gap),
         format_ms(args.fault_window),
         args.poison,
         args.approve,
+        if args.rabbitmq_cluster {
+            " --rabbitmq-cluster"
+        } else {
+            ""
+        },
         if args.faults.is_empty() {
             String::new()
         } else {
@@ -74,6 +79,12 @@ fn context(t: &mut Table, stack: &Stack, m: &Measured<'_>) {
             CloseScope::All => "ALL the broker's",
         }
     ));
+    if args.rabbitmq_cluster {
+        t.context(
+            "RabbitMQ: the 3-node cluster of scripts/rabbitmq-cluster (quorum queues on every node); the services got all three node URLs"
+                .to_owned(),
+        );
+    }
     t.context(format!("output: {}", stack.out.display()));
 }
 
@@ -329,7 +340,7 @@ fn json(stack: &Stack, m: &Measured<'_>, t: &Table) -> Value {
             "poison": args.poison,
             "approve": args.approve,
             "receiver_delay_ms": args.receiver_delay.as_millis() as u64,
-            "close_connections": args.close_connections,
+            "close_connections": args.close_connections, "rabbitmq_cluster": args.rabbitmq_cluster,
             "latency_ms": args.stack.latency_ms, "jitter_ms": args.stack.jitter_ms,
             "service_log": args.stack.service_log,
             "env": args.stack.env_pairs(),
@@ -451,7 +462,7 @@ fn timeline_chart(
         fulfilment.provisioned_at.iter().map(|t| secs(*t)).collect(),
         1500,
     );
-    let lanes: Vec<&str> = FaultKind::ALL
+    let lanes: Vec<&str> = FaultKind::LANES
         .iter()
         .map(|k| k.name())
         .chain(std::iter::once("poison"))
@@ -464,7 +475,7 @@ fn timeline_chart(
             "begin" => {
                 open.insert(e.id, e.at_s);
                 let instant = !matches!(
-                    FaultKind::ALL.get(lane),
+                    FaultKind::LANES.get(lane),
                     Some(k) if k.has_window()
                 );
                 if instant {
