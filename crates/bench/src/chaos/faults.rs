@@ -117,18 +117,28 @@ impl<'a> Executor<'a> {
                         t.elapsed().as_secs_f64()
                     ))
                 });
-                background.push((planned, at, begun_s, task));
+                background.push((planned, Phase::Begin, at, begun_s, task));
+                continue;
+            }
+            // Restarting a broker node takes ~10 s: beside the other steps too.
+            if planned.kind == Some(FaultKind::NodeKill)
+                && phase == Phase::End
+                && let (Some(cluster), Some(node)) =
+                    (self.cluster.clone(), self.nodes_down.remove(&planned.id))
+            {
+                let task = tokio::spawn(async move { cluster.start_node(node).await });
+                background.push((planned, Phase::End, at, begun_s, task));
                 continue;
             }
             let result = self.apply(planned, phase).await;
             self.record(planned, phase, at, begun_s, result);
         }
-        for (planned, at, begun_s, task) in background {
+        for (planned, phase, at, begun_s, task) in background {
             let result = match task.await {
                 Ok(r) => r,
                 Err(e) => Err(anyhow!("the step's task failed: {e}")),
             };
-            self.record(planned, Phase::Begin, at, begun_s, result);
+            self.record(planned, phase, at, begun_s, result);
         }
         self.events.sort_by(|a, b| a.at_s.total_cmp(&b.at_s));
     }
@@ -342,6 +352,9 @@ impl<'a> Executor<'a> {
             ));
         }
         let pid = running[p.instance(running.len())];
+        // A process started a moment ago (a late step may follow its start at once) has not
+        // installed its SIGTERM handler yet: what is tested is a clean stop of a running one.
+        self.stack.wait_ready_pid(pid).await?;
         let status = self.stack.stop(pid, "TERM").await?;
         Ok(format!("SIGTERM {name} {pid} ({status})"))
     }
