@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use orderbridge_broker::lapin::types::AMQPValue;
 use outbox_relay::outbox::partition_of;
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -120,20 +119,6 @@ async fn write_orders(
         all.extend(w.await.unwrap());
     }
     all
-}
-
-fn aggregate_of(r: &Received) -> Uuid {
-    match r
-        .properties
-        .headers()
-        .as_ref()
-        .unwrap()
-        .inner()
-        .get("aggregate_id")
-    {
-        Some(AMQPValue::LongString(s)) => Uuid::parse_str(&s.to_string()).unwrap(),
-        other => panic!("no aggregate_id header: {other:?}"),
-    }
 }
 
 #[tokio::test]

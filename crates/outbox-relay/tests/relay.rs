@@ -278,18 +278,10 @@ async fn two_relays_publish_each_row_once_in_order_per_order() {
 
     let mut arrived: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     for r in &got {
-        let agg = match r
-            .properties
-            .headers()
-            .as_ref()
-            .unwrap()
-            .inner()
-            .get("aggregate_id")
-        {
-            Some(AMQPValue::LongString(s)) => Uuid::parse_str(&s.to_string()).unwrap(),
-            other => panic!("no aggregate_id header: {other:?}"),
-        };
-        arrived.entry(agg).or_default().push(r.message_id);
+        arrived
+            .entry(aggregate_of(r))
+            .or_default()
+            .push(r.message_id);
     }
     assert_eq!(arrived, written, "per-order order preserved");
 

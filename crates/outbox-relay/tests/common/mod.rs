@@ -323,6 +323,23 @@ pub async fn is_published(pool: &PgPool, event_id: Uuid) -> bool {
         .unwrap_or(false)
 }
 
+/// The `aggregate_id` header the relay puts on every message.
+pub fn aggregate_of(r: &Received) -> Uuid {
+    match r
+        .properties
+        .headers()
+        .as_ref()
+        .unwrap()
+        .inner()
+        .get("aggregate_id")
+    {
+        Some(orderbridge_broker::lapin::types::AMQPValue::LongString(s)) => {
+            Uuid::parse_str(&s.to_string()).unwrap()
+        }
+        other => panic!("no aggregate_id header: {other:?}"),
+    }
+}
+
 /// One message read back from a queue.
 #[derive(Debug, Clone)]
 pub struct Received {
