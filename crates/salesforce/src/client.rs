@@ -617,6 +617,11 @@ impl Client {
                     .header(CONTENT_TYPE, "application/json")
                     .body(bytes.to_vec());
             }
+            Some(Body::Csv(bytes)) => {
+                request = request
+                    .header(CONTENT_TYPE, "text/csv")
+                    .body(bytes.to_vec());
+            }
             None => {}
         }
         let transport = |e: reqwest::Error| {
@@ -654,6 +659,8 @@ impl Client {
 pub(crate) enum Body<'a> {
     Json(&'a serde_json::Value),
     Serialized(&'a [u8]),
+    /// Bulk API job data.
+    Csv(&'a [u8]),
 }
 
 #[cfg(test)]

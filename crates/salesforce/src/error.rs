@@ -273,6 +273,10 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+    /// A Bulk job was still being processed when the client stopped waiting; it goes on in
+    /// Salesforce.
+    #[error("Bulk job {id} was still running after {waited:?}")]
+    BulkJobTimeout { id: String, waited: Duration },
     /// The caller asked for something the API does not allow (checked before sending).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -305,7 +309,9 @@ impl Error {
                 .find(|c| *c != ErrorClass::Permanent)
                 .unwrap_or(ErrorClass::Permanent),
             Self::PartialCollection { source, .. } => source.class(),
-            Self::Timeout { .. } | Self::Transport { .. } => ErrorClass::Retryable,
+            Self::Timeout { .. } | Self::Transport { .. } | Self::BulkJobTimeout { .. } => {
+                ErrorClass::Retryable
+            }
             Self::UsageShareExceeded { .. } => ErrorClass::RateLimited,
             Self::Config(_) | Self::Certificate { .. } => ErrorClass::Config,
             // A 2xx with a body we cannot read: most likely a proxy or an API change; retrying

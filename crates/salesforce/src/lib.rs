@@ -8,7 +8,8 @@
 //!     │                 └─▶ access_token + instance_url (shared by all clones; re-login single-flight on 401)
 //!     └──REST──▶ {instance_url}/services/data/v62.0/…
 //!                 sobjects (create/get/update/delete/upsert), composite/sobjects (chunks of 200),
-//!                 query (+nextRecordsUrl), composite (≤25 subrequests), limits, platform events
+//!                 query (+nextRecordsUrl), composite (≤25 subrequests), limits, platform events,
+//!                 Bulk API 2.0 ingest jobs (CSV; create, upload, poll, results)
 //!                 every response: Sforce-Limit-Info ─▶ usage guard (SF_MAX_API_USAGE_SHARE)
 //! ```
 //!
@@ -28,6 +29,7 @@
 //! ```
 
 mod auth;
+pub mod bulk;
 mod client;
 pub mod collections;
 pub mod composite;

@@ -66,6 +66,10 @@ struct FaultsPatch {
     error_rates: Option<BTreeMap<String, f64>>,
     fail_next: Option<BTreeMap<String, u32>>,
     outage: Option<bool>,
+    /// The next this many Bulk ingest jobs fail half-way.
+    bulk_fail_jobs: Option<u32>,
+    /// Bulk ingest processing speed in rows per second (0: unthrottled).
+    bulk_rows_per_second: Option<u64>,
     /// Invalidates every access token now (clients must log in again).
     expire_sessions: Option<bool>,
     /// Sets the remaining daily API allocation (0 → REQUEST_LIMIT_EXCEEDED).
@@ -134,6 +138,12 @@ pub async fn set_faults(State(s): State<AppState>, body: Bytes) -> Response {
         }
         if let Some(v) = patch.outage {
             inner.faults.outage = v;
+        }
+        if let Some(v) = patch.bulk_fail_jobs {
+            inner.faults.bulk_fail_jobs = v;
+        }
+        if let Some(v) = patch.bulk_rows_per_second {
+            inner.faults.bulk_rows_per_second = v;
         }
         if patch.expire_sessions == Some(true) {
             inner.sessions.clear();

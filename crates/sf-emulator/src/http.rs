@@ -36,7 +36,9 @@ use crate::auth;
 pub use crate::reply::to_response;
 use crate::reply::{Reply, fault_reply};
 use crate::route::{self, Ctx, Req, Route};
-use crate::state::AppState;
+use std::sync::MutexGuard;
+
+use crate::state::{AppState, Inner, Shared};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
@@ -84,8 +86,9 @@ pub fn app(state: AppState) -> Router {
                 )),
         )
         .fallback(|| async { to_response(Reply::not_found(), None) })
-        // Composite with five full Collections of wide records fits comfortably.
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // A Bulk upload may be this large; every other body is held to MAX_BODY_BYTES in
+        // `data` (Composite with five full Collections of wide records fits comfortably).
+        .layer(DefaultBodyLimit::max(crate::bulk::MAX_UPLOAD_BYTES))
         .with_state(state)
 }
 
@@ -254,6 +257,17 @@ async fn data(
     };
     let path = format!("/{path}");
     let route = Route::of(&path);
+    let upload = matches!(route, Route::IngestBatches(_)) && method == Method::PUT;
+    if !upload && body.len() > MAX_BODY_BYTES {
+        return to_response(
+            Reply::error(
+                413,
+                "JSON_PARSER_ERROR",
+                format!("The request body is larger than {MAX_BODY_BYTES} bytes"),
+            ),
+            None,
+        );
+    }
     let method_name = if method == Method::HEAD {
         "GET".to_owned()
     } else {
@@ -265,12 +279,13 @@ async fn data(
 
     // Parsed before the state lock is taken (a Composite body can be a megabyte), so calls
     // overlap here; a malformed body is still answered only after the checks below.
-    let parsed_body: Result<Option<Value>, serde_json::Error> = if body.is_empty() {
+    let parsed_body: Result<Option<Value>, serde_json::Error> = if body.is_empty() || upload {
         Ok(None)
     } else {
         serde_json::from_slice::<Value>(&body).map(Some)
     };
-    drop(body);
+    // An upload's CSV is read under the lock (the job keeps its rows), other bodies are done.
+    let csv = if upload { body } else { Bytes::new() };
 
     let mut inner = s.lock();
     let max = s.config.daily_api_limit;
@@ -324,6 +339,28 @@ async fn data(
             );
         }
     };
+    let client = call_options_client(&headers);
+    if route.is_bulk() {
+        let call = crate::bulk::Call {
+            route: &route,
+            method: &method_name,
+            version,
+            body: parsed_body.as_ref(),
+            csv: &csv,
+            client: client.as_deref(),
+        };
+        let answer = crate::bulk::handle(&s, &mut inner, &call);
+        drop(inner);
+        drop(csv);
+        return match answer {
+            crate::bulk::Answer::Reply(r) => to_response(r, limit_info(used)),
+            crate::bulk::Answer::Start(r, id) => {
+                crate::bulk::process::spawn(s.clone(), id);
+                to_response(r, limit_info(used))
+            }
+            crate::bulk::Answer::Csv(text) => csv_response(text, limit_info(used)),
+        };
+    }
     let ctx = Ctx {
         shared: &s,
         base: format!("/services/data/v{version}"),
@@ -339,23 +376,8 @@ async fn data(
     let reply = api::execute(&ctx, &mut inner, &route, &mut req);
     // Whatever the call committed (single, Collections, Composite, upsert, cascades) becomes
     // change events and sets off Flow rules; both are carried out after the lock is released.
-    let changes = inner.store.take_changes();
-    let fired = inner.flows.evaluate(&changes);
-    drop(inner);
-    if !changes.is_empty() {
-        let client = call_options_client(&headers);
-        let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
-        s.pubsub.publish_changes(changes, origin, &s.user_id);
-    }
-    if !fired.is_empty() {
-        let failed = crate::flows::fire::execute(&s.pubsub, &s.outbound, &s.user_id, fired);
-        if !failed.is_empty() {
-            let mut inner = s.lock();
-            for (rule, error) in failed {
-                inner.flows.record_error(&rule, error);
-            }
-        }
-    }
+    let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
+    after_commit(&s, inner, origin);
     // Freed outside the lock too.
     drop(req);
     tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
@@ -369,6 +391,40 @@ async fn data(
         );
     }
     to_response(reply, limit_info(used))
+}
+
+/// Publishes what a call (or a chunk of a Bulk job) committed: its change events, and the
+/// actions of the Flow rules they set off. Takes the guard: both happen after the lock is
+/// released.
+pub(crate) fn after_commit(s: &Shared, mut inner: MutexGuard<'_, Inner>, origin: String) {
+    let changes = inner.store.take_changes();
+    let fired = inner.flows.evaluate(&changes);
+    drop(inner);
+    if !changes.is_empty() {
+        s.pubsub.publish_changes(changes, origin, &s.user_id);
+    }
+    if !fired.is_empty() {
+        let failed = crate::flows::fire::execute(&s.pubsub, &s.outbound, &s.user_id, fired);
+        if !failed.is_empty() {
+            let mut inner = s.lock();
+            for (rule, error) in failed {
+                inner.flows.record_error(&rule, error);
+            }
+        }
+    }
+}
+
+/// A Bulk result file.
+fn csv_response(text: String, limit_info: Option<String>) -> Response {
+    let mut builder = Response::builder()
+        .status(200)
+        .header(header::CONTENT_TYPE, "text/csv");
+    if let Some(info) = limit_info {
+        builder = builder.header("Sforce-Limit-Info", info);
+    }
+    builder
+        .body(axum::body::Body::from(text))
+        .unwrap_or_else(|_| to_response(Reply::error(500, "UNKNOWN_EXCEPTION", "bad header"), None))
 }
 
 /// The injected error for this call, if any: deterministic `fail_next` first, then rates.

@@ -7,7 +7,9 @@
 //!                   │                             refresh_token | jwt-bearer
 //!                   ├► /services/data/             versions (not counted)
 //!                   ├► /services/data/vNN.N/…      sObjects, upsert by external id,
-//!                   │                              Collections, Composite, SOQL, /limits
+//!                   │                              Collections, Composite, SOQL, /limits,
+//!                   │                              Bulk API 2.0 ingest jobs (`bulk`, processed
+//!                   │                              in the background)
 //!                   │                              (counted; Sforce-Limit-Info on every reply)
 //!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed,
 //!                          │                      pubsub (stats, faults, schema changes)
@@ -29,6 +31,7 @@ pub mod admin_outbound;
 pub mod admin_pubsub;
 pub mod api;
 pub mod auth;
+pub mod bulk;
 pub mod composite;
 pub mod config;
 pub mod flows;

@@ -152,6 +152,11 @@ pub enum Route {
     Collections,
     CollectionsRetrieve(String),
     CollectionsUpsert(String, String),
+    /// Bulk API 2.0 ingest: the jobs, one job, its data upload, one of its result files.
+    IngestJobs,
+    IngestJob(String),
+    IngestBatches(String),
+    IngestResults(String, String),
     Unknown,
 }
 
@@ -180,6 +185,12 @@ impl Route {
             ["composite", "sobjects", o, f] => {
                 Self::CollectionsUpsert((*o).to_owned(), (*f).to_owned())
             }
+            ["jobs", "ingest"] => Self::IngestJobs,
+            ["jobs", "ingest", id] => Self::IngestJob((*id).to_owned()),
+            ["jobs", "ingest", id, "batches"] => Self::IngestBatches((*id).to_owned()),
+            ["jobs", "ingest", id, which] => {
+                Self::IngestResults((*id).to_owned(), (*which).to_owned())
+            }
             _ => Self::Unknown,
         }
     }
@@ -200,9 +211,24 @@ impl Route {
             Self::Collections => "/composite/sobjects",
             Self::CollectionsRetrieve(_) => "/composite/sobjects/{sobject}",
             Self::CollectionsUpsert(..) => "/composite/sobjects/{sobject}/{field}",
+            Self::IngestJobs => "/jobs/ingest",
+            Self::IngestJob(_) => "/jobs/ingest/{id}",
+            Self::IngestBatches(_) => "/jobs/ingest/{id}/batches",
+            Self::IngestResults(..) => "/jobs/ingest/{id}/{results}",
             Self::Unknown => "(unknown)",
         };
         format!("{method} {t}")
+    }
+
+    /// A Bulk API 2.0 route (served outside Composite, which does not carry them).
+    pub fn is_bulk(&self) -> bool {
+        matches!(
+            self,
+            Self::IngestJobs
+                | Self::IngestJob(_)
+                | Self::IngestBatches(_)
+                | Self::IngestResults(..)
+        )
     }
 
     /// Whether Composite counts this as a query or collections subrequest (at most 5).

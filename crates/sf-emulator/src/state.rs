@@ -38,6 +38,12 @@ pub struct Faults {
     pub fail_next: BTreeMap<String, u32>,
     /// Every call under `/services` answers 503.
     pub outage: bool,
+    /// The next this many Bulk ingest jobs fail half-way (the rest of their rows unprocessed).
+    #[serde(default)]
+    pub bulk_fail_jobs: u32,
+    /// Bulk ingest processing speed, rows per second (0: as fast as the store goes).
+    #[serde(default)]
+    pub bulk_rows_per_second: u64,
 }
 
 /// Call counters (see `GET /__admin/stats`).
@@ -151,6 +157,8 @@ pub struct Inner {
     pub next_cursor: u64,
     /// Flow rules, evaluated against each request's committed changes.
     pub flows: Flows,
+    /// Bulk API 2.0 ingest jobs.
+    pub bulk: crate::bulk::Jobs,
 }
 
 /// Everything a handler needs.
@@ -199,6 +207,7 @@ impl Shared {
             cursors: HashMap::new(),
             next_cursor: 0,
             flows: Flows::new(flows.clone()),
+            bulk: crate::bulk::Jobs::default(),
         };
         capture(&pubsub, &mut inner);
         Self {
@@ -255,5 +264,6 @@ impl Inner {
         self.usage = Usage::default();
         self.dirty = true;
         self.cursors.clear();
+        self.bulk = crate::bulk::Jobs::default();
     }
 }

@@ -42,6 +42,10 @@ pub struct DrainArgs {
     /// How often progress is polled (the figures themselves come from server timestamps).
     #[arg(long, default_value = "200ms", value_parser = orderbridge_runtime::parse_interval)]
     pub poll: Duration,
+    /// The worker with Bulk API 2.0 on for backlogs (WORKER_BULK_BATCH_SIZE=10000,
+    /// WORKER_MAX_IN_FLIGHT=2; `--env` settings still win).
+    #[arg(long)]
+    pub bulk: bool,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -69,7 +73,20 @@ pub struct Measured<'a> {
     pub verification: Verification,
 }
 
-pub async fn run(args: DrainArgs) -> Result<bool> {
+pub async fn run(mut args: DrainArgs) -> Result<bool> {
+    if args.bulk {
+        // First, so that the caller's own `--env` settings (applied in order) override them.
+        let defaults = [
+            ("WORKER_BULK_BATCH_SIZE", "10000"),
+            ("WORKER_MAX_IN_FLIGHT", "2"),
+        ];
+        let mut env: Vec<(String, String)> = defaults
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        env.append(&mut args.stack.env);
+        args.stack.env = env;
+    }
     with_stack(args.stack.clone(), "drain", async |stack| {
         measure(stack, &args).await
     })

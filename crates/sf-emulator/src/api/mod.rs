@@ -86,7 +86,15 @@ pub fn execute(ctx: &Ctx<'_>, inner: &mut Inner, route: &Route, req: &mut Req) -
             collections_write(ctx, inner, req, Write::Upsert(o.clone(), f.clone()))
         }
         (Route::CollectionsUpsert(..), _) => Err(method_not_allowed(m, "PATCH")),
-        (Route::Unknown, _) => Err(Reply::not_found()),
+        // Bulk jobs are served by `http` directly; Composite cannot carry them.
+        (
+            Route::IngestJobs
+            | Route::IngestJob(_)
+            | Route::IngestBatches(_)
+            | Route::IngestResults(..)
+            | Route::Unknown,
+            _,
+        ) => Err(Reply::not_found()),
     };
     result.unwrap_or_else(|e| e)
 }

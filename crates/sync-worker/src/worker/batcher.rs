@@ -131,10 +131,15 @@ impl Worker {
         tracing::info!(queue, "consuming");
 
         let batch_size = usize::from(self.config.batch_size);
+        let bulk_size = self.config.bulk_batch_size as usize;
+        // The current batch's size limit: WORKER_BATCH_SIZE, or the Bulk size once the batch
+        // shows it is part of a backlog.
+        let mut limit = batch_size;
         let max_in_flight = usize::from(self.config.max_in_flight);
         let mut breaker = self.breaker.subscribe();
         let mut in_flight: JoinSet<Result<(), BatchError>> = JoinSet::new();
         let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
+        let mut bulk_batches = 0u64;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut first_at = tokio::time::Instant::now();
         let mut oldest: Option<DateTime<Utc>> = None;
@@ -147,18 +152,32 @@ impl Worker {
                 break Stop::Paused;
             }
             let can_dispatch = in_flight.len() < max_in_flight;
+            let now = tokio::time::Instant::now();
+            // Filled to WORKER_BATCH_SIZE before its deadline: messages are waiting (a
+            // backlog), so with Bulk on the batch keeps filling, for a bounded while.
+            if self.config.bulk_enabled()
+                && limit == batch_size
+                && buffer.len() >= batch_size
+                && deadline.is_some_and(|d| d > now)
+            {
+                limit = bulk_size;
+                deadline = now.checked_add(self.config.bulk_linger);
+                bulk_batches += 1;
+                tracing::debug!(bulk_batches, "backlog: filling a Bulk batch");
+                continue;
+            }
             if can_dispatch
-                && (buffer.len() >= batch_size
-                    || (!buffer.is_empty()
-                        && deadline.is_some_and(|d| d <= tokio::time::Instant::now())))
+                && (buffer.len() >= limit
+                    || (!buffer.is_empty() && deadline.is_some_and(|d| d <= now)))
             {
                 let batch = std::mem::take(&mut buffer);
                 deadline = None;
+                limit = batch_size;
                 let span = tracing::info_span!("batch", size = batch.len());
                 in_flight.spawn(process(ctx.clone(), batch).instrument(span));
                 continue;
             }
-            let want_more = buffer.len() < batch_size;
+            let want_more = buffer.len() < limit;
             let linger = deadline;
             tokio::select! {
                 biased;
@@ -189,6 +208,10 @@ impl Worker {
                             oldest = Some(oldest.map_or(at, |o| o.min(at)));
                         }
                         buffer.push(delivery);
+                        if limit > batch_size {
+                            // A backlog batch keeps the deadline it was given.
+                            continue;
+                        }
                         deadline = Some(batch_deadline(
                             first_at,
                             oldest,

@@ -73,8 +73,15 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
         .filter_map(|i| messages[*i].event.as_ref()?.correlation_id.as_deref())
         .collect();
     tracing::debug!(orders = orders.len(), correlation_ids = ?correlation_ids, "writing to Salesforce");
+    let bulk = ctx.config.bulk_enabled() && orders.len() >= ctx.config.bulk_min_orders as usize;
     let results = if orders.is_empty() {
         Vec::new()
+    } else if bulk {
+        tracing::info!(
+            orders = orders.len(),
+            "writing a backlog batch with Bulk API 2.0"
+        );
+        ctx.writer.write_bulk(&orders).await
     } else {
         ctx.writer.write(&orders).await
     };

@@ -16,11 +16,17 @@
 //! written (or were already there); otherwise the first failure in that order decides, so an
 //! item rejected because its order could not be written reports the order's error.
 //!
+//! A large batch (a backlog) can go through Bulk API 2.0 instead ([`Writer::write_bulk`]):
+//! three jobs, accounts then orders then items, about 20 calls however many orders, with the
+//! same per-order outcomes.
+//!
 //! The stages, one file each: `prepare` (the mapping applied to each order, price book entries,
 //! packing into calls), `send` (the Composite calls, halving a call Salesforce refuses as a
-//! whole, reading each collection's results), `outcome` (each order's result from its records'
+//! whole, reading each collection's results), `bulk` (the same records as Bulk jobs, each row's
+//! result mapped back by external id), `outcome` (each order's result from its records'
 //! fates).
 
+mod bulk;
 mod outcome;
 mod prepare;
 mod send;
@@ -105,6 +111,12 @@ fn error_kind(e: &Error) -> &'static str {
     }
 }
 
+fn all_failed(n: usize, failure: &CallFailure) -> Vec<OrderResult> {
+    (0..n)
+        .map(|_| OrderResult::CallFailed(failure.clone()))
+        .collect()
+}
+
 /// Observations for metrics, reported per call.
 pub trait CallObserver: Send + Sync {
     fn call(&self, what: &'static str, elapsed: Duration, error_code: Option<&str>);
@@ -165,41 +177,13 @@ impl Writer {
         &self.pricebook
     }
 
-    /// Writes `orders` (distinct ids) and returns one result per order, in order.
+    /// Writes `orders` (distinct ids) with Composite calls and returns one result per order,
+    /// in order.
     pub async fn write(&self, orders: &[&SubmittedOrder]) -> Vec<OrderResult> {
-        let mut results: Vec<Option<OrderResult>> = vec![None; orders.len()];
-        let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(orders.len());
-
-        // Price book entries for every SKU of the batch (cached; one query for new SKUs).
-        let entries = match self.entries_for(orders).await {
-            Ok(e) => e,
-            Err(failure) => {
-                return orders
-                    .iter()
-                    .map(|_| OrderResult::CallFailed(failure.clone()))
-                    .collect();
-            }
+        let (mut results, prepared) = match self.prepare_batch(orders).await {
+            Ok(p) => p,
+            Err(failure) => return all_failed(orders.len(), &failure),
         };
-
-        let pricebook = match &self.mapping.order.pricebook_field {
-            Some(_) => match self.pricebook.resolve().await {
-                Ok(r) => Some(r.clone()),
-                Err(e) => {
-                    let failure = pricebook_failure(e);
-                    return orders
-                        .iter()
-                        .map(|_| OrderResult::CallFailed(failure.clone()))
-                        .collect();
-                }
-            },
-            None => None,
-        };
-        for (i, order) in orders.iter().enumerate() {
-            match self.prepare(order, entries.as_ref(), pricebook.as_ref()) {
-                Ok(p) => prepared.push((i, p)),
-                Err(f) => results[i] = Some(OrderResult::Failed(f)),
-            }
-        }
 
         // Calls go one after another; after a call fails for a reason that is not the orders'
         // (outage, budget, session), the rest are not attempted: they would fail the same way
@@ -222,6 +206,45 @@ impl Writer {
             }
         }
 
+        self.finish(&prepared, results).await
+    }
+
+    /// Every order's records, or the failure of the lookups they need (price book entries,
+    /// the price book) which is then every order's. Orders the mapping refuses have their
+    /// result already.
+    async fn prepare_batch(
+        &self,
+        orders: &[&SubmittedOrder],
+    ) -> Result<(Vec<Option<OrderResult>>, Vec<(usize, Prepared)>), CallFailure> {
+        let mut results: Vec<Option<OrderResult>> = vec![None; orders.len()];
+        let mut prepared: Vec<(usize, Prepared)> = Vec::with_capacity(orders.len());
+        // Price book entries for every SKU of the batch (cached; one query for new SKUs).
+        let entries = self.entries_for(orders).await?;
+        let pricebook = match &self.mapping.order.pricebook_field {
+            Some(_) => Some(
+                self.pricebook
+                    .resolve()
+                    .await
+                    .map_err(pricebook_failure)?
+                    .clone(),
+            ),
+            None => None,
+        };
+        for (i, order) in orders.iter().enumerate() {
+            match self.prepare(order, entries.as_ref(), pricebook.as_ref()) {
+                Ok(p) => prepared.push((i, p)),
+                Err(f) => results[i] = Some(OrderResult::Failed(f)),
+            }
+        }
+        Ok((results, prepared))
+    }
+
+    /// Looks up the ids the answers did not give, and makes a result of every order.
+    async fn finish(
+        &self,
+        prepared: &[(usize, Prepared)],
+        mut results: Vec<Option<OrderResult>>,
+    ) -> Vec<OrderResult> {
         // Resolve ids of orders that existed already but whose duplicate error gave no id.
         let keys: HashMap<usize, &str> = prepared
             .iter()

@@ -1,0 +1,217 @@
+//! Writing a batch through Bulk API 2.0: the records Composite would carry, as three jobs
+//! run one after another, each row's result mapped back to its order by external id.
+//!
+//! ```text
+//!  accounts (upsert by key, newest order's values) ─► orders (create/upsert by key)
+//!     ─► items of the orders that were written ─► per order: decide(account, order, items)
+//! ```
+//!
+//! A job costs about 4 calls plus its polls, whatever its size; only the orders job reads its
+//! successful rows back (for the ids). Outcomes are exactly Composite's: an order already
+//! written is found by its `DUPLICATE_VALUE`, a refused row is its order's failure with
+//! Salesforce's code, and a row the job never reached (it failed or was aborted) is a
+//! retryable failure of its order. A job that cannot be run at all (outage, budget, session)
+//! is a failure of the whole call, as a Composite call's would be.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use orderbridge_domain::SubmittedOrder;
+use orderbridge_mapping::{ObjectMapping, WriteMode};
+use orderbridge_salesforce::bulk::{IngestJob, Operation, Poll, to_csv};
+use orderbridge_salesforce::{ApiError, ErrorClass, RecordResult};
+use serde_json::{Map, Value};
+
+use super::outcome::{decide, record_fate};
+use super::{CallFailure, OrderResult, Prepared, RecordFate, Writer, all_failed};
+
+/// How a job is waited for: Salesforce takes seconds to minutes, polled with backoff.
+const POLL: Poll = Poll {
+    first: Duration::from_millis(200),
+    max: Duration::from_secs(5),
+    timeout: Duration::from_secs(30 * 60),
+};
+
+impl Writer {
+    /// Writes `orders` (distinct ids) with Bulk API 2.0 jobs; one result per order, in order,
+    /// with the same meaning as [`Writer::write`]'s.
+    pub async fn write_bulk(&self, orders: &[&SubmittedOrder]) -> Vec<OrderResult> {
+        let (mut results, prepared) = match self.prepare_batch(orders).await {
+            Ok(p) => p,
+            Err(failure) => return all_failed(orders.len(), &failure),
+        };
+        if let Err(failure) = self.send_bulk(&prepared, &mut results).await {
+            for (i, _) in &prepared {
+                if results[*i].is_none() {
+                    results[*i] = Some(OrderResult::CallFailed(failure.clone()));
+                }
+            }
+        }
+        self.finish(&prepared, results).await
+    }
+
+    async fn send_bulk(
+        &self,
+        prepared: &[(usize, Prepared)],
+        results: &mut [Option<OrderResult>],
+    ) -> Result<(), CallFailure> {
+        let m = &self.mapping;
+
+        // Accounts: one row per key, with the values of the newest order (by acceptance time),
+        // as in a Composite call.
+        let mut account_fate: HashMap<String, RecordFate> = HashMap::new();
+        if let Some(a) = &m.account {
+            let mut keys: Vec<&str> = Vec::new();
+            let mut newest: HashMap<&str, &Prepared> = HashMap::new();
+            for (_, p) in prepared {
+                if let Some((key, _)) = &p.account {
+                    match newest.get(key.as_str()) {
+                        None => {
+                            keys.push(key);
+                            newest.insert(key, p);
+                        }
+                        Some(q) if q.created_at < p.created_at => {
+                            newest.insert(key, p);
+                        }
+                        Some(_) => {}
+                    }
+                }
+            }
+            let records: Vec<&Map<String, Value>> = keys
+                .iter()
+                .filter_map(|k| newest.get(k)?.account.as_ref().map(|(_, r)| r))
+                .collect();
+            if !records.is_empty() {
+                account_fate = self.run_job(&a.object, &records, false).await?;
+            }
+        }
+
+        let orders: Vec<&Map<String, Value>> =
+            prepared.iter().map(|(_, p)| &p.order_record).collect();
+        let order_fate = if orders.is_empty() {
+            HashMap::new()
+        } else {
+            self.run_job(&m.order.object, &orders, true).await?
+        };
+
+        // Items only of the orders that were written: the others' outcome is already decided
+        // by their order, and their items could only fail as a consequence.
+        let mut item_fate: HashMap<String, RecordFate> = HashMap::new();
+        if let Some(im) = &m.items {
+            let records: Vec<&Map<String, Value>> = prepared
+                .iter()
+                .filter(|(_, p)| {
+                    matches!(order_fate.get(&p.order_key), Some(RecordFate::Written(_)))
+                })
+                .flat_map(|(_, p)| p.items.iter().map(|(_, r)| r))
+                .collect();
+            if !records.is_empty() {
+                item_fate = self.run_job(&im.object, &records, false).await?;
+            }
+        }
+
+        for (i, p) in prepared {
+            let account = p
+                .account
+                .as_ref()
+                .map(|(k, _)| account_fate.get(k).cloned());
+            let items: Vec<Option<RecordFate>> = p
+                .items
+                .iter()
+                .map(|(k, _)| item_fate.get(k).cloned())
+                .collect();
+            results[*i] = Some(decide(
+                account,
+                order_fate.get(&p.order_key).cloned(),
+                &items,
+                &p.order_key,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs one job over `records` and returns each record's fate by its external id.
+    async fn run_job(
+        &self,
+        object: &ObjectMapping,
+        records: &[&Map<String, Value>],
+        want_ids: bool,
+    ) -> Result<HashMap<String, RecordFate>, CallFailure> {
+        let csv = to_csv(records).map_err(|e| CallFailure::from_error(&e))?;
+        let operation = match object.write {
+            WriteMode::Create => Operation::Insert,
+            WriteMode::Upsert => Operation::Upsert,
+        };
+        let job = IngestJob {
+            object: &object.sobject,
+            operation,
+            external_id_field: (operation == Operation::Upsert)
+                .then_some(object.external_id_field.as_str()),
+        };
+        let started = Instant::now();
+        let outcome = self.client.bulk_ingest(&job, &csv, POLL, want_ids).await;
+        drop(csv);
+        let results = match outcome {
+            Ok(r) => {
+                self.observer.call("bulk_job", started.elapsed(), None);
+                r
+            }
+            Err(e) => {
+                let f = CallFailure::from_error(&e);
+                self.observer
+                    .call("bulk_job", started.elapsed(), Some(&f.code));
+                return Err(f);
+            }
+        };
+
+        let key_field = object.external_id_field.as_str();
+        let key_of = |fields: &HashMap<String, String>| fields.get(key_field).cloned();
+        // A row in neither failed nor unprocessed was written (its id read only if asked for).
+        let mut fates: HashMap<String, RecordFate> = records
+            .iter()
+            .filter_map(|r| r.get(key_field)?.as_str())
+            .map(|k| (k.to_owned(), RecordFate::Written(None)))
+            .collect();
+        for row in results.successful {
+            if let Some(k) = key_of(&row.fields) {
+                fates.insert(k, RecordFate::Written(row.id));
+            }
+        }
+        for row in results.failed {
+            if let Some(k) = key_of(&row.fields) {
+                let result = RecordResult {
+                    id: row.id,
+                    success: false,
+                    errors: row.error.into_iter().collect(),
+                    created: None,
+                };
+                fates.insert(k, record_fate(&result, object));
+            }
+        }
+        if !results.unprocessed.is_empty() {
+            let why = ApiError {
+                code: "BULK_ROW_UNPROCESSED".into(),
+                message: format!(
+                    "Bulk job {} ended {:?} before this row: {}",
+                    results.job.id,
+                    results.job.state,
+                    results
+                        .job
+                        .error_message
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                ),
+                fields: Vec::new(),
+            };
+            for fields in &results.unprocessed {
+                if let Some(k) = key_of(fields) {
+                    fates.insert(
+                        k,
+                        RecordFate::Refused(vec![why.clone()], ErrorClass::Retryable),
+                    );
+                }
+            }
+        }
+        Ok(fates)
+    }
+}
