@@ -45,6 +45,10 @@ pub enum Command {
     /// changed in Salesforce since then (closing a gap of the Salesforce subscriber).
     #[command(args_conflicts_with_subcommands = true)]
     Reconcile(ReconcileArgs),
+    /// Write orders to Salesforce again (a new or refreshed org): every order in scope gets a
+    /// fresh `order.submitted` event, in chunks, and the sync worker writes them, through
+    /// Bulk API 2.0 when WORKER_BULK_BATCH_SIZE is set. Exit status 0 on success, 2 on errors.
+    Backfill(crate::backfill::BackfillArgs),
     /// Inspect and replay the dead-letter queue. Exit status 0 on success, 2 on errors.
     Dlq {
         #[command(subcommand)]

@@ -4,11 +4,13 @@
 //! - [`reconcile::reconcile`]: compares Postgres orders with Salesforce records by external id
 //!   and returns a [`reconcile::Report`] (missing, duplicated, mismatched, orphaned);
 //! - [`reconcile::fix`]: queues resyncs for the report's missing and mismatched orders;
+//! - [`backfill::backfill`]: queues every order in scope to be written to Salesforce again;
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
 //! - [`keys::run`]: creates, lists, revokes and rotates API keys;
 //! - [`broker::run`]: signing keys and least-privilege broker users;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
+pub mod backfill;
 pub mod broker;
 pub mod command;
 pub mod dlq;

@@ -38,6 +38,16 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Backfill(args) => {
+            let mut out = std::io::stdout().lock();
+            match orderbridge_cli::backfill::run(args, &cli.db, &mut out).await {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Keys { command } => {
             let mut out = std::io::stdout().lock();
             match orderbridge_cli::keys::run(command.clone(), &cli.db, &mut out).await {

@@ -110,6 +110,10 @@ impl Env {
 
     /// Writes the orders to Salesforce as the worker does; returns their record ids.
     async fn write(&self, orders: &[&Order]) -> Vec<String> {
+        self.write_with(orders, false).await
+    }
+
+    async fn write_with(&self, orders: &[&Order], bulk: bool) -> Vec<String> {
         let submitted: Vec<SubmittedOrder> = orders
             .iter()
             .map(|o| SubmittedOrder {
@@ -118,9 +122,12 @@ impl Env {
             })
             .collect();
         let refs: Vec<&SubmittedOrder> = submitted.iter().collect();
-        self.writer
-            .write(&refs)
-            .await
+        let results = if bulk {
+            self.writer.write_bulk(&refs).await
+        } else {
+            self.writer.write(&refs).await
+        };
+        results
             .into_iter()
             .map(|r| match r {
                 OrderResult::Synced { salesforce_id } => salesforce_id,
@@ -174,6 +181,12 @@ impl Env {
     /// The pipeline, simulated: every unpublished `order.submitted` is written to Salesforce
     /// by the worker's writer and its `synced` report applied.
     async fn run_pipeline(&self) -> usize {
+        self.run_pipeline_with(false).await
+    }
+
+    /// [`Env::run_pipeline`], through Bulk API 2.0 jobs when `bulk` (as the worker writes a
+    /// backlog batch).
+    async fn run_pipeline_with(&self, bulk: bool) -> usize {
         let rows: Vec<(Value,)> = sqlx::query_as(
             "SELECT payload FROM outbox WHERE published_at IS NULL ORDER BY position",
         )
@@ -191,7 +204,7 @@ impl Env {
             })
             .collect();
         let refs: Vec<&Order> = orders.iter().collect();
-        let ids = self.write(&refs).await;
+        let ids = self.write_with(&refs, bulk).await;
         for (order, sf_id) in orders.iter().zip(&ids) {
             self.apply_synced(order.id.get(), sf_id).await;
         }
@@ -913,4 +926,145 @@ async fn fifty_thousand_orders() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(output.status.code(), Some(0));
+}
+
+/// A new org (the emulator reset): `backfill` queues the orders in scope again, the pipeline
+/// writes them through Bulk jobs, and reconcile finds them all; out of scope stays untouched;
+/// `--after` resumes; `--dry-run` only counts; the binary prints JSON and exits by outcome.
+#[tokio::test]
+async fn backfill_writes_a_new_org_through_bulk_jobs() {
+    let env = Env::new().await;
+    let yesterday = Utc::now() - chrono::Duration::days(1);
+    let old: Vec<Order> = {
+        let mut v = Vec::new();
+        for _ in 0..3 {
+            v.push(env.create_order_at(yesterday).await);
+        }
+        v
+    };
+    let mut recent = Vec::new();
+    for _ in 0..40 {
+        recent.push(env.create_order().await);
+    }
+    assert_eq!(env.run_pipeline().await, 43);
+    env.set_state(recent[5].id.get(), "failed", Some(("X", "given up")))
+        .await;
+    // A pending order (its event on the way) is not a settled one: left alone by default.
+    let underway = env.create_order().await;
+
+    // The org is replaced by an empty one.
+    let reset = reqwest::Client::new()
+        .post(format!("{}/__admin/reset", env.emulator.base_url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert!(reset.status().is_success());
+    assert!(!env.reconcile(Scope::all()).await.is_clean());
+
+    let url = env.db.url();
+    let base = env.emulator.base_url.as_str();
+    let since = (Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (code, out, err) = run(
+        base,
+        &["backfill", "--since", &since, "--dry-run", "--json"],
+        url,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["in_scope"], 40);
+    assert_eq!(doc["queued"], 0);
+    assert_eq!(
+        env.state(recent[0].id.get()).await.0,
+        "synced",
+        "a dry run queues nothing"
+    );
+
+    // Interrupted after the first chunk: the rest is resumed with --after.
+    let (code, out, err) = run(
+        base,
+        &["backfill", "--since", &since, "--chunk", "15", "--json"],
+        url,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["queued"], 40);
+    assert!(
+        doc["correlation_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("backfill-")
+    );
+    let mut sorted_recent: Vec<Uuid> = recent.iter().map(|o| o.id.get()).collect();
+    sorted_recent.sort();
+    assert_eq!(doc["last"], json!(sorted_recent[39]));
+    for o in &recent {
+        assert_eq!(env.state(o.id.get()).await.0, "pending");
+        let events = env.events(o.id.get()).await;
+        assert_eq!(events.len(), 2, "one fresh event per order");
+        assert_eq!(
+            events[1].0["correlation_id"].as_str().unwrap(),
+            doc["correlation_id"].as_str().unwrap()
+        );
+    }
+    for o in &old {
+        assert_eq!(env.state(o.id.get()).await.0, "synced", "out of scope");
+        assert_eq!(env.events(o.id.get()).await.len(), 1);
+    }
+    assert_eq!(env.events(underway.id.get()).await.len(), 1);
+
+    // The worker's Bulk path writes the backlog (the underway order with it: its event was
+    // never published).
+    assert_eq!(env.run_pipeline_with(true).await, 41);
+    let scoped = Scope {
+        created_after: Some(Utc::now() - chrono::Duration::hours(1)),
+        created_before: None,
+    };
+    let report = env.reconcile(scoped).await;
+    assert!(report.is_clean(), "{report:?}");
+    let full = env.reconcile(Scope::all()).await;
+    assert_eq!(
+        full.missing.len(),
+        3,
+        "yesterday's orders were out of scope"
+    );
+
+    // Resuming after an order takes only those after it; states filter what is taken.
+    let (code, out, err) = run(
+        base,
+        &[
+            "backfill",
+            "--after",
+            &sorted_recent[29].to_string(),
+            "--states",
+            "synced",
+            "--json",
+        ],
+        url,
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        doc["queued"], 11,
+        "the 10 recent ones after it and the underway one"
+    );
+    let (code, out, _) = run(base, &["backfill", "--states", "nonsense"], url).await;
+    assert_eq!(code, Some(2), "{out}");
+    let (code, _, err) = run(
+        base,
+        &[
+            "backfill",
+            "--since",
+            "2026-12-02T00:00:00Z",
+            "--until",
+            "2026-12-01T00:00:00Z",
+        ],
+        url,
+    )
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--since must be before --until"), "{err}");
 }
