@@ -74,6 +74,7 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
         .collect();
     tracing::debug!(orders = orders.len(), correlation_ids = ?correlation_ids, "writing to Salesforce");
     let bulk = ctx.config.bulk_enabled() && orders.len() >= ctx.config.bulk_min_orders as usize;
+    let write_started = Instant::now();
     let results = if orders.is_empty() {
         Vec::new()
     } else if bulk {
@@ -81,7 +82,13 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
             orders = orders.len(),
             "writing a backlog batch with Bulk API 2.0"
         );
-        ctx.writer.write_bulk(&orders).await
+        let results = ctx.writer.write_bulk(&orders).await;
+        tracing::info!(
+            orders = orders.len(),
+            took_ms = write_started.elapsed().as_millis() as u64,
+            "backlog batch written; settling"
+        );
+        results
     } else {
         ctx.writer.write(&orders).await
     };
@@ -108,7 +115,16 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
         );
         tokio::time::sleep(pause).await;
     }
-    settle(ctx, &messages, actions).await
+    let settle_started = Instant::now();
+    let settled = settle(ctx, &messages, actions).await;
+    if bulk {
+        tracing::info!(
+            messages = messages.len(),
+            took_ms = settle_started.elapsed().as_millis() as u64,
+            "backlog batch settled"
+        );
+    }
+    settled
 }
 
 /// Which messages to write: one per order, the newest event (highest order version, then

@@ -154,6 +154,15 @@ impl Writer {
         let results = match outcome {
             Ok(r) => {
                 self.observer.call("bulk_job", started.elapsed(), None);
+                tracing::info!(
+                    object = %object.sobject,
+                    job = %r.job.id,
+                    state = ?r.job.state,
+                    rows = records.len(),
+                    failed = r.job.number_records_failed,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "bulk job done"
+                );
                 r
             }
             Err(e) => {
