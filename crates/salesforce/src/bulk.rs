@@ -111,11 +111,13 @@ pub struct IngestResults {
     pub unprocessed: Vec<HashMap<String, String>>,
 }
 
-/// How a client waits for a job: polls from `first`, doubling up to `max`, for at most
-/// `timeout`.
+/// How a client waits for a job: polls after `first`, each wait `growth` times the last, up
+/// to `max`, for at most `timeout`. A job is seen done at most `growth − 1` of its run time
+/// late (`growth` 2: up to twice as long as it ran), for about log_growth(run / first) polls.
 #[derive(Debug, Clone, Copy)]
 pub struct Poll {
     pub first: Duration,
+    pub growth: f64,
     pub max: Duration,
     pub timeout: Duration,
 }
@@ -124,6 +126,7 @@ impl Default for Poll {
     fn default() -> Self {
         Self {
             first: Duration::from_millis(250),
+            growth: 2.0,
             max: Duration::from_secs(10),
             timeout: Duration::from_secs(30 * 60),
         }
@@ -346,7 +349,7 @@ impl Client {
                 });
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(poll.max);
+            delay = delay.mul_f64(poll.growth.max(1.0)).min(poll.max);
         }
     }
 

@@ -14,6 +14,7 @@ use sf_emulator::{EmulatorConfig, RunningEmulator};
 
 const POLL: Poll = Poll {
     first: Duration::from_millis(20),
+    growth: 2.0,
     max: Duration::from_millis(200),
     timeout: Duration::from_secs(60),
 };

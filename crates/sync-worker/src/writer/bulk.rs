@@ -25,9 +25,12 @@ use serde_json::{Map, Value};
 use super::outcome::{decide, record_fate};
 use super::{CallFailure, OrderResult, Prepared, RecordFate, Writer, all_failed};
 
-/// How a job is waited for: Salesforce takes seconds to minutes, polled with backoff.
+/// How a job is waited for: Salesforce takes seconds to minutes, polled with backoff. Growth
+/// 1.5 sees a job done at most half its run time late (doubling wasted ~3 s of a 5.5 s batch
+/// of 10,000 orders in `drain --bulk`) for a poll or two more per job.
 const POLL: Poll = Poll {
-    first: Duration::from_millis(200),
+    first: Duration::from_millis(100),
+    growth: 1.5,
     max: Duration::from_secs(5),
     timeout: Duration::from_secs(30 * 60),
 };
