@@ -1,7 +1,7 @@
 //! Backlogs through Bulk API 2.0: the same orders written through Composite and through Bulk
 //! give the same Salesforce records and the same per-order outcomes; a worker with Bulk on
-//! drains a backlog in a handful of calls, each order once; a Bulk job that fails half-way
-//! loses and duplicates nothing.
+//! drains a backlog in a handful of calls, each order once; a Bulk job that fails half-way, and
+//! a worker SIGKILLed while its job runs, lose and duplicate nothing.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Harness, order, order_with_skus, test_client};
+use common::{Harness, assert_exactly_once, eventually, order, order_with_skus, test_client};
 use orderbridge_domain::{Order, SubmittedOrder, SyncState};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::Client;
@@ -214,5 +214,71 @@ async fn a_backlog_is_drained_through_bulk_each_order_once() {
         3_000
     );
     assert_eq!(h.message_count(&h.topology.sf_sync_queue).await, 0);
+    h.cleanup().await;
+}
+
+/// The real binary, SIGKILLed while its Bulk job is being processed: the job goes on in
+/// Salesforce without it, the batch's messages are redelivered to the next worker, which
+/// writes them again through Bulk; the orders the dead worker's job wrote are found already
+/// written. Each order and each line exactly once.
+#[tokio::test]
+async fn a_worker_killed_during_a_bulk_job_loses_and_duplicates_nothing() {
+    let mut h = Harness::new().await;
+    let batch = orders(3_000);
+    h.publish_orders(&batch).await;
+    // Slow enough that the kill lands while the orders job runs.
+    h.faults(json!({"bulk_rows_per_second": 1500})).await;
+    let bulk = [
+        "--bulk-batch-size",
+        "5000",
+        "--bulk-min-orders",
+        "1000",
+        "--bulk-linger",
+        "500ms",
+    ];
+    let admin = format!("127.0.0.1:{}", orderbridge_testkit::free_port().unwrap());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sync-worker"))
+        .args(&h.args(&bulk)[1..])
+        .env_remove("WORKER_MAPPING_FILE")
+        .env("WORKER_ADMIN_ADDR", &admin)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The orders job is the second job of the batch: once it is created, its rows are being
+    // written.
+    eventually(
+        Duration::from_secs(60),
+        "the orders job to start",
+        || async {
+            h.stats().await["api_calls_by_route"]["POST /jobs/ingest"]
+                .as_u64()
+                .unwrap_or(0)
+                >= 2
+        },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the first orders written",
+        || async { !h.records("Order").await.is_empty() },
+    )
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let written_before = h.records("Order").await.len();
+    assert!(
+        written_before < 3_000,
+        "the kill came too late to test anything"
+    );
+
+    h.faults(json!({"bulk_rows_per_second": 0})).await;
+    h.start_worker(&bulk).await;
+    h.wait_synced(&batch, Duration::from_secs(120)).await;
+    assert_exactly_once(&h, &batch).await;
+    assert_eq!(h.records("Order").await.len(), 3_000);
+    assert_eq!(h.message_count(&h.topology.sf_sync_queue).await, 0);
+    assert_eq!(h.message_count(&h.topology.dead_letter_queue).await, 0);
     h.cleanup().await;
 }

@@ -151,9 +151,11 @@ pub fn handle(shared: &Shared, inner: &mut Inner, call: &Call<'_>) -> Answer {
         },
         (Route::IngestBatches(id), "PUT") => upload(inner, id, csv),
         (Route::IngestResults(id, which), "GET") => {
-            let kind = match which.as_str() {
-                "successfulResults" => ResultKind::Successful,
-                "failedResults" => ResultKind::Failed,
+            // Salesforce documents `unprocessedrecords` and clients send `unprocessedRecords`
+            // (simple-salesforce): the names are matched without regard to case.
+            let kind = match which.to_ascii_lowercase().as_str() {
+                "successfulresults" => ResultKind::Successful,
+                "failedresults" => ResultKind::Failed,
                 "unprocessedrecords" => ResultKind::Unprocessed,
                 _ => return Answer::Reply(Reply::not_found()),
             };

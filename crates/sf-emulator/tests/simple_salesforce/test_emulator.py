@@ -80,6 +80,41 @@ class EmulatorTest(unittest.TestCase):
     def setUp(self):
         admin("POST", "/reset")
 
+    def test_bulk2_insert_upsert_and_result_files(self):
+        sf = login()
+        records = [{"Name": f"Bulk {i}", "External_Id__c": f"B-{i}"} for i in range(250)]
+        # A row Salesforce refuses: the required Name is missing.
+        records.append({"Name": "", "External_Id__c": "B-BAD"})
+        [result] = sf.bulk2.Account.insert(records=records, wait=0.1)
+        self.assertEqual(result["numberRecordsProcessed"], 251)
+        self.assertEqual(result["numberRecordsFailed"], 1)
+        job = result["job_id"]
+        self.assertTrue(job.startswith("750"))
+        failed = sf.bulk2.Account.get_failed_records(job)
+        header, row = failed.strip().splitlines()
+        # The result repeats the columns as uploaded, after Salesforce's own two.
+        self.assertTrue(header.startswith('"sf__Id","sf__Error",'), header)
+        self.assertEqual(sorted(header.split(",")[2:]), ['"External_Id__c"', '"Name"'])
+        self.assertIn("REQUIRED_FIELD_MISSING", row)
+        self.assertIn("B-BAD", row)
+        ok = sf.bulk2.Account.get_successful_records(job).strip().splitlines()
+        self.assertEqual(len(ok), 1 + 250)
+        self.assertTrue(ok[1].startswith('"001'))
+        unprocessed = sf.bulk2.Account.get_unprocessed_records(job).strip().splitlines()
+        self.assertEqual(len(unprocessed), 1, "the header only")
+        # Upsert by external id: the same keys update, a new one creates.
+        [up] = sf.bulk2.Account.upsert(
+            records=[{"External_Id__c": "B-1", "Phone": "+1 555"}, {"External_Id__c": "B-NEW", "Name": "New"}],
+            external_id_field="External_Id__c",
+            wait=0.1,
+        )
+        self.assertEqual(up["numberRecordsFailed"], 0)
+        created = sf.bulk2.Account.get_successful_records(up["job_id"])
+        self.assertIn('"false"', created)  # B-1 updated
+        self.assertIn('"true"', created)  # B-NEW created
+        self.assertEqual(sf.Account.get_by_custom_id("External_Id__c", "B-1")["Phone"], "+1 555")
+        self.assertEqual(sf.query("SELECT COUNT() FROM Account")["totalSize"], 251)
+
     def test_password_flow_crud_and_upsert(self):
         sf = login()
         self.assertTrue(sf.base_url.startswith(EMU))
