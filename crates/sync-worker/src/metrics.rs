@@ -13,7 +13,8 @@ use orderbridge_runtime::metrics::{
 use crate::writer::CallObserver;
 
 const BATCH_BUCKETS: &[f64] = &[
-    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 500.0, 1000.0,
+    1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+    50000.0,
 ];
 
 /// Everything `/metrics` shows and `/health/ready` reads.
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub broker_reconnects_total: AtomicU64,
     pub breaker_trips_total: AtomicU64,
     pub salesforce_calls_total: AtomicU64,
+    /// Bulk API 2.0 jobs run to the end (a job is several calls: create, upload, complete, polls,
+    /// results), and how long each took.
+    pub bulk_jobs_total: AtomicU64,
+    pub bulk_job_seconds: Histogram,
     /// Messages in the dead-letter queue, from the last check (-1 before the first: f64 bits).
     dead_letters: AtomicU64,
     api_used: AtomicU64,
@@ -59,6 +64,8 @@ impl Default for Metrics {
             broker_reconnects_total: AtomicU64::new(0),
             breaker_trips_total: AtomicU64::new(0),
             salesforce_calls_total: AtomicU64::new(0),
+            bulk_jobs_total: AtomicU64::new(0),
+            bulk_job_seconds: Histogram::new(LAG_BUCKETS),
             dead_letters: AtomicU64::new((-1.0f64).to_bits()),
             api_used: AtomicU64::new(0),
             api_max: AtomicU64::new(0),
@@ -99,9 +106,14 @@ impl Metrics {
 }
 
 impl CallObserver for Metrics {
-    fn call(&self, _what: &'static str, elapsed: Duration, error_code: Option<&str>) {
-        self.salesforce_calls_total.fetch_add(1, Ordering::Relaxed);
-        self.salesforce_latency.observe(elapsed.as_secs_f64());
+    fn call(&self, what: &'static str, elapsed: Duration, error_code: Option<&str>) {
+        if what == "bulk_job" {
+            self.bulk_jobs_total.fetch_add(1, Ordering::Relaxed);
+            self.bulk_job_seconds.observe(elapsed.as_secs_f64());
+        } else {
+            self.salesforce_calls_total.fetch_add(1, Ordering::Relaxed);
+            self.salesforce_latency.observe(elapsed.as_secs_f64());
+        }
         if let Some(code) = error_code {
             self.count_salesforce_error(code);
         }
@@ -182,8 +194,14 @@ impl AdminState for Metrics {
         counter(
             &mut out,
             "sync_worker_salesforce_calls_total",
-            "Salesforce API calls made (composite, queries).",
+            "Salesforce API calls made (composite, queries; Bulk jobs are counted apart).",
             n(&self.salesforce_calls_total),
+        );
+        counter(
+            &mut out,
+            "sync_worker_bulk_jobs_total",
+            "Bulk API 2.0 ingest jobs run (each several calls), failed ones included.",
+            n(&self.bulk_jobs_total),
         );
         {
             let errors = self
@@ -225,6 +243,11 @@ impl AdminState for Metrics {
             &mut out,
             "sync_worker_salesforce_call_seconds",
             "Salesforce API call latency.",
+        );
+        self.bulk_job_seconds.render(
+            &mut out,
+            "sync_worker_bulk_job_seconds",
+            "Bulk API 2.0 job time, from creating it to its results read.",
         );
         self.end_to_end_lag.render(
             &mut out,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::{Harness, assert_exactly_once, eventually, order, order_with_skus, test_client};
 use orderbridge_domain::{Order, SubmittedOrder, SyncState};
 use orderbridge_mapping::Mapping;
+use orderbridge_runtime::admin::AdminState;
 use orderbridge_salesforce::Client;
 use serde_json::{Value, json};
 use sync_worker::metrics::Metrics;
@@ -212,6 +213,16 @@ async fn a_backlog_is_drained_through_bulk_each_order_once() {
             .synced_total
             .load(std::sync::atomic::Ordering::Relaxed),
         3_000
+    );
+    let jobs = metrics
+        .bulk_jobs_total
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(jobs >= 3, "{jobs} Bulk jobs counted");
+    assert!(
+        metrics
+            .render()
+            .contains("sync_worker_bulk_job_seconds_count"),
+        "the job time histogram is exported"
     );
     assert_eq!(h.message_count(&h.topology.sf_sync_queue).await, 0);
     h.cleanup().await;
