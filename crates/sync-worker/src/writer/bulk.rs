@@ -32,7 +32,10 @@ const POLL: Poll = Poll {
     first: Duration::from_millis(100),
     growth: 1.5,
     max: Duration::from_secs(5),
-    timeout: Duration::from_secs(30 * 60),
+    // The three jobs of a batch must end well within RabbitMQ's delivery acknowledgement
+    // timeout (`consumer_timeout`, 30 min by default), or the broker closes the channel and
+    // redelivers the batch while its jobs still run (harmless, by external id, but wasted).
+    timeout: Duration::from_secs(8 * 60),
 };
 
 impl Writer {
