@@ -232,15 +232,20 @@ impl Worker {
             }
         };
 
-        // Stop intake first, so nothing new arrives while we settle.
-        let _ = config
-            .op(
-                "basic.cancel",
-                session
-                    .channel
-                    .basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
-            )
-            .await;
+        // Stop intake first, so nothing new arrives while we settle. On shutdown this is
+        // bounded by the shutdown step: a cancel the broker is slow to confirm must not eat
+        // the grace in-flight batches get.
+        let cancel = config.op(
+            "basic.cancel",
+            session
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default()),
+        );
+        if matches!(stop, Stop::Shutdown) {
+            let _ = tokio::time::timeout(super::SHUTDOWN_STEP, cancel).await;
+        } else {
+            let _ = cancel.await;
+        }
         // Deliveries that arrived after the cancel was sent are part of the prefetch too.
         while let Some(Some(Ok(d))) = consumer.next().now_or_never() {
             buffer.push(d);

@@ -47,6 +47,10 @@ use batcher::WriteTime;
 use breaker::HEALTHY_STRETCH;
 pub use breaker::Pause;
 
+/// The most a broker step may take on the way out (cancelling the consumer, closing the
+/// connection): past it the process exits anyway and the broker redelivers.
+const SHUTDOWN_STEP: Duration = Duration::from_secs(1);
+
 /// A fatal worker error (start-up only; at run time everything is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -152,7 +156,16 @@ impl Worker {
             self.metrics
                 .broker_up
                 .store(false, std::sync::atomic::Ordering::Relaxed);
-            session.close(self.supervisor.config()).await;
+            if matches!(stop, Stop::Shutdown) {
+                // Exiting: the broker returns whatever is unacked when the connection goes,
+                // so a close that hangs (a busy broker, channels of aborted batches) must not
+                // hold the exit for BROKER_OP_TIMEOUT.
+                let _ =
+                    tokio::time::timeout(SHUTDOWN_STEP, session.close(self.supervisor.config()))
+                        .await;
+            } else {
+                session.close(self.supervisor.config()).await;
+            }
             match stop {
                 Stop::Shutdown => return Ok(()),
                 Stop::Paused => {}
