@@ -9,7 +9,7 @@
 //!   rebalance on the leader connection ──no partition free──► standby: again every
 //!            ▼ holds the locks of ≥ 1 outbox partition            RELAY_STANDBY_INTERVAL
 //!   read batch (own partitions) ─► publish all (mandatory, persistent) ─► collect confirms
-//!            ▲                                                  ─► mark confirmed rows
+//!            ▲    (the next batch read and published meanwhile)     ─► mark confirmed rows
 //!            └──── NOTIFY / poll interval / more rows waiting ◄────────┘  (rebalance again
 //!                                                                 every standby interval)
 //! ```
@@ -36,7 +36,7 @@ use sqlx::postgres::PgConnectOptions;
 use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
-use self::batch::Publisher;
+use self::batch::{Publisher, Run};
 use self::housekeeping::{backlog_loop, retention_loop};
 use self::leadership::{Leadership, Rebalanced};
 use self::listen::listen_loop;
@@ -218,15 +218,21 @@ impl Relay {
                 }
             }
             let mine: Vec<u16> = lead.held().iter().copied().collect();
+            // Batches run until the next rebalancing is due, then hand the connection back.
+            let until = lead.next_due(self.config.standby_interval);
             let (Some(conn), Some(s)) = (lead.conn(), session.as_ref()) else {
                 continue;
             };
 
-            // 3. One batch.
-            match publisher
-                .batch(conn, s, &exchange, &mut parked, &mine, &shutdown)
-                .await
-            {
+            // 3. Batches, the next read while the current one's confirms come in.
+            let run = Run {
+                session: s,
+                exchange: &exchange,
+                mine: &mine,
+                wake: &wake,
+                until,
+            };
+            match publisher.run(conn, &run, &mut parked, &shutdown).await {
                 Ok(outcome) => {
                     m.db_up.store(true, Ordering::Relaxed);
                     // A session that has stayed healthy for a while resets the reconnect
@@ -249,7 +255,7 @@ impl Relay {
                     // Every row read was published, parked or deferred, so going again at once
                     // always makes progress.
                     let full = outcome.read >= self.config.batch_size as usize;
-                    if outcome.deferred > 0 || full {
+                    if outcome.deferred > 0 || full || outcome.again {
                         continue; // more is waiting
                     }
                     tokio::select! {

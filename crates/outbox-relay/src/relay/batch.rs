@@ -1,42 +1,89 @@
-//! One batch of the publisher: read the oldest unpublished rows, publish them all, collect the
-//! broker's confirms, then mark the confirmed rows published.
+//! The publisher's batches: read the oldest unpublished rows, publish them all, collect the
+//! broker's confirms, then mark the confirmed rows published — with the next batch read and
+//! published while the current one's confirms come in.
 //!
 //! ```text
-//!  read_batch (own partitions, skip parked aggregates) ─► basic.publish each (mandatory, persistent; one per
-//!  aggregate) ─► collect every confirm ─► attribute returns by message_id ─► mark_published
+//!  send:   read_batch (own partitions; skip parked aggregates and those in flight)
+//!          ─► basic.publish each (mandatory, persistent; one per aggregate)
+//!  settle: collect every confirm ─► attribute returns by message_id ─► mark_published
+//!
+//!  pipelined:  send A ─► (A's confirms pending) new rows? send B ─► settle A ─► settle B …
 //! ```
 //!
-//! Kept apart from the session/leader loop (`relay`), which only decides when a batch may run
-//! and what to do with its [`Outcome`].
+//! Why two batches in flight: with one, a row committed while a batch waits for its confirms
+//! (a broker round trip, ~5–40 ms) is read only after that batch is confirmed *and* marked (a
+//! Postgres commit), so its commit → confirm lag is up to two batch cycles. Reading it while
+//! the previous batch's confirms are still out makes it about one. Per-aggregate order holds
+//! because the second batch leaves out every aggregate with a row in the first: an order's
+//! later event is read only once the earlier one is confirmed and marked (or refused, and then
+//! parked).
+//!
+//! Kept apart from the session/leader loop (`relay`), which only decides when batches may run
+//! and what to do with their [`Outcome`].
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lapin::Confirmation;
+use lapin::{Confirmation, PublisherConfirm};
 use lapin::options::BasicPublishOptions;
-use orderbridge_broker::{BrokerConfig, Keyring, Session, with_timeout};
+use orderbridge_broker::{BrokerConfig, BrokerError, Keyring, Session, with_timeout};
 use sqlx::PgConnection;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use uuid::Uuid;
 
 use super::message::message;
 use crate::config::RelayConfig;
 use crate::faults::{DbFault, db_op, wait_shutdown};
 use crate::metrics::{FailureReason, Metrics};
-use crate::outbox;
+use crate::outbox::{self, OutboxRow};
 
-/// How one batch went.
+/// How one batch (or a run of pipelined batches) went.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Outcome {
+    /// Rows the last batch read.
     pub(crate) read: usize,
     pub(crate) published: u64,
     pub(crate) failed: u64,
-    /// Rows held back because an earlier row of the same aggregate is in this batch.
+    /// Rows the last batch held back because an earlier row of the same aggregate was in it.
     pub(crate) deferred: u64,
     /// The broker session misbehaved: reconnect before the next batch.
     pub(crate) broker_failed: bool,
+    /// The last batch was read while another was in flight, leaving that one's aggregates out:
+    /// their later rows may be waiting, so read again at once.
+    pub(crate) again: bool,
+}
+
+impl Outcome {
+    /// Adds a later batch: counts add up, `read` and `deferred` are the later batch's (they say
+    /// whether more is waiting), a broker failure sticks.
+    fn then(self, later: Outcome) -> Outcome {
+        Outcome {
+            read: later.read,
+            published: self.published + later.published,
+            failed: self.failed + later.failed,
+            deferred: later.deferred,
+            broker_failed: self.broker_failed || later.broker_failed,
+            again: later.again,
+        }
+    }
+}
+
+/// Each sent row's confirmation (by index into the batch's rows) and when it was sent.
+type Confirms = Vec<(usize, Instant, Result<Confirmation, BrokerError>)>;
+
+/// A batch read and published whose confirms are still coming in.
+struct Sent {
+    rows: Vec<OutboxRow>,
+    /// Aggregates with a row in this batch (sent, deferred or refused): the next batch, read
+    /// while this one is in flight, leaves them out.
+    aggregates: HashSet<Uuid>,
+    outcome: Outcome,
+    /// Collects the confirms; polled by `select!` while the next batch is sent, then awaited.
+    confirms: Pin<Box<dyn Future<Output = (Confirms, bool)> + Send>>,
 }
 
 /// What a batch needs from its relay, borrowed for as long as the publishing loop runs.
@@ -47,25 +94,101 @@ pub(crate) struct Publisher<'a> {
     pub(crate) metrics: &'a Metrics,
 }
 
+/// Where a run of batches publishes, and when it must hand the connection back.
+pub(crate) struct Run<'a> {
+    pub(crate) session: &'a Session,
+    pub(crate) exchange: &'a str,
+    /// The partitions whose locks the leader connection holds.
+    pub(crate) mine: &'a [u16],
+    /// New rows committed (the LISTEN loop's wake-ups).
+    pub(crate) wake: &'a Notify,
+    /// No new batch is started after this (the leader loop rebalances between runs).
+    pub(crate) until: Instant,
+}
+
 impl Publisher<'_> {
-    /// Runs one batch on the leader connection, over the partitions in `mine` (whose locks that
-    /// connection holds). Only Postgres faults are errors (the caller
-    /// drops that connection and competes for the lock again); broker trouble is reported in
-    /// [`Outcome::broker_failed`] instead, since it calls for a new session, not a new
-    /// connection.
-    pub(crate) async fn batch(
+    /// Runs batches on the leader connection until nothing new arrives while the last one is in
+    /// flight (or `run.until` passes, or the broker fails, or shutdown): the first batch is read
+    /// at once; while a batch's confirms are out, the next is read and published as soon as rows
+    /// are waiting (the last batch was full, or held rows back) or a commit wakes the relay.
+    /// Without `RELAY_PIPELINE` one batch runs, then the loop decides.
+    ///
+    /// Only Postgres faults are errors (the caller drops that connection and competes for the
+    /// locks again; rows sent but not marked go out again later: at-least-once, as always);
+    /// broker trouble is reported in [`Outcome::broker_failed`] instead, since it calls for a
+    /// new session, not a new connection.
+    pub(crate) async fn run(
         &self,
         conn: &mut PgConnection,
-        session: &Session,
-        exchange: &str,
+        run: &Run<'_>,
         parked: &mut HashMap<Uuid, Instant>,
-        mine: &[u16],
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Outcome, DbFault> {
+        let no_aggregates = HashSet::new();
+        let Some(mut current) = self.send(conn, run, parked, &no_aggregates, shutdown).await?
+        else {
+            return Ok(Outcome::default());
+        };
+        let mut total = Outcome::default();
+        // Whether `current` was read while another batch was in flight.
+        let mut pipelined = false;
+        loop {
+            let more_waiting = current.outcome.read >= self.config.batch_size as usize
+                || current.outcome.deferred > 0;
+            let may_pipeline = self.config.pipeline
+                && !current.outcome.broker_failed
+                && !*shutdown.borrow()
+                && Instant::now() < run.until;
+            // Wait for the confirms, or for rows to send meanwhile (confirms first when both
+            // are ready: settling frees the aggregates in flight).
+            let ready = tokio::select! {
+                biased;
+                r = &mut current.confirms => Some(r),
+                () = std::future::ready(()), if may_pipeline && more_waiting => None,
+                () = run.wake.notified(), if may_pipeline => None,
+            };
+            let confirmed_first = ready.is_some();
+            let (next, confirms) = match ready {
+                Some(r) => (None, r),
+                None => {
+                    let next = self
+                        .send(conn, run, parked, &current.aggregates, shutdown)
+                        .await?;
+                    (next, (&mut current.confirms).await)
+                }
+            };
+            let mut outcome = self.settle(conn, current, confirms, parked).await?;
+            match next {
+                Some(n) => {
+                    total = total.then(outcome);
+                    current = n;
+                    pipelined = true;
+                }
+                None => {
+                    // A read made while this batch was in flight (this batch's own, or one
+                    // that found nothing) left its aggregates out.
+                    outcome.again = pipelined || !confirmed_first;
+                    return Ok(total.then(outcome));
+                }
+            }
+        }
+    }
+
+    /// Reads the next batch (leaving out parked aggregates and `in_flight`, those of a batch
+    /// still awaiting its confirms) and publishes it without waiting; `None` when nothing is
+    /// waiting.
+    async fn send(
+        &self,
+        conn: &mut PgConnection,
+        run: &Run<'_>,
+        parked: &mut HashMap<Uuid, Instant>,
+        in_flight: &HashSet<Uuid>,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<Sent>, DbFault> {
         let m = self.metrics;
         let now = Instant::now();
         parked.retain(|_, until| *until > now);
-        let skip: Vec<Uuid> = parked.keys().copied().collect();
+        let skip: Vec<Uuid> = parked.keys().chain(in_flight).copied().collect();
         let rows = db_op(
             self.config.db_timeout,
             outbox::read_batch(
@@ -73,28 +196,30 @@ impl Publisher<'_> {
                 self.config.batch_size,
                 &skip,
                 self.config.partitions,
-                mine,
+                run.mine,
             ),
         )
         .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
         let park_until = now + self.config.poll_interval;
         let mut outcome = Outcome {
             read: rows.len(),
             ..Outcome::default()
         };
-        if rows.is_empty() {
-            return Ok(outcome);
-        }
 
         // Publish without waiting: the whole batch is the window of unconfirmed messages.
+        let mut aggregates = HashSet::new();
         let mut seen = HashSet::new();
-        let mut in_flight = Vec::with_capacity(rows.len());
-        for row in &rows {
+        let mut sent: Vec<(usize, PublisherConfirm, Instant)> = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
             if *shutdown.borrow() {
-                // Stop sending; what is already out is confirmed (or abandoned) below.
+                // Stop sending; what is already out is confirmed (or abandoned) in `settle`.
                 break;
             }
-            // Per-aggregate order: a second event of the same aggregate waits for the next
+            aggregates.insert(row.aggregate_id);
+            // Per-aggregate order: a second event of the same aggregate waits for a later
             // batch, i.e. until the first is confirmed. If the first fails, it is read again
             // first next time, and the second keeps waiting behind it.
             if !seen.insert((row.aggregate_type.as_str(), row.aggregate_id)) {
@@ -111,9 +236,9 @@ impl Publisher<'_> {
                     continue;
                 }
             };
-            let sent = Instant::now();
-            let publish = session.channel.basic_publish(
-                exchange.into(),
+            let at = Instant::now();
+            let publish = run.session.channel.basic_publish(
+                run.exchange.into(),
                 routing_key,
                 BasicPublishOptions {
                     mandatory: true,
@@ -123,7 +248,7 @@ impl Publisher<'_> {
                 properties,
             );
             match self.broker.op("basic.publish", publish).await {
-                Ok(confirm) => in_flight.push((row, confirm, sent)),
+                Ok(confirm) => sent.push((i, confirm, at)),
                 Err(e) => {
                     tracing::warn!(error = %e, "publish failed");
                     outcome.broker_failed = true;
@@ -131,45 +256,34 @@ impl Publisher<'_> {
                 }
             }
         }
+        let confirms = Box::pin(collect(
+            sent,
+            self.broker.broker_op_timeout,
+            outcome.broker_failed,
+            shutdown.clone(),
+            self.config.shutdown_grace,
+        ));
+        Ok(Some(Sent {
+            rows,
+            aggregates,
+            outcome,
+            confirms,
+        }))
+    }
 
-        // Collect confirms in order. On shutdown the batch gets RELAY_SHUTDOWN_GRACE to finish;
-        // after that it is abandoned and its unconfirmed rows stay unpublished.
-        let mut grace_rx = shutdown.clone();
-        let grace = self.config.shutdown_grace;
-        let grace_over = async move {
-            wait_shutdown(&mut grace_rx).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::pin!(grace_over);
-        // First collect every confirmation of the batch, then decide. lapin attaches a returned
-        // (unroutable) message to whichever confirm completes next, and completes the tags of a
-        // coalesced `multiple` ack in no particular order, so the return that arrives with a row's
-        // confirm may belong to another row. Returns are therefore attributed by their own
-        // message_id (= event id), never by which confirm carried them.
-        let sent_count = in_flight.len();
-        let mut results = Vec::with_capacity(sent_count);
-        for (row, confirm, sent) in in_flight {
-            // Once the session failed, take only confirms that are already in.
-            let limit = if outcome.broker_failed {
-                Duration::ZERO
-            } else {
-                self.broker.broker_op_timeout
-            };
-            let result = tokio::select! {
-                r = with_timeout(limit, "confirm", confirm) => r,
-                () = &mut grace_over => {
-                    tracing::warn!("shutdown grace over: abandoning the rest of the batch");
-                    break;
-                }
-            };
-            if let Err(e) = &result {
-                if !outcome.broker_failed {
-                    tracing::warn!(error = %e, "no confirm; the rest of the batch stays unpublished");
-                }
-                outcome.broker_failed = true;
-            }
-            results.push((row, sent, result));
-        }
+    /// Judges a batch by its confirms and marks the rows the broker took.
+    async fn settle(
+        &self,
+        conn: &mut PgConnection,
+        sent: Sent,
+        (results, broker_failed): (Confirms, bool),
+        parked: &mut HashMap<Uuid, Instant>,
+    ) -> Result<Outcome, DbFault> {
+        let m = self.metrics;
+        let Sent {
+            rows, mut outcome, ..
+        } = sent;
+        outcome.broker_failed |= broker_failed;
 
         let mut returned: HashSet<String> = HashSet::new();
         let mut unattributable = false;
@@ -198,12 +312,14 @@ impl Publisher<'_> {
             );
         }
 
+        let sent_count = results.len();
         let mut confirmed = Vec::with_capacity(results.len());
-        for (row, sent, result) in results {
+        for (i, at, result) in results {
+            let Some(row) = rows.get(i) else { continue };
             let was_returned = unattributable || returned.contains(&row.event_id.to_string());
             match result {
                 Ok(Confirmation::Ack(_)) if !was_returned => {
-                    m.confirm_latency.observe(sent.elapsed().as_secs_f64());
+                    m.confirm_latency.observe(at.elapsed().as_secs_f64());
                     let lag = Utc::now() - row.created_at;
                     m.commit_to_confirm_lag
                         .observe(lag.num_microseconds().unwrap_or(i64::MAX) as f64 / 1e6);
@@ -250,4 +366,47 @@ impl Publisher<'_> {
         }
         Ok(outcome)
     }
+}
+
+/// Collects the confirms of a batch in order. On shutdown the batch gets `grace` to finish;
+/// after that it is abandoned and its unconfirmed rows stay unpublished. Returns each
+/// confirmation taken and whether the session failed (a confirm timed out or errored, or
+/// `failed` already: then only confirms that are already in are taken).
+///
+/// Every confirmation of the batch is collected before anything is decided: lapin attaches a
+/// returned (unroutable) message to whichever confirm completes next, and completes the tags of
+/// a coalesced `multiple` ack in no particular order, so the return that arrives with a row's
+/// confirm may belong to another row. `settle` attributes returns by their own message_id (=
+/// event id), never by which confirm carried them.
+async fn collect(
+    sent: Vec<(usize, PublisherConfirm, Instant)>,
+    op_timeout: Duration,
+    mut failed: bool,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> (Confirms, bool) {
+    let grace_over = async move {
+        wait_shutdown(&mut shutdown).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::pin!(grace_over);
+    let mut results = Vec::with_capacity(sent.len());
+    for (i, confirm, at) in sent {
+        let limit = if failed { Duration::ZERO } else { op_timeout };
+        let result = tokio::select! {
+            r = with_timeout(limit, "confirm", confirm) => r,
+            () = &mut grace_over => {
+                tracing::warn!("shutdown grace over: abandoning the rest of the batch");
+                break;
+            }
+        };
+        if let Err(e) = &result {
+            if !failed {
+                tracing::warn!(error = %e, "no confirm; the rest of the batch stays unpublished");
+            }
+            failed = true;
+        }
+        results.push((i, at, result));
+    }
+    (results, failed)
 }

@@ -163,6 +163,14 @@ impl Leadership {
         self.conn.as_mut()
     }
 
+    /// When the next rebalancing is due (now if it is).
+    pub(crate) fn next_due(&self, interval: Duration) -> Instant {
+        match self.last_pass {
+            Some(t) if !self.held.is_empty() => t + interval,
+            _ => Instant::now(),
+        }
+    }
+
     /// Rebalance at once while leading nothing; otherwise every `interval`, between batches.
     pub(crate) fn due(&self, interval: Duration) -> bool {
         self.held.is_empty() || self.last_pass.is_none_or(|t| t.elapsed() >= interval)

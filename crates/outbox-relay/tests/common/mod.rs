@@ -135,6 +135,7 @@ pub fn relay_config(app_name: &str) -> RelayConfig {
     RelayConfig {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         batch_size: 500,
+        pipeline: true,
         partitions: 1,
         poll_interval: Duration::from_secs(1),
         standby_interval: Duration::from_millis(200),
