@@ -33,9 +33,9 @@ pub struct RelayConfig {
     /// Most rows read and published per batch; also the window of unconfirmed messages per batch.
     #[arg(long, env = "RELAY_BATCH_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
-    /// Read and publish the next batch while the current one's confirms come in (two batches
-    /// in flight, never two rows of one order): a row committed meanwhile goes out about one
-    /// broker round trip sooner. `false`: one batch at a time.
+    /// While a backlog lasts (a batch came back full, or held rows back), read and publish the
+    /// next batch while the current one's confirms come in (two batches in flight, never two
+    /// rows of one order). `false`: one batch at a time.
     #[arg(long, env = "RELAY_PIPELINE", default_value_t = true, action = clap::ArgAction::Set)]
     pub pipeline: bool,
     /// Fallback poll when no NOTIFY arrives, so a lost notification never strands a row. Also

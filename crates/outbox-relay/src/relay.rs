@@ -9,7 +9,7 @@
 //!   rebalance on the leader connection ──no partition free──► standby: again every
 //!            ▼ holds the locks of ≥ 1 outbox partition            RELAY_STANDBY_INTERVAL
 //!   read batch (own partitions) ─► publish all (mandatory, persistent) ─► collect confirms
-//!            ▲    (the next batch read and published meanwhile)     ─► mark confirmed rows
+//!            ▲    (backlog: the next batch published meanwhile)     ─► mark confirmed rows
 //!            └──── NOTIFY / poll interval / more rows waiting ◄────────┘  (rebalance again
 //!                                                                 every standby interval)
 //! ```
@@ -224,12 +224,12 @@ impl Relay {
                 continue;
             };
 
-            // 3. Batches, the next read while the current one's confirms come in.
+            // 3. Batches; while a backlog lasts, the next read while the current one's
+            //    confirms come in.
             let run = Run {
                 session: s,
                 exchange: &exchange,
                 mine: &mine,
-                wake: &wake,
                 until,
             };
             match publisher.run(conn, &run, &mut parked, &shutdown).await {

@@ -53,7 +53,7 @@ impl std::fmt::Display for AuthFlowKind {
 pub enum UsagePolicy {
     /// Fail the call at once with a rate-limited error; the caller backs off.
     Refuse,
-    /// Wait (up to `SF_API_USAGE_MAX_DELAY`) until the usage reading is stale enough to probe
+    /// Wait (up to `SF_API_USAGE_RECHECK`) until the usage reading is stale enough to probe
     /// again, then let one call through to learn the current usage.
     Delay,
 }

@@ -144,7 +144,7 @@ fn fixed_rate_rows(t: &mut Table, m: &Measured<'_>) {
             "commit → received",
             &s,
             1,
-            at_target_rate.then_some((TARGET_P99_MS, "<= 50 ms at 1,000/s")),
+            at_target_rate.then_some((TARGET_P99_MS, "<= 25 ms at 1,000/s")),
             "target is at 1,000/s",
         );
     }
@@ -286,7 +286,7 @@ pub(super) fn lag_chart(describe: &str, received: &[f64], marked: &[f64]) -> Str
         ],
         markers: chart::percentile_markers(s, &[50, 90, 99], 1, chart::BLUE),
         guides: vec![
-            Guide::target(TARGET_P99_MS, "target: p99 ≤ 50 ms"),
+            Guide::target(TARGET_P99_MS, "target: p99 ≤ 25 ms"),
             Guide::p99(),
         ],
         ..Default::default()

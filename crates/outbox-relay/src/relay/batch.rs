@@ -1,22 +1,24 @@
 //! The publisher's batches: read the oldest unpublished rows, publish them all, collect the
-//! broker's confirms, then mark the confirmed rows published — with the next batch read and
-//! published while the current one's confirms come in.
+//! broker's confirms, then mark the confirmed rows published — and, while a backlog lasts, the
+//! next batch read and published while the current one's confirms come in.
 //!
 //! ```text
 //!  send:   read_batch (own partitions; skip parked aggregates and those in flight)
 //!          ─► basic.publish each (mandatory, persistent; one per aggregate)
 //!  settle: collect every confirm ─► attribute returns by message_id ─► mark_published
 //!
-//!  pipelined:  send A ─► (A's confirms pending) new rows? send B ─► settle A ─► settle B …
+//!  pipelined:  send A (full) ─► (A's confirms pending) send B ─► settle A ─► settle B …
 //! ```
 //!
-//! Why two batches in flight: with one, a row committed while a batch waits for its confirms
-//! (a broker round trip, ~5–40 ms) is read only after that batch is confirmed *and* marked (a
-//! Postgres commit), so its commit → confirm lag is up to two batch cycles. Reading it while
-//! the previous batch's confirms are still out makes it about one. Per-aggregate order holds
-//! because the second batch leaves out every aggregate with a row in the first: an order's
-//! later event is read only once the earlier one is confirmed and marked (or refused, and then
-//! parked).
+//! Why two batches in flight: with one, the relay idles for a broker round trip (~5–40 ms) per
+//! batch while a backlog waits; reading and publishing the next batch meanwhile drained a
+//! 50,000-row backlog ~25 % faster (BENCHMARKS.md). Only a backlog is pipelined (the batch was
+//! full, or held rows back), not each new commit: pipelining on every NOTIFY cut the commit →
+//! confirm p99 by ~3 ms at 1,000 events/s but made batches of one or two rows at moderate rates,
+//! each a read and a marking transaction (3.4 Postgres commits per order end to end at 500/s,
+//! against 2.3). Per-aggregate order holds because the second batch leaves out every aggregate
+//! with a row in the first: an order's later event is read only once the earlier one is
+//! confirmed and marked (or refused, and then parked).
 //!
 //! Kept apart from the session/leader loop (`relay`), which only decides when batches may run
 //! and what to do with their [`Outcome`].
@@ -32,7 +34,7 @@ use lapin::{Confirmation, PublisherConfirm};
 use lapin::options::BasicPublishOptions;
 use orderbridge_broker::{BrokerConfig, BrokerError, Keyring, Session, with_timeout};
 use sqlx::PgConnection;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::message::message;
@@ -100,18 +102,16 @@ pub(crate) struct Run<'a> {
     pub(crate) exchange: &'a str,
     /// The partitions whose locks the leader connection holds.
     pub(crate) mine: &'a [u16],
-    /// New rows committed (the LISTEN loop's wake-ups).
-    pub(crate) wake: &'a Notify,
     /// No new batch is started after this (the leader loop rebalances between runs).
     pub(crate) until: Instant,
 }
 
 impl Publisher<'_> {
-    /// Runs batches on the leader connection until nothing new arrives while the last one is in
-    /// flight (or `run.until` passes, or the broker fails, or shutdown): the first batch is read
-    /// at once; while a batch's confirms are out, the next is read and published as soon as rows
-    /// are waiting (the last batch was full, or held rows back) or a commit wakes the relay.
-    /// Without `RELAY_PIPELINE` one batch runs, then the loop decides.
+    /// Runs batches on the leader connection while a backlog lasts (and `run.until` has not
+    /// passed, the broker works and no shutdown is asked): the first batch is read at once;
+    /// while its confirms are out, the next is read and published if rows are waiting (the
+    /// batch was full, or held rows back). Without `RELAY_PIPELINE` one batch runs, then the
+    /// loop decides.
     ///
     /// Only Postgres faults are errors (the caller drops that connection and competes for the
     /// locks again; rows sent but not marked go out again later: at-least-once, as always);
@@ -139,23 +139,14 @@ impl Publisher<'_> {
                 && !current.outcome.broker_failed
                 && !*shutdown.borrow()
                 && Instant::now() < run.until;
-            // Wait for the confirms, or for rows to send meanwhile (confirms first when both
-            // are ready: settling frees the aggregates in flight).
-            let ready = tokio::select! {
-                biased;
-                r = &mut current.confirms => Some(r),
-                () = std::future::ready(()), if may_pipeline && more_waiting => None,
-                () = run.wake.notified(), if may_pipeline => None,
-            };
-            let confirmed_first = ready.is_some();
-            let (next, confirms) = match ready {
-                Some(r) => (None, r),
-                None => {
-                    let next = self
-                        .send(conn, run, parked, &current.aggregates, shutdown)
-                        .await?;
-                    (next, (&mut current.confirms).await)
-                }
+            // While a backlog lasts, send the next batch before waiting for the confirms.
+            let (next, confirms) = if may_pipeline && more_waiting {
+                let next = self
+                    .send(conn, run, parked, &current.aggregates, shutdown)
+                    .await?;
+                (next, (&mut current.confirms).await)
+            } else {
+                (None, (&mut current.confirms).await)
             };
             let mut outcome = self.settle(conn, current, confirms, parked).await?;
             match next {
@@ -165,9 +156,9 @@ impl Publisher<'_> {
                     pipelined = true;
                 }
                 None => {
-                    // A read made while this batch was in flight (this batch's own, or one
-                    // that found nothing) left its aggregates out.
-                    outcome.again = pipelined || !confirmed_first;
+                    // This batch was read while another was in flight, leaving that one's
+                    // aggregates out (and the relay decides on `read`/`deferred` otherwise).
+                    outcome.again = pipelined;
                     return Ok(total.then(outcome));
                 }
             }
