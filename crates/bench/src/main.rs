@@ -13,6 +13,7 @@
 mod chaos;
 mod chart;
 mod common;
+mod cost;
 mod drain;
 mod e2e;
 mod fulfilment;
@@ -91,6 +92,11 @@ enum Command {
     /// per-envelope latency; every envelope acknowledged, every notification stored once, a
     /// redelivery changes nothing, every order's status history as its notifications said.
     Outbound(outbound::OutboundArgs),
+    /// Cost growth: intake ratio, `GET /v1/orders/{id}` and list latencies on the fresh
+    /// database, then again after `--preload` (5,000,000) orders were written in bulk; both
+    /// side by side with after ÷ before (target: intake ratio and GET p99 within 10 %), the
+    /// preload's time and the tables' sizes. Only order-api runs.
+    Cost(cost::CostArgs),
 }
 
 #[tokio::main]
@@ -110,6 +116,7 @@ async fn main() -> ExitCode {
         Command::Inbound(args) => inbound::run(args).await,
         Command::Fulfilment(args) => fulfilment::run(args).await,
         Command::Outbound(args) => outbound::run(args).await,
+        Command::Cost(args) => cost::run(args).await,
     };
     match result {
         Ok(true) => ExitCode::SUCCESS,

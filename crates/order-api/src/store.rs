@@ -33,7 +33,41 @@ pub struct ListFilter {
     pub before: Option<OrderId>,
 }
 
+/// How much older than its `created_at` an order's id may be and still be listed by
+/// `created_after`: the lower id bound of [`list_orders`] is taken this much earlier.
+const ID_CLOCK_MARGIN_MS: i64 = 60_000;
+
+/// The smallest UUID of the UUIDv7 millisecond of `t` (floored): its 48-bit Unix-time prefix,
+/// every other bit zero. Postgres compares UUIDs byte by byte, so every UUIDv7 made in that
+/// millisecond or later is `>=` it. Before 1970 it is the nil UUID (no bound).
+fn v7_floor(t: DateTime<Utc>) -> Uuid {
+    let ms = t.timestamp_millis().clamp(0, (1 << 48) - 1) as u64;
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&ms.to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
+}
+
+/// The lowest id an order created after `created_after` can have (nil: no filter, no bound).
+fn lowest_id(created_after: Option<DateTime<Utc>>) -> Uuid {
+    created_after
+        .and_then(|t| t.checked_sub_signed(chrono::TimeDelta::milliseconds(ID_CLOCK_MARGIN_MS)))
+        .map_or(Uuid::nil(), v7_floor)
+}
+
 /// The client's orders, newest first, at most `limit`.
+///
+/// Paged by id (`orders_client_id_idx` (client_id, id DESC), or the primary key when the
+/// planner prefers it): ids are UUIDv7, so id order is creation order. `created_after` is also
+/// turned into a lower id bound, so that a filter matching few orders reads only the orders of
+/// that span instead of the client's whole history. That rests on an invariant of the order writers: **an order's id carries a
+/// millisecond no earlier than its `created_at`'s** (`floor_ms(created_at)`). order-api's
+/// `orders::create_order` takes `created_at = Utc::now()` and then `OrderId::new_v7()` on the
+/// same clock, and `Uuid::now_v7` never goes back in time within a process. The bound is taken
+/// [`ID_CLOCK_MARGIN_MS`] (1 minute) earlier still, for any writer whose id and timestamp come
+/// from clocks a little apart; a writer that made ids older than that (a UUIDv4, an id chosen
+/// before the order's time) would have its orders missing from `created_after` lists. The
+/// bound is always bound (nil without the filter), so it is an index condition in a generic
+/// plan of the prepared statement too, not only in a custom one.
 pub async fn list_orders(
     conn: &mut PgConnection,
     client_id: ClientId,
@@ -46,6 +80,7 @@ pub async fn list_orders(
            AND ($2::text IS NULL OR sync_state = $2)
            AND ($3::text IS NULL OR client_ref = $3)
            AND ($4::timestamptz IS NULL OR created_at > $4)
+           AND id >= $7
            AND ($5::uuid IS NULL OR id < $5)
          ORDER BY id DESC
          LIMIT $6"
@@ -56,6 +91,7 @@ pub async fn list_orders(
     .bind(filter.created_after)
     .bind(filter.before.map(OrderId::get))
     .bind(limit)
+    .bind(lowest_id(filter.created_after))
     .fetch_all(&mut *conn)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
@@ -66,4 +102,40 @@ pub async fn list_orders(
             r.into_order(l)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn v7_floor_is_the_millisecond_prefix() {
+        let t = Utc.timestamp_micros(1_700_000_000_123_999).unwrap();
+        let floor = v7_floor(t);
+        assert_eq!(floor.to_string(), "018bcfe5-687b-0000-0000-000000000000");
+        // Any UUIDv7 of that millisecond or later is at or above it; of the one before, below.
+        let v7 = |ms: u64| {
+            Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                ms / 1000,
+                (ms % 1000) as u32 * 1_000_000,
+            ))
+        };
+        let ms = t.timestamp_millis() as u64;
+        assert!(v7(ms) >= floor && v7(ms + 1) > floor);
+        assert!(v7(ms - 1) < floor);
+        assert_eq!(v7_floor(Utc.timestamp_opt(-5, 0).unwrap()), Uuid::nil());
+    }
+
+    #[test]
+    fn the_bound_leaves_a_minute_of_margin() {
+        let t = Utc.timestamp_opt(1_700_000_000, 0).unwrap();
+        assert_eq!(
+            lowest_id(Some(t)),
+            v7_floor(t - chrono::TimeDelta::minutes(1))
+        );
+        assert_eq!(lowest_id(None), Uuid::nil());
+    }
 }

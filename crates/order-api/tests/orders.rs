@@ -371,6 +371,132 @@ async fn listing_filters() {
     );
 }
 
+/// An order stored as order-api stores it, but created at `created` with an id carrying the
+/// millisecond `id_ms` (UUIDv7), so the test decides both sides of the list's id bound.
+async fn insert_order_at(
+    app: &TestApp,
+    client: &str,
+    client_ref: &str,
+    created: chrono::DateTime<chrono::Utc>,
+    id_ms: i64,
+) -> uuid::Uuid {
+    use orderbridge_domain::{NewOrder, NewOrderRequest};
+    let client_id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM api_clients WHERE name = $1")
+        .bind(client)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (id_ms / 1000) as u64,
+        (id_ms % 1000) as u32 * 1_000_000,
+    );
+    let id = uuid::Uuid::new_v7(ts);
+    let req: NewOrderRequest = serde_json::from_value(order_body(client_ref)).unwrap();
+    let order = NewOrder::parse(req).unwrap().into_order(id, created);
+    let mut conn = app.pool.acquire().await.unwrap();
+    orderbridge_db::create::insert_order(&mut conn, client_id.into(), &order)
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn created_after_returns_exactly_the_orders_created_after_the_instant() {
+    use chrono::{Duration, DurationRound, Utc};
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let app = TestApp::new(db.pool.clone());
+    let key = app.key("portal").await;
+    // An instant half-way through a millisecond, so orders can share its millisecond on
+    // either side of it.
+    let t = (Utc::now() - Duration::minutes(10))
+        .duration_trunc(Duration::milliseconds(1))
+        .unwrap()
+        + Duration::microseconds(500);
+    let ms = |c: chrono::DateTime<Utc>| c.timestamp_millis();
+    let mut expected = Vec::new();
+    // (client_ref, created_at, id millisecond, listed?)
+    let orders = [
+        (
+            "old",
+            t - Duration::days(1),
+            ms(t - Duration::days(1)),
+            false,
+        ),
+        ("just-before", t - Duration::microseconds(1), ms(t), false),
+        ("at", t, ms(t), false),
+        ("same-ms-after", t + Duration::microseconds(1), ms(t), true),
+        ("ms-after", t + Duration::milliseconds(1), ms(t) + 1, true),
+        (
+            "later",
+            t + Duration::minutes(5),
+            ms(t + Duration::minutes(5)),
+            true,
+        ),
+        // A writer whose clock ran 30 s behind when it made the id: inside the margin.
+        (
+            "clock-behind",
+            t + Duration::milliseconds(2),
+            ms(t) - 30_000,
+            true,
+        ),
+    ];
+    for (client_ref, created, id_ms, listed) in orders {
+        let id = insert_order_at(&app, "portal", client_ref, created, id_ms).await;
+        if listed {
+            expected.push(id.to_string());
+        }
+    }
+    // Newest (largest id) first.
+    expected.sort();
+    expected.reverse();
+    let after = t.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+
+    let page = app
+        .get(&key, &format!("/v1/orders?created_after={after}"))
+        .await
+        .json();
+    let ids: Vec<String> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids, expected);
+    assert!(page["next_cursor"].is_null());
+
+    // Page by page (the cursor's upper bound with the filter's lower one): the same orders.
+    let mut paged = Vec::new();
+    let mut uri = format!("/v1/orders?created_after={after}&limit=1");
+    loop {
+        let page = app.get(&key, &uri).await.json();
+        paged.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/orders?created_after={after}&limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(paged, expected);
+
+    // One microsecond earlier takes in the order created at the instant, and no other.
+    let earlier =
+        (t - Duration::microseconds(1)).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let n = app
+        .get(&key, &format!("/v1/orders?created_after={earlier}"))
+        .await
+        .json()["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(n, expected.len() + 1);
+}
+
 #[tokio::test]
 async fn listing_rejects_bad_parameters() {
     let db = orderbridge_testkit::TestDatabase::new().await;

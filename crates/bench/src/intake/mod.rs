@@ -26,7 +26,7 @@
 //! In stages: [`measure`] starts order-api and the clients, `phases.rs` runs the alternating
 //! rounds, `report.rs` writes the table, JSON and chart from one [`Measured`].
 
-mod phases;
+pub mod phases;
 mod report;
 
 use std::sync::Arc;
