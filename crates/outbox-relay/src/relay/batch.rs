@@ -13,10 +13,10 @@
 //! Why two batches in flight: with one, the relay idles for a broker round trip (~5–40 ms) per
 //! batch while a backlog waits; reading and publishing the next batch meanwhile drained a
 //! 50,000-row backlog ~25 % faster (BENCHMARKS.md). Only a backlog is pipelined (the batch was
-//! full, or held rows back), not each new commit: pipelining on every NOTIFY cut the commit →
-//! confirm p99 by ~3 ms at 1,000 events/s but made batches of one or two rows at moderate rates,
-//! each a read and a marking transaction (3.4 Postgres commits per order end to end at 500/s,
-//! against 2.3). Per-aggregate order holds because the second batch leaves out every aggregate
+//! full, or held rows back), not each new commit: pipelining on every NOTIFY also sent the rows
+//! committed meanwhile as batches of their own, a read and a marking transaction each (1.45–1.67
+//! Postgres commits per event at 1,000 events/s against 1.26–1.31 without), for no clear gain in
+//! the p99 lag. Per-aggregate order holds because the second batch leaves out every aggregate
 //! with a row in the first: an order's later event is read only once the earlier one is
 //! confirmed and marked (or refused, and then parked).
 //!
@@ -30,8 +30,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use lapin::{Confirmation, PublisherConfirm};
 use lapin::options::BasicPublishOptions;
+use lapin::{Confirmation, PublisherConfirm};
 use orderbridge_broker::{BrokerConfig, BrokerError, Keyring, Session, with_timeout};
 use sqlx::PgConnection;
 use tokio::sync::watch;
@@ -125,7 +125,9 @@ impl Publisher<'_> {
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Outcome, DbFault> {
         let no_aggregates = HashSet::new();
-        let Some(mut current) = self.send(conn, run, parked, &no_aggregates, shutdown).await?
+        let Some(mut current) = self
+            .send(conn, run, parked, &no_aggregates, shutdown)
+            .await?
         else {
             return Ok(Outcome::default());
         };
