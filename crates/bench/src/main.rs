@@ -1,6 +1,6 @@
 //! `orderbridge-bench`: measures the whole pipeline as it runs in production (the release
 //! binaries, real Postgres and RabbitMQ, the Salesforce emulator at a realistic latency), prints
-//! each figure beside its target from issue 6, and checks at the end that every accepted order
+//! each figure beside its target (PASS/MISS), and checks at the end that every accepted order
 //! is in Salesforce exactly once (`orderbridge_cli::reconcile`; intake, which runs no worker,
 //! checks Postgres, and relay checks what it received from the broker).
 //!
@@ -37,7 +37,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use orderbridge_runtime::LogConfig;
 
-/// Benchmarks of the orderbridge pipeline against the targets of issue 6.
+/// Benchmarks of the orderbridge pipeline, each figure beside its target (PASS/MISS).
 ///
 /// Each run starts what it measures (a fresh Postgres database, a RabbitMQ namespace, the
 /// Salesforce emulator and the release binaries on free ports), tears it down afterwards, and

@@ -121,6 +121,21 @@ async fn ensure_database(url: &str) -> Result<(), DbError> {
 /// Applies pending migrations. Safe to run from several processes at once: sqlx takes an
 /// advisory lock around them.
 pub async fn migrate(pool: &PgPool) -> Result<(), DbError> {
-    MIGRATOR.run(pool).await?;
+    // sqlx's `CREATE TABLE IF NOT EXISTS _sqlx_migrations` answers every start after the first
+    // with a NOTICE ("already exists, skipping") that sqlx logs at INFO: noise in every
+    // service's start-up. The migrations run on a connection of their own with notices off
+    // (warnings and errors still come through); the pool's connections keep the default.
+    let options = (*pool.connect_options())
+        .clone()
+        .options([("client_min_messages", "warning")]);
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_with(options)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)?;
+    let applied = MIGRATOR.run(&own).await;
+    own.close().await;
+    applied?;
     Ok(())
 }
