@@ -54,8 +54,8 @@ pub use orderbridge_runtime::backoff::Backoff;
 pub use permissions::{Component, Permissions};
 pub use signing::{Keyring, SignatureError, SigningConfig, SigningError};
 pub use topology::{
-    FULFILMENT_BINDING, FULFILMENT_REQUEUE_ROUTING_KEY, REQUEUE_ROUTING_KEY, RetryTier,
-    SF_SYNC_BINDING, Topology,
+    FULFILMENT_BINDING, FULFILMENT_REQUEUE_ROUTING_KEY, QueueStat, REQUEUE_ROUTING_KEY, RetryTier,
+    SF_SYNC_BINDING, Topology, queue_stat,
 };
 
 /// Broker settings, flattened into each binary's command line.

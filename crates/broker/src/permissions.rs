@@ -13,12 +13,12 @@
 //! | outbox-relay  | nothing   | `{ns}.events`, `{ns}.dlx`              | `{ns}.status-events` |
 //! | sync-worker   | nothing   | `{ns}.retry`, `{ns}.dlx`, `{ns}.status` | `{ns}.sf-sync`       |
 //! | fulfilment-worker | nothing | `{ns}.retry`, `{ns}.dlx`             | `{ns}.fulfilment`    |
-//! | operator      | nothing   | the default exchange (`amq.default`)   | `{ns}.dead-letters`  |
+//! | operator      | nothing   | the default exchange (`amq.default`)   | `{ns}.dead-letters`, `{ns}.sf-sync.retry.<delay>` |
 //!
 //! So the worker cannot publish order events (it never writes `{ns}.events`) nor read the
 //! status queue; the relay cannot consume the work queue nor publish status reports; the
-//! operator (`orderbridge dlq`) only reads dead letters and republishes them to the queue they
-//! came from, through the default exchange, which reaches any queue of the vhost: that is why
+//! operator (`orderbridge dlq`, `orderbridge orders show`) only reads dead letters and retry
+//! tiers (given back after looking) and republishes dead letters to the queue they came from, through the default exchange, which reaches any queue of the vhost: that is why
 //! the operator's user is the one to guard most, and why every message is also signed
 //! ([`crate::signing`]). order-api never talks to the broker and has no user.
 
@@ -83,7 +83,14 @@ impl Topology {
                 ],
                 vec![&self.sf_sync_queue],
             ),
-            Component::Operator => (vec![DEFAULT_EXCHANGE], vec![&self.dead_letter_queue]),
+            // `orders show` looks through the retry tiers as `dlq` does through the dead
+            // letters: `basic.get`, then every message given back.
+            Component::Operator => (
+                vec![DEFAULT_EXCHANGE],
+                std::iter::once(self.dead_letter_queue.as_str())
+                    .chain(self.retry_tiers.iter().map(|t| t.queue.as_str()))
+                    .collect(),
+            ),
             Component::FulfilmentWorker => (
                 vec![&self.retry_exchange, &self.dead_letter_exchange],
                 vec![&self.fulfilment_queue],
@@ -141,7 +148,10 @@ mod tests {
         assert_eq!(worker.read, r"^(?:ns\.sf\-sync)$");
         let operator = t.permissions(Component::Operator);
         assert_eq!(operator.write, r"^(?:amq\.default)$");
-        assert_eq!(operator.read, r"^(?:ns\.dead\-letters)$");
+        assert_eq!(
+            operator.read,
+            r"^(?:ns\.dead\-letters|ns\.sf\-sync\.retry\.5s)$"
+        );
         let fulfilment = t.permissions(Component::FulfilmentWorker);
         assert_eq!(fulfilment.configure, "^$");
         assert_eq!(fulfilment.write, r"^(?:ns\.retry|ns\.dlx)$");

@@ -302,20 +302,9 @@ impl Topology {
         config: &BrokerConfig,
         channel: &Channel,
     ) -> Result<u32, BrokerError> {
-        let queue = config
-            .op(
-                "queue.declare",
-                channel.queue_declare(
-                    self.dead_letter_queue.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                ),
-            )
-            .await?;
-        Ok(queue.message_count())
+        Ok(queue_stat(config, channel, &self.dead_letter_queue)
+            .await?
+            .messages)
     }
 
     /// Deletes every queue and exchange of this namespace (tests, or tearing down a
@@ -399,8 +388,9 @@ impl Topology {
         Ok(())
     }
 
-    /// Every queue of the topology.
-    fn queues(&self) -> Vec<&String> {
+    /// Every queue of the topology: the work queues, dead letters, status reports, then the
+    /// retry tiers.
+    pub fn queues(&self) -> Vec<&String> {
         let mut queues = vec![
             &self.sf_sync_queue,
             &self.dead_letter_queue,
@@ -533,4 +523,38 @@ mod tests {
         assert!(Topology::new("ns", 0, &[Duration::from_secs(1)]).is_err());
         assert!(Topology::new("ns", 5, &[]).is_err());
     }
+}
+
+/// What a passive `queue.declare` tells of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueStat {
+    /// Ready messages (not those delivered and not yet acknowledged).
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// Counts `queue`'s ready messages and consumers without declaring it. A queue that does not
+/// exist is an error, and the broker closes the channel with it (404).
+pub async fn queue_stat(
+    config: &BrokerConfig,
+    channel: &Channel,
+    queue: &str,
+) -> Result<QueueStat, BrokerError> {
+    let q = config
+        .op(
+            "queue.declare",
+            channel.queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..QueueDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await?;
+    Ok(QueueStat {
+        messages: q.message_count(),
+        consumers: q.consumer_count(),
+    })
 }

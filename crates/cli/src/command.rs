@@ -49,6 +49,12 @@ pub enum Command {
     /// fresh `order.submitted` event, in chunks, and the sync worker writes them, through
     /// Bulk API 2.0 when WORKER_BULK_BATCH_SIZE is set. Exit status 0 on success, 2 on errors.
     Backfill(crate::backfill::BackfillArgs),
+    /// Look at one order: where it is and why (`orders show <id>`). Exit status 0, 1 when
+    /// there is no such order, 2 on errors.
+    Orders {
+        #[command(subcommand)]
+        command: crate::orders::OrdersCommand,
+    },
     /// Inspect and replay the dead-letter queue. Exit status 0 on success, 2 on errors.
     Dlq {
         #[command(subcommand)]
@@ -127,6 +133,8 @@ pub enum CommandError {
     EmptyScope,
     #[error("database: {0}")]
     Statuses(String),
+    #[error("database: {0}")]
+    Query(#[from] sqlx::Error),
     #[error("cannot write the output: {0}")]
     Output(#[from] std::io::Error),
 }

@@ -7,6 +7,7 @@
 //! - [`backfill::backfill`]: queues every order in scope to be written to Salesforce again;
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
 //! - [`keys::run`]: creates, lists, revokes and rotates API keys;
+//! - [`orders::run`]: `orders show`, where one order is and why;
 //! - [`broker::run`]: signing keys and least-privilege broker users;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
@@ -15,6 +16,7 @@ pub mod broker;
 pub mod command;
 pub mod dlq;
 pub mod keys;
+pub mod orders;
 pub mod progress;
 pub mod reconcile;
 pub mod render;

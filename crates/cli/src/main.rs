@@ -69,6 +69,26 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Orders { command } => {
+            // Not locked: `run` needs a `Send` writer (a lock guard is not).
+            let mut out = std::io::stdout();
+            match orderbridge_cli::orders::run(
+                command,
+                &cli.db,
+                &cli.broker,
+                &cli.salesforce,
+                &mut out,
+            )
+            .await
+            {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Dlq { command } => {
             // Not locked: `run` needs a `Send` writer (a lock guard is not).
             let mut out = std::io::stdout();

@@ -198,3 +198,25 @@ fn class(
         let _ = writeln!(out, "  … and {} more", count - examples);
     }
 }
+
+/// Control characters escaped: dead letters and Salesforce errors carry outside data, which must not drive the
+/// terminal (escape sequences) or break the layout (newlines).
+pub(crate) fn clean(s: &str) -> String {
+    clean_except(s, &[])
+}
+
+pub(crate) fn clean_except(s: &str, keep: &[char]) -> String {
+    let escape = |c: char| c.is_control() && !keep.contains(&c);
+    if !s.chars().any(escape) {
+        return s.to_owned();
+    }
+    s.chars()
+        .map(|c| {
+            if escape(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

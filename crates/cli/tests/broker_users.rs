@@ -396,6 +396,12 @@ async fn each_component_user_can_do_its_job_and_nothing_else() {
         Op::Get(&t.dead_letter_queue),
     )
     .await;
+    assert_allowed(
+        o,
+        "operator looks through a retry tier (orders show)",
+        Op::Get(&t.retry_tiers[0].queue),
+    )
+    .await;
     assert_allowed(o, "operator replays", Op::Publish("", &t.sf_sync_queue)).await;
     assert_refused(
         o,

@@ -10,6 +10,7 @@ use orderbridge_broker::Topology;
 use orderbridge_broker::headers::{as_int, as_text};
 
 use super::letter::{DeadLetter, Summary};
+use crate::render::{clean, clean_except};
 
 impl DeadLetter {
     /// The full `show` rendering.
@@ -76,28 +77,6 @@ fn render_time(t: u64) -> String {
             || t.to_string(),
             |t| t.to_rfc3339_opts(SecondsFormat::Secs, true),
         )
-}
-
-/// Control characters escaped: dead letters carry outside data, which must not drive the
-/// terminal (escape sequences) or break the layout (newlines).
-fn clean(s: &str) -> String {
-    clean_except(s, &[])
-}
-
-fn clean_except(s: &str, keep: &[char]) -> String {
-    let escape = |c: char| c.is_control() && !keep.contains(&c);
-    if !s.chars().any(escape) {
-        return s.to_owned();
-    }
-    s.chars()
-        .map(|c| {
-            if escape(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 /// A header value on one line, or `None` for tables and arrays of tables.
