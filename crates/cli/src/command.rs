@@ -49,6 +49,11 @@ pub enum Command {
     /// fresh `order.submitted` event, in chunks, and the sync worker writes them, through
     /// Bulk API 2.0 when WORKER_BULK_BATCH_SIZE is set. Exit status 0 on success, 2 on errors.
     Backfill(crate::backfill::BackfillArgs),
+    /// The whole system at a glance: each service's health and what its metrics say (relay
+    /// partitions, worker breaker and API budget, subscriber streams and lag), the outbox
+    /// backlog, queue depths and dead letters, then the problems found. Exit status 0 when
+    /// there are none, 1 when there are, 2 on errors.
+    Status(crate::status::StatusArgs),
     /// Look at one order: where it is and why (`orders show <id>`). Exit status 0, 1 when
     /// there is no such order, 2 on errors.
     Orders {

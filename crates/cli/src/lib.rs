@@ -8,6 +8,7 @@
 //! - [`dlq::run`]: lists, shows and replays the dead-letter queue;
 //! - [`keys::run`]: creates, lists, revokes and rotates API keys;
 //! - [`orders::run`]: `orders show`, where one order is and why;
+//! - [`status::run`]: `status`, the whole system at a glance and its problems;
 //! - [`broker::run`]: signing keys and least-privilege broker users;
 //! - [`command`]: the command line ([`command::Cli`]) and what it runs.
 
@@ -20,6 +21,7 @@ pub mod orders;
 pub mod progress;
 pub mod reconcile;
 pub mod render;
+pub mod status;
 pub mod statuses;
 
 pub use reconcile::{

@@ -69,6 +69,17 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::Status(args) => {
+            let mut out = std::io::stdout();
+            match orderbridge_cli::status::run(args, &cli.db, &cli.broker, &mut out).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("error: {}", chain(&e));
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Orders { command } => {
             // Not locked: `run` needs a `Send` writer (a lock guard is not).
             let mut out = std::io::stdout();

@@ -1,8 +1,9 @@
 //! The worker's metrics (`/metrics` on `WORKER_ADMIN_ADDR`), Prometheus text format.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use orderbridge_runtime::admin::AdminState;
@@ -23,6 +24,8 @@ pub struct Metrics {
     pub broker_up: AtomicBool,
     /// 1 while consumption is paused by the circuit breaker.
     pub paused: AtomicBool,
+    /// Why it is paused: an index into [`PAUSE_REASONS`] + 1, 0 while not paused.
+    pause_reason: AtomicU8,
     pub synced_total: AtomicU64,
     pub retried_total: AtomicU64,
     pub failed_total: AtomicU64,
@@ -55,6 +58,7 @@ impl Default for Metrics {
         Self {
             broker_up: AtomicBool::new(false),
             paused: AtomicBool::new(false),
+            pause_reason: AtomicU8::new(0),
             synced_total: AtomicU64::new(0),
             retried_total: AtomicU64::new(0),
             failed_total: AtomicU64::new(0),
@@ -77,7 +81,22 @@ impl Default for Metrics {
     }
 }
 
+/// The `reason` label values of `sync_worker_pause_reason`, as the breaker's causes
+/// (`worker::breaker::Pause`): Salesforce failing, the API budget spent, or refused as a whole
+/// (credentials, configuration) so that a person has to act.
+pub const PAUSE_REASONS: [&str; 3] = ["outage", "budget", "blocked"];
+
 impl Metrics {
+    /// Paused for `reason` (one of [`PAUSE_REASONS`]), or resumed (`None`).
+    pub fn set_pause(&self, reason: Option<&str>) {
+        let index = reason
+            .and_then(|r| PAUSE_REASONS.iter().position(|p| *p == r))
+            .and_then(|i| u8::try_from(i + 1).ok())
+            .unwrap_or(0);
+        self.pause_reason.store(index, Ordering::Relaxed);
+        self.paused.store(reason.is_some(), Ordering::Relaxed);
+    }
+
     pub fn set_dead_letters(&self, n: u32) {
         self.dead_letters
             .store(f64::from(n).to_bits(), Ordering::Relaxed);
@@ -143,6 +162,16 @@ impl AdminState for Metrics {
             "1 while the circuit breaker holds consumption (Salesforce down or API budget spent).",
             b(&self.paused),
         );
+        let reason = usize::from(self.pause_reason.load(Ordering::Relaxed));
+        out.push_str(
+            "# HELP sync_worker_pause_reason 1 for the reason consumption is paused (outage: \
+             Salesforce failing; budget: API budget spent; blocked: refused as a whole, a person \
+             must act), 0 for the others.\n# TYPE sync_worker_pause_reason gauge\n",
+        );
+        for (i, r) in PAUSE_REASONS.iter().enumerate() {
+            let v = u8::from(reason == i + 1);
+            let _ = writeln!(out, "sync_worker_pause_reason{{reason=\"{r}\"}} {v}");
+        }
         counter(
             &mut out,
             "sync_worker_orders_synced_total",

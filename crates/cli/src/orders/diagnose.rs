@@ -283,7 +283,7 @@ fn consumers(n: u32) -> String {
 }
 
 /// A rough, readable age: `42s`, `3m`, `2h`, `5d`.
-pub(super) fn seconds(s: i64) -> String {
+pub(crate) fn seconds(s: i64) -> String {
     let s = s.max(0);
     match s {
         0..120 => format!("{s}s"),

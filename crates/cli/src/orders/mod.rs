@@ -31,6 +31,7 @@ use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
 
+pub(crate) use diagnose::seconds;
 pub use diagnose::{Facts, diagnose};
 pub use postgres::{Backlog, Fulfilment, OrderRow, OutboxEvent, Stored};
 pub use queues::{Found, InQueues, Looked};

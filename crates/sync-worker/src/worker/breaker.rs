@@ -25,6 +25,15 @@ pub enum Pause {
 }
 
 impl Pause {
+    /// The `reason` label of `sync_worker_pause_reason`.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            Self::Outage(_) => "outage",
+            Self::Budget(..) => "budget",
+            Self::Blocked(_) => "blocked",
+        }
+    }
+
     pub(super) fn from_call(f: &CallFailure) -> Self {
         let what = format!("{}: {}", f.code, f.message);
         match f.class {
@@ -47,9 +56,7 @@ impl Worker {
         session: &Session,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Option<Stop> {
-        self.metrics
-            .paused
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.set_pause(Some(pause.reason()));
         tracing::warn!(?pause, "Salesforce not usable: consumption paused");
         // The client may say how long its usage guard will refuse calls; that wins.
         let mut told: Option<Duration> = match &pause {
@@ -113,9 +120,7 @@ impl Worker {
                 Ok(()) => {
                     tracing::info!("Salesforce answers again: consumption resumes");
                     self.breaker.send_replace(None);
-                    self.metrics
-                        .paused
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.metrics.set_pause(None);
                     return None;
                 }
                 Err(e) => {
