@@ -24,7 +24,8 @@ use common::{BENCH, out_dir, service_bins};
 use serde_json::Value;
 
 /// The services with an admin `/metrics`, as the bench names them (and docker-compose.yml).
-const METRIC_SERVICES: [&str; 4] = [
+const METRIC_SERVICES: [&str; 5] = [
+    "order-api",
     "outbox-relay",
     "sync-worker",
     "sf-subscriber",

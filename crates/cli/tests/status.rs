@@ -207,6 +207,8 @@ impl Env {
                 &self.emulator.base_url,
                 "--sf-request-timeout",
                 "2s",
+                "--dlq-check-interval",
+                "200ms",
             ]
             .map(str::to_owned),
         );
@@ -328,6 +330,32 @@ async fn status_names_exactly_the_problems_of_the_moment() {
     assert!(relay.published_total.unwrap() >= 2.0);
     let worker = s.services[1].reading.as_ref().unwrap();
     assert_eq!(worker.paused, Some(false));
+    // The worker exports the queue depths too (the dashboard's "Queue depths").
+    let dead = format!(
+        "sync_worker_queue_messages{{queue=\"{}.dead-letters\"}} 1",
+        env.ns
+    );
+    let consumers = format!(
+        "sync_worker_queue_consumers{{queue=\"{}.sf-sync\"}} 1",
+        env.ns
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("{worker_url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == dead) && text.lines().any(|l| l == consumers) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {dead:?} / {consumers:?} in:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (clean, text) = env.status_text(&[]).await;
     assert!(!clean);
     assert!(

@@ -17,6 +17,10 @@ pub struct ApiConfig {
     /// Address the API listens on.
     #[arg(long, env = "ORDER_API_ADDR", default_value = "127.0.0.1:8080")]
     pub addr: SocketAddr,
+    /// Address of the admin HTTP server (`/health/live`, `/health/ready`, `/metrics`), apart from
+    /// the API so metrics are never public.
+    #[arg(long, env = "ORDER_API_ADMIN_ADDR", default_value = "127.0.0.1:9105")]
+    pub admin_addr: SocketAddr,
     /// Largest accepted request body, in bytes (larger ones get 413).
     #[arg(long, env = "ORDER_API_BODY_LIMIT", default_value_t = 1024 * 1024)]
     pub body_limit: usize,

@@ -28,6 +28,7 @@ pub mod health;
 pub mod key_cache;
 pub mod limits;
 pub mod log_text;
+pub mod metrics;
 pub mod openapi;
 pub mod orders;
 pub mod outbound;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub watch: watch::OrderWatch,
     /// The cap on open event streams (`ORDER_API_SSE_MAX_STREAMS`).
     pub streams: StreamSlots,
+    /// What the admin port's `/metrics` shows.
+    pub metrics: Arc<metrics::ApiMetrics>,
     /// Turns true when the server begins to stop: waits end at once.
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -94,6 +97,7 @@ impl AppState {
             key_cache: KeyCache::new(config.key_cache_ttl),
             watch: watch::OrderWatch::default(),
             streams: StreamSlots::new(config.sse_max_streams),
+            metrics: Arc::default(),
             stopping: Arc::new(tokio::sync::watch::channel(false).0),
             config: Arc::new(config),
             pool,
@@ -128,6 +132,7 @@ pub fn spawn_listener(state: &AppState) -> tokio::task::JoinHandle<()> {
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
     let config = state.config.clone();
+    let metrics = state.metrics.clone();
     Router::new()
         .route(
             "/v1/orders",
@@ -196,6 +201,8 @@ pub fn app(state: AppState) -> Router {
         )
         .layer(SetSensitiveRequestHeadersLayer::new([AUTHORIZATION]))
         .layer(middleware::from_fn(request_id::assign))
+        // Outermost, so timeouts, panics and refusals by the layers above are counted too.
+        .layer(middleware::from_fn_with_state(metrics, metrics::track))
 }
 
 /// Bounds the whole request by `ORDER_API_REQUEST_TIMEOUT`; a long-poll gets the wait it asked

@@ -106,10 +106,31 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
             "ORDER_API_SSE_MAX_STREAMS is not below ORDER_API_MAX_CONNECTIONS: event streams can take every connection"
         );
     }
+    // Bound after the API's listener: an admin port that answers means the API listens too.
+    let admin_listener = orderbridge_runtime::admin::bind(api.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (ORDER_API_ADMIN_ADDR)", api.admin_addr))?;
     let state = AppState::new(pool.clone(), api);
     let housekeeping = order_api::spawn_housekeeping(state.clone());
     let version_listener = order_api::spawn_listener(&state);
-    tracing::info!(addr = %listener.local_addr()?, "order-api listening");
+    let db_probe = order_api::metrics::spawn_db_probe(
+        pool.clone(),
+        state.metrics.clone(),
+        std::time::Duration::from_secs(5),
+    );
+    let mut admin_stop = state.stopping();
+    let admin = tokio::spawn(orderbridge_runtime::admin::serve(
+        admin_listener,
+        std::sync::Arc::new(order_api::metrics::Admin(state.metrics.clone())),
+        async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        },
+    ));
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin_addr = %state.config.admin_addr,
+        "order-api listening"
+    );
 
     let config = state.config.clone();
     let shutdown = order_api::until_shutdown(state.clone(), shutdown_signal());
@@ -122,6 +143,8 @@ async fn serve(api: ApiConfig, db: DbConfig) -> anyhow::Result<()> {
     }
     housekeeping.abort();
     version_listener.abort();
+    db_probe.abort();
+    let _ = admin.await;
     pool.close().await;
     tracing::info!("order-api stopped");
     Ok(())

@@ -116,6 +116,10 @@ pub async fn create_order(
 
     match created {
         Created::New { order, body } => {
+            state
+                .metrics
+                .orders_created_total
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(
                 order_id = %order.id,
                 client_ref = crate::log_text::bounded(&order.client_ref).as_ref(),

@@ -42,6 +42,10 @@ async fn start_server_with(db: &FreshDatabase, env: &[(&str, &str)]) -> (ChildGu
         Command::new(BIN)
             .env("DATABASE_URL", &db.url)
             .env("ORDER_API_ADDR", format!("127.0.0.1:{port}"))
+            .env(
+                "ORDER_API_ADMIN_ADDR",
+                format!("127.0.0.1:{}", free_port().unwrap()),
+            )
             .env("LOG_FORMAT", "json")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -217,4 +221,91 @@ async fn schemathesis_finds_no_failure() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(report.contains("passed"), "{report}");
+}
+
+/// The served binary's metrics are on its admin port, by route template (never the path a
+/// client sent), and not on the public API port.
+#[tokio::test]
+async fn metrics_are_on_the_admin_port_only() {
+    let db = FreshDatabase::new("orderbridge_bin");
+    let key = create_key(&db, "portal");
+    let admin_port = free_port().unwrap().to_string();
+    let admin_addr = format!("127.0.0.1:{admin_port}");
+    let (_server, base) = start_server_with(&db, &[("ORDER_API_ADMIN_ADDR", &admin_addr)]).await;
+    let admin = format!("http://{admin_addr}");
+    let http = reqwest::Client::new();
+
+    let order = json!({
+        "client_ref": "PO-METRICS-1",
+        "customer": {"external_id": "CUST-42", "name": "Acme GmbH", "email": "buyer@acme.example"},
+        "currency": "EUR",
+        "lines": [{"sku": "SKU-RED-MUG", "name": "Red mug", "quantity": 2, "unit_price": "12.50"}]
+    });
+    for _ in 0..2 {
+        // The second is an idempotent replay: one order accepted, two requests answered.
+        let r = http
+            .post(format!("{base}/v1/orders"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", "metrics-1")
+            .json(&order)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let r = http
+        .get(format!(
+            "{base}/v1/orders/0192f0a2-7c41-7b3e-9d55-2f1c0e6a1b11"
+        ))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .get(format!("{base}/no/such/path/{}", "x".repeat(200)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        http.get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404,
+        "metrics must not be public"
+    );
+
+    assert_eq!(
+        http.get(format!("{admin}/health/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let text = http
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "order_api_orders_created_total 1",
+        "order_api_requests_total{route=\"/v1/orders\",method=\"POST\",status=\"201\"} 2",
+        "order_api_requests_total{route=\"/v1/orders/{id}\",method=\"GET\",status=\"404\"} 1",
+        "order_api_requests_total{route=\"unmatched\",method=\"GET\",status=\"404\"} 2",
+        "order_api_db_up 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("xxxx"),
+        "a client's path became a label:\n{text}"
+    );
+    assert!(text.contains("order_api_request_seconds_count "), "{text}");
 }

@@ -43,6 +43,10 @@ impl Running {
         let mut cmd = Command::new(BIN);
         cmd.env("DATABASE_URL", &db.url)
             .env("ORDER_API_ADDR", &addr)
+            .env(
+                "ORDER_API_ADMIN_ADDR",
+                format!("127.0.0.1:{}", free_port().unwrap()),
+            )
             .env("LOG_FORMAT", "json")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())

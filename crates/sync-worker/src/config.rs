@@ -110,7 +110,8 @@ pub struct WorkerConfig {
     /// the process exits and their messages are redelivered (writes are idempotent).
     #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub shutdown_grace: Duration,
-    /// How often the dead-letter count (a metric) is read.
+    /// How often the queue depths (metrics: the work queue, its retry tiers, the dead letters)
+    /// are read.
     #[arg(long, env = "WORKER_DLQ_CHECK_INTERVAL", default_value = "15s", value_parser = orderbridge_runtime::parse_interval, global = true)]
     pub dlq_check_interval: Duration,
     /// Fault injection for tests: wait this long after the Salesforce write and before

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub bulk_job_seconds: Histogram,
     /// Messages in the dead-letter queue, from the last check (-1 before the first: f64 bits).
     dead_letters: AtomicU64,
+    /// Queue → (ready messages, consumers): the work queue, its retry tiers and the dead
+    /// letters, from the last check.
+    queues: Mutex<BTreeMap<String, (u32, u32)>>,
     api_used: AtomicU64,
     api_max: AtomicU64,
     salesforce_errors: Mutex<BTreeMap<String, u64>>,
@@ -71,6 +74,7 @@ impl Default for Metrics {
             bulk_jobs_total: AtomicU64::new(0),
             bulk_job_seconds: Histogram::new(LAG_BUCKETS),
             dead_letters: AtomicU64::new((-1.0f64).to_bits()),
+            queues: Mutex::new(BTreeMap::new()),
             api_used: AtomicU64::new(0),
             api_max: AtomicU64::new(0),
             salesforce_errors: Mutex::new(BTreeMap::new()),
@@ -100,6 +104,12 @@ impl Metrics {
     pub fn set_dead_letters(&self, n: u32) {
         self.dead_letters
             .store(f64::from(n).to_bits(), Ordering::Relaxed);
+    }
+
+    /// One queue's depth, as a passive declare told it.
+    pub fn set_queue(&self, queue: &str, messages: u32, consumers: u32) {
+        let mut q = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        q.insert(queue.to_owned(), (messages, consumers));
     }
 
     pub fn set_api_usage(&self, used: u64, max: u64) {
@@ -251,6 +261,31 @@ impl AdminState for Metrics {
             "Messages in the dead-letter queue at the last check (-1: not checked yet).",
             f64::from_bits(self.dead_letters.load(Ordering::Relaxed)),
         );
+        {
+            let queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+            let _ = writeln!(
+                out,
+                "# HELP sync_worker_queue_messages Ready messages in the work queue, its retry tiers \
+                 and the dead letters, from the worker's last check.\n# TYPE sync_worker_queue_messages gauge"
+            );
+            for (queue, (messages, _)) in queues.iter() {
+                let _ = writeln!(
+                    out,
+                    "sync_worker_queue_messages{{queue=\"{queue}\"}} {messages}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP sync_worker_queue_consumers Consumers of those queues (retry tiers and dead \
+                 letters have none), from the worker's last check.\n# TYPE sync_worker_queue_consumers gauge"
+            );
+            for (queue, (_, consumers)) in queues.iter() {
+                let _ = writeln!(
+                    out,
+                    "sync_worker_queue_consumers{{queue=\"{queue}\"}} {consumers}"
+                );
+            }
+        }
         gauge(
             &mut out,
             "sync_worker_salesforce_api_used",

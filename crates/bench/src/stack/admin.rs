@@ -8,7 +8,7 @@ use std::fs;
 use anyhow::{Result, anyhow, bail};
 use serde_json::Value;
 
-use super::{API, Stack};
+use super::Stack;
 use crate::procfs;
 
 impl Stack {
@@ -71,7 +71,7 @@ impl Stack {
             .ok_or_else(|| anyhow!("emulator stats lack api_calls_total"))
     }
 
-    /// Each running service's Prometheus metrics (relay, worker: the ones with an admin port),
+    /// Each running service's Prometheus metrics (every one with an admin port),
     /// also saved as `metrics-<service>.txt` in the output directory.
     pub async fn scrape_metrics(&self) -> Vec<(String, String)> {
         let mut scraped = Vec::new();
@@ -79,9 +79,6 @@ impl Stack {
             let Some(base) = svc.ready_url.strip_suffix("/health/ready") else {
                 continue;
             };
-            if svc.name == API {
-                continue;
-            }
             let text = match self.http.get(format!("{base}/metrics")).send().await {
                 Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
                 _ => continue,

@@ -160,12 +160,15 @@ impl Stack {
     /// more than the default 1,000 requests/s, and it measures the pipeline, not the limiter.
     pub fn spawn_api(&mut self) -> Result<u32> {
         let port = free_port()?;
+        let admin = free_port()?;
         let base = format!("http://127.0.0.1:{port}");
         let pid = self.spawn(
             API,
-            format!("{base}/health/ready"),
+            // The admin port, like every service's: it listens only once the API does.
+            format!("http://127.0.0.1:{admin}/health/ready"),
             &[
                 ("ORDER_API_ADDR", format!("127.0.0.1:{port}")),
+                ("ORDER_API_ADMIN_ADDR", format!("127.0.0.1:{admin}")),
                 ("ORDER_API_RATE_LIMIT", "1000000".into()),
                 ("ORDER_API_RATE_BURST", "1000000".into()),
             ],

@@ -273,7 +273,8 @@ impl Worker {
     }
 }
 
-/// Keeps the dead-letter gauge current while a session lasts.
+/// Keeps the dead-letter and queue-depth gauges current while a session lasts: the work queue,
+/// its retry tiers and the dead letters, one passive declare each (no permission needed).
 async fn count_dead_letters(
     channel: Channel,
     config: BrokerConfig,
@@ -281,9 +282,19 @@ async fn count_dead_letters(
     every: Duration,
     metrics: Arc<Metrics>,
 ) {
+    let queues: Vec<String> = std::iter::once(&topology.sf_sync_queue)
+        .chain(topology.retry_tiers.iter().map(|t| &t.queue))
+        .chain(std::iter::once(&topology.dead_letter_queue))
+        .cloned()
+        .collect();
     loop {
-        if let Ok(n) = topology.dead_letter_count(&config, &channel).await {
-            metrics.set_dead_letters(n);
+        for queue in &queues {
+            if let Ok(stat) = orderbridge_broker::queue_stat(&config, &channel, queue).await {
+                metrics.set_queue(queue, stat.messages, stat.consumers);
+                if *queue == topology.dead_letter_queue {
+                    metrics.set_dead_letters(stat.messages);
+                }
+            }
         }
         tokio::time::sleep(every).await;
     }
