@@ -33,9 +33,8 @@ pub use services::{Health, Reading, Sample, Service, ServiceStatus, parse, read}
 
 use crate::command::CommandError;
 
-/// Where `scripts/dev` and the services' defaults put the admin endpoints (order-api's are on
-/// its API address).
-pub const DEFAULT_SERVICES: &str = "order-api=http://127.0.0.1:8080,\
+/// Where `scripts/dev` and the services' defaults put the admin endpoints.
+pub const DEFAULT_SERVICES: &str = "order-api=http://127.0.0.1:9105,\
      outbox-relay=http://127.0.0.1:9101,sync-worker=http://127.0.0.1:9102,\
      sf-subscriber=http://127.0.0.1:9103,fulfilment-worker=http://127.0.0.1:9104";
 

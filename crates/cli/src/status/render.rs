@@ -103,6 +103,9 @@ pub(super) fn text(s: &Status) -> String {
 /// The few figures that say most about a service, after its health.
 fn reading(r: &Reading) -> String {
     let mut parts = Vec::new();
+    if let Some(n) = r.orders_created_total {
+        parts.push(format!("{n} orders accepted"));
+    }
     if let (Some(led), Some(total)) = (&r.partitions_led, r.partitions) {
         let led: Vec<String> = led.iter().map(u32::to_string).collect();
         parts.push(format!("leads partition(s) [{}] of {total}", led.join(",")));

@@ -13,8 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// A `/metrics` page larger than this is not read (ours are a few KiB).
 const MAX_METRICS_BYTES: usize = 4 << 20;
 
-/// A service to ask: its name and the base URL of its admin endpoints (order-api's are on its
-/// API address).
+/// A service to ask: its name and the base URL of its admin endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Service {
     pub name: String,
@@ -68,6 +67,9 @@ pub struct Sample {
 /// What a service's metrics say, read by the metric names it exports.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Reading {
+    /// order-api: orders accepted since it started.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orders_created_total: Option<f64>,
     /// A relay: the outbox partitions it leads, of how many.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions_led: Option<Vec<u32>>,
@@ -101,7 +103,7 @@ pub struct ServiceStatus {
     pub name: String,
     pub url: String,
     pub health: Health,
-    /// `None` when it has no `/metrics` (order-api) or it could not be read.
+    /// `None` when its `/metrics` could not be read.
     pub reading: Option<Reading>,
 }
 
@@ -237,6 +239,7 @@ fn label<'a>(labels: &'a str, name: &str) -> Option<&'a str> {
 pub fn read(samples: &[Sample]) -> Reading {
     let one = |name: &str| samples.iter().find(|s| s.name == name).map(|s| s.value);
     let mut r = Reading {
+        orders_created_total: one("order_api_orders_created_total"),
         partitions: one("outbox_relay_partitions").map(|v| v as u32),
         published_total: one("outbox_relay_published_total"),
         paused: one("sync_worker_paused").map(|v| v > 0.0),
@@ -291,7 +294,8 @@ mod tests {
             sync_worker_salesforce_api_used 900\nsync_worker_salesforce_api_max 1000\n\
             sf_subscriber_subscribed{topic=\"/data/OrderChangeEvent\"} 1\n\
             sf_subscriber_subscribed{topic=\"/event/Provision__e\"} 0\n\
-            sf_subscriber_lag_seconds 2.5\ngarbage line\nno_value_here\n";
+            sf_subscriber_lag_seconds 2.5\norder_api_orders_created_total 17\n\
+            garbage line\nno_value_here\n";
         let r = read(&parse(text));
         assert_eq!(r.partitions, Some(4));
         assert_eq!(r.partitions_led, Some(vec![0, 3]));
@@ -302,6 +306,7 @@ mod tests {
         assert_eq!((r.api_used, r.api_max), (Some(900.0), Some(1000.0)));
         assert_eq!(r.topics_subscribed, Some((1, 2)));
         assert_eq!(r.lag_seconds, Some(2.5));
+        assert_eq!(r.orders_created_total, Some(17.0));
     }
 
     #[test]
