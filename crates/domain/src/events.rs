@@ -8,6 +8,7 @@
 //! changing a field needs a new version.
 
 use chrono::{DateTime, Utc};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{EventId, OrderId};
@@ -20,11 +21,12 @@ pub const ORDER_SUBMITTED: &str = "order.submitted";
 pub const ORDER_SYNC_STATUS: &str = "order.sync_status";
 
 /// The header every message carries, around a typed payload.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Envelope<T> {
     /// Unique per event; consumers deduplicate on it (it is also the AMQP `message_id`).
     pub id: EventId,
-    /// Event type, also the routing key: `order.submitted`.
+    /// Event type (`order.submitted`, …), also the routing key (a status report's is
+    /// `order.sync_status.<state>`).
     #[serde(rename = "type")]
     pub event_type: String,
     /// Schema version of `data` for this type.
@@ -71,6 +73,28 @@ pub struct SubmittedOrder {
 /// The key of [`SubmittedOrder::client`] inside `data`.
 const CLIENT_KEY: &str = "client";
 
+/// `data` of `order.submitted` v1 as it is written: the order's fields at the top level, then
+/// `client`. [`OrderEvent::into_envelope`] serializes through it and the published JSON Schema
+/// (`schemas/order.submitted.v1.json`, [`crate::contracts`]) is derived from it, so the two
+/// cannot drift apart.
+#[derive(Serialize, JsonSchema)]
+#[schemars(
+    rename = "SubmittedOrder",
+    description = "The order as the API returns it (GET /v1/orders/{id}), and the API client it \
+                   came from."
+)]
+pub(crate) struct SubmittedOrderData<'a> {
+    #[serde(flatten)]
+    pub(crate) order: &'a Order,
+    /// The API client the order was accepted from: its `external_id_prefix` starts the
+    /// Salesforce key of the customer's account. Every event written since client scopes
+    /// exist carries it; older ones lack it.
+    // Never written as null, so the schema offers only the object (readers accept null too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "ClientScope")]
+    pub(crate) client: Option<&'a ClientScope>,
+}
+
 impl OrderEvent {
     /// `order.submitted` for `order`, accepted from `client`.
     pub fn submitted(order: Order, client: ClientScope) -> Self {
@@ -101,17 +125,11 @@ impl OrderEvent {
         let (event_type, version) = (self.event_type(), self.version());
         let data = match self {
             // Serializing plain data structs to a Value cannot fail (no maps with non-string keys).
-            Self::Submitted(submitted) => {
-                let mut data = serde_json::to_value(&submitted.order).unwrap_or_default();
-                if let (serde_json::Value::Object(m), Some(client)) = (&mut data, submitted.client)
-                {
-                    m.insert(
-                        CLIENT_KEY.to_owned(),
-                        serde_json::to_value(client).unwrap_or_default(),
-                    );
-                }
-                data
-            }
+            Self::Submitted(submitted) => serde_json::to_value(SubmittedOrderData {
+                order: &submitted.order,
+                client: submitted.client.as_ref(),
+            })
+            .unwrap_or_default(),
         };
         Envelope {
             id: EventId::new_v7(),
@@ -167,7 +185,7 @@ pub enum DecodeError {
 /// the event that was synced: a resync sends a newer one, so a late report about an older event
 /// never overwrites a newer one. Within one `order_version`, `synced` is final and otherwise the
 /// later `occurred_at` wins.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SyncStatus {
     pub order_id: OrderId,
     /// `data.version` of the `order.submitted` event this report is about.

@@ -178,7 +178,7 @@ impl FromStr for RequestState {
 
 /// The data of both fulfilment events, v1: which request, of which order. Everything else is
 /// read from the request's row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FulfilmentRef {
     pub request_id: Uuid,
     pub order_id: OrderId,

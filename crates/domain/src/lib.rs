@@ -8,6 +8,7 @@
 //!   (as sent)          (all rules)       (valid)                 (stored, returned)      (outbox, broker)
 //! ```
 
+pub mod contracts;
 pub mod country;
 pub mod currency;
 pub mod events;

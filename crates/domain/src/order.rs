@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -27,7 +28,8 @@ const MAX_PRICE_INTEGER_DIGITS: usize = 12;
 /// The caller's customer, as the caller knows them: stored with the order and carried by its
 /// events. Unknown fields are ignored when reading one back (a newer writer may add fields);
 /// the request's [`CustomerInput`] refuses them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[schemars(description = "The caller's customer, as the caller knows them.")]
 pub struct Customer {
     /// The caller's own customer key. In Salesforce it is scoped by the API client (the
     /// client's external-id prefix comes first), so two clients' `CUST-42` are two accounts.
@@ -44,7 +46,8 @@ pub struct Customer {
 
 /// A postal address, as stored and carried by events; unknown fields are ignored on read, as
 /// in [`Customer`]. The request's [`AddressInput`] refuses them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
+#[schemars(description = "A postal address.")]
 pub struct Address {
     #[schema(example = "Hauptstraße 1", min_length = 1, max_length = 255)]
     pub line1: String,
@@ -61,6 +64,7 @@ pub struct Address {
     pub region: Option<String>,
     /// ISO 3166-1 alpha-2 country code.
     #[schema(example = "DE", pattern = "^[A-Z]{2}$")]
+    #[schemars(pattern(r"^[A-Z]{2}$"))]
     pub country: String,
 }
 
@@ -445,7 +449,7 @@ fn parse_price(raw: &str, currency: Option<Currency>) -> Result<Decimal, (&'stat
 }
 
 /// A stored order line.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct OrderLine {
     /// 1-based position in the order; with the order id it forms the line's external id.
     #[schema(example = 1)]
@@ -457,9 +461,11 @@ pub struct OrderLine {
     #[schema(example = 2)]
     pub quantity: u32,
     #[schema(value_type = String, example = "12.50")]
+    #[schemars(schema_with = "crate::contracts::decimal_string")]
     pub unit_price: Decimal,
     /// `quantity × unit_price`, exact.
     #[schema(value_type = String, example = "25.00")]
+    #[schemars(schema_with = "crate::contracts::decimal_string")]
     pub line_total: Decimal,
 }
 
@@ -472,7 +478,9 @@ impl OrderStatus {
 }
 
 /// Where an order is on its way to Salesforce.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, ToSchema, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SyncState {
     /// Stored, its event not yet on the broker.
@@ -531,7 +539,7 @@ impl FromStr for SyncState {
 }
 
 /// Why the last sync attempt failed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct SyncError {
     #[schema(example = "UNABLE_TO_LOCK_ROW")]
     pub code: String,
@@ -540,7 +548,7 @@ pub struct SyncError {
 }
 
 /// The integration state of an order.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct SyncInfo {
     pub state: SyncState,
     /// The Salesforce Order id once synced.
@@ -553,7 +561,7 @@ pub struct SyncInfo {
 }
 
 /// An order as stored, returned by the API and carried by events.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 pub struct Order {
     /// Server-assigned UUIDv7 (time-ordered).
     #[schema(value_type = Uuid)]
@@ -564,11 +572,13 @@ pub struct Order {
     pub billing_address: Option<Address>,
     pub shipping_address: Option<Address>,
     #[schema(example = "EUR")]
+    #[schemars(pattern(r"^[A-Z]{3}$"), description = "ISO 4217 currency code.")]
     pub currency: String,
     pub lines: Vec<OrderLine>,
     pub notes: Option<String>,
     /// Sum of the line totals, exact, at the currency's minor units.
     #[schema(value_type = String, example = "25.00")]
+    #[schemars(schema_with = "crate::contracts::decimal_string")]
     pub total: Decimal,
     /// Business status: `submitted` at creation, then mirrored from Salesforce.
     #[schema(example = "submitted")]

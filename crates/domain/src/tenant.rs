@@ -24,11 +24,13 @@ pub const PREFIX_SEPARATOR: char = ':';
 pub const MAX_PREFIX_LEN: usize = 40;
 
 /// The API client an order was accepted from, as events carry it (`data.client`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ClientScope {
     pub id: ClientId,
     /// Starts the Salesforce external id of every record not keyed by the order id (the
-    /// customer's account): `alpha:` makes `CUST-42` the account `alpha:CUST-42`.
+    /// customer's account): `alpha:` makes `CUST-42` the account `alpha:CUST-42`. Empty, or 1
+    /// to 40 letters, digits, `-` and `_` followed by `:`.
+    #[schemars(pattern(r"^([A-Za-z0-9_-]{1,40}:)?$"))]
     pub external_id_prefix: String,
 }
 
