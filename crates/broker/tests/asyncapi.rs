@@ -23,10 +23,8 @@ use orderbridge_broker::{
 use orderbridge_domain::contracts::message_schemas;
 use serde_json::{Value, json};
 
-/// The pinned `@asyncapi/specs`; .ci/run installs this version.
+/// The pinned `@asyncapi/specs` (installed on demand under target/npm by the testkit).
 const SPECS_VERSION: &str = "6.11.1";
-const INSTALL: &str = "npm install --prefix target/npm --no-save --no-package-lock \
-                       @asyncapi/specs@6.11.1";
 /// The namespace placeholder the document writes names with.
 const NS: &str = "{ns}";
 
@@ -38,20 +36,13 @@ fn document() -> PathBuf {
     root().join("asyncapi/asyncapi.yaml")
 }
 
-/// The AsyncAPI 3.0.0 meta-schema, or a failure that says how to install it.
+/// The AsyncAPI 3.0.0 meta-schema, from the pinned npm package.
 fn meta_schema() -> PathBuf {
-    let package = root().join("target/npm/node_modules/@asyncapi/specs");
-    let installed: Option<Value> = std::fs::read(package.join("package.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let version = installed.as_ref().and_then(|p| p["version"].as_str());
-    assert!(
-        version == Some(SPECS_VERSION),
-        "the AsyncAPI 3.0.0 meta-schema (npm @asyncapi/specs {SPECS_VERSION}) is not installed \
-         under target/npm (found version {version:?}); install it from the repository root \
-         with `{INSTALL}` (.ci/run does)"
-    );
-    package.join("schemas/3.0.0.json")
+    orderbridge_testkit::npm_package("@asyncapi/specs", SPECS_VERSION)
+        .unwrap_or_else(|e| {
+            panic!("the AsyncAPI 3.0.0 meta-schema (npm @asyncapi/specs) is needed: {e}")
+        })
+        .join("schemas/3.0.0.json")
 }
 
 /// check-jsonschema on `file` against the AsyncAPI 3.0.0 meta-schema, with no way out.

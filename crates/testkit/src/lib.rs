@@ -172,6 +172,47 @@ pub fn python_tool(name: &str) -> io::Result<PathBuf> {
     Ok(venv.join("bin").join(name))
 }
 
+/// The npm package `name` at exactly `version`, installed on demand under `target/npm` (as
+/// [`python_tool`] installs the Python tools: pinned, once, under a lock so parallel tests do
+/// not race), for test data that ships on npm (e.g. a specification's JSON Schemas). Returns
+/// the package's directory. Needs `npm`; nothing is fetched when the version is there.
+pub fn npm_package(name: &str, version: &str) -> io::Result<PathBuf> {
+    let root = workspace_root();
+    let prefix = root.join("target/npm");
+    fs::create_dir_all(&prefix)?;
+    let lock = File::create(root.join("target/npm.lock"))?;
+    lock.lock()?;
+    let package = prefix.join("node_modules").join(name);
+    let installed = |package: &Path| {
+        fs::read(package.join("package.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|p| p["version"].as_str().map(str::to_owned))
+    };
+    if installed(&package).as_deref() != Some(version) {
+        run(Command::new("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-package-lock",
+                "--no-audit",
+                "--no-fund",
+            ])
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg(format!("{name}@{version}")))
+        .map_err(|e| io::Error::other(format!("installing npm {name}@{version}: {e}")))?;
+    }
+    lock.unlock()?;
+    match installed(&package) {
+        Some(v) if v == version => Ok(package),
+        other => Err(io::Error::other(format!(
+            "npm {name}: wanted {version}, found {other:?} under {}",
+            prefix.display()
+        ))),
+    }
+}
+
 fn run(cmd: &mut Command) -> io::Result<()> {
     let out = cmd.output()?;
     if out.status.success() {
