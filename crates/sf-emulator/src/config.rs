@@ -62,8 +62,14 @@ pub struct EmulatorConfig {
     #[arg(long, env = "SF_EMULATOR_SCHEMA_FILE")]
     pub schema_file: Option<PathBuf>,
     /// Seed JSON file (same body as `POST /__admin/seed`), applied at start and on reset.
+    /// The `sf-emulator` binary without one starts with the built-in dev catalogue
+    /// ([`crate::seed::DEV_CATALOGUE`]) unless `--empty`.
     #[arg(long, env = "SF_EMULATOR_SEED_FILE")]
     pub seed_file: Option<PathBuf>,
+    /// A seed given as JSON text instead of a file (the binary's built-in dev catalogue); used
+    /// only without `seed_file`.
+    #[arg(skip)]
+    pub seed_json: Option<&'static str>,
     /// JSON file holding the org's records: loaded at start when it exists, written (atomically)
     /// within a second of each change and at shutdown. Without it, records live in memory only.
     #[arg(long, env = "SF_EMULATOR_DATA_FILE")]
@@ -170,6 +176,7 @@ impl Default for EmulatorConfig {
             jwt_public_key_file: None,
             schema_file: None,
             seed_file: None,
+            seed_json: None,
             data_file: None,
             daily_api_limit: 15_000,
             session_timeout: Duration::from_secs(2 * 3600),

@@ -87,6 +87,9 @@ pub enum StartError {
     },
 }
 
+/// How errors and logs name [`EmulatorConfig::seed_json`].
+const BUILT_IN_SEED: &str = "<built-in dev catalogue>";
+
 /// Builds the shared state: schema, JWT key, seed, the standard price book.
 pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppState, StartError> {
     let schema = match &config.schema_file {
@@ -112,7 +115,17 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
             let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
             Some(serde_json::from_str::<Value>(&text).map_err(|e| err(e.to_string()))?)
         }
-        None => None,
+        None => match config.seed_json {
+            Some(text) => {
+                Some(
+                    serde_json::from_str::<Value>(text).map_err(|e| StartError::Seed {
+                        path: BUILT_IN_SEED.to_owned(),
+                        message: e.to_string(),
+                    })?,
+                )
+            }
+            None => None,
+        },
     };
     let saved = match &config.data_file {
         Some(path) if path.exists() => {
@@ -125,7 +138,11 @@ pub fn build_state(config: EmulatorConfig, instance_url: String) -> Result<AppSt
         }
         _ => None,
     };
-    let seed_path = config.seed_file.clone();
+    let seed_path = config.seed_file.clone().or_else(|| {
+        config
+            .seed_json
+            .map(|_| std::path::PathBuf::from(BUILT_IN_SEED))
+    });
     let hub = pubsub::Hub::new(&config, &schema)?;
     let flows = initial_flows(&config, &schema, &hub, seed.as_ref(), seed_path.as_deref())?;
     let shared = Arc::new(state::Shared::new(

@@ -10,6 +10,10 @@ use sf_emulator::EmulatorConfig;
 struct Cli {
     #[command(flatten)]
     emulator: EmulatorConfig,
+    /// Start with no products (without SF_EMULATOR_SEED_FILE the org starts with the built-in
+    /// dev catalogue: SKU-RED-MUG, SKU-SPOON, SKU-TEA, SKU-001 … SKU-020).
+    #[arg(long, env = "SF_EMULATOR_EMPTY")]
+    empty: bool,
     #[command(flatten)]
     log: LogConfig,
 }
@@ -18,5 +22,9 @@ struct Cli {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     cli.log.init()?;
-    sf_emulator::serve(cli.emulator, shutdown_signal()).await
+    let mut emulator = cli.emulator;
+    if emulator.seed_file.is_none() && !cli.empty {
+        emulator.seed_json = Some(sf_emulator::seed::DEV_CATALOGUE);
+    }
+    sf_emulator::serve(emulator, shutdown_signal()).await
 }

@@ -10,6 +10,11 @@ use serde_json::{Map, Value, json};
 use crate::reply::RecordError;
 use crate::store::{Locks, Store};
 
+/// The dev product catalogue (`config/sf-emulator-seed.json`: the products the README's
+/// walk-through and the benchmarks order), built into the binary so `sf-emulator` run alone,
+/// from any directory, has them.
+pub const DEV_CATALOGUE: &str = include_str!("../../../config/sf-emulator-seed.json");
+
 /// Seed document.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
