@@ -60,6 +60,7 @@ pub use topology::{
 
 /// Broker settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Broker")]
 pub struct BrokerConfig {
     /// AMQP URL of the broker, or of every node of a cluster, comma-separated (each with its
     /// credentials): a connection goes to the node that answered last and, when it does not

@@ -28,6 +28,7 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../../migrations");
 
 /// Database settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Database")]
 pub struct DbConfig {
     /// Postgres connection URL. The database is created if it does not exist.
     #[arg(
@@ -42,8 +43,9 @@ pub struct DbConfig {
     /// Most connections this process keeps open.
     #[arg(long, env = "DB_MAX_CONNECTIONS", default_value_t = 16, global = true)]
     pub db_max_connections: u32,
-    /// How long a request waits for a free connection before giving up (answering 503 in the
-    /// API), so an unreachable database fails fast instead of hanging every request.
+    /// How long a piece of work waits for a free database connection before giving up (order-api
+    /// answers 503; the other services retry), so an unreachable database fails fast instead of
+    /// hanging.
     #[arg(long, env = "DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration, global = true)]
     pub db_acquire_timeout: Duration,
     /// Server-side limit on any one statement.

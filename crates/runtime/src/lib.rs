@@ -23,6 +23,7 @@ pub enum LogFormat {
 
 /// Logging settings, flattened into each binary's command line.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogConfig {
     /// Log line format.
     #[arg(

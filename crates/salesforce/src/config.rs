@@ -60,6 +60,7 @@ pub enum UsagePolicy {
 
 /// Salesforce connection settings. Flatten into a binary's clap parser with `#[command(flatten)]`.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Salesforce")]
 pub struct SalesforceConfig {
     /// Where OAuth tokens are requested: `https://login.salesforce.com`, `https://test.salesforce.com`,
     /// the org's My Domain (required for client credentials), or the local emulator.

@@ -31,6 +31,9 @@ pub enum Command {
     /// Consume and sync (the default).
     Run,
     /// Inspect and replay dead letters: an alias of `orderbridge dlq` (same arguments).
+    // Its `--help` is `orderbridge dlq --help` (forwarded like every other argument), not the
+    // worker's ~45 options, which do not apply to it.
+    #[command(disable_help_flag = true)]
     Dlq {
         /// `list [--limit N] [--json]`, `show <id>`, `replay <id>|--all`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
@@ -47,6 +50,7 @@ pub enum Command {
 
 /// The worker's own settings.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Worker")]
 pub struct WorkerConfig {
     /// Address of the admin HTTP server (`/health/live`, `/health/ready`, `/metrics`).
     #[arg(

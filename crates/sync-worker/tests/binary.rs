@@ -313,9 +313,15 @@ async fn sigterm_lets_the_batch_in_flight_finish_and_acks_it() {
     );
 
     let started = Instant::now();
-    let status = proc.stop().await;
+    let (status, log) = proc.stop_with_log().await;
     let took = started.elapsed();
     assert!(status.success(), "clean exit after SIGTERM: {status:?}");
+    // A clean shutdown logs no error (lapin used to, closing channels left half-closed).
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("ERROR") || l.contains("\"level\":\"error\"")),
+        "{log}"
+    );
     eprintln!("SIGTERM with a batch in flight: exited after {took:?}");
     assert!(took < grace, "exited after {took:?}, grace {grace:?}");
     assert!(h.composite_calls().await > calls_before);
@@ -680,4 +686,23 @@ async fn refuses_to_start_without_a_signing_key() {
     let (status, _, err) = run_to_end(cmd).await;
     assert!(!status.success());
     assert!(err.contains("BROKER_SIGNING_KEY is not set"), "{err}");
+}
+
+/// `sync-worker dlq --help` is the operator command's help (the alias forwards it), not the
+/// worker's own options.
+#[test]
+fn the_dlq_alias_forwards_help() {
+    orderbridge_testkit::build_bins(
+        std::path::Path::new(env!("CARGO_BIN_EXE_sync-worker")),
+        &["orderbridge-cli"],
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sync-worker"))
+        .args(["dlq", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Usage: orderbridge dlq"), "{text}");
+    assert!(!text.contains("--batch-size"), "{text}");
 }

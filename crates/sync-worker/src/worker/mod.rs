@@ -241,7 +241,7 @@ impl Worker {
             Err(e) => return Stop::Lost(e.to_string()),
         };
         let dlq_counter = tokio::spawn(count_dead_letters(
-            count_channel,
+            count_channel.clone(),
             config.clone(),
             self.supervisor.topology().clone(),
             self.config.dlq_check_interval,
@@ -269,6 +269,21 @@ impl Worker {
             }
         };
         dlq_counter.abort();
+        // Close this session's own channels before the connection goes: a channel merely
+        // dropped is left half-closed, and lapin then logs closing the connection over it as an
+        // ERROR (`invalid channel state: Closing`) on every clean shutdown.
+        let mut channels = vec![count_channel];
+        channels.extend(
+            ctx.publish_channels
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..),
+        );
+        for ch in channels {
+            if ch.status().connected() {
+                let _ = tokio::time::timeout(SHUTDOWN_STEP, ch.close(200, "bye".into())).await;
+            }
+        }
         stop
     }
 }
