@@ -8,13 +8,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
 use clap::Parser;
-use orderbridge_broker::Supervisor;
 use orderbridge_broker::signing::DEV_SIGNING_KEY;
 use orderbridge_cli::command::{Cli, Command};
 use orderbridge_cli::status::{self, Health, Status};
-use orderbridge_domain::{NewOrder, NewOrderRequest, OrderId};
+use orderbridge_domain::OrderId;
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::Client;
 use orderbridge_testkit::{TestDatabase, free_port, workspace_root};
@@ -28,7 +26,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-const WAIT: Duration = Duration::from_secs(30);
+mod common;
+
+use common::WAIT;
 
 struct Env {
     db: TestDatabase,
@@ -140,25 +140,7 @@ impl Env {
     }
 
     async fn create(&self, sku: &str) -> OrderId {
-        let request: NewOrderRequest = serde_json::from_value(json!({
-            "client_ref": format!("PO-{}", Uuid::now_v7()),
-            "customer": {"external_id": "CUST-STATUS", "name": "Acme GmbH", "email": "buyer@acme.example"},
-            "currency": "EUR",
-            "lines": [{"sku": sku, "name": "Red mug", "quantity": 1, "unit_price": "12.50"}]
-        }))
-        .unwrap();
-        let order = NewOrder::parse(request)
-            .unwrap()
-            .into_order(Uuid::now_v7(), Utc::now());
-        let id = order.id;
-        let scope = orderbridge_db::clients::scope(&self.db.pool, self.client_id.into())
-            .await
-            .unwrap()
-            .unwrap();
-        orderbridge_db::create::create_order(&self.db.pool, &scope, None, order, None)
-            .await
-            .unwrap();
-        id
+        common::create_order(&self.db.pool, self.client_id, sku).await
     }
 
     fn serve_admin<S: orderbridge_runtime::admin::AdminState>(&mut self, port: u16, state: Arc<S>) {
@@ -226,32 +208,11 @@ impl Env {
     }
 
     async fn wait_for(&self, id: OrderId, state: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let now: String = sqlx::query_scalar("SELECT sync_state FROM orders WHERE id = $1")
-                .bind(id.get())
-                .fetch_one(&self.db.pool)
-                .await
-                .unwrap();
-            if now == state {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "order {id} in {now}, not {state}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        common::wait_for_state(&self.db.pool, id, state).await;
     }
 
     async fn faults(&self, body: serde_json::Value) {
-        let r = reqwest::Client::new()
-            .post(format!("{}/__admin/faults", self.emulator.base_url))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+        common::faults(&self.emulator.base_url, body).await;
     }
 
     async fn finish(mut self) {
@@ -260,10 +221,7 @@ impl Env {
             tokio::time::timeout(WAIT, t).await.unwrap().unwrap();
         }
         let cfg = self.cli(&["dlq", "list"]).broker;
-        let sup = Supervisor::new(cfg.clone(), "status-cleanup").unwrap();
-        let session = sup.try_connect().await.unwrap();
-        sup.topology().delete(&cfg, &session.channel).await.unwrap();
-        session.close(&cfg).await;
+        common::delete_namespace(&cfg).await;
         let _ = self.emulator.shutdown().await;
     }
 }

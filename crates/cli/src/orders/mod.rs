@@ -75,7 +75,8 @@ pub struct ShowArgs {
     pub mapping_file: Option<PathBuf>,
 }
 
-/// A section that was looked at, skipped, or could not be.
+/// A place that was looked at, skipped, or could not be reached (`orders show`'s sections,
+/// `status`'s sources).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "snake_case", tag = "result")]
 pub enum Section<T> {

@@ -87,23 +87,8 @@ pub struct Queues {
     pub queues: Vec<QueueDepth>,
 }
 
-/// A source that answered, or why not.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "snake_case", tag = "result")]
-pub enum Source<T> {
-    Found(T),
-    Skipped,
-    Unavailable { error: String },
-}
-
-impl<T> Source<T> {
-    pub fn found(&self) -> Option<&T> {
-        match self {
-            Self::Found(t) => Some(t),
-            _ => None,
-        }
-    }
-}
+/// A source that answered, or why not: the same shape (and JSON) as `orders show`'s sections.
+pub use crate::orders::Section as Source;
 
 /// Everything `status` found.
 #[derive(Debug, Clone, Serialize)]
