@@ -256,6 +256,7 @@ mod tests {
             error_message: None,
         };
         let report = Report {
+            target: None,
             scope: Scope::all(),
             started_at: Utc::now(),
             order_object: "Order".into(),

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use clap::{Args, Parser, Subcommand};
 use orderbridge_broker::BrokerConfig;
 use orderbridge_db::DbConfig;
-use orderbridge_mapping::{Mapping, MappingError};
+use orderbridge_mapping::{MappingError, Targets};
 use orderbridge_runtime::LogConfig;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
@@ -17,7 +17,8 @@ use crate::dlq::DlqCommand;
 use crate::keys::KeysCommand;
 use crate::progress::TerminalProgress;
 use crate::reconcile::{
-    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_with_progress,
+    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_target,
+    reconcile_with_progress,
 };
 use crate::render;
 
@@ -89,10 +90,14 @@ pub struct ReconcileArgs {
     /// Only orders created before this instant (RFC 3339).
     #[arg(long, visible_alias = "created-before", value_parser = parse_time)]
     pub until: Option<DateTime<Utc>>,
-    /// The sync worker's field mapping file (JSON); unset: its built-in mapping. Gives the
-    /// Salesforce objects and external-id fields to read.
+    /// The sync worker's field mapping or targets file (JSON); unset: its built-in mapping.
+    /// Gives the Salesforce objects and external-id fields to read.
     #[arg(long, env = "WORKER_MAPPING_FILE")]
     pub mapping_file: Option<PathBuf>,
+    /// With a targets file (several divisions): the target to compare, its orders with its
+    /// org (through its `SF_<NAME>_*` settings). Required then: one run per target.
+    #[arg(long = "target", value_name = "NAME")]
+    pub only_target: Option<String>,
     /// Print the full report as JSON on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -132,6 +137,8 @@ pub enum CommandError {
     Db(#[from] orderbridge_db::DbError),
     #[error("Salesforce client: {0}")]
     Salesforce(#[source] Box<orderbridge_salesforce::Error>),
+    #[error("{0}")]
+    Target(String),
     #[error(transparent)]
     Reconcile(#[from] ReconcileError),
     #[error("--since must be before --until")]
@@ -165,15 +172,53 @@ pub async fn run_reconcile(
     {
         return Err(CommandError::EmptyScope);
     }
-    let mapping = Mapping::load(args.mapping_file.as_deref())?;
+    let targets = Targets::load(args.mapping_file.as_deref())?;
+    let names = || {
+        targets
+            .targets()
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let target = match (targets.single_mapping(), &args.only_target) {
+        (Some(_), None) => None,
+        (_, Some(name)) => Some(
+            targets
+                .targets()
+                .iter()
+                .position(|t| t.name == *name)
+                .ok_or_else(|| {
+                    CommandError::Target(format!("no target {name} (targets: {})", names()))
+                })?,
+        ),
+        (None, None) => {
+            return Err(CommandError::Target(format!(
+                "the mapping file has several targets ({}): compare one at a time with --target NAME",
+                names()
+            )));
+        }
+    };
+    let settings = match target.and_then(|t| targets.targets()[t].salesforce.as_deref()) {
+        Some(prefix) => salesforce
+            .for_target(prefix, |k| std::env::var(k).ok())
+            .map_err(|e| CommandError::Target(e.to_string()))?,
+        None => salesforce.clone(),
+    };
     let pool = db.connect("orderbridge-reconcile").await?;
-    let client = Client::new(salesforce).map_err(|e| CommandError::Salesforce(Box::new(e)))?;
+    let client = Client::new(&settings).map_err(|e| CommandError::Salesforce(Box::new(e)))?;
     let progress = TerminalProgress::stderr();
     let scope = Scope {
         created_after: args.since,
         created_before: args.until,
     };
-    let report = reconcile_with_progress(&pool, &client, &mapping, scope, &progress).await?;
+    let report = match target {
+        Some(t) => reconcile_target(&pool, &client, &targets, t, scope, &progress).await?,
+        None => {
+            let mapping = &targets.targets()[0].mapping;
+            reconcile_with_progress(&pool, &client, mapping, scope, &progress).await?
+        }
+    };
     let fixed = if args.fix {
         let options = FixOptions {
             include_failed: args.include_failed,

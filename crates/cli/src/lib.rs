@@ -25,5 +25,11 @@ pub mod status;
 pub mod statuses;
 
 pub use reconcile::{
-    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile, reconcile_with_progress,
+    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile, reconcile_target,
+    reconcile_with_progress,
 };
+
+/// `orderbridge`'s default `RUST_LOG`: its own steps at INFO, the libraries' warnings and errors
+/// only. (A directive's target is a prefix: `orderbridge=info` would take in every
+/// `orderbridge_*` library.)
+pub const DEFAULT_LOG_FILTER: &str = "warn,orderbridge_cli=info";

@@ -2,13 +2,18 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use orderbridge_cli::command::{Cli, Command, ReconcileArgs, ReconcileTarget, run_reconcile};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    // clap exits with status 2 on bad arguments, as the other errors below.
-    let cli = Cli::parse();
+    // clap exits with status 2 on bad arguments, as the other errors below. The operator's
+    // command logs its own steps (a backfill's checkpoint, a replay) and the libraries' warnings
+    // only: their INFO lines ("logged in to Salesforce") are noise around its output.
+    let command = Cli::command().mut_arg("log_filter", |a| {
+        a.default_value(orderbridge_cli::DEFAULT_LOG_FILTER)
+    });
+    let cli = Cli::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     if let Err(e) = cli.log.init() {
         eprintln!("error: {e}");
         return ExitCode::from(2);

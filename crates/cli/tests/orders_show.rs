@@ -389,6 +389,41 @@ async fn show_explains_an_order_in_every_state() {
     assert_eq!(doc["salesforce"]["orders"][0]["id"], sf_id.as_str());
     assert_eq!(doc["diagnosis"], shown.diagnosis.as_str());
 
+    // With several targets (divisions) the order's target is looked in, and named; an order
+    // no target takes says so.
+    let mapping: serde_json::Value =
+        serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
+    let dir = std::env::temp_dir().join(format!("orders-show-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (eu, want) in [("EUR", Some("eu")), ("GBP", None)] {
+        let targets = serde_json::json!({
+            "route": {"rules": [{"path": "currency", "in": [eu], "target": "eu"},
+                                {"path": "currency", "in": ["USD"], "target": "us"}]},
+            "targets": {"eu": {"mapping": mapping}, "us": {"mapping": mapping}}
+        });
+        let file = dir.join("targets.json");
+        std::fs::write(&file, targets.to_string()).unwrap();
+        let shown = env
+            .show_with(a, &["--mapping-file", file.to_str().unwrap()])
+            .await;
+        let records = shown.salesforce.found().cloned();
+        match want {
+            Some(target) => {
+                let records = records.unwrap();
+                assert_eq!(records.target.as_deref(), Some(target));
+                assert_eq!(records.orders[0].id, sf_id);
+            }
+            None => match &shown.salesforce {
+                orders::Section::Unavailable { error } => {
+                    assert!(error.contains("no target takes this order"), "{error}");
+                    assert!(error.contains("currency is \"EUR\""), "{error}");
+                }
+                other => panic!("{other:?}"),
+            },
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+
     let (_, text) = env.show_text(&b.to_string()).await;
     assert!(
         text.contains(&format!(

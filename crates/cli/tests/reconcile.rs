@@ -822,6 +822,87 @@ async fn the_binary_exits_by_outcome_and_prints_json() {
     assert!(err.starts_with("error: "), "{err}");
 }
 
+/// Several targets (divisions) in one org: `--target NAME` compares the orders routed to that
+/// target with its records; the other target's records in the same object are out of scope,
+/// not orphans. Without `--target` (or with an unknown one) the run refuses to guess.
+#[tokio::test]
+async fn reconcile_compares_one_target_at_a_time() {
+    let env = Env::new().await;
+    let (a1, _) = env.synced_order().await;
+    let a2 = env.create_order().await;
+    let (b1, _) = env.synced_order().await;
+    let (b2, _) = env.synced_order().await;
+    let mapping: Value = serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
+    let targets = json!({
+        "route": {"rules": [{"path": "client_ref", "in": [b1.client_ref, b2.client_ref], "target": "b"}],
+                  "default": "a"},
+        "targets": {"a": {"mapping": mapping}, "b": {"mapping": mapping}}
+    });
+    let dir = std::env::temp_dir().join(format!("reconcile-targets-{}", Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("targets.json");
+    std::fs::write(&file, targets.to_string()).unwrap();
+    let file = file.to_str().unwrap();
+    let url = env.db.url();
+    let base = env.emulator.base_url.as_str();
+
+    let args = |target: &'static str| {
+        [
+            "reconcile",
+            "--mapping-file",
+            file,
+            "--json",
+            "--target",
+            target,
+        ]
+    };
+    let (code, out, err) = run(base, &args("b"), url).await;
+    assert_eq!(code, Some(0), "stdout: {out}\nstderr: {err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["target"], "b");
+    assert_eq!(doc["counts"]["orders"], json!(2));
+    assert_eq!(doc["orphaned"], json!([]));
+
+    let (code, out, err) = run(base, &args("a"), url).await;
+    assert_eq!(code, Some(1), "stdout: {out}\nstderr: {err}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(doc["target"], "a");
+    assert_eq!(doc["counts"]["orders"], json!(2));
+    assert_eq!(doc["missing"].as_array().unwrap().len(), 1, "{doc}");
+    assert_eq!(doc["missing"][0]["order_id"], json!(a2.id));
+    assert_eq!(
+        doc["orphaned"],
+        json!([]),
+        "b's records are not a's orphans"
+    );
+    let _ = a1;
+
+    // By default the command's stderr carries no library INFO lines (the Salesforce login…).
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderbridge"))
+        .args(args("b"))
+        .env("DATABASE_URL", url)
+        .env("SF_LOGIN_URL", base)
+        .env_remove("RUST_LOG")
+        .env_remove("WORKER_MAPPING_FILE")
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{err}");
+    assert!(!err.contains("INFO"), "{err}");
+
+    let (code, _, err) = run(base, &["reconcile", "--mapping-file", file], url).await;
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("several targets (a, b): compare one at a time with --target NAME"),
+        "{err}"
+    );
+    let (code, _, err) = run(base, &args("c"), url).await;
+    assert_eq!(code, Some(2));
+    assert!(err.contains("no target c (targets: a, b)"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Runs the binary; returns (exit status, stdout, stderr).
 async fn run(sf_login_url: &str, args: &[&str], db_url: &str) -> (Option<i32>, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_orderbridge"))

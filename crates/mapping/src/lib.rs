@@ -61,6 +61,8 @@
 //! - `file`: the JSON file format and its compilation into the model, with every problem named.
 //! - `eval`: evaluating a mapping against one order ([`Scope`]).
 //! - `limits`: what an order's values need of the fields ([`Mapping::check_order`]).
+//! - `targets`: several targets ("divisions"), each order routed to one by rules on the order
+//!   ([`Targets`]; a plain mapping file is one target).
 //! - [`check_against_salesforce`]: the start-up check against the org's describe results.
 
 mod eval;
@@ -69,6 +71,7 @@ mod limits;
 pub mod model;
 #[cfg(feature = "salesforce")]
 mod salesforce;
+mod targets;
 
 use std::path::Path;
 
@@ -85,6 +88,7 @@ pub use model::{
 };
 #[cfg(feature = "salesforce")]
 pub use salesforce::check_against_salesforce;
+pub use targets::{DEFAULT_TARGET, NoTarget, Target, Targets};
 
 /// The built-in mapping: Account by the client's prefix and the customer's external id, Order
 /// by order id (Draft, in the price book), OrderItem per line by `<order id>-<line number>`.
@@ -146,19 +150,30 @@ impl Mapping {
                 message: e.inner().to_string(),
             })?;
         let mut problems = Problems::default();
-        let mapping = compile(file, &mut problems);
-        if problems.0.is_empty()
+        match Self::from_file(file, &mut problems) {
+            Some(mapping) => Ok(mapping),
+            None => Err(MappingError::Invalid {
+                origin: origin.to_owned(),
+                problems,
+            }),
+        }
+    }
+
+    /// Compiles a parsed file and checks it against the order model; `None` with the problems
+    /// pushed onto `problems`.
+    pub(crate) fn from_file(file: MappingFile, problems: &mut Problems) -> Option<Self> {
+        let mut own = Problems::default();
+        let mapping = compile(file, &mut own);
+        if own.0.is_empty()
             && let Some(mapping) = mapping
         {
-            mapping.check_against_model(&mut problems);
-            if problems.0.is_empty() {
-                return Ok(mapping);
+            mapping.check_against_model(&mut own);
+            if own.0.is_empty() {
+                return Some(mapping);
             }
         }
-        Err(MappingError::Invalid {
-            origin: origin.to_owned(),
-            problems,
-        })
+        problems.0.extend(own.0);
+        None
     }
 
     /// Every path must exist in the order model (checked on a fully populated sample order), so
@@ -246,7 +261,7 @@ impl Mapping {
 
 /// A fully populated order (every optional field set), as JSON: what mapping paths are checked
 /// against, made from the domain model so the check follows the model.
-fn sample_order() -> Value {
+pub(crate) fn sample_order() -> Value {
     let req: Result<NewOrderRequest, _> = serde_json::from_value(json!({
         "client_ref": "PO-1",
         "customer": {"external_id": "C-1", "name": "n", "email": "e@x.example", "phone": "1"},

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Args;
 use orderbridge_domain::status_map::StatusMap;
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::Targets;
 use orderbridge_webhook::Webhook;
 
 /// HTTP server settings for `order-api serve`.
@@ -92,11 +92,13 @@ pub struct ApiConfig {
     /// holds a connection busy: keep it below `ORDER_API_MAX_CONNECTIONS`.
     #[arg(long, env = "ORDER_API_SSE_MAX_STREAMS", default_value_t = 512)]
     pub sse_max_streams: usize,
-    /// The sync worker's field mapping (the same file, and the same variable, as the worker's;
-    /// unset: the built-in one). Its declared field limits decide what intake refuses because
-    /// Salesforce could not hold it exactly; the worker checks them against the org.
+    /// The sync worker's field mapping or targets file (the same file, and the same variable,
+    /// as the worker's; unset: the built-in mapping). Its declared field limits decide what
+    /// intake refuses because Salesforce could not hold it exactly (under the order's target,
+    /// with several), and an order no target takes is refused; the worker checks the limits
+    /// against the org.
     #[arg(long = "mapping-file", env = "WORKER_MAPPING_FILE", default_value = "", hide_default_value = true, value_parser = load_mapping)]
-    pub mapping: Arc<Mapping>,
+    pub mapping: Arc<Targets>,
     /// The key(s) fulfilment callbacks (`POST /v1/fulfilment/callback`) are signed with, the
     /// same as the fulfilment worker's: `whsec_<base64>` or text of at least 24 bytes,
     /// comma-separated during a rotation. Unset: the callback endpoint is off (404).
@@ -159,10 +161,11 @@ fn parse_org_id(id: &str) -> Result<String, String> {
         .ok_or_else(|| "must be a 15- or 18-character Salesforce org id".into())
 }
 
-/// Reads and checks the mapping once, at start-up: a broken file stops the API from starting.
-fn load_mapping(path: &str) -> Result<Arc<Mapping>, String> {
+/// Reads and checks the mapping (or targets) once, at start-up: a broken file stops the API
+/// from starting.
+fn load_mapping(path: &str) -> Result<Arc<Targets>, String> {
     let path = (!path.is_empty()).then(|| Path::new(path));
-    Mapping::load(path).map(Arc::new).map_err(|e| e.to_string())
+    Targets::load(path).map(Arc::new).map_err(|e| e.to_string())
 }
 
 impl Default for ApiConfig {

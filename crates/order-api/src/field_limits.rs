@@ -3,18 +3,23 @@
 //! writes), applied to the order as its event will carry it. A 422 naming the field now beats a
 //! dead letter later, and a value cut or rounded in Salesforce never happens.
 //!
+//! With several targets (divisions) the order is checked under its own target's mapping, and an
+//! order no target takes (no routing rule matches, no default) is refused here, naming the
+//! field the first rule reads, rather than dead-lettered later.
+//!
 //! The API never talks to Salesforce: the limits are the ones the mapping file declares, which
 //! the worker (at start-up) and `sync-worker check-mapping --salesforce` verify against the
 //! org's describe results.
 
 use orderbridge_domain::{ClientScope, Order, Violations};
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::Targets;
 use serde_json::Value;
 
 use crate::error::ApiError;
 
-/// 422 with every value of `order` a mapped Salesforce field could not hold.
-pub fn check(mapping: &Mapping, order: &Order, client: &ClientScope) -> Result<(), ApiError> {
+/// 422 with every value of `order` a mapped Salesforce field of its target could not hold, or
+/// naming the field the routing rules read when no target takes the order.
+pub fn check(targets: &Targets, order: &Order, client: &ClientScope) -> Result<(), ApiError> {
     let mut data = serde_json::to_value(order).map_err(|e| ApiError::Internal(e.into()))?;
     if let Value::Object(m) = &mut data {
         m.insert(
@@ -23,7 +28,15 @@ pub fn check(mapping: &Mapping, order: &Order, client: &ClientScope) -> Result<(
         );
     }
     let mut v = Violations::default();
-    for o in mapping.check_order(&data) {
+    let overflows = match targets.check_order(&data) {
+        Ok(o) => o,
+        Err(no_target) => {
+            let (pointer, detail) = request_place(&no_target.pointer, no_target.to_string());
+            v.push(&pointer, "no_target", detail);
+            return Ok(v.into_result(())?);
+        }
+    };
+    for o in overflows {
         let (pointer, detail) = request_place(&o.pointer, o.detail);
         v.push(&pointer, o.code, detail);
     }

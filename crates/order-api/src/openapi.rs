@@ -1,7 +1,7 @@
 //! The OpenAPI 3.1 document, generated from the handlers and types. Committed as
 //! `openapi/openapi.json`; `order-api openapi > openapi/openapi.json` rewrites it.
 
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::Targets;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, Schema};
 use utoipa::{Modify, OpenApi};
@@ -57,12 +57,17 @@ impl Modify for BearerAuth {
 
 /// The document for a mapping: the request's `maxLength`s tightened to what the mapped
 /// Salesforce fields hold, since intake refuses longer values (see `crate::field_limits`).
-pub fn document(mapping: &Mapping) -> utoipa::openapi::OpenApi {
+/// With several targets, each field's tightest limit among them.
+pub fn document(targets: &Targets) -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     let Some(components) = doc.components.as_mut() else {
         return doc;
     };
-    for (path, max) in mapping.text_limits() {
+    let limits = targets
+        .targets()
+        .iter()
+        .flat_map(|t| t.mapping.text_limits());
+    for (path, max) in limits {
         let path: Vec<&str> = path.iter().map(String::as_str).collect();
         let (schema, field) = match path[..] {
             ["customer", field] => ("CustomerInput", field),
@@ -85,8 +90,8 @@ pub fn document(mapping: &Mapping) -> utoipa::openapi::OpenApi {
 /// The document for the built-in mapping as pretty JSON with a trailing newline, exactly as
 /// committed.
 pub fn json() -> String {
-    let doc = Mapping::load(None)
-        .map(|m| document(&m))
+    let doc = Targets::load(None)
+        .map(|t| document(&t))
         .unwrap_or_else(|_| ApiDoc::openapi());
     let mut s = doc
         .to_pretty_json()

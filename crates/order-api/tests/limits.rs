@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use common::{TestApp, order_body};
 use order_api::ApiConfig;
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::{Mapping, Targets};
 use serde_json::{Value, json};
 
 const INVALID: &str = "urn:orderbridge:problem:validation-error";
@@ -127,7 +127,7 @@ async fn the_limits_come_from_the_mapping() {
     let app = TestApp::with_config(
         db.pool.clone(),
         ApiConfig {
-            mapping: Arc::new(roomy),
+            mapping: Arc::new(Targets::single(roomy)),
             ..ApiConfig::default()
         },
     );
@@ -135,6 +135,70 @@ async fn the_limits_come_from_the_mapping() {
     let mut body = order_body("PO-1");
     body["shipping_address"]["city"] = json!("x".repeat(100));
     assert_eq!(app.post_order(&key, &body, None).await.status, 201);
+}
+
+/// With several targets (divisions), an order is held to its own target's limits, and an
+/// order no target takes is refused at intake, naming the field the routing reads; nothing is
+/// stored for it.
+#[tokio::test]
+async fn each_order_meets_its_targets_limits_and_one_without_a_target_is_refused() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let case = |city_max: usize| {
+        json!({"order": {"sobject": "Case", "external_id_field": "Order_Id__c", "key": "id",
+            "fields": {"Subject": {"path": "client_ref", "max_length": 80},
+                       "City__c": {"path": "shipping_address.city", "max_length": city_max}}}})
+    };
+    let file = json!({
+        "route": {"rules": [
+            {"path": "currency", "in": ["EUR"], "target": "emea"},
+            {"path": "shipping_address.country", "in": ["US"], "target": "amer"}
+        ]},
+        "targets": {"emea": {"mapping": case(10)}, "amer": {"mapping": case(100)}}
+    });
+    let targets = Targets::parse(&file.to_string(), "divisions").unwrap();
+    let app = TestApp::with_config(
+        db.pool.clone(),
+        ApiConfig {
+            mapping: Arc::new(targets),
+            ..ApiConfig::default()
+        },
+    );
+    let key = app.key("portal").await;
+    let mut body = order_body("PO-1");
+    body["shipping_address"]["city"] = json!("x".repeat(40));
+    // EMEA holds 10 characters of city...
+    let p = app
+        .post_order(&key, &body, None)
+        .await
+        .problem(422, INVALID);
+    assert_eq!(errors(&p)[0].0, "#/shipping_address/city", "{p}");
+    assert!(errors(&p)[0].2.contains("Case.City__c"), "{p}");
+    // ...AMER holds 100: the same order shipped to the US in dollars is accepted.
+    body["currency"] = json!("USD");
+    body["shipping_address"]["country"] = json!("US");
+    assert_eq!(app.post_order(&key, &body, None).await.status, 201);
+    // In yen to Japan no rule matches and there is no default: refused, nothing stored.
+    body["client_ref"] = json!("PO-2");
+    body["currency"] = json!("JPY");
+    body["shipping_address"]["country"] = json!("JP");
+    for line in body["lines"].as_array_mut().unwrap() {
+        line["unit_price"] = json!("12");
+    }
+    let p = app
+        .post_order(&key, &body, None)
+        .await
+        .problem(422, INVALID);
+    let errors = errors(&p);
+    assert_eq!(errors.len(), 1, "{p}");
+    assert_eq!(errors[0].0, "#/currency");
+    assert_eq!(errors[0].1, "no_target");
+    assert!(
+        errors[0]
+            .2
+            .contains("currency is \"JPY\", shipping_address.country is \"JP\""),
+        "{p}"
+    );
+    assert_eq!(app.count("orders").await, 1);
 }
 
 /// A client kept on unprefixed keys (the migration path for a single-client deployment) may

@@ -221,3 +221,140 @@ impl Default for SalesforceConfig {
         }
     }
 }
+
+/// A target's own Salesforce settings could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetSettingsError {
+    #[error(
+        "no SF_{prefix}_* setting is set (the target names its own Salesforce settings `{prefix}`: set at least its credentials, e.g. SF_{prefix}_USERNAME)"
+    )]
+    NoneSet { prefix: String },
+    #[error("SF_{prefix}_*: {message}")]
+    Invalid { prefix: String, message: String },
+}
+
+impl SalesforceConfig {
+    /// The settings of a target with its own Salesforce settings `SF_<prefix>_*`: each one set
+    /// replaces the same `SF_*` setting of `self`; what is not set stays as in `self`. `lookup`
+    /// reads a variable (`std::env::var(..).ok()` in the binaries). At least one must be set, so
+    /// a misspelt prefix is an error rather than a second copy of the default credentials.
+    ///
+    /// Every value goes through the same parsing as its `SF_*` twin (clap's value parsers),
+    /// so `SF_EMEA_REQUEST_TIMEOUT=soon` fails as `SF_REQUEST_TIMEOUT=soon` would.
+    pub fn for_target(
+        &self,
+        prefix: &str,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, TargetSettingsError> {
+        use clap::{Command, FromArgMatches};
+
+        // The same arguments, reading nothing from the process environment and with no
+        // defaults: only what the target sets is present in the matches, and only that
+        // replaces a value of `self`.
+        let command = Self::augment_args(Command::new("target").no_binary_name(true));
+        let mut argv: Vec<String> = Vec::new();
+        for arg in command.get_arguments() {
+            let (Some(env), Some(long)) = (arg.get_env(), arg.get_long()) else {
+                continue;
+            };
+            let Some(name) = env.to_str().and_then(|e| e.strip_prefix("SF_")) else {
+                continue;
+            };
+            if let Some(value) = lookup(&format!("SF_{prefix}_{name}")) {
+                argv.push(format!("--{long}={value}"));
+            }
+        }
+        if argv.is_empty() {
+            return Err(TargetSettingsError::NoneSet {
+                prefix: prefix.to_owned(),
+            });
+        }
+        let invalid = |e: clap::Error| TargetSettingsError::Invalid {
+            prefix: prefix.to_owned(),
+            message: e
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ")
+                .to_owned(),
+        };
+        let mut matches = command
+            .mut_args(|a| {
+                a.env(None::<&str>)
+                    .default_value(None::<&str>)
+                    .global(false)
+            })
+            .try_get_matches_from(argv)
+            .map_err(invalid)?;
+        let mut config = self.clone();
+        config
+            .update_from_arg_matches_mut(&mut matches)
+            .map_err(invalid)?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod target_tests {
+    use std::collections::HashMap;
+
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_targets_settings_replace_only_what_they_set() {
+        let base = SalesforceConfig {
+            request_timeout: Duration::from_secs(7),
+            ..SalesforceConfig::default()
+        };
+        let t = base
+            .for_target(
+                "EMEA",
+                env(&[
+                    ("SF_EMEA_USERNAME", "emea@example.com"),
+                    ("SF_EMEA_PASSWORD", "pw"),
+                    ("SF_EMEA_LOGIN_URL", "https://emea.my.salesforce.com"),
+                    ("SF_EMEA_AUTH_FLOW", "client_credentials"),
+                    ("SF_USERNAME", "ignored@example.com"),
+                    ("SF_AMER_USERNAME", "amer@example.com"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(t.username, "emea@example.com");
+        assert_eq!(t.password.expose_secret(), "pw");
+        assert_eq!(t.login_url, "https://emea.my.salesforce.com");
+        assert_eq!(t.auth_flow, AuthFlowKind::ClientCredentials);
+        // Not set for the target: the base's, not clap's default.
+        assert_eq!(t.request_timeout, Duration::from_secs(7));
+        assert_eq!(t.client_id, base.client_id);
+        assert_eq!(t.api_version, base.api_version);
+    }
+
+    #[test]
+    fn nothing_set_or_a_bad_value_is_an_error() {
+        let base = SalesforceConfig::default();
+        let e = base
+            .for_target("EMEA", env(&[("SF_USERNAME", "x")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("no SF_EMEA_* setting is set"), "{e}");
+        let e = base
+            .for_target("EMEA", env(&[("SF_EMEA_REQUEST_TIMEOUT", "soon")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("soon"), "{e}");
+        let e = base
+            .for_target("EMEA", env(&[("SF_EMEA_AUTH_FLOW", "kerberos")]))
+            .unwrap_err();
+        assert!(e.to_string().contains("kerberos"), "{e}");
+    }
+}

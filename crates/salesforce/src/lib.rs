@@ -45,7 +45,7 @@ pub use collections::COLLECTION_LIMIT;
 pub use composite::{
     Composite, CompositeResponse, Ref, SubrequestKind, SubrequestOutcome, SubrequestResult,
 };
-pub use config::{AuthFlowKind, SalesforceConfig, UsagePolicy};
+pub use config::{AuthFlowKind, SalesforceConfig, TargetSettingsError, UsagePolicy};
 pub use error::{ApiError, AuthError, AuthErrorKind, Error, ErrorClass, RecordResult};
 pub use limits::{ApiUsage, AppUsage, Limit, Limits, parse_limit_info};
 pub use query::QueryResult;

@@ -5,5 +5,6 @@ pub mod config;
 pub mod dlq_alias;
 pub mod metrics;
 pub mod pricebook;
+pub mod targets;
 pub mod worker;
 pub mod writer;

@@ -6,14 +6,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Parser;
 use orderbridge_broker::Backoff;
-use orderbridge_mapping::{Mapping, check_against_salesforce};
+use orderbridge_mapping::Targets;
 use orderbridge_runtime::admin;
-use orderbridge_salesforce::{Client, ErrorClass};
+use orderbridge_salesforce::ErrorClass;
 use sync_worker::config::{Cli, Command};
 use sync_worker::metrics::Metrics;
 use sync_worker::pricebook::PriceBook;
+use sync_worker::targets;
 use sync_worker::worker::Worker;
-use sync_worker::writer::Writer;
 use tokio::sync::watch;
 
 #[tokio::main]
@@ -32,36 +32,57 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-fn load_mapping(cli: &Cli) -> anyhow::Result<Mapping> {
-    let mut mapping = Mapping::load(cli.worker.mapping_file.as_deref())?;
-    if cli.worker.pricebook.is_some() {
-        mapping.pricebook = cli.worker.pricebook.clone();
-    }
-    Ok(mapping)
+fn load_targets(cli: &Cli) -> anyhow::Result<Targets> {
+    Ok(Targets::load(cli.worker.mapping_file.as_deref())?)
+}
+
+/// Reads an environment variable for a target's own Salesforce settings (`SF_<NAME>_*`).
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
 }
 
 async fn check_mapping(cli: &Cli, salesforce: bool) -> anyhow::Result<()> {
-    let mapping = load_mapping(cli)?;
-    println!("mapping is valid against the order model");
+    let targets = load_targets(cli)?;
+    let names: Vec<&str> = targets.targets().iter().map(|t| t.name.as_str()).collect();
+    if names.len() == 1 {
+        println!("mapping is valid against the order model");
+    } else {
+        println!(
+            "targets {} and their mappings are valid against the order model",
+            names.join(", ")
+        );
+    }
     if !salesforce {
         return Ok(());
     }
-    let client = Client::new(&cli.salesforce)?;
-    let problems = check_against_salesforce(&client, &mapping).await?;
+    let clients = targets::clients(&cli.salesforce, &targets, &env)?;
+    let problems = targets::check(&targets, &clients).await?;
     if !problems.0.is_empty() {
         bail!("mapping does not fit the org: {problems}");
     }
-    let pricebook = PriceBook::new(client, mapping.pricebook.clone());
-    let resolved = pricebook.resolve().await?;
-    println!(
-        "mapping fits the org; price book {:?} ({})",
-        resolved.name, resolved.id
-    );
+    for (target, client) in targets.targets().iter().zip(clients) {
+        let name = cli
+            .worker
+            .pricebook
+            .clone()
+            .or_else(|| target.mapping.pricebook.clone());
+        let pricebook = PriceBook::new(client, name);
+        let resolved = pricebook.resolve().await?;
+        let whose = if names.len() == 1 {
+            String::new()
+        } else {
+            format!("target {}: ", target.name)
+        };
+        println!(
+            "{whose}mapping fits the org; price book {:?} ({})",
+            resolved.name, resolved.id
+        );
+    }
     Ok(())
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let mapping = Arc::new(load_mapping(&cli)?);
+    let targets = Arc::new(load_targets(&cli)?);
     // No key, no start: before waiting for anything else.
     if cli.broker.keyring()?.signs_with_dev_key() {
         tracing::warn!(
@@ -85,19 +106,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         let _ = admin_shutdown.wait_for(|v| *v).await;
     }));
 
-    let client = Client::new(&cli.salesforce)?;
-    // The mapping must fit the org before anything is consumed: a missing field would otherwise
-    // dead-letter every order. Salesforce being down is not a reason to exit: wait for it.
+    let clients = targets::clients(&cli.salesforce, &targets, &env)?;
+    // Every target's mapping must fit its org before anything is consumed: a missing field
+    // would otherwise dead-letter every order. Salesforce being down is not a reason to exit:
+    // wait for it.
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     loop {
-        if !client.usage_within_share() {
-            // The last reading says the budget is spent, so the client's guard would refuse the
-            // check locally for SF_API_USAGE_RECHECK. `/limits` bypasses the guard: ask it.
-            if let Err(e) = client.limits().await {
-                tracing::debug!(error = %e, "API budget probe failed");
+        for client in &clients {
+            if !client.usage_within_share() {
+                // The last reading says the budget is spent, so the client's guard would
+                // refuse the check locally for SF_API_USAGE_RECHECK. `/limits` bypasses the
+                // guard: ask it.
+                if let Err(e) = client.limits().await {
+                    tracing::debug!(error = %e, "API budget probe failed");
+                }
             }
         }
-        match check_against_salesforce(&client, &mapping).await {
+        match targets::check(&targets, &clients).await {
             Ok(p) if p.0.is_empty() => break,
             Ok(p) => bail!("the mapping does not fit the Salesforce org: {p}"),
             Err(e) if matches!(e.class(), ErrorClass::Config | ErrorClass::Permanent) => {
@@ -115,10 +140,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
 
-    let pricebook = Arc::new(PriceBook::new(client.clone(), mapping.pricebook.clone()));
-    let writer = Writer::new(client, mapping, pricebook, metrics.clone());
-    let worker = Worker::new(cli.worker.clone(), cli.broker.clone(), writer, metrics)?;
-    tracing::info!(admin = %cli.worker.admin_addr, namespace = %cli.broker.broker_namespace, "sync worker starting");
+    let target_names: Vec<String> = targets.targets().iter().map(|t| t.name.clone()).collect();
+    let router = targets::router(targets, clients, cli.worker.pricebook.as_deref(), &metrics);
+    let worker = Worker::new(cli.worker.clone(), cli.broker.clone(), router, metrics)?;
+    tracing::info!(admin = %cli.worker.admin_addr, namespace = %cli.broker.broker_namespace, targets = ?target_names, "sync worker starting");
     worker.run(shutdown_rx).await?;
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
     tracing::info!("sync worker stopped");

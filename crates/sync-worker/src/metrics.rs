@@ -11,7 +11,7 @@ use orderbridge_runtime::metrics::{
     Histogram, LAG_BUCKETS, LATENCY_BUCKETS, counter, gauge, labelled_counter,
 };
 
-use crate::writer::CallObserver;
+use crate::writer::{CallObserver, OrderResult};
 
 const BATCH_BUCKETS: &[f64] = &[
     1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 150.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
@@ -50,6 +50,8 @@ pub struct Metrics {
     api_used: AtomicU64,
     api_max: AtomicU64,
     salesforce_errors: Mutex<BTreeMap<String, u64>>,
+    /// Per target (division), by name: what its writer did.
+    targets: Mutex<BTreeMap<String, TargetCounts>>,
     pub batch_size: Histogram,
     pub salesforce_latency: Histogram,
     /// From the event's `occurred_at` (commit time of the order) to its `synced` report.
@@ -78,10 +80,41 @@ impl Default for Metrics {
             api_used: AtomicU64::new(0),
             api_max: AtomicU64::new(0),
             salesforce_errors: Mutex::new(BTreeMap::new()),
+            targets: Mutex::new(BTreeMap::new()),
             batch_size: Histogram::new(BATCH_BUCKETS),
             salesforce_latency: Histogram::new(LATENCY_BUCKETS),
             end_to_end_lag: Histogram::new(LAG_BUCKETS),
         }
+    }
+}
+
+/// One target's counters.
+#[derive(Debug, Default, Clone, Copy)]
+struct TargetCounts {
+    synced: u64,
+    failed: u64,
+    call_failed: u64,
+    calls: u64,
+    /// Daily API requests used and allowed in the target's org, from its last answer.
+    api: Option<(u64, u64)>,
+}
+
+/// A target's writer's observer: the worker's metrics, and the target's own counts.
+struct TargetObserver {
+    target: String,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl CallObserver for TargetObserver {
+    fn call(&self, what: &'static str, elapsed: Duration, error_code: Option<&str>) {
+        self.metrics.call(what, elapsed, error_code);
+        if what != "bulk_job" {
+            self.metrics.with_target(&self.target, |c| c.calls += 1);
+        }
+    }
+
+    fn target_results(&self, target: &str, results: &[OrderResult]) {
+        self.metrics.target_results(target, results);
     }
 }
 
@@ -117,6 +150,57 @@ impl Metrics {
         self.api_max.store(max, Ordering::Relaxed);
     }
 
+    /// The observer for a target's writer; the target shows in `/metrics` from now on.
+    pub fn target_observer(
+        self: &std::sync::Arc<Self>,
+        target: &str,
+    ) -> std::sync::Arc<dyn CallObserver> {
+        self.with_target(target, |_| {});
+        std::sync::Arc::new(TargetObserver {
+            target: target.to_owned(),
+            metrics: self.clone(),
+        })
+    }
+
+    fn with_target(&self, target: &str, f: impl FnOnce(&mut TargetCounts)) {
+        let mut t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        f(t.entry(target.to_owned()).or_default());
+    }
+
+    /// A target's org's API usage. The unlabelled `sync_worker_salesforce_api_used/max` show
+    /// the org closest to its allocation, so one alert covers every target.
+    pub fn set_target_api_usage(&self, target: &str, used: u64, max: u64) {
+        self.with_target(target, |c| c.api = Some((used, max)));
+        let t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let share = |(u, m): (u64, u64)| if m == 0 { 0.0 } else { u as f64 / m as f64 };
+        if let Some((u, m)) = t
+            .values()
+            .filter_map(|c| c.api)
+            .max_by(|a, b| share(*a).total_cmp(&share(*b)))
+        {
+            self.set_api_usage(u, m);
+        }
+    }
+
+    /// One target's orders' results, counted by kind.
+    pub fn target_results(&self, target: &str, results: &[OrderResult]) {
+        self.with_target(target, |c| {
+            for r in results {
+                match r {
+                    OrderResult::Synced { .. } => c.synced += 1,
+                    OrderResult::Failed(_) => c.failed += 1,
+                    OrderResult::CallFailed(_) => c.call_failed += 1,
+                }
+            }
+        });
+    }
+
+    /// A target's (synced, failed, call-failed) counts, for tests.
+    pub fn target_counts(&self, target: &str) -> Option<(u64, u64, u64)> {
+        let t = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        t.get(target).map(|c| (c.synced, c.failed, c.call_failed))
+    }
+
     pub fn salesforce_errors(&self, code: &str) -> u64 {
         let e = self
             .salesforce_errors
@@ -145,6 +229,66 @@ impl CallObserver for Metrics {
         }
         if let Some(code) = error_code {
             self.count_salesforce_error(code);
+        }
+    }
+
+    fn target_results(&self, target: &str, results: &[OrderResult]) {
+        Metrics::target_results(self, target, results);
+    }
+}
+
+impl Metrics {
+    fn render_targets(&self, out: &mut String) {
+        let targets = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(
+            out,
+            "# HELP sync_worker_target_orders_total Orders each target (division) was given, by \
+             result: synced; failed (refused by Salesforce, the mapping or the routing); \
+             call_failed (the call failed as a whole and the order went back to the queue).\n\
+             # TYPE sync_worker_target_orders_total counter"
+        );
+        for (name, c) in targets.iter() {
+            for (result, n) in [
+                ("synced", c.synced),
+                ("failed", c.failed),
+                ("call_failed", c.call_failed),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "sync_worker_target_orders_total{{target=\"{name}\",result=\"{result}\"}} {n}"
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sync_worker_target_salesforce_calls_total Salesforce API calls made for each \
+             target, with its credentials.\n# TYPE sync_worker_target_salesforce_calls_total counter"
+        );
+        for (name, c) in targets.iter() {
+            let _ = writeln!(
+                out,
+                "sync_worker_target_salesforce_calls_total{{target=\"{name}\"}} {}",
+                c.calls
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sync_worker_target_api_used Daily API requests used in each target's org, from \
+             its last answer.\n# TYPE sync_worker_target_api_used gauge"
+        );
+        for (name, (used, _)) in targets.iter().filter_map(|(n, c)| Some((n, c.api?))) {
+            let _ = writeln!(
+                out,
+                "sync_worker_target_api_used{{target=\"{name}\"}} {used}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP sync_worker_target_api_max Daily API request allocation of each target's org.\n\
+             # TYPE sync_worker_target_api_max gauge"
+        );
+        for (name, (_, max)) in targets.iter().filter_map(|(n, c)| Some((n, c.api?))) {
+            let _ = writeln!(out, "sync_worker_target_api_max{{target=\"{name}\"}} {max}");
         }
     }
 }
@@ -298,6 +442,7 @@ impl AdminState for Metrics {
             "Daily API request allocation, from the last Sforce-Limit-Info header.",
             n(&self.api_max) as f64,
         );
+        self.render_targets(&mut out);
         self.batch_size.render(
             &mut out,
             "sync_worker_batch_size",

@@ -577,6 +577,53 @@ async fn check_mapping_against_the_org() {
     h.cleanup().await;
 }
 
+/// A targets file (two divisions, the second with its own `SF_AMER_*` settings): each
+/// target's mapping is checked against its org with its credentials, named by target; a target
+/// whose settings are missing or refused stops the check.
+#[tokio::test]
+async fn check_mapping_of_several_targets() {
+    let h = Harness::new().await;
+    let mapping: Value = serde_json::from_str(orderbridge_mapping::DEFAULT_MAPPING).unwrap();
+    let targets = json!({
+        "route": {"rules": [{"path": "currency", "in": ["USD"], "target": "amer"}], "default": "emea"},
+        "targets": {"emea": {"mapping": mapping}, "amer": {"salesforce": "AMER", "mapping": mapping}}
+    });
+    let file = TempFile::with("targets.json", &targets.to_string());
+    let path = file.0.to_str().unwrap();
+    let user = ("SF_AMER_USERNAME", sf_emulator::config::DEV_USERNAME);
+    let env = [("WORKER_MAPPING_FILE", path), user];
+    let (status, out, err) =
+        run_to_end(command(&h, &env, &["check-mapping", "--salesforce"])).await;
+    assert!(status.success(), "{status:?}: {err}");
+    assert!(
+        out.contains("targets amer, emea and their mappings are valid"),
+        "{out}"
+    );
+    for target in ["amer", "emea"] {
+        assert!(
+            out.contains(&format!("target {target}: mapping fits the org")),
+            "{out}"
+        );
+    }
+
+    let env = [("WORKER_MAPPING_FILE", path)];
+    let (status, _, err) = run_to_end(command(&h, &env, &["check-mapping", "--salesforce"])).await;
+    assert!(!status.success());
+    assert!(
+        err.contains("target amer: no SF_AMER_* setting is set"),
+        "{err}"
+    );
+    let env = [
+        ("WORKER_MAPPING_FILE", path),
+        user,
+        ("SF_AMER_PASSWORD", "not-the-password"),
+    ];
+    let (status, _, err) = run_to_end(command(&h, &env, &["check-mapping", "--salesforce"])).await;
+    assert!(!status.success());
+    assert!(err.contains("authentication failure"), "{err}");
+    h.cleanup().await;
+}
+
 /// An unknown SKU is dead-lettered; once the product exists, `dlq replay --all` sends it back
 /// and a fresh worker (the missing SKU is cached for 30 s by the old one) syncs it. Replaying
 /// again finds nothing and writes nothing.

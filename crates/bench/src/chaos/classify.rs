@@ -305,6 +305,7 @@ mod tests {
         ]
         .into();
         let report = Report {
+            target: None,
             scope: Scope::all(),
             started_at: Utc::now(),
             order_object: "Order".into(),

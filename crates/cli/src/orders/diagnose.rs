@@ -472,6 +472,7 @@ mod tests {
         s.order.salesforce_id = Some("801A".into());
         s.order.synced_at = Some(now() - chrono::Duration::seconds(5));
         let records = |ids: &[&str]| Records {
+            target: None,
             order_object: "Order".into(),
             orders: ids
                 .iter()

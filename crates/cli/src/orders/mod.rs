@@ -27,7 +27,7 @@ use clap::{Args, Subcommand};
 use orderbridge_broker::{BrokerConfig, Supervisor};
 use orderbridge_db::DbConfig;
 use orderbridge_domain::OrderId;
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::Targets;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde::Serialize;
 
@@ -69,8 +69,9 @@ pub struct ShowArgs {
     /// The sync worker's attempts per event, for "attempt 2 of 8" (same variable).
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 8)]
     pub max_attempts: u32,
-    /// The sync worker's field mapping file (JSON), for the Salesforce objects and external-id
-    /// fields; unset: its built-in mapping.
+    /// The sync worker's field mapping or targets file (JSON), for the Salesforce objects and
+    /// external-id fields (with several targets: the order's target, and its `SF_<NAME>_*`
+    /// settings); unset: its built-in mapping.
     #[arg(long, env = "WORKER_MAPPING_FILE")]
     pub mapping_file: Option<PathBuf>,
 }
@@ -135,15 +136,27 @@ pub async fn show(
     broker: &BrokerConfig,
     salesforce: &SalesforceConfig,
 ) -> Result<Option<Shown>, CommandError> {
+    let targets = (!args.no_salesforce).then(|| {
+        Targets::load(args.mapping_file.as_deref())
+            .map_err(|e| crate::render::clean(&e.to_string()))
+    });
     let pool = db.connect("orderbridge-orders").await?;
     let stored = postgres::load(&pool, args.id).await;
+    // With several targets, the order as the routing rules read it (with its client).
+    let routed = match &targets {
+        Some(Ok(t)) if t.single_mapping().is_none() => {
+            Some(postgres::routing_view(&pool, args.id).await)
+        }
+        _ => None,
+    };
     pool.close().await;
     let Some(stored) = stored? else {
         return Ok(None);
     };
+    let routed = routed.transpose()?.flatten();
     let (queues, records) = tokio::join!(
         look_in_broker(args, broker, &stored),
-        look_in_salesforce(args, salesforce, &stored),
+        look_in_salesforce(salesforce, &stored, targets, routed),
     );
     let diagnosis = diagnose(&Facts {
         stored: &stored,
@@ -192,20 +205,36 @@ async fn look_in_broker(
 }
 
 async fn look_in_salesforce(
-    args: &ShowArgs,
     config: &SalesforceConfig,
     stored: &Stored,
+    targets: Option<Result<Targets, String>>,
+    routed: Option<serde_json::Value>,
 ) -> Section<Records> {
-    if args.no_salesforce {
+    let Some(targets) = targets else {
         return Section::Skipped;
-    }
+    };
     let look = async {
-        let mapping = Mapping::load(args.mapping_file.as_deref()).map_err(|e| e.to_string())?;
-        let objects = crate::reconcile::objects(&mapping).map_err(|e| e.to_string())?;
-        let client = Client::new(config).map_err(|e| e.to_string())?;
-        salesforce::read(&client, &objects, stored.order.id)
+        let targets = targets?;
+        let several = targets.single_mapping().is_none();
+        let target = if several {
+            let order = routed.ok_or("the order could not be read for routing")?;
+            targets.route(&order).map_err(|e| e.to_string())?
+        } else {
+            &targets.targets()[0]
+        };
+        let objects = crate::reconcile::objects(&target.mapping).map_err(|e| e.to_string())?;
+        let config = match &target.salesforce {
+            Some(prefix) => config
+                .for_target(prefix, |k| std::env::var(k).ok())
+                .map_err(|e| format!("target {}: {e}", target.name))?,
+            None => config.clone(),
+        };
+        let client = Client::new(&config).map_err(|e| e.to_string())?;
+        let mut records = salesforce::read(&client, &objects, stored.order.id)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        records.target = several.then(|| target.name.clone());
+        Ok::<_, String>(records)
     };
     match look.await {
         Ok(r) => Section::Found(r),

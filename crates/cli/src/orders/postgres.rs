@@ -138,3 +138,26 @@ pub async fn load(pool: &PgPool, id: OrderId) -> Result<Option<Stored>, sqlx::Er
         fulfilment,
     }))
 }
+
+/// The order as the routing rules read it: as the API returns it, with its client
+/// (`{"id", "external_id_prefix"}`), as `order.submitted` carries it. `None` when there is no
+/// such order.
+pub async fn routing_view(
+    pool: &PgPool,
+    id: OrderId,
+) -> Result<Option<serde_json::Value>, sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    let Some(order) = orderbridge_db::orders::get_order(&mut conn, id, None).await? else {
+        return Ok(None);
+    };
+    let client = orderbridge_db::clients::scope_of_order(&mut *conn, id.get()).await?;
+    // Plain data: serializing cannot fail.
+    let mut view = serde_json::to_value(&order).unwrap_or_default();
+    if let (serde_json::Value::Object(m), Some(client)) = (&mut view, client) {
+        m.insert(
+            "client".into(),
+            serde_json::to_value(client).unwrap_or_default(),
+        );
+    }
+    Ok(Some(view))
+}

@@ -154,7 +154,18 @@ pub(super) fn text(s: &Shown) -> String {
         }
     }
 
-    let _ = writeln!(out, "salesforce");
+    match &s.salesforce {
+        Section::Found(r) if r.target.is_some() => {
+            let _ = writeln!(
+                out,
+                "salesforce (target {})",
+                r.target.as_deref().unwrap_or_default()
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "salesforce");
+        }
+    }
     match &s.salesforce {
         Section::Found(r) => {
             if r.orders.is_empty() {

@@ -21,6 +21,9 @@ pub struct Record {
 /// The order's records in Salesforce.
 #[derive(Debug, Clone, Serialize)]
 pub struct Records {
+    /// The order's target, when the mapping file has several (divisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     pub order_object: String,
     /// More than one means the external-id field is not unique (see `reconcile`).
     pub orders: Vec<Record>,
@@ -74,6 +77,7 @@ pub async fn read(
         None => Vec::new(),
     };
     Ok(Records {
+        target: None,
         order_object: objects.order_object.clone(),
         orders,
         item_object: objects.items.as_ref().map(|(o, _)| o.clone()),

@@ -43,7 +43,7 @@ pub use fix::{FixOptions, FixOutcome, fix};
 pub use keys::{parse_item_key, parse_order_key};
 pub use orders::{Scope, StoredOrder};
 pub use report::{Counts, Duplicate, Mismatch, Missing, ObjectKind, Orphan, Problem, Report};
-pub use run::{objects, reconcile, reconcile_with_progress};
+pub use run::{objects, reconcile, reconcile_target, reconcile_with_progress};
 pub use salesforce::{Objects, SalesforceSide};
 
 /// Why a run could not complete.

@@ -61,12 +61,22 @@ pub(crate) async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
 /// Hands every order in `scope` created before `started_at` to `each`, by id, with (when
 /// `details`) the whole order as the API returns it, for the field comparison. Returns the
 /// count taken up front (the progress bar's total), which the run logs.
+/// How much of each order [`for_each_order`] hands over besides its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Details {
+    None,
+    /// The order as the API returns it (the field comparison).
+    Order,
+    /// And its client, as `order.submitted` carries it (the routing rules of several targets).
+    WithClient,
+}
+
 pub(crate) async fn for_each_order(
     pool: &PgPool,
     scope: &Scope,
     started_at: DateTime<Utc>,
     progress: &dyn Progress,
-    details: bool,
+    details: Details,
     mut each: impl FnMut(StoredOrder, Option<Value>),
 ) -> Result<i64, sqlx::Error> {
     let until = scope
@@ -103,10 +113,10 @@ pub(crate) async fn for_each_order(
         let Some(last) = page.last() else { break };
         after = last.id;
         let n = page.len() as u64;
-        let mut full = if details {
-            whole_orders(pool, &page).await?
-        } else {
-            HashMap::new()
+        let mut full = match details {
+            Details::None => HashMap::new(),
+            Details::Order => whole_orders(pool, &page, false).await?,
+            Details::WithClient => whole_orders(pool, &page, true).await?,
         };
         for o in page {
             let order = full.remove(&o.id);
@@ -123,6 +133,7 @@ pub(crate) async fn for_each_order(
 async fn whole_orders(
     pool: &PgPool,
     page: &[StoredOrder],
+    with_client: bool,
 ) -> Result<HashMap<Uuid, Value>, sqlx::Error> {
     let ids: Vec<Uuid> = page.iter().map(|o| o.id).collect();
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
@@ -133,12 +144,34 @@ async fn whole_orders(
     .await?;
     let mut conn = pool.acquire().await?;
     let mut lines = load_lines(&mut conn, &ids).await?;
+    let mut clients: HashMap<Uuid, Value> = if with_client {
+        let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT o.id, c.id, c.external_id_prefix
+             FROM orders o JOIN api_clients c ON c.id = o.client_id WHERE o.id = ANY($1)",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        rows.into_iter()
+            .map(|(order, id, prefix)| {
+                (
+                    order,
+                    serde_json::json!({"id": id, "external_id_prefix": prefix}),
+                )
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
         let id = row.id;
         let order = row.into_order(lines.remove(&id).unwrap_or_default())?;
         // Plain data: serializing cannot fail, and a failure would only skip the comparison.
-        if let Ok(v) = serde_json::to_value(&order) {
+        if let Ok(mut v) = serde_json::to_value(&order) {
+            if let (Value::Object(m), Some(client)) = (&mut v, clients.remove(&id)) {
+                m.insert("client".into(), client);
+            }
             out.insert(id, v);
         }
     }

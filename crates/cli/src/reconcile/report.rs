@@ -100,6 +100,9 @@ pub struct Counts {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub scope: Scope,
+    /// The target compared, when the mapping file has several (divisions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// Postgres's clock when the run started: later orders are not checked.
     pub started_at: DateTime<Utc>,
     pub order_object: String,
@@ -184,6 +187,7 @@ mod tests {
             error_message: None,
         };
         let report = Report {
+            target: None,
             scope: Scope::all(),
             started_at: Utc::now(),
             order_object: "Order".into(),

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use orderbridge_mapping::{Expr, Format, Mapping, ObjectMapping, Scope as MappingScope};
+use orderbridge_mapping::{Expr, Format, Mapping, ObjectMapping, Scope as MappingScope, Targets};
 use orderbridge_salesforce::Client;
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -171,6 +171,47 @@ pub async fn reconcile_with_progress(
     scope: Scope,
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
+    compare(pool, client, mapping, None, scope, progress).await
+}
+
+/// One target of several (divisions): the orders its routing rules give it (`target`, an
+/// index into `targets.targets()`), compared with its org through `client` (its own
+/// settings). Records of other targets' orders in the same org and object are out of scope,
+/// not orphans.
+pub async fn reconcile_target(
+    pool: &PgPool,
+    client: &Client,
+    targets: &Targets,
+    target: usize,
+    scope: Scope,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
+    let mapping = targets
+        .targets()
+        .get(target)
+        .map(|t| t.mapping.clone())
+        .ok_or_else(|| ReconcileError::UnsupportedMapping(format!("no target #{target}")))?;
+    let mut report = compare(
+        pool,
+        client,
+        &mapping,
+        Some((targets, target)),
+        scope,
+        progress,
+    )
+    .await?;
+    report.target = Some(targets.targets()[target].name.clone());
+    Ok(report)
+}
+
+async fn compare(
+    pool: &PgPool,
+    client: &Client,
+    mapping: &Mapping,
+    route: Option<(&Targets, usize)>,
+    scope: Scope,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
     let objects = objects(mapping)?;
     let run = std::time::Instant::now();
     let started_at = orders::now(pool).await?;
@@ -185,12 +226,31 @@ pub async fn reconcile_with_progress(
 
     let compare = !objects.order_fields.is_empty() || !objects.item_fields.is_empty();
     let mut classifier = Classifier::new(sf, objects.items.is_some()).with_fields(fields(mapping));
-    let total = orders::for_each_order(pool, &scope, started_at, progress, compare, |o, full| {
-        let expected = full.map(|order| expected(mapping, &order));
+    // Routing reads the whole order (with its client), so a target's run loads it.
+    let details = if route.is_some() {
+        orders::Details::WithClient
+    } else if compare {
+        orders::Details::Order
+    } else {
+        orders::Details::None
+    };
+    let mut compared = 0_i64;
+    let total = orders::for_each_order(pool, &scope, started_at, progress, details, |o, full| {
+        if let Some((targets, target)) = route {
+            let routed = full.as_ref().map(|order| targets.route_index(order));
+            if !matches!(routed, Some(Ok(t)) if t == target) {
+                return;
+            }
+        }
+        compared += 1;
+        let expected = match (compare, full) {
+            (true, Some(order)) => Some(expected(mapping, &order)),
+            _ => None,
+        };
         classifier.order_with(o, expected.as_ref());
     })
     .await?;
-    tracing::debug!(orders = total, elapsed = ?run.elapsed(), "read Postgres");
+    tracing::debug!(orders = total, compared, elapsed = ?run.elapsed(), "read Postgres");
 
     let leftovers = classifier.leftovers();
     let existing = orders::existing(pool, &leftovers).await?;
@@ -198,6 +258,7 @@ pub async fn reconcile_with_progress(
     tracing::debug!(leftovers = leftovers.len(), elapsed = ?run.elapsed(), "reconciled");
     Ok(Report {
         scope,
+        target: None,
         started_at,
         order_object: objects.order_object,
         item_object: objects.items.map(|(o, _)| o),

@@ -86,35 +86,10 @@ impl Worker {
                     }
                 }
             }
-            let client = self.writer.client();
-            let probe = match &pause {
-                Pause::Outage(_) => client.versions().await.map(|_| ()),
-                // The real path: a fresh login (a cached token would hide a refused one) and
-                // the price book lookup the writes need.
-                Pause::Blocked(_) => {
-                    let _ = client.logout().await;
-                    match client.login().await {
-                        Ok(_) => match self.writer.pricebook().resolve().await {
-                            Ok(_) => Ok(()),
-                            Err(e) => {
-                                tracing::info!(error = %e, "Salesforce still refuses");
-                                continue;
-                            }
-                        },
-                        Err(e) => Err(e),
-                    }
-                }
-                Pause::Budget(..) => match client.limits().await {
-                    Ok(limits) => {
-                        let spent = limits.daily_api_requests().is_some_and(|u| u.used >= u.max);
-                        if spent || !client.usage_within_share() {
-                            tracing::info!(usage = ?client.usage(), "API budget still spent");
-                            continue;
-                        }
-                        Ok(())
-                    }
-                    Err(e) => Err(e),
-                },
+            let probe = match self.probe(&pause).await {
+                Probe::Usable => Ok(()),
+                Probe::Still => continue,
+                Probe::Failed(e) => Err(e),
             };
             match probe {
                 Ok(()) => {
@@ -129,6 +104,63 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// What a probe found.
+enum Probe {
+    /// Every target's Salesforce answers as the pause's cause needs.
+    Usable,
+    /// Answers, but not yet usable (budget still spent, still refused): probe again later.
+    Still,
+    /// A call failed.
+    Failed(orderbridge_salesforce::Error),
+}
+
+impl Worker {
+    /// Probes every target's org for the pause's cause; usable only when all are (a batch
+    /// may hold orders for any of them).
+    async fn probe(&self, pause: &Pause) -> Probe {
+        for (target, writer) in self.writer.writers() {
+            let client = writer.client();
+            let probe = match pause {
+                Pause::Outage(_) => match client.versions().await {
+                    Ok(_) => Probe::Usable,
+                    Err(e) => Probe::Failed(e),
+                },
+                // The real path: a fresh login (a cached token would hide a refused one) and
+                // the price book lookup the writes need.
+                Pause::Blocked(_) => {
+                    let _ = client.logout().await;
+                    match client.login().await {
+                        Ok(_) => match writer.pricebook().resolve().await {
+                            Ok(_) => Probe::Usable,
+                            Err(e) => {
+                                tracing::info!(target, error = %e, "Salesforce still refuses");
+                                Probe::Still
+                            }
+                        },
+                        Err(e) => Probe::Failed(e),
+                    }
+                }
+                Pause::Budget(..) => match client.limits().await {
+                    Ok(limits) => {
+                        let spent = limits.daily_api_requests().is_some_and(|u| u.used >= u.max);
+                        if spent || !client.usage_within_share() {
+                            tracing::info!(target, usage = ?client.usage(), "API budget still spent");
+                            Probe::Still
+                        } else {
+                            Probe::Usable
+                        }
+                    }
+                    Err(e) => Probe::Failed(e),
+                },
+            };
+            if !matches!(probe, Probe::Usable) {
+                return probe;
+            }
+        }
+        Probe::Usable
     }
 }
 

@@ -5,7 +5,7 @@
 //!                up to WORKER_BATCH_SIZE, or WORKER_BATCH_LINGER stretched by WORKER_LATENCY_TARGET
 //!                                                                  │ ≤ WORKER_MAX_IN_FLIGHT batches
 //!                                                                  ▼
-//!  per batch: verify signature ─► decode ─► dedupe per order ─► Writer (Composite calls) ─► outcome
+//!  per batch: verify signature ─► decode ─► dedupe per order ─► Router → Writer (Composite) ─► outcome
 //!     synced      → status `synced`                                        ┐ published on the
 //!     retryable   → copy to {ns}.retry (tier by attempt) + status `retrying`│ batch's confirm
 //!     permanent / attempts exhausted / unreadable → {ns}.dlx + `failed`   │ channel; then ack
@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 use crate::config::WorkerConfig;
 use crate::metrics::Metrics;
-use crate::writer::Writer;
+use crate::writer::Router;
 use batcher::WriteTime;
 use breaker::HEALTHY_STRETCH;
 pub use breaker::Pause;
@@ -86,7 +86,7 @@ pub struct Worker {
     config: WorkerConfig,
     supervisor: Supervisor,
     keyring: Keyring,
-    writer: Writer,
+    writer: Router,
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
     /// Outage probe backoff. Kept across pauses, so a Salesforce that answers the probe but
@@ -103,7 +103,7 @@ struct Ctx {
     topology: Topology,
     /// Verifies every message before it is written; signs what the worker publishes.
     keyring: Keyring,
-    writer: Writer,
+    writer: Router,
     metrics: Arc<Metrics>,
     breaker: watch::Sender<Option<Pause>>,
     publish_channels: Mutex<Vec<Channel>>,
@@ -114,9 +114,10 @@ impl Worker {
     pub fn new(
         config: WorkerConfig,
         broker: BrokerConfig,
-        writer: Writer,
+        writer: impl Into<Router>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
+        let writer = writer.into();
         let keyring = broker.keyring()?;
         let supervisor = Supervisor::new(broker, "sync-worker")?;
         let (breaker, _) = watch::channel(None);

@@ -53,8 +53,11 @@ async fn settle_on(
     let published = publish_outcomes(ctx, channel, messages, actions, now).await?;
     let failed = await_confirms(ctx, published.pending, messages.len()).await?;
     ack_and_record(ctx, messages, actions, &published.has_copy, &failed, now).await?;
-    if let Some(usage) = ctx.writer.client().usage() {
-        ctx.metrics.set_api_usage(usage.used, usage.max);
+    for (target, client) in ctx.writer.clients() {
+        if let Some(usage) = client.usage() {
+            ctx.metrics
+                .set_target_api_usage(target, usage.used, usage.max);
+        }
     }
     Ok(())
 }

@@ -20,6 +20,9 @@
 //! three jobs, accounts then orders then items, about 20 calls however many orders, with the
 //! same per-order outcomes.
 //!
+//! With several targets (divisions), a [`Router`] holds one writer per target and gives each
+//! order to its target's (`route`).
+//!
 //! The stages, one file each: `prepare` (the mapping applied to each order, price book entries,
 //! packing into calls), `send` (the Composite calls, halving a call Salesforce refuses as a
 //! whole, reading each collection's results), `bulk` (the same records as Bulk jobs, each row's
@@ -29,6 +32,7 @@
 mod bulk;
 mod outcome;
 mod prepare;
+mod route;
 mod send;
 
 use std::collections::HashMap;
@@ -42,6 +46,7 @@ use serde_json::{Map, Value};
 use crate::pricebook::PriceBook;
 use orderbridge_mapping::Mapping;
 use prepare::{pack, pricebook_failure};
+pub use route::Router;
 
 const COLLECTION: usize = 200;
 const COLLECTIONS_PER_CALL: usize = 5;
@@ -120,6 +125,10 @@ fn all_failed(n: usize, failure: &CallFailure) -> Vec<OrderResult> {
 /// Observations for metrics, reported per call.
 pub trait CallObserver: Send + Sync {
     fn call(&self, what: &'static str, elapsed: Duration, error_code: Option<&str>);
+
+    /// What became of the orders a target was given in one batch (several targets only
+    /// report this apart; see [`Router`]).
+    fn target_results(&self, _target: &str, _results: &[OrderResult]) {}
 }
 
 /// Writes orders; cheap to clone.
@@ -171,6 +180,14 @@ impl Writer {
 
     pub fn mapping(&self) -> &Mapping {
         &self.mapping
+    }
+
+    pub fn mapping_arc(&self) -> Arc<Mapping> {
+        self.mapping.clone()
+    }
+
+    pub fn observer(&self) -> Arc<dyn CallObserver> {
+        self.observer.clone()
     }
 
     pub fn pricebook(&self) -> &PriceBook {

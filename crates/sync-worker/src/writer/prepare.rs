@@ -12,6 +12,22 @@ use serde_json::Value;
 use super::{COLLECTION, COLLECTIONS_PER_CALL, CallFailure, Failure, Prepared, Writer};
 use crate::pricebook::{PriceBookError, Resolved};
 
+/// What the mapping (and the routing rules) read: the event's data, the order plus its client.
+pub(super) fn order_json(submitted: &SubmittedOrder) -> Result<Value, Failure> {
+    let mut json = serde_json::to_value(&submitted.order).map_err(|e| Failure {
+        retryable: false,
+        code: "UNSERIALIZABLE".into(),
+        message: e.to_string(),
+    })?;
+    if let (Value::Object(m), Some(client)) = (&mut json, &submitted.client) {
+        m.insert(
+            "client".into(),
+            serde_json::to_value(client).unwrap_or_default(),
+        );
+    }
+    Ok(json)
+}
+
 impl Writer {
     pub(super) async fn entries_for(
         &self,
@@ -49,18 +65,7 @@ impl Writer {
         pricebook: Option<&Resolved>,
     ) -> Result<Prepared, Failure> {
         let order = &submitted.order;
-        // What the mapping reads: the event's data (the order plus its client).
-        let mut json = serde_json::to_value(order).map_err(|e| Failure {
-            retryable: false,
-            code: "UNSERIALIZABLE".into(),
-            message: e.to_string(),
-        })?;
-        if let (Value::Object(m), Some(client)) = (&mut json, &submitted.client) {
-            m.insert(
-                "client".into(),
-                serde_json::to_value(client).unwrap_or_default(),
-            );
-        }
+        let json = order_json(submitted)?;
         let scope = Scope {
             order: &json,
             line: None,

@@ -249,6 +249,24 @@ impl Harness {
         metrics
     }
 
+    /// Starts the worker in-process with a writer (or a router over several targets) of the
+    /// test's own making; `metrics` must be the ones the writers observe with.
+    pub async fn start_worker_with_router(
+        &mut self,
+        extra: &[&str],
+        router: impl Into<sync_worker::writer::Router>,
+        metrics: Arc<Metrics>,
+    ) {
+        assert!(self.worker.is_none(), "worker already running");
+        let cli = self.cli(extra);
+        let worker = Worker::new(cli.worker, cli.broker, router, metrics.clone()).unwrap();
+        let (tx, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            worker.run(rx).await.unwrap();
+        });
+        self.worker = Some((task, tx, metrics));
+    }
+
     /// Graceful stop of the in-process worker.
     pub async fn stop_worker(&mut self) {
         if let Some((task, tx, _)) = self.worker.take() {
