@@ -225,9 +225,16 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
 /// The bench database's activity counters (`pg_stat_database`): what Postgres did per order.
 /// Backends report them at transaction end (idle ones within seconds), so take the second
 /// snapshot a little after the run.
+///
+/// `commits` counts every transaction, reads included (each `GET` a client polls with, each
+/// readiness check); `writes` counts the transactions that wrote, i.e. were given a
+/// transaction id: the next id to be assigned (`pg_current_snapshot()`'s xmax, which reading
+/// does not advance) before and after. Transaction ids are server-wide, so `writes` also counts
+/// other databases' writes: meaningful on a machine where only the bench runs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PgCounters {
     commits: i64,
+    writes: i64,
     returned: i64,
     fetched: i64,
     inserted: i64,
@@ -237,7 +244,8 @@ pub struct PgCounters {
 
 impl PgCounters {
     pub async fn take(pool: &sqlx::PgPool) -> Result<Self> {
-        let (commits, returned, fetched, inserted, updated, deleted): (
+        let (commits, writes, returned, fetched, inserted, updated, deleted): (
+            i64,
             i64,
             i64,
             i64,
@@ -245,14 +253,16 @@ impl PgCounters {
             i64,
             i64,
         ) = sqlx::query_as(
-            "SELECT xact_commit, tup_returned, tup_fetched, tup_inserted, tup_updated,
-                        tup_deleted
+            "SELECT xact_commit,
+                        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+                        tup_returned, tup_fetched, tup_inserted, tup_updated, tup_deleted
                  FROM pg_stat_database WHERE datname = current_database()",
         )
         .fetch_one(pool)
         .await?;
         Ok(Self {
             commits,
+            writes,
             returned,
             fetched,
             inserted,
@@ -265,6 +275,7 @@ impl PgCounters {
     pub fn delta(&self, later: &Self) -> Self {
         Self {
             commits: later.commits - self.commits,
+            writes: later.writes - self.writes,
             returned: later.returned - self.returned,
             fetched: later.fetched - self.fetched,
             inserted: later.inserted - self.inserted,
@@ -276,6 +287,7 @@ impl PgCounters {
     /// Sums two deltas.
     pub fn add(&mut self, other: &Self) {
         self.commits += other.commits;
+        self.writes += other.writes;
         self.returned += other.returned;
         self.fetched += other.fetched;
         self.inserted += other.inserted;
@@ -288,7 +300,7 @@ impl PgCounters {
         self.rows_labelled(
             later,
             orders,
-            "Postgres per order: commits, rows inserted / updated / fetched",
+            "Postgres per order: commits (writing), rows inserted / updated / fetched",
             t,
         )
     }
@@ -297,8 +309,9 @@ impl PgCounters {
     pub fn rows_labelled(&self, later: &Self, orders: usize, label: &str, t: &mut Table) -> Value {
         let n = orders.max(1) as f64;
         let per = |a: i64, b: i64| (b - a) as f64 / n;
-        let (commits, inserted, updated, fetched, returned, deleted) = (
+        let (commits, writes, inserted, updated, fetched, returned, deleted) = (
             per(self.commits, later.commits),
+            per(self.writes, later.writes),
             per(self.inserted, later.inserted),
             per(self.updated, later.updated),
             per(self.fetched, later.fetched),
@@ -307,9 +320,9 @@ impl PgCounters {
         );
         t.info(
             label,
-            format!("{commits:.2}, {inserted:.1} / {updated:.1} / {fetched:.1}"),
+            format!("{commits:.2} ({writes:.2}), {inserted:.1} / {updated:.1} / {fetched:.1}"),
         );
-        json!({"commits": commits, "inserted": inserted, "updated": updated,
+        json!({"commits": commits, "writing_commits": writes, "inserted": inserted, "updated": updated,
                "fetched": fetched, "returned": returned, "deleted": deleted})
     }
 }

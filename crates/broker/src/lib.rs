@@ -66,7 +66,9 @@ pub struct BrokerConfig {
     /// credentials): a connection goes to the node that answered last and, when it does not
     /// answer, to the next. Shared by every orderbridge binary that talks to the broker. A
     /// `heartbeat` query parameter is honoured; without one 10 s is used, so a dead peer is
-    /// noticed within ~20 s even when idle.
+    /// noticed within ~20 s even when idle. Likewise `frame_max`: without one, 32 KiB (the
+    /// client's buffers are 32 frames each way, so RabbitMQ's 128 KiB would hold 8 MiB per
+    /// connection for messages of a few KiB; larger ones are simply split into more frames).
     #[arg(
         long,
         env = "AMQP_URL",
@@ -208,14 +210,17 @@ impl BrokerConfig {
         with_timeout(self.broker_op_timeout, op, fut).await
     }
 
-    /// Every node's URL, in the order given, with the heartbeat and connection timeout set
-    /// where the URL does not say.
+    /// Every node's URL, in the order given, with the heartbeat, frame size and connection
+    /// timeout set where the URL does not say.
     fn uris(&self) -> Result<Vec<AMQPUri>, BrokerError> {
         let uris = amqp_urls(self.amqp_url.expose_secret())
             .map(|url| {
                 let mut uri = AMQPUri::from_str(url).map_err(|_| BrokerError::InvalidUrl)?;
                 if uri.query.heartbeat.is_none() {
                     uri.query.heartbeat = Some(10);
+                }
+                if uri.query.frame_max.is_none() {
+                    uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
                 }
                 if uri.query.connection_timeout.is_none() {
                     uri.query.connection_timeout =
@@ -230,6 +235,13 @@ impl BrokerConfig {
         Ok(uris)
     }
 }
+
+/// The largest AMQP frame a connection asks for unless its URL says `frame_max`. lapin keeps a
+/// send and a receive buffer of 32 frames each for the connection's life: at RabbitMQ's default
+/// of 128 KiB that is 8 MiB per connection, half of a relay's resident memory, for messages of
+/// a few KiB (measured: `orderbridge-bench drain`, relay 30.6 → 17.1 MiB, worker 50 → 43–45 MiB,
+/// throughput unchanged; BENCHMARKS.md).
+pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
 
 /// The URLs of an `AMQP_URL` value: one, or several comma-separated (a cluster's nodes).
 /// Commas cannot occur in a URL's own parts unencoded, so splitting on them is safe.

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, BasicRejectOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
 use orderbridge_broker::{
-    BrokerConfig, BrokerError, FULFILMENT_REQUEUE_ROUTING_KEY, REQUEUE_ROUTING_KEY, SigningConfig,
-    Supervisor,
+    BrokerConfig, BrokerError, DEFAULT_FRAME_MAX, FULFILMENT_REQUEUE_ROUTING_KEY,
+    REQUEUE_ROUTING_KEY, SigningConfig, Supervisor,
 };
 use secrecy::{ExposeSecret, SecretString};
 
@@ -385,4 +385,48 @@ fn a_bad_url_anywhere_in_a_node_list_is_a_startup_error() {
     assert!(!err.contains("hunter2"), "{err}");
     cfg.amqp_url = SecretString::from(" , ".to_owned());
     assert!(Supervisor::new(cfg, "x").is_err());
+}
+
+/// The frame size the connection negotiates: 32 KiB unless the URL says `frame_max` (the
+/// client's buffers are sized by it), and a message larger than a frame still arrives whole.
+#[tokio::test]
+async fn frames_are_32_kib_unless_the_url_says_otherwise() {
+    let cfg = config(2);
+    let sup = Supervisor::new(cfg.clone(), "frame-test").unwrap();
+    let s = sup.try_connect().await.unwrap();
+    assert_eq!(s.connection.configuration().frame_max(), DEFAULT_FRAME_MAX);
+
+    // 100 KiB through a 32 KiB frame size: split into frames on the wire, whole on arrival.
+    let queue = format!("{}.frames", cfg.broker_namespace);
+    s.channel
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let body: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+    publish(&s.channel, "", &queue, &body).await;
+    assert_eq!(get_one(&s.channel, &queue).await.data, body);
+    s.channel
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    s.close(&cfg).await;
+
+    let mut explicit = cfg.clone();
+    let base = cfg.amqp_url.expose_secret();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}frame_max=65536");
+    explicit.amqp_url = SecretString::from(url);
+    let sup = Supervisor::new(explicit.clone(), "frame-test").unwrap();
+    let s = sup.try_connect().await.unwrap();
+    assert_eq!(s.connection.configuration().frame_max(), 65536);
+    sup.topology()
+        .clone()
+        .delete(&explicit, &s.channel)
+        .await
+        .unwrap();
+    s.close(&explicit).await;
 }

@@ -15,7 +15,7 @@ use orderbridge_cli::status::{self, Health, Status};
 use orderbridge_domain::OrderId;
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::Client;
-use orderbridge_testkit::{TestDatabase, free_port, workspace_root};
+use orderbridge_testkit::{ReservedPort, TestDatabase, workspace_root};
 use serde_json::json;
 use sf_emulator::{EmulatorConfig, RunningEmulator};
 use sync_worker::metrics::Metrics;
@@ -38,6 +38,8 @@ struct Env {
     client_id: Uuid,
     relay_port: u16,
     worker_port: u16,
+    /// The admin ports, held (connections refused) until the services start on them.
+    reserved: Option<(ReservedPort, ReservedPort)>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -57,6 +59,7 @@ impl Env {
             .execute(&db.pool)
             .await
             .unwrap();
+        let (relay, worker) = (ReservedPort::new().unwrap(), ReservedPort::new().unwrap());
         Self {
             db,
             emulator,
@@ -64,8 +67,9 @@ impl Env {
             amqp_url: std::env::var("AMQP_URL")
                 .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into()),
             client_id,
-            relay_port: free_port().unwrap(),
-            worker_port: free_port().unwrap(),
+            relay_port: relay.port(),
+            worker_port: worker.port(),
+            reserved: Some((relay, worker)),
             stop: watch::channel(false).0,
             tasks: Vec::new(),
         }
@@ -143,12 +147,14 @@ impl Env {
         common::create_order(&self.db.pool, self.client_id, sku).await
     }
 
-    fn serve_admin<S: orderbridge_runtime::admin::AdminState>(&mut self, port: u16, state: Arc<S>) {
+    fn serve_admin<S: orderbridge_runtime::admin::AdminState>(
+        &mut self,
+        port: ReservedPort,
+        state: Arc<S>,
+    ) {
         let mut stop = self.stop.subscribe();
+        let listener = port.listen().unwrap();
         self.tasks.push(tokio::spawn(async move {
-            let listener = orderbridge_runtime::admin::bind(([127, 0, 0, 1], port).into())
-                .await
-                .unwrap();
             orderbridge_runtime::admin::serve(listener, state, async move {
                 let _ = stop.wait_for(|s| *s).await;
             })
@@ -158,6 +164,7 @@ impl Env {
     }
 
     fn start_services(&mut self) {
+        let (relay_port, worker_port) = self.reserved.take().expect("services start once");
         let mut args = vec!["outbox-relay".to_owned()];
         args.extend(self.broker_args());
         args.extend(["--poll-interval", "100ms"].map(str::to_owned));
@@ -173,7 +180,7 @@ impl Env {
             relay.metrics(),
         )
         .unwrap();
-        self.serve_admin(self.relay_port, relay.metrics());
+        self.serve_admin(relay_port, relay.metrics());
         let r = self.stop.subscribe();
         self.tasks
             .push(tokio::spawn(async move { relay.run(r).await.unwrap() }));
@@ -201,7 +208,7 @@ impl Env {
         let pricebook = Arc::new(PriceBook::new(client.clone(), mapping.pricebook.clone()));
         let writer = Writer::new(client, mapping, pricebook, metrics.clone());
         let worker = Worker::new(cli.worker, cli.broker, writer, metrics.clone()).unwrap();
-        self.serve_admin(self.worker_port, metrics);
+        self.serve_admin(worker_port, metrics);
         let r = self.stop.subscribe();
         self.tasks
             .push(tokio::spawn(async move { worker.run(r).await.unwrap() }));

@@ -95,6 +95,22 @@ pub(crate) struct SubmittedOrderData<'a> {
     pub(crate) client: Option<&'a ClientScope>,
 }
 
+impl SubmittedOrder {
+    /// `data` of this event as it is published: what the mapping and the routing rules read.
+    pub fn data(&self) -> serde_json::Value {
+        submitted_data(&self.order, self.client.as_ref())
+    }
+}
+
+/// `data` of `order.submitted` v1 for `order` accepted from `client`: the order's fields and
+/// `client`. The one place that shape is built: the published event, the sync worker's mapping
+/// and routing, the API's limit check and the CLI's routing all read it, so a routing rule on
+/// `/client/...` means the same everywhere.
+pub fn submitted_data(order: &Order, client: Option<&ClientScope>) -> serde_json::Value {
+    // Serializing plain data structs to a Value cannot fail (no maps with non-string keys).
+    serde_json::to_value(SubmittedOrderData { order, client }).unwrap_or_default()
+}
+
 impl OrderEvent {
     /// `order.submitted` for `order`, accepted from `client`.
     pub fn submitted(order: Order, client: ClientScope) -> Self {
@@ -124,12 +140,7 @@ impl OrderEvent {
     ) -> Envelope<serde_json::Value> {
         let (event_type, version) = (self.event_type(), self.version());
         let data = match self {
-            // Serializing plain data structs to a Value cannot fail (no maps with non-string keys).
-            Self::Submitted(submitted) => serde_json::to_value(SubmittedOrderData {
-                order: &submitted.order,
-                client: submitted.client.as_ref(),
-            })
-            .unwrap_or_default(),
+            Self::Submitted(submitted) => submitted.data(),
         };
         Envelope {
             id: EventId::new_v7(),

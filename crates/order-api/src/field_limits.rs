@@ -13,20 +13,13 @@
 
 use orderbridge_domain::{ClientScope, Order, Violations};
 use orderbridge_mapping::Targets;
-use serde_json::Value;
 
 use crate::error::ApiError;
 
 /// 422 with every value of `order` a mapped Salesforce field of its target could not hold, or
 /// naming the field the routing rules read when no target takes the order.
 pub fn check(targets: &Targets, order: &Order, client: &ClientScope) -> Result<(), ApiError> {
-    let mut data = serde_json::to_value(order).map_err(|e| ApiError::Internal(e.into()))?;
-    if let Value::Object(m) = &mut data {
-        m.insert(
-            "client".into(),
-            serde_json::to_value(client).map_err(|e| ApiError::Internal(e.into()))?,
-        );
-    }
+    let data = orderbridge_domain::events::submitted_data(order, Some(client));
     let mut v = Violations::default();
     let overflows = match targets.check_order(&data) {
         Ok(o) => o,

@@ -129,6 +129,33 @@ pub fn free_port() -> io::Result<u16> {
         .port())
 }
 
+/// A port held by this test but not listened on: connecting to it is refused (as to a service
+/// that is down) and no other test can take it before [`ReservedPort::listen`] — unlike
+/// [`free_port`], whose port is free again for anyone between the call and the bind.
+pub struct ReservedPort {
+    socket: tokio::net::TcpSocket,
+    port: u16,
+}
+
+impl ReservedPort {
+    /// Binds 127.0.0.1 on a port the kernel chooses, without listening.
+    pub fn new() -> io::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(([127, 0, 0, 1], 0).into())?;
+        let port = socket.local_addr()?.port();
+        Ok(Self { socket, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts listening on the held port.
+    pub fn listen(self) -> io::Result<tokio::net::TcpListener> {
+        self.socket.listen(1024)
+    }
+}
+
 /// Kills and reaps the child when dropped, so a failing test leaves no process behind.
 pub struct ChildGuard(pub Child);
 

@@ -55,13 +55,13 @@ fn table(stack: &Stack, m: &Measured<'_>, rates: &Rates) -> (Table, Value, Value
     let api_pg = zero.rows_labelled(
         &p.api_ctx.pg,
         p.api.accepted_in_window,
-        "API: Postgres per order: commits, rows inserted / updated / fetched",
+        "API: Postgres per order: commits (writing), rows inserted / updated / fetched",
         &mut t,
     );
     let direct_pg = zero.rows_labelled(
         &p.direct_ctx.pg,
         p.direct.accepted_in_window,
-        "direct: Postgres per order: commits, rows inserted / updated / fetched",
+        "direct: Postgres per order: commits (writing), rows inserted / updated / fetched",
         &mut t,
     );
     phase_cpu_rows(&mut t, "API", &p.api_ctx.cpu, p.api.accepted_in_window);

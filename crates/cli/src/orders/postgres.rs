@@ -151,13 +151,8 @@ pub async fn routing_view(
         return Ok(None);
     };
     let client = orderbridge_db::clients::scope_of_order(&mut *conn, id.get()).await?;
-    // Plain data: serializing cannot fail.
-    let mut view = serde_json::to_value(&order).unwrap_or_default();
-    if let (serde_json::Value::Object(m), Some(client)) = (&mut view, client) {
-        m.insert(
-            "client".into(),
-            serde_json::to_value(client).unwrap_or_default(),
-        );
-    }
-    Ok(Some(view))
+    Ok(Some(orderbridge_domain::events::submitted_data(
+        &order,
+        client.as_ref(),
+    )))
 }

@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use orderbridge_db::orders::{ORDER_COLUMNS, OrderRow, load_lines};
+use orderbridge_domain::events::submitted_data;
+use orderbridge_domain::{ClientId, ClientScope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgPool;
@@ -144,7 +146,7 @@ async fn whole_orders(
     .await?;
     let mut conn = pool.acquire().await?;
     let mut lines = load_lines(&mut conn, &ids).await?;
-    let mut clients: HashMap<Uuid, Value> = if with_client {
+    let mut clients: HashMap<Uuid, ClientScope> = if with_client {
         let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT o.id, c.id, c.external_id_prefix
              FROM orders o JOIN api_clients c ON c.id = o.client_id WHERE o.id = ANY($1)",
@@ -153,10 +155,14 @@ async fn whole_orders(
         .fetch_all(&mut *conn)
         .await?;
         rows.into_iter()
-            .map(|(order, id, prefix)| {
+            .map(|(order, id, external_id_prefix)| {
+                let id = ClientId::from_uuid(id);
                 (
                     order,
-                    serde_json::json!({"id": id, "external_id_prefix": prefix}),
+                    ClientScope {
+                        id,
+                        external_id_prefix,
+                    },
                 )
             })
             .collect()
@@ -167,13 +173,8 @@ async fn whole_orders(
     for row in rows {
         let id = row.id;
         let order = row.into_order(lines.remove(&id).unwrap_or_default())?;
-        // Plain data: serializing cannot fail, and a failure would only skip the comparison.
-        if let Ok(mut v) = serde_json::to_value(&order) {
-            if let (Value::Object(m), Some(client)) = (&mut v, clients.remove(&id)) {
-                m.insert("client".into(), client);
-            }
-            out.insert(id, v);
-        }
+        let client = clients.remove(&id);
+        out.insert(id, submitted_data(&order, client.as_ref()));
     }
     Ok(out)
 }

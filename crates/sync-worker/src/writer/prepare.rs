@@ -12,22 +12,6 @@ use serde_json::Value;
 use super::{COLLECTION, COLLECTIONS_PER_CALL, CallFailure, Failure, Prepared, Writer};
 use crate::pricebook::{PriceBookError, Resolved};
 
-/// What the mapping (and the routing rules) read: the event's data, the order plus its client.
-pub(super) fn order_json(submitted: &SubmittedOrder) -> Result<Value, Failure> {
-    let mut json = serde_json::to_value(&submitted.order).map_err(|e| Failure {
-        retryable: false,
-        code: "UNSERIALIZABLE".into(),
-        message: e.to_string(),
-    })?;
-    if let (Value::Object(m), Some(client)) = (&mut json, &submitted.client) {
-        m.insert(
-            "client".into(),
-            serde_json::to_value(client).unwrap_or_default(),
-        );
-    }
-    Ok(json)
-}
-
 impl Writer {
     pub(super) async fn entries_for(
         &self,
@@ -65,7 +49,7 @@ impl Writer {
         pricebook: Option<&Resolved>,
     ) -> Result<Prepared, Failure> {
         let order = &submitted.order;
-        let json = order_json(submitted)?;
+        let json = submitted.data();
         let scope = Scope {
             order: &json,
             line: None,

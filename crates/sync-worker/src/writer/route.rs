@@ -13,7 +13,6 @@ use orderbridge_domain::SubmittedOrder;
 use orderbridge_mapping::Targets;
 use orderbridge_salesforce::Client;
 
-use super::prepare::order_json;
 use super::{CallObserver, Failure, OrderResult, Writer};
 
 /// Writes each order with its target's writer; cheap to clone.
@@ -85,13 +84,14 @@ impl Router {
             groups[0] = (0..orders.len()).collect();
         } else {
             for (i, order) in orders.iter().enumerate() {
-                let routed = order_json(order).and_then(|json| {
-                    self.targets.route_index(&json).map_err(|e| Failure {
+                let routed = self
+                    .targets
+                    .route_index(&order.data())
+                    .map_err(|e| Failure {
                         retryable: false,
                         code: "NO_TARGET".into(),
                         message: e.to_string(),
-                    })
-                });
+                    });
                 match routed {
                     Ok(t) => groups[t].push(i),
                     Err(f) => results[i] = Some(OrderResult::Failed(f)),
