@@ -54,6 +54,19 @@ pub async fn apply_by_salesforce_id(
     change: StatusChange<'_>,
 ) -> Result<StatusApplied, sqlx::Error> {
     let mut tx = conn.begin().await?;
+    let outcome = apply_by_salesforce_id_in(&mut tx, salesforce_id, change).await?;
+    tx.commit().await?;
+    Ok(outcome)
+}
+
+/// [`apply_by_salesforce_id`] inside a transaction the caller holds (the subscriber's batch):
+/// no savepoint of its own, two round trips fewer per change. An error leaves the caller's
+/// transaction aborted, as it would have to roll back anyway.
+pub async fn apply_by_salesforce_id_in(
+    tx: &mut PgConnection,
+    salesforce_id: &str,
+    change: StatusChange<'_>,
+) -> Result<StatusApplied, sqlx::Error> {
     // Locks the order, so concurrent appliers of the same order serialize and each judges the
     // change against the status the previous one left. The oldest order wins should two ever
     // carry the same Salesforce id (a record restored from the recycle bin, say).
@@ -64,9 +77,7 @@ pub async fn apply_by_salesforce_id(
     .bind(salesforce_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let outcome = apply_locked(&mut tx, current, change).await?;
-    tx.commit().await?;
-    Ok(outcome)
+    apply_locked(tx, current, change).await
 }
 
 /// [`apply_by_salesforce_id`] for an order known by its own id.

@@ -1,6 +1,6 @@
-//! One fetched batch, handled in ONE Postgres transaction: per event the inbox row (a duplicate
-//! stops there), then its effect (a status applied, a dead letter); last the cursor moves to the
-//! batch's last replay id. Commit, and only then does the stream ask for more. A crash before
+//! One fetched batch, handled in ONE Postgres transaction: the batch's inbox rows in one statement
+//! (an event whose id is not new stops there: a duplicate), then each event's effect (a status
+//! applied, a dead letter); last the cursor moves to the batch's last replay id. Commit, and only then does the stream ask for more. A crash before
 //! the commit leaves nothing: the server replays the batch from the stored cursor.
 //!
 //! The network work an event needs (its schema, a REST re-read) happens before the transaction,
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use orderbridge_db::fulfilment::{self, NewRequest, Requested};
-use orderbridge_db::status::{StatusApplied, StatusChange, apply_by_salesforce_id};
+use orderbridge_db::status::{StatusApplied, StatusChange, apply_by_salesforce_id_in};
 use orderbridge_domain::fulfilment::{Trigger, idem_key};
 use orderbridge_pubsub::proto::FetchResponse;
 use orderbridge_salesforce::{ErrorClass, SessionToken};
@@ -133,14 +133,21 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let commit = async {
         let mut tx = ctx.pool.begin().await?;
-        for (consumer, plan) in response.events.iter().zip(&plans) {
-            let (event_id, schema_id, payload) = consumer
+        let keys: Vec<String> = response
+            .events
+            .iter()
+            .map(|c| inbox_key(c.event.as_ref().map_or("", |e| e.id.as_str()), &c.replay_id))
+            .collect();
+        // The whole batch's inbox rows in one round trip; an event whose key was not fresh
+        // (or was taken by an earlier event of this batch) is a duplicate.
+        let mut fresh = store::insert_inbox(&mut tx, &keys, topic).await?;
+        for ((consumer, plan), key) in response.events.iter().zip(&plans).zip(keys) {
+            let (schema_id, payload) = consumer
                 .event
                 .as_ref()
-                .map(|e| (e.id.as_str(), e.schema_id.as_str(), e.payload.as_slice()))
-                .unwrap_or(("", "", &[]));
-            let key = inbox_key(event_id, &consumer.replay_id);
-            if !store::insert_inbox(&mut tx, &key, topic).await? {
+                .map(|e| (e.schema_id.as_str(), e.payload.as_slice()))
+                .unwrap_or(("", &[]));
+            if !fresh.remove(&key) {
                 tally.duplicate += 1;
                 continue;
             }
@@ -179,7 +186,7 @@ pub async fn handle(
                 Plan::Ignore => {}
                 Plan::Apply(changes) => {
                     for c in changes {
-                        let outcome = apply_by_salesforce_id(
+                        let outcome = apply_by_salesforce_id_in(
                             &mut tx,
                             &c.record_id,
                             StatusChange {

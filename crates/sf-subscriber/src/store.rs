@@ -2,6 +2,8 @@
 //! inbox, dead letters and gaps. Every function takes the connection (or transaction) to run on,
 //! so a batch's inbox rows, effects and cursor commit together.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
@@ -20,20 +22,26 @@ pub async fn cursor(pool: &PgPool, topic: &str) -> Result<Option<Cursor>, sqlx::
         .await
 }
 
-/// Records an event id as handled; false when it already was (a duplicate delivery).
+/// Records a batch's event ids as handled, in one statement; returns those that were not yet
+/// (the others are duplicate deliveries). An id given twice is returned once: its first
+/// occurrence is the event, the second a duplicate.
 pub async fn insert_inbox(
     conn: &mut PgConnection,
-    event_id: &str,
+    event_ids: &[String],
     topic: &str,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "INSERT INTO pubsub_inbox (event_id, topic) VALUES ($1, $2) ON CONFLICT (event_id) DO NOTHING",
+) -> Result<HashSet<String>, sqlx::Error> {
+    if event_ids.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let fresh: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO pubsub_inbox (event_id, topic) SELECT e, $2 FROM UNNEST($1::text[]) AS e
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id",
     )
-    .bind(event_id)
+    .bind(event_ids)
     .bind(topic)
-    .execute(conn)
+    .fetch_all(conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(fresh.into_iter().collect())
 }
 
 /// An event that could not be handled.
