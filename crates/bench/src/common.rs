@@ -192,6 +192,18 @@ pub fn cpu_rows(t: &mut Table, cpu: &CpuUsage, orders: usize) {
 
 /// The rows of the end-of-run reconciliation (`orderbridge_cli::reconcile`).
 pub fn verification_rows(t: &mut Table, v: &Verification) {
+    let mib =
+        |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+    t.info(
+        "reconcile: orders compared, time, bench RSS before → peak after",
+        format!(
+            "{}, {:.1} s, {} → {}",
+            v.orders,
+            v.reconcile_secs,
+            mib(v.rss_before_kib),
+            mib(v.peak_rss_after_kib)
+        ),
+    );
     t.check(
         "lost: accepted, no Salesforce Order",
         v.missing.len().to_string(),

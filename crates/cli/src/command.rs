@@ -17,8 +17,8 @@ use crate::dlq::DlqCommand;
 use crate::keys::KeysCommand;
 use crate::progress::TerminalProgress;
 use crate::reconcile::{
-    FixOptions, FixOutcome, ReconcileError, Report, Scope, fix, reconcile_target,
-    reconcile_with_progress,
+    DEFAULT_PAGE_SIZE, DEFAULT_PARALLEL, FixOptions, FixOutcome, Paging, ReconcileError, Report,
+    Scope, fix, reconcile_target, reconcile_with_progress,
 };
 use crate::render;
 
@@ -104,6 +104,17 @@ pub struct ReconcileArgs {
     /// Example ids shown per class in the summary.
     #[arg(long, default_value_t = 5)]
     pub examples: usize,
+    /// Orders compared per step (one Postgres page, and the Salesforce records sorting among
+    /// them): what the run holds in memory at a time, whatever the number of orders.
+    #[arg(long, default_value_t = DEFAULT_PAGE_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    pub page_size: u32,
+    /// Ranges of order ids compared at once, each with its own two Salesforce queries (a
+    /// query's pages come one after another, so this is what speeds up a large org; a
+    /// Salesforce user may hold 10 query cursors open).
+    #[arg(long, default_value_t = DEFAULT_PARALLEL,
+          value_parser = clap::value_parser!(u32).range(1..=5))]
+    pub parallel: u32,
     /// Queue resyncs (as `POST /v1/orders/{id}/resync` does) for the missing and mismatched
     /// orders, except failed ones.
     #[arg(long)]
@@ -212,11 +223,15 @@ pub async fn run_reconcile(
         created_after: args.since,
         created_before: args.until,
     };
+    let paging = Paging {
+        page_size: args.page_size,
+        parallel: args.parallel,
+    };
     let report = match target {
-        Some(t) => reconcile_target(&pool, &client, &targets, t, scope, &progress).await?,
+        Some(t) => reconcile_target(&pool, &client, &targets, t, scope, paging, &progress).await?,
         None => {
             let mapping = &targets.targets()[0].mapping;
-            reconcile_with_progress(&pool, &client, mapping, scope, &progress).await?
+            reconcile_with_progress(&pool, &client, mapping, scope, paging, &progress).await?
         }
     };
     let fixed = if args.fix {

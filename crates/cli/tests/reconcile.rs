@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use orderbridge_cli::progress::NoProgress;
-use orderbridge_cli::reconcile::{FixOptions, ObjectKind, Problem, Report, Scope, fix, reconcile};
+use orderbridge_cli::reconcile::{
+    FixOptions, ObjectKind, Paging, Problem, Report, Scope, fix, reconcile, reconcile_with_progress,
+};
 use orderbridge_domain::{
     ClientId, ClientScope, NewOrder, NewOrderRequest, Order, OrderEvent, SubmittedOrder,
 };
@@ -442,6 +444,110 @@ async fn reports_each_anomaly() {
         json!("item_count")
     );
     assert_eq!(json["orphaned"].as_array().unwrap().len(), 4);
+}
+
+/// The two sides are merged a page at a time in external-id order, in ranges of ids at once:
+/// whatever the page sizes (one order a page, a few, all at once; Salesforce pages of 200
+/// records) and the number of ranges, the report is the same, with orphans before the first order, between orders, across page boundaries and after
+/// the last, missing orders among them, and out-of-scope orders (records, no report) between.
+#[tokio::test]
+async fn the_report_does_not_depend_on_the_page_sizes() {
+    let env = Env::new().await;
+    let long_ago = Utc::now() - chrono::Duration::days(30);
+    let scope = Scope {
+        created_after: Some(Utc::now() - chrono::Duration::days(1)),
+        created_before: None,
+    };
+    let ghost = |n: &mut Vec<Order>| n.push(order(Uuid::now_v7(), Utc::now()));
+    let mut ghosts = Vec::new();
+    let mut in_scope = Vec::new();
+    let mut lost = Vec::new();
+    let mut out_of_scope = Vec::new();
+    ghost(&mut ghosts);
+    for n in 0..80 {
+        in_scope.push(env.create_order().await);
+        match n % 20 {
+            3 => ghost(&mut ghosts),
+            7 => lost.push(env.create_order().await),
+            11 => out_of_scope.push(env.create_order_at(long_ago).await),
+            _ => {}
+        }
+    }
+    ghost(&mut ghosts);
+    let written: Vec<&Order> = in_scope
+        .iter()
+        .chain(&out_of_scope)
+        .chain(&ghosts)
+        .collect();
+    let mut sf_ids = Vec::new();
+    for chunk in written.chunks(50) {
+        sf_ids.extend(env.write(chunk).await);
+    }
+    for (order, sf_id) in written.iter().zip(&sf_ids) {
+        if !ghosts.iter().any(|g| g.id == order.id) {
+            env.apply_synced(order.id.get(), sf_id).await;
+        }
+    }
+    for order in &lost {
+        env.set_state(order.id.get(), "published", None).await;
+    }
+
+    let client = Client::new(&SalesforceConfig {
+        login_url: env.emulator.base_url.clone(),
+        request_timeout: Duration::from_secs(10),
+        query_batch_size: Some(200),
+        ..SalesforceConfig::default()
+    })
+    .unwrap();
+    let mut reports = Vec::new();
+    for (page_size, parallel) in [(1, 1), (3, 1), (7, 2), (5_000, 1), (5_000, 5), (2, 3)] {
+        let paging = Paging {
+            page_size,
+            parallel,
+        };
+        let report = reconcile_with_progress(
+            &env.db.pool,
+            &client,
+            &env.mapping,
+            scope,
+            paging,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+        reports.push((paging, report));
+    }
+    let (_, first) = &reports[0];
+    assert_eq!(first.counts.orders, 80 + 4);
+    assert_eq!(first.counts.salesforce_orders, 80 + 4 + 6);
+    assert_eq!(first.counts.salesforce_items, 3 * (80 + 4 + 6));
+    assert_eq!(
+        ids(&first.missing, |m| m.order_id),
+        sorted(lost.iter().map(|o| o.id.get()).collect())
+    );
+    assert!(first.mismatched.is_empty(), "{:?}", first.mismatched);
+    assert!(first.duplicated.is_empty(), "{:?}", first.duplicated);
+    let mut want: Vec<(ObjectKind, String)> = Vec::new();
+    for g in &ghosts {
+        want.push((ObjectKind::Order, g.id.to_string()));
+        for line in 1..=3 {
+            want.push((ObjectKind::Item, format!("{}-{line}", g.id)));
+        }
+    }
+    want.sort();
+    let orphans: Vec<(ObjectKind, String)> = first
+        .orphaned
+        .iter()
+        .map(|o| (o.object, o.external_id.clone()))
+        .collect();
+    assert_eq!(orphans, want);
+    for (page_size, report) in &reports[1..] {
+        assert_eq!(report.counts, first.counts, "{page_size:?}");
+        assert_eq!(report.missing, first.missing, "{page_size:?}");
+        assert_eq!(report.orphaned, first.orphaned, "{page_size:?}");
+        assert_eq!(report.mismatched, first.mismatched, "{page_size:?}");
+        assert_eq!(report.duplicated, first.duplicated, "{page_size:?}");
+    }
 }
 
 #[tokio::test]

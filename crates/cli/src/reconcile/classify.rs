@@ -44,7 +44,9 @@ pub struct Expected {
 }
 
 /// The comparison itself, free of I/O: fed Salesforce's side, then each order in scope, then
-/// told which leftover ids exist in Postgres at all.
+/// told which leftover ids exist in Postgres at all. A run does this a step at a time (a page
+/// of orders with the records sorting among them, then [`Classifier::settle`]); fed everything
+/// at once, it needs only [`Classifier::finish`].
 pub struct Classifier {
     sf: SalesforceSide,
     fields: Fields,
@@ -54,9 +56,11 @@ pub struct Classifier {
     missing_failed: Vec<Missing>,
     duplicated: Vec<Duplicate>,
     mismatched: Vec<Mismatch>,
+    orphaned: Vec<Orphan>,
 }
 
 /// The classes a [`Classifier`] found.
+#[derive(Default)]
 pub struct Classes {
     pub counts: Counts,
     pub missing: Vec<Missing>,
@@ -64,6 +68,24 @@ pub struct Classes {
     pub duplicated: Vec<Duplicate>,
     pub mismatched: Vec<Mismatch>,
     pub orphaned: Vec<Orphan>,
+}
+
+impl Classes {
+    /// Adds the classes of the next range of order ids (ranges come in id order, so every list
+    /// but the orphans, sorted by object first, stays sorted).
+    pub(crate) fn extend(&mut self, next: Classes) {
+        self.counts.orders += next.counts.orders;
+        self.counts.salesforce_orders += next.counts.salesforce_orders;
+        self.counts.salesforce_items += next.counts.salesforce_items;
+        self.counts.ignored_records += next.counts.ignored_records;
+        self.missing.extend(next.missing);
+        self.missing_failed.extend(next.missing_failed);
+        self.duplicated.extend(next.duplicated);
+        self.mismatched.extend(next.mismatched);
+        self.orphaned.extend(next.orphaned);
+        self.orphaned
+            .sort_by(|a, b| (a.object, &a.external_id).cmp(&(b.object, &b.external_id)));
+    }
 }
 
 impl Classifier {
@@ -78,6 +100,7 @@ impl Classifier {
             missing_failed: Vec::new(),
             duplicated: Vec::new(),
             mismatched: Vec::new(),
+            orphaned: Vec::new(),
         }
     }
 
@@ -216,12 +239,17 @@ impl Classifier {
         ids
     }
 
-    /// The leftovers naming an order in `existing` are out of scope; the others are orphans if
-    /// `scope` covers the time in their id.
-    pub fn finish(mut self, existing: &HashSet<Uuid>, scope: &Scope) -> Classes {
+    /// Where a run puts the Salesforce records of the orders it compares next.
+    pub(crate) fn side_mut(&mut self) -> &mut SalesforceSide {
+        &mut self.sf
+    }
+
+    /// Ends a step: the leftovers naming an order in `existing` are out of scope, the others
+    /// orphans if `scope` covers the time in their id; then the Salesforce side is emptied (the
+    /// records of the orders compared included), keeping its counters.
+    pub fn settle(&mut self, existing: &HashSet<Uuid>, scope: &Scope) {
         let in_scope =
             |id: &Uuid| !existing.contains(id) && uuid_time(*id).is_none_or(|t| scope.contains(t));
-        let mut orphaned = Vec::new();
         for (id, records) in std::mem::take(&mut self.sf.orders) {
             if !in_scope(&id) {
                 continue;
@@ -234,7 +262,7 @@ impl Classifier {
                     salesforce_ids: records.clone(),
                 });
             }
-            orphaned.push(Orphan {
+            self.orphaned.push(Orphan {
                 object: ObjectKind::Order,
                 external_id: id.to_string(),
                 salesforce_ids: records,
@@ -258,13 +286,20 @@ impl Classifier {
                         salesforce_ids: records.clone(),
                     });
                 }
-                orphaned.push(Orphan {
+                self.orphaned.push(Orphan {
                     object: ObjectKind::Item,
                     external_id,
                     salesforce_ids: records,
                 });
             }
         }
+        self.sf.values = HashMap::new();
+    }
+
+    /// [`Classifier::settle`]s what is left and returns the classes.
+    pub fn finish(mut self, existing: &HashSet<Uuid>, scope: &Scope) -> Classes {
+        self.settle(existing, scope);
+        let mut orphaned = std::mem::take(&mut self.orphaned);
         // Postgres pages come by id, so missing and mismatched are already sorted.
         self.duplicated.sort_by(|a, b| {
             (a.order_id, a.object, &a.external_id).cmp(&(b.order_id, b.object, &b.external_id))

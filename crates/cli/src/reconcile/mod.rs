@@ -3,24 +3,34 @@
 //!
 //! How it reads, and why in this order:
 //! 1. Postgres's clock (`now()`): orders created after it are out of this run.
-//! 2. Salesforce, both objects at once, paged by `nextRecordsUrl`: `SELECT Id, <ext> FROM <object>
-//!    WHERE <ext> != null` (plus `CreatedDate >= since - 1 h` with a lower bound). Only ids are
-//!    kept: external id → record ids.
-//! 3. Postgres, in keyset pages of ids: each order in scope is compared with what Salesforce
-//!    holds and the matched entries are taken out, so Postgres is streamed, never held.
-//! 4. What is left of Salesforce names no order in scope: those naming an existing order (out of
-//!    scope, or created during the run) are dropped, the rest are orphans.
+//! 2. Postgres splits the orders into [`Paging::parallel`] ranges of ids of about equal size
+//!    (the first open below, the last above); each range is merged on its own, all at once.
+//! 3. Salesforce, both objects at once: `SELECT Id, <ext>, <compared fields> FROM <object> WHERE
+//!    <ext> != null AND <ext> >= '<from>' AND <ext> < '<to>' ORDER BY <ext>` (plus
+//!    `CreatedDate >= since - 1 h` with a lower bound), followed by `nextRecordsUrl` a few pages
+//!    ahead of the comparison.
+//! 4. Postgres, in keyset pages of ids. An external id sorts as the order id it names, so for
+//!    each page the records up to its last id are taken from both streams, each order of the
+//!    page is compared with its records, and the records left over name no order compared.
+//! 5. Leftovers, after each page and for the records after the range's last order: those
+//!    naming an existing order (out of scope, or created during the run) are dropped, the rest
+//!    are orphans.
 //!
-//! Salesforce is read before Postgres because a record is written only after its order was
-//! committed: any record read in step 2 finds its order in step 3 or 4, so a busy pipeline
-//! cannot produce false orphans. It can produce orders reported missing that were synced while
-//! the run read Salesforce; their sync state (`pending`, `published`, `retrying`) says so.
+//! The two sides are merged like two sorted files, so a range holds a page of each, whatever
+//! the number of orders: memory is bounded by the page sizes (and the problems reported), not by
+//! the org. A Salesforce answer out of external-id order stops the run with an error.
+//!
+//! Salesforce's queries run before Postgres is read because a record is written only after its
+//! order was committed: any record read finds its order in step 4 or 5 (the existence check
+//! runs after the record was read), so a busy pipeline cannot produce false orphans. It can
+//! produce orders reported missing that were synced while the run read Salesforce; their sync
+//! state (`pending`, `published`, `retrying`) says so.
 //!
 //! One submodule per stage, so each can be read (and tested) without the others:
 //! - `run`: the entry points, driving the stages in the order above; the only reader of the
 //!   worker's mapping;
-//! - `orders`: the [`Scope`] and reading the orders from Postgres (steps 1, 3 and 4);
-//! - `salesforce`: the SOQL reads (step 2), reduced to a [`SalesforceSide`];
+//! - `orders`: the [`Scope`], the ranges and reading the orders from Postgres (steps 1, 2, 4, 5);
+//! - `salesforce`: the SOQL reads (step 3), sorted streams taken into a [`SalesforceSide`];
 //! - `keys`: the shapes of our external ids;
 //! - `classify`: the comparison rules, free of I/O ([`Classifier`]);
 //! - `report`: what a run returns ([`Report`] and its classes);
@@ -41,7 +51,7 @@ use orderbridge_db::orders::ResyncError;
 pub use classify::{Classes, Classifier, Expected, FieldKind, Fields};
 pub use fix::{FixOptions, FixOutcome, fix};
 pub use keys::{parse_item_key, parse_order_key};
-pub use orders::{Scope, StoredOrder};
+pub use orders::{DEFAULT_PAGE_SIZE, DEFAULT_PARALLEL, Paging, Scope, StoredOrder};
 pub use report::{Counts, Duplicate, Mismatch, Missing, ObjectKind, Orphan, Problem, Report};
 pub use run::{objects, reconcile, reconcile_target, reconcile_with_progress};
 pub use salesforce::{Objects, SalesforceSide};

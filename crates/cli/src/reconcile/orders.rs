@@ -1,7 +1,7 @@
 //! Which orders a run covers ([`Scope`]) and reading them from Postgres: the count for the
-//! progress bar, the orders themselves in keyset pages, and which leftover ids exist at all.
-//! The queries are here and the comparison is not, so each page is handed on as it arrives and
-//! Postgres is streamed, never held.
+//! progress bar, the orders themselves in keyset pages by id ([`OrderPages`]), and which
+//! leftover ids exist at all. The queries are here and the comparison is not; a run holds one
+//! page at a time.
 
 use std::collections::{HashMap, HashSet};
 
@@ -14,10 +14,32 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::progress::Progress;
+use super::salesforce::SharedBar;
 
-/// Orders read from Postgres per keyset page.
-const PG_PAGE: i64 = 5_000;
+/// How a run walks the orders: `page_size` orders a keyset page (what a range holds at a time,
+/// with the Salesforce records sorting among them), in `parallel` ranges of ids merged at once
+/// (each with its own two Salesforce queries: Salesforce answers one query's pages one after
+/// another, so ranges are what makes a large org's read faster).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paging {
+    pub page_size: u32,
+    pub parallel: u32,
+}
+
+/// Orders per page unless the run says otherwise (`--page-size`).
+pub const DEFAULT_PAGE_SIZE: u32 = 5_000;
+/// Ranges merged at once unless the run says otherwise (`--parallel`): 2 queries each, and a
+/// Salesforce user may hold 10 query cursors open.
+pub const DEFAULT_PARALLEL: u32 = 4;
+
+impl Default for Paging {
+    fn default() -> Self {
+        Self {
+            page_size: DEFAULT_PAGE_SIZE,
+            parallel: DEFAULT_PARALLEL,
+        }
+    }
+}
 /// Ids per `= ANY($1)` lookup when checking leftovers for existence.
 const EXISTS_CHUNK: usize = 5_000;
 
@@ -60,10 +82,7 @@ pub(crate) async fn now(pool: &PgPool) -> Result<DateTime<Utc>, sqlx::Error> {
     sqlx::query_scalar("SELECT now()").fetch_one(pool).await
 }
 
-/// Hands every order in `scope` created before `started_at` to `each`, by id, with (when
-/// `details`) the whole order as the API returns it, for the field comparison. Returns the
-/// count taken up front (the progress bar's total), which the run logs.
-/// How much of each order [`for_each_order`] hands over besides its row.
+/// How much of each order [`OrderPages`] hands over besides its row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Details {
     None,
@@ -73,61 +92,157 @@ pub(crate) enum Details {
     WithClient,
 }
 
-pub(crate) async fn for_each_order(
-    pool: &PgPool,
-    scope: &Scope,
-    started_at: DateTime<Utc>,
-    progress: &dyn Progress,
+/// The orders a run covers: created in `scope` and before `started_at`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    created_after: Option<DateTime<Utc>>,
+    until: DateTime<Utc>,
+}
+
+impl Bounds {
+    pub(crate) fn new(scope: &Scope, started_at: DateTime<Utc>) -> Self {
+        Self {
+            created_after: scope.created_after,
+            until: scope
+                .created_before
+                .map_or(started_at, |b| b.min(started_at)),
+        }
+    }
+
+    /// How many orders (the progress bar's total, and the log's).
+    pub(crate) async fn count(&self, pool: &PgPool) -> Result<i64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM orders
+             WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND created_at < $2",
+        )
+        .bind(self.created_after)
+        .bind(self.until)
+        .fetch_one(pool)
+        .await
+    }
+
+    /// Up to `parts` ranges of order ids holding about as many orders each, covering the
+    /// whole key space (the first open below, the last above), so that records of no order
+    /// fall in one of them too. One part, or no orders: the one open range.
+    pub(crate) async fn split(
+        &self,
+        pool: &PgPool,
+        parts: u32,
+    ) -> Result<Vec<(Option<Uuid>, Option<Uuid>)>, sqlx::Error> {
+        let starts: Vec<Uuid> = if parts > 1 {
+            sqlx::query_scalar(
+                "SELECT DISTINCT ON (part) id FROM (
+                     SELECT id, ntile($3) OVER (ORDER BY id) AS part FROM orders
+                     WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND created_at < $2
+                 ) t ORDER BY part, id",
+            )
+            .bind(self.created_after)
+            .bind(self.until)
+            .bind(i32::try_from(parts).unwrap_or(i32::MAX))
+            .fetch_all(pool)
+            .await?
+        } else {
+            Vec::new()
+        };
+        // The first part starts at the bottom of the key space, not at its first order.
+        let cuts: Vec<Uuid> = starts.into_iter().skip(1).collect();
+        let mut ranges = Vec::with_capacity(cuts.len() + 1);
+        let mut from = None;
+        for cut in cuts {
+            ranges.push((from, Some(cut)));
+            from = Some(cut);
+        }
+        ranges.push((from, None));
+        Ok(ranges)
+    }
+}
+
+/// The orders of [`Bounds`] in one range of ids, by id, a keyset page at a time, each with (per
+/// [`Details`]) the whole order as the API returns it.
+pub(crate) struct OrderPages<'a> {
+    pool: &'a PgPool,
+    bounds: Bounds,
+    /// Ids below this are another range's.
+    until_id: Option<Uuid>,
     details: Details,
-    mut each: impl FnMut(StoredOrder, Option<Value>),
-) -> Result<i64, sqlx::Error> {
-    let until = scope
-        .created_before
-        .map_or(started_at, |b| b.min(started_at));
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM orders
-         WHERE ($1::timestamptz IS NULL OR created_at >= $1) AND created_at < $2",
-    )
-    .bind(scope.created_after)
-    .bind(until)
-    .fetch_one(pool)
-    .await?;
-    let bar = progress.phase("Postgres orders");
-    bar.set_total(u64::try_from(total).unwrap_or(0));
-    let mut after = Uuid::nil();
-    loop {
+    page_size: i64,
+    /// The least id the next page may hold.
+    from: Uuid,
+    done: bool,
+    bar: SharedBar,
+}
+
+impl<'a> OrderPages<'a> {
+    /// Starts before the first order of `range` (`[from, to)`).
+    pub(crate) fn open(
+        pool: &'a PgPool,
+        bounds: Bounds,
+        (from, to): (Option<Uuid>, Option<Uuid>),
+        details: Details,
+        page_size: u32,
+        bar: SharedBar,
+    ) -> Self {
+        Self {
+            pool,
+            bounds,
+            until_id: to,
+            details,
+            page_size: i64::from(page_size.max(1)),
+            from: from.unwrap_or_else(Uuid::nil),
+            done: false,
+            bar,
+        }
+    }
+
+    /// The next page, in id order; `None` after the last.
+    pub(crate) async fn next(
+        &mut self,
+    ) -> Result<Option<Vec<(StoredOrder, Option<Value>)>>, sqlx::Error> {
+        if self.done {
+            return Ok(None);
+        }
         let page: Vec<StoredOrder> = sqlx::query_as(
             "SELECT o.id, o.sync_state, o.salesforce_id, o.last_error_code, o.last_error_message,
                     o.created_at,
                     (SELECT count(*) FROM order_lines l WHERE l.order_id = o.id) AS lines
              FROM orders o
-             WHERE o.id > $1 AND ($2::timestamptz IS NULL OR o.created_at >= $2)
-               AND o.created_at < $3
+             WHERE o.id >= $1 AND ($5::uuid IS NULL OR o.id < $5)
+               AND ($2::timestamptz IS NULL OR o.created_at >= $2) AND o.created_at < $3
              ORDER BY o.id
              LIMIT $4",
         )
-        .bind(after)
-        .bind(scope.created_after)
-        .bind(until)
-        .bind(PG_PAGE)
-        .fetch_all(pool)
+        .bind(self.from)
+        .bind(self.bounds.created_after)
+        .bind(self.bounds.until)
+        .bind(self.page_size)
+        .bind(self.until_id)
+        .fetch_all(self.pool)
         .await?;
-        let Some(last) = page.last() else { break };
-        after = last.id;
-        let n = page.len() as u64;
-        let mut full = match details {
-            Details::None => HashMap::new(),
-            Details::Order => whole_orders(pool, &page, false).await?,
-            Details::WithClient => whole_orders(pool, &page, true).await?,
+        let Some(last) = page.last() else {
+            self.done = true;
+            return Ok(None);
         };
-        for o in page {
-            let order = full.remove(&o.id);
-            each(o, order);
+        // The keyset moves to the id after the last (ids are 128-bit numbers); after the
+        // greatest possible id there is nothing.
+        match last.id.as_u128().checked_add(1) {
+            Some(next) => self.from = Uuid::from_u128(next),
+            None => self.done = true,
         }
-        bar.inc(n);
+        self.bar.inc(page.len() as u64);
+        let mut full = match self.details {
+            Details::None => HashMap::new(),
+            Details::Order => whole_orders(self.pool, &page, false).await?,
+            Details::WithClient => whole_orders(self.pool, &page, true).await?,
+        };
+        Ok(Some(
+            page.into_iter()
+                .map(|o| {
+                    let order = full.remove(&o.id);
+                    (o, order)
+                })
+                .collect(),
+        ))
     }
-    bar.finish();
-    Ok(total)
 }
 
 /// The page's orders as the API returns them (JSON), with their lines: what the mapping's

@@ -2,7 +2,7 @@
 //! the module documentation explains. This is the only file of reconcile that reads the
 //! mapping (`orderbridge_mapping`, shared with the worker that writes the records).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use orderbridge_mapping::{Expr, Format, Mapping, ObjectMapping, Scope as MappingScope, Targets};
 use orderbridge_salesforce::Client;
@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::ReconcileError;
-use super::classify::{Classifier, Expected, FieldKind, Fields};
-use super::orders::{self, Scope};
+use super::classify::{Classes, Classifier, Expected, FieldKind, Fields};
+use super::orders::{self, Bounds, OrderPages, Paging, Scope};
 use super::report::Report;
-use super::salesforce::{self, Objects};
+use super::salesforce::{Kind, Objects, Range, RecordStream, SalesforceSide, SharedBar};
 use crate::progress::Progress;
 
 /// Checks that the mapping keys records the way reconcile reads them (the order by its id, an
@@ -160,18 +160,27 @@ pub async fn reconcile(
     mapping: &Mapping,
     scope: Scope,
 ) -> Result<Report, ReconcileError> {
-    reconcile_with_progress(pool, client, mapping, scope, &crate::progress::NoProgress).await
+    reconcile_with_progress(
+        pool,
+        client,
+        mapping,
+        scope,
+        Paging::default(),
+        &crate::progress::NoProgress,
+    )
+    .await
 }
 
-/// [`reconcile`], reporting progress per phase.
+/// [`reconcile`] walking the orders as `paging` says, reporting progress per phase.
 pub async fn reconcile_with_progress(
     pool: &PgPool,
     client: &Client,
     mapping: &Mapping,
     scope: Scope,
+    paging: Paging,
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
-    compare(pool, client, mapping, None, scope, progress).await
+    compare(pool, client, mapping, None, (scope, paging), progress).await
 }
 
 /// One target of several (divisions): the orders its routing rules give it (`target`, an
@@ -184,6 +193,7 @@ pub async fn reconcile_target(
     targets: &Targets,
     target: usize,
     scope: Scope,
+    paging: Paging,
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
     let mapping = targets
@@ -196,7 +206,7 @@ pub async fn reconcile_target(
         client,
         &mapping,
         Some((targets, target)),
-        scope,
+        (scope, paging),
         progress,
     )
     .await?;
@@ -209,53 +219,62 @@ async fn compare(
     client: &Client,
     mapping: &Mapping,
     route: Option<(&Targets, usize)>,
-    scope: Scope,
+    (scope, paging): (Scope, Paging),
     progress: &dyn Progress,
 ) -> Result<Report, ReconcileError> {
     let objects = objects(mapping)?;
     let run = std::time::Instant::now();
     let started_at = orders::now(pool).await?;
-
-    let sf = salesforce::read(client, &objects, &scope, progress).await?;
-    tracing::debug!(
-        orders = sf.order_records,
-        items = sf.item_records,
-        elapsed = ?run.elapsed(),
-        "read Salesforce"
-    );
-
-    let compare = !objects.order_fields.is_empty() || !objects.item_fields.is_empty();
-    let mut classifier = Classifier::new(sf, objects.items.is_some()).with_fields(fields(mapping));
-    // Routing reads the whole order (with its client), so a target's run loads it.
-    let details = if route.is_some() {
-        orders::Details::WithClient
-    } else if compare {
-        orders::Details::Order
-    } else {
-        orders::Details::None
+    let bounds = Bounds::new(&scope, started_at);
+    let ranges = bounds.split(pool, paging.parallel).await?;
+    let total = bounds.count(pool).await?;
+    let bars = Bars {
+        orders: SharedBar::new(progress.phase("Postgres orders")),
+        sf_orders: SharedBar::new(progress.phase(&format!("Salesforce {}", objects.order_object))),
+        sf_items: objects
+            .items
+            .as_ref()
+            .map(|(object, _)| SharedBar::new(progress.phase(&format!("Salesforce {object}")))),
     };
-    let mut compared = 0_i64;
-    let total = orders::for_each_order(pool, &scope, started_at, progress, details, |o, full| {
-        if let Some((targets, target)) = route {
-            let routed = full.as_ref().map(|order| targets.route_index(order));
-            if !matches!(routed, Some(Ok(t)) if t == target) {
-                return;
-            }
-        }
-        compared += 1;
-        let expected = match (compare, full) {
-            (true, Some(order)) => Some(expected(mapping, &order)),
-            _ => None,
-        };
-        classifier.order_with(o, expected.as_ref());
-    })
-    .await?;
-    tracing::debug!(orders = total, compared, elapsed = ?run.elapsed(), "read Postgres");
-
-    let leftovers = classifier.leftovers();
-    let existing = orders::existing(pool, &leftovers).await?;
-    let classes = classifier.finish(&existing, &scope);
-    tracing::debug!(leftovers = leftovers.len(), elapsed = ?run.elapsed(), "reconciled");
+    bars.orders.add_total(u64::try_from(total).unwrap_or(0));
+    let merge = Merge {
+        pool,
+        client,
+        mapping,
+        route,
+        scope,
+        bounds,
+        page_size: paging.page_size,
+        objects: &objects,
+        fields: fields(mapping),
+        bars: &bars,
+    };
+    let parts = futures_util::future::try_join_all(ranges.iter().map(|r| merge.range(*r))).await?;
+    for bar in [
+        Some(&bars.orders),
+        Some(&bars.sf_orders),
+        bars.sf_items.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        bar.finish();
+    }
+    let mut classes = Classes::default();
+    let mut compared = 0;
+    for (part, n) in parts {
+        classes.extend(part);
+        compared += n;
+    }
+    tracing::debug!(
+        orders = total,
+        compared,
+        ranges = ranges.len(),
+        salesforce_orders = classes.counts.salesforce_orders,
+        salesforce_items = classes.counts.salesforce_items,
+        elapsed = ?run.elapsed(),
+        "reconciled"
+    );
     Ok(Report {
         scope,
         target: None,
@@ -269,6 +288,143 @@ async fn compare(
         mismatched: classes.mismatched,
         orphaned: classes.orphaned,
     })
+}
+
+/// The progress bars every range feeds.
+struct Bars {
+    orders: SharedBar,
+    sf_orders: SharedBar,
+    sf_items: Option<SharedBar>,
+}
+
+/// What every range of a run shares.
+struct Merge<'a> {
+    pool: &'a PgPool,
+    client: &'a Client,
+    mapping: &'a Mapping,
+    route: Option<(&'a Targets, usize)>,
+    scope: Scope,
+    bounds: Bounds,
+    page_size: u32,
+    objects: &'a Objects,
+    fields: Fields,
+    bars: &'a Bars,
+}
+
+impl Merge<'_> {
+    /// Merges one range of order ids: its Salesforce queries (started first, see the module
+    /// documentation) with its Postgres pages. Returns its classes and how many orders it
+    /// compared (with several targets, those routed to this one).
+    async fn range(&self, range: Range) -> Result<(Classes, u64), ReconcileError> {
+        let objects = self.objects;
+        let mut sf_orders = RecordStream::open(
+            self.client,
+            Kind::Order,
+            (
+                &objects.order_object,
+                &objects.order_field,
+                &objects.order_fields,
+            ),
+            (&self.scope, range),
+            self.bars.sf_orders.clone(),
+        );
+        let mut sf_items = match (&objects.items, &self.bars.sf_items) {
+            (Some((object, field)), Some(bar)) => Some(RecordStream::open(
+                self.client,
+                Kind::Item,
+                (object, field, &objects.item_fields),
+                (&self.scope, range),
+                bar.clone(),
+            )),
+            _ => None,
+        };
+
+        let compare = !objects.order_fields.is_empty() || !objects.item_fields.is_empty();
+        let mut classifier = Classifier::new(SalesforceSide::default(), objects.items.is_some())
+            .with_fields(self.fields.clone());
+        // Routing reads the whole order (with its client), so a target's run loads it.
+        let details = if self.route.is_some() {
+            orders::Details::WithClient
+        } else if compare {
+            orders::Details::Order
+        } else {
+            orders::Details::None
+        };
+        let mut pages = OrderPages::open(
+            self.pool,
+            self.bounds,
+            range,
+            details,
+            self.page_size,
+            self.bars.orders.clone(),
+        );
+        let mut compared = 0_u64;
+        while let Some(page) = pages.next().await? {
+            let Some(through) = page.last().map(|(o, _)| o.id) else {
+                continue;
+            };
+            sf_orders
+                .take_through(through, classifier.side_mut())
+                .await?;
+            if let Some(items) = &mut sf_items {
+                items.take_through(through, classifier.side_mut()).await?;
+            }
+            for (o, full) in page {
+                if let Some((targets, target)) = self.route {
+                    let routed = full.as_ref().map(|order| targets.route_index(order));
+                    if !matches!(routed, Some(Ok(t)) if t == target) {
+                        continue;
+                    }
+                }
+                compared += 1;
+                let expected = match (compare, full) {
+                    (true, Some(order)) => Some(expected(self.mapping, &order)),
+                    _ => None,
+                };
+                classifier.order_with(o, expected.as_ref());
+            }
+            settle(self.pool, &mut classifier, &self.scope).await?;
+        }
+
+        // Records after the range's last order name no order in scope: taken a page at a time,
+        // up to the smaller of the two streams' next bounds so that an order's record and its
+        // items are judged together.
+        loop {
+            let order_bound = sf_orders.next_bound(classifier.side_mut()).await?;
+            let item_bound = match &mut sf_items {
+                Some(items) => items.next_bound(classifier.side_mut()).await?,
+                None => None,
+            };
+            let Some(through) = [order_bound, item_bound].into_iter().flatten().min() else {
+                break;
+            };
+            sf_orders
+                .take_through(through, classifier.side_mut())
+                .await?;
+            if let Some(items) = &mut sf_items {
+                items.take_through(through, classifier.side_mut()).await?;
+            }
+            settle(self.pool, &mut classifier, &self.scope).await?;
+        }
+        Ok((classifier.finish(&HashSet::new(), &self.scope), compared))
+    }
+}
+
+/// Ends a step of the merge: the records left on the Salesforce side name no order compared,
+/// so Postgres says which exist at all (out of scope) and the rest are orphans.
+async fn settle(
+    pool: &PgPool,
+    classifier: &mut Classifier,
+    scope: &Scope,
+) -> Result<(), ReconcileError> {
+    let leftovers = classifier.leftovers();
+    let existing = if leftovers.is_empty() {
+        HashSet::new()
+    } else {
+        orders::existing(pool, &leftovers).await?
+    };
+    classifier.settle(&existing, scope);
+    Ok(())
 }
 
 #[cfg(test)]

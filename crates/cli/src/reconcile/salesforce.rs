@@ -1,18 +1,30 @@
 //! Reading Salesforce: one SOQL query per object for every record with the external id set,
-//! followed page by page through `nextRecordsUrl`, and reduced at once to ids and the values of
-//! the compared fields ([`SalesforceSide`]). Only SOQL and the REST client, so it runs against
-//! the emulator and a real org alike.
+//! **sorted by the external id**, followed page by page through `nextRecordsUrl` by a task that
+//! keeps at most [`PAGES_AHEAD`] pages ready ([`RecordStream`]). The run takes records from it up
+//! to a key ([`RecordStream::take_through`]) into a [`SalesforceSide`]: ids and the values of
+//! the compared fields, for the orders of one Postgres page. Only SOQL and the REST client, so it
+//! runs against the emulator and a real org alike.
+//!
+//! Why sorted: Postgres pages come by order id, and an external id sorts as its order id does
+//! (an order's is the hyphenated UUID; an item's starts with it, so an order's items come
+//! together, in their order's place). Both sides can then be merged a page at a time and
+//! nothing is held for the whole org: memory is bounded by the page sizes, whatever the count.
+//! The order is checked as records arrive: a server that does not keep it stops the run with an
+//! error rather than reporting false missing orders.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use orderbridge_salesforce::Client;
 use serde_json::{Map, Value};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::ReconcileError;
 use super::keys::{parse_item_key, parse_order_key};
 use super::orders::Scope;
-use crate::progress::{PhaseProgress, Progress};
+use crate::progress::PhaseProgress;
 
 /// Salesforce pages followed per query at most: 2,000 records a page makes 200 million records;
 /// it only stops a server that keeps answering `done: false` from looping forever.
@@ -34,7 +46,8 @@ pub struct Objects {
     pub item_fields: Vec<String>,
 }
 
-/// What Salesforce holds, reduced to ids and compared values.
+/// What Salesforce holds for the orders being compared (a page of them in a run), reduced to
+/// ids and compared values; the counters cover every record taken so far.
 #[derive(Debug, Default)]
 pub struct SalesforceSide {
     /// Order external id → record ids.
@@ -78,119 +91,301 @@ impl SalesforceSide {
 /// One record as read: external id, record id, compared values.
 type Row = (String, String, Vec<Value>);
 
-/// Reads both objects at once (each with its own progress bar) into one [`SalesforceSide`].
-/// Salesforce cannot filter by our `created_at`, so with a lower bound only `CreatedDate` narrows
-/// the read; the scope itself is applied later, by the comparison.
-pub(crate) async fn read(
-    client: &Client,
-    objects: &Objects,
-    scope: &Scope,
-    progress: &dyn Progress,
-) -> Result<SalesforceSide, ReconcileError> {
-    let since_filter = scope.created_after.map(|t| {
-        let from = t - chrono::Duration::seconds(CREATED_DATE_MARGIN_SECS);
-        format!(" AND CreatedDate >= {}", from.format("%Y-%m-%dT%H:%M:%SZ"))
-    });
-    let since_filter = since_filter.as_deref().unwrap_or("");
-    let mut sf = SalesforceSide::default();
-    let mut order_records = Vec::new();
-    let mut item_records = Vec::new();
-    let orders_bar = progress.phase(&format!("Salesforce {}", objects.order_object));
-    let order_read = read_records(
-        client,
-        &objects.order_object,
-        &objects.order_field,
-        &objects.order_fields,
-        since_filter,
-        orders_bar.as_ref(),
-        &mut order_records,
-    );
-    match &objects.items {
-        Some((object, field)) => {
-            let items_bar = progress.phase(&format!("Salesforce {object}"));
-            let item_read = read_records(
-                client,
-                object,
-                field,
-                &objects.item_fields,
-                since_filter,
-                items_bar.as_ref(),
-                &mut item_records,
-            );
-            tokio::try_join!(order_read, item_read)?;
-        }
-        None => order_read.await?,
-    }
-    for (ext, id, values) in order_records {
-        if parse_order_key(&ext).is_some() {
-            sf.add_values(id.clone(), values);
-        }
-        sf.add_order(&ext, id);
-    }
-    for (ext, id, values) in item_records {
-        if parse_item_key(&ext).is_some() {
-            sf.add_values(id.clone(), values);
-        }
-        sf.add_item(&ext, id);
-    }
-    Ok(sf)
+/// Pages read ahead of the comparison per object: the memory a stream holds is this many pages
+/// (2,000 records each) plus the one being taken from.
+const PAGES_AHEAD: usize = 2;
+
+/// Which of our two shapes of external id a stream reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Order,
+    Item,
 }
 
-/// Reads (external id, record id, values of `fields`) of every record of `object` with the
-/// external id set, following `nextRecordsUrl`.
-async fn read_records(
-    client: &Client,
-    object: &str,
-    field: &str,
-    fields: &[String],
-    filter: &str,
-    bar: &dyn PhaseProgress,
-    out: &mut Vec<Row>,
-) -> Result<(), ReconcileError> {
-    let extra: String = fields.iter().map(|f| format!(", {f}")).collect();
-    let soql = format!("SELECT Id, {field}{extra} FROM {object} WHERE {field} != null{filter}");
-    let err = |source| ReconcileError::Salesforce {
-        object: object.to_owned(),
-        source: Box::new(source),
-    };
-    let mut page = client
-        .query::<Map<String, Value>>(&soql)
-        .await
-        .map_err(err)?;
-    bar.set_total(page.total_size);
-    for _ in 0..MAX_PAGES {
-        bar.inc(page.records.len() as u64);
-        for record in std::mem::take(&mut page.records) {
-            // Salesforce answers with the field's canonical spelling, which the mapping may not
-            // use (API names are case-insensitive).
-            let ext = record
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(field))
-                .and_then(|(_, v)| v.as_str());
-            let id = record.get("Id").and_then(Value::as_str);
-            if let (Some(ext), Some(id)) = (ext, id) {
-                let values = fields
-                    .iter()
-                    .map(|f| {
-                        record
-                            .iter()
-                            .find(|(k, _)| k.eq_ignore_ascii_case(f))
-                            .map_or(Value::Null, |(_, v)| v.clone())
-                    })
-                    .collect();
-                out.push((ext.to_owned(), id.to_owned(), values));
+impl Kind {
+    /// The order id a record's external id names, `None` when it is not one of ours.
+    fn order_of(self, external_id: &str) -> Option<Uuid> {
+        match self {
+            Kind::Order => parse_order_key(external_id),
+            Kind::Item => parse_item_key(external_id).map(|(order, _)| order),
+        }
+    }
+}
+
+/// One object's records, sorted by external id, read ahead by a task and taken in order.
+pub(crate) struct RecordStream {
+    kind: Kind,
+    object: String,
+    pages: mpsc::Receiver<Result<(u64, Vec<Row>), ReconcileError>>,
+    /// The page being taken from, each record with the order id its external id names.
+    buffer: VecDeque<(Option<Uuid>, Row)>,
+    exhausted: bool,
+    /// Whether the query's total size was added to the bar's.
+    counted: bool,
+    /// The last order id taken: the next must not sort before it.
+    last: Option<Uuid>,
+    bar: SharedBar,
+}
+
+/// Order ids `[from, to)`, open where `None`: the part of the key space one merge covers.
+pub(crate) type Range = (Option<Uuid>, Option<Uuid>);
+
+/// One progress bar fed by several streams (a run's ranges), each adding its query's total.
+#[derive(Clone)]
+pub(crate) struct SharedBar {
+    bar: Arc<dyn PhaseProgress>,
+    total: Arc<AtomicU64>,
+}
+
+impl SharedBar {
+    pub(crate) fn new(bar: Box<dyn PhaseProgress>) -> Self {
+        Self {
+            bar: Arc::from(bar),
+            total: Arc::default(),
+        }
+    }
+
+    pub(crate) fn add_total(&self, n: u64) {
+        let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
+        self.bar.set_total(total);
+    }
+
+    pub(crate) fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+impl RecordStream {
+    /// Starts reading `object` (`field` its external id, `fields` the compared ones) sorted by
+    /// the external id, only the records naming an order in `range` (`[from, to)`, open where
+    /// `None`). Salesforce cannot filter by our `created_at`, so with a lower bound only
+    /// `CreatedDate` narrows the read; the scope itself is applied by the comparison.
+    pub(crate) fn open(
+        client: &Client,
+        kind: Kind,
+        (object, field, fields): (&str, &str, &[String]),
+        (scope, range): (&Scope, Range),
+        bar: SharedBar,
+    ) -> Self {
+        let since = scope
+            .created_after
+            .map(|t| {
+                let from = t - chrono::Duration::seconds(CREATED_DATE_MARGIN_SECS);
+                format!(" AND CreatedDate >= {}", from.format("%Y-%m-%dT%H:%M:%SZ"))
+            })
+            .unwrap_or_default();
+        // An item's external id starts with its order's: `>= 'from'` takes the items of `from`
+        // and `< 'to'` leaves those of `to` to the next range. Uuids are safe in SOQL text.
+        let from = range
+            .0
+            .map(|id| format!(" AND {field} >= '{id}'"))
+            .unwrap_or_default();
+        let to = range
+            .1
+            .map(|id| format!(" AND {field} < '{id}'"))
+            .unwrap_or_default();
+        let extra: String = fields.iter().map(|f| format!(", {f}")).collect();
+        let soql = format!(
+            "SELECT Id, {field}{extra} FROM {object} WHERE {field} != null{since}{from}{to} \
+             ORDER BY {field}"
+        );
+        let (tx, pages) = mpsc::channel(PAGES_AHEAD);
+        tokio::spawn(read_pages(
+            client.clone(),
+            soql,
+            object.to_owned(),
+            field.to_owned(),
+            fields.to_vec(),
+            tx,
+        ));
+        Self::from_pages(kind, object, pages, bar)
+    }
+
+    fn from_pages(
+        kind: Kind,
+        object: &str,
+        pages: mpsc::Receiver<Result<(u64, Vec<Row>), ReconcileError>>,
+        bar: SharedBar,
+    ) -> Self {
+        Self {
+            kind,
+            object: object.to_owned(),
+            pages,
+            buffer: VecDeque::new(),
+            exhausted: false,
+            counted: false,
+            last: None,
+            bar,
+        }
+    }
+
+    /// Moves every record whose external id names an order up to `through` (and the records
+    /// that are not ours on the way) into `side`.
+    pub(crate) async fn take_through(
+        &mut self,
+        through: Uuid,
+        side: &mut SalesforceSide,
+    ) -> Result<(), ReconcileError> {
+        loop {
+            if self.buffer.is_empty() && !self.fill().await? {
+                return Ok(());
+            }
+            while let Some((order, _)) = self.buffer.front() {
+                if order.is_some_and(|o| o > through) {
+                    return Ok(());
+                }
+                self.take_front(side)?;
             }
         }
-        if page.done {
-            bar.finish();
+    }
+
+    /// The greatest order id in the next page (taking what is not ours on the way), or `None`
+    /// when the stream has no record left: after the last Postgres page, the run takes the
+    /// rest a page at a time up to this.
+    pub(crate) async fn next_bound(
+        &mut self,
+        side: &mut SalesforceSide,
+    ) -> Result<Option<Uuid>, ReconcileError> {
+        loop {
+            if self.buffer.is_empty() && !self.fill().await? {
+                return Ok(None);
+            }
+            if let Some(bound) = self.buffer.iter().rev().find_map(|(order, _)| *order) {
+                return Ok(Some(bound));
+            }
+            while !self.buffer.is_empty() {
+                self.take_front(side)?;
+            }
+        }
+    }
+
+    /// Waits for the next page; `false` when there is none.
+    async fn fill(&mut self) -> Result<bool, ReconcileError> {
+        if self.exhausted {
+            return Ok(false);
+        }
+        match self.pages.recv().await {
+            Some(Ok((total, rows))) => {
+                if !std::mem::replace(&mut self.counted, true) {
+                    self.bar.add_total(total);
+                }
+                self.bar.inc(rows.len() as u64);
+                let kind = self.kind;
+                self.buffer
+                    .extend(rows.into_iter().map(|row| (kind.order_of(&row.0), row)));
+                Ok(true)
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                self.exhausted = true;
+                Ok(false)
+            }
+        }
+    }
+
+    fn take_front(&mut self, side: &mut SalesforceSide) -> Result<(), ReconcileError> {
+        let Some((order, (ext, id, values))) = self.buffer.pop_front() else {
             return Ok(());
+        };
+        if let Some(order) = order {
+            if self.last.is_some_and(|last| order < last) {
+                return Err(ReconcileError::Salesforce {
+                    object: self.object.clone(),
+                    source: Box::new(invalid(&format!(
+                        "records are not sorted by external id ({ext} after {})",
+                        self.last.unwrap_or_default()
+                    ))),
+                });
+            }
+            self.last = Some(order);
+            side.add_values(id.clone(), values);
+        }
+        match self.kind {
+            Kind::Order => side.add_order(&ext, id),
+            Kind::Item => side.add_item(&ext, id),
+        }
+        Ok(())
+    }
+}
+
+/// The read-ahead task: the query's pages (with its total size), reduced to [`Row`]s, sent as
+/// they come; the first error ends it. It also ends when the stream is dropped (a send fails).
+async fn read_pages(
+    client: Client,
+    soql: String,
+    object: String,
+    field: String,
+    fields: Vec<String>,
+    tx: mpsc::Sender<Result<(u64, Vec<Row>), ReconcileError>>,
+) {
+    let err = |source| ReconcileError::Salesforce {
+        object: object.clone(),
+        source: Box::new(source),
+    };
+    let mut page = match client.query::<Map<String, Value>>(&soql).await {
+        Ok(page) => page,
+        Err(e) => {
+            let _ = tx.send(Err(err(e))).await;
+            return;
+        }
+    };
+    for _ in 0..MAX_PAGES {
+        let rows = rows(std::mem::take(&mut page.records), &field, &fields);
+        if tx.send(Ok((page.total_size, rows))).await.is_err() || page.done {
+            return;
         }
         let Some(next) = page.next_records_url.take() else {
-            return Err(err(invalid("done is false but there is no nextRecordsUrl")));
+            let _ = tx
+                .send(Err(err(invalid(
+                    "done is false but there is no nextRecordsUrl",
+                ))))
+                .await;
+            return;
         };
-        page = client.query_more(&next).await.map_err(err)?;
+        page = match client.query_more(&next).await {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = tx.send(Err(err(e))).await;
+                return;
+            }
+        };
     }
-    Err(err(invalid("query still not done after too many pages")))
+    let _ = tx
+        .send(Err(err(invalid(
+            "query still not done after too many pages",
+        ))))
+        .await;
+}
+
+/// (external id, record id, values of `fields`) of each record with both ids.
+fn rows(records: Vec<Map<String, Value>>, field: &str, fields: &[String]) -> Vec<Row> {
+    let mut out = Vec::with_capacity(records.len());
+    for record in records {
+        // Salesforce answers with the field's canonical spelling, which the mapping may not
+        // use (API names are case-insensitive).
+        let ext = record
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(field))
+            .and_then(|(_, v)| v.as_str());
+        let id = record.get("Id").and_then(Value::as_str);
+        if let (Some(ext), Some(id)) = (ext, id) {
+            let values = fields
+                .iter()
+                .map(|f| {
+                    record
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(f))
+                        .map_or(Value::Null, |(_, v)| v.clone())
+                })
+                .collect();
+            out.push((ext.to_owned(), id.to_owned(), values));
+        }
+    }
+    out
 }
 
 fn invalid(detail: &str) -> orderbridge_salesforce::Error {
@@ -199,5 +394,72 @@ fn invalid(detail: &str) -> orderbridge_salesforce::Error {
         path: "query".into(),
         status: 200,
         detail: detail.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::progress::NoProgress;
+
+    fn stream(kind: Kind, pages: Vec<Vec<&str>>) -> RecordStream {
+        let (tx, rx) = mpsc::channel(pages.len().max(1));
+        for page in pages {
+            let rows = page
+                .into_iter()
+                .enumerate()
+                .map(|(n, ext)| (ext.to_owned(), format!("rec{ext}{n}"), vec![]))
+                .collect();
+            tx.try_send(Ok((0, rows))).unwrap();
+        }
+        RecordStream::from_pages(kind, "Order", rx, SharedBar::new(Box::new(NoProgress)))
+    }
+
+    const A: &str = "01900000-0000-7000-8000-00000000000a";
+    const B: &str = "01900000-0000-7000-8000-00000000000b";
+    const C: &str = "01900000-0000-7000-8000-00000000000c";
+
+    #[tokio::test]
+    async fn takes_up_to_a_key_across_pages_and_ours_only() {
+        let mut s = stream(Kind::Order, vec![vec![A, "not-ours"], vec![B, C]]);
+        let mut side = SalesforceSide::default();
+        s.take_through(B.parse().unwrap(), &mut side).await.unwrap();
+        let mut keys: Vec<_> = side.orders.keys().map(Uuid::to_string).collect();
+        keys.sort();
+        assert_eq!(keys, [A, B]);
+        assert_eq!((side.order_records, side.ignored), (3, 1));
+        assert_eq!(
+            s.next_bound(&mut side).await.unwrap(),
+            Some(C.parse().unwrap())
+        );
+        s.take_through(C.parse().unwrap(), &mut side).await.unwrap();
+        assert_eq!(s.next_bound(&mut side).await.unwrap(), None);
+        assert_eq!(side.order_records, 4);
+    }
+
+    #[tokio::test]
+    async fn items_sort_with_their_order() {
+        let (a1, a10, b2) = (format!("{A}-1"), format!("{A}-10"), format!("{B}-2"));
+        let mut s = stream(Kind::Item, vec![vec![&a1, &a10, &b2]]);
+        let mut side = SalesforceSide::default();
+        s.take_through(A.parse().unwrap(), &mut side).await.unwrap();
+        assert_eq!(side.items.len(), 1);
+        assert_eq!(side.items[&A.parse::<Uuid>().unwrap()].len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_answer_out_of_order_stops_the_run() {
+        let mut s = stream(Kind::Order, vec![vec![B, A]]);
+        let mut side = SalesforceSide::default();
+        let err = s
+            .take_through(C.parse().unwrap(), &mut side)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("not sorted by external id"),
+            "{err}"
+        );
     }
 }
