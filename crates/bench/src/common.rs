@@ -195,13 +195,13 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
     let mib =
         |k: Option<u64>| k.map_or("?".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
     t.info(
-        "reconcile: orders compared, time, bench RSS before → peak after",
+        "reconcile: orders compared, time, bench RSS before → peak during",
         format!(
             "{}, {:.1} s, {} → {}",
             v.orders,
             v.reconcile_secs,
             mib(v.rss_before_kib),
-            mib(v.peak_rss_after_kib)
+            mib(v.peak_rss_during_kib)
         ),
     );
     t.check(

@@ -34,6 +34,12 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Resets the process's peak resident set size (`VmHWM`) to its current one (Linux's
+/// `clear_refs` value 5), so a later [`peak_rss_kib`] is the peak since; `false` if refused.
+pub fn reset_peak_rss(pid: u32) -> bool {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
+}
+
 /// Current resident set size (`VmRSS`) in KiB; `None` if the process is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
