@@ -49,7 +49,7 @@ pub async fn records(State(s): State<AppState>, Path(sobject): Path<String>) -> 
     let list: Vec<Value> = inner
         .store
         .records(&name)
-        .map(|(_, r)| Value::Object(r.clone()))
+        .map(|(_, r)| Value::Object(r.to_map()))
         .collect();
     to_response(
         Reply::json(200, json!({"totalSize": list.len(), "records": list})),

@@ -17,6 +17,7 @@ use crate::ids;
 use crate::outbound::{Outbound, Settings};
 use crate::pubsub::Hub;
 use crate::schema::Schema;
+use crate::soql::Rows;
 use crate::store::{Locks, Store};
 
 /// An access token's session.
@@ -134,12 +135,13 @@ impl Usage {
     }
 }
 
-/// A query cursor for `nextRecordsUrl`.
-#[derive(Debug, Clone)]
+/// A query cursor for `nextRecordsUrl`: the matched records by id, rendered a page at a time.
 pub struct Cursor {
-    pub records: Vec<Value>,
+    pub rows: Rows,
     pub total: usize,
     pub batch: usize,
+    /// When it was opened (the cursor counter), so the oldest is the one released.
+    pub opened: u64,
 }
 
 /// Mutable state under the lock.

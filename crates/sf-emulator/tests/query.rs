@@ -188,6 +188,93 @@ async fn paging_with_next_records_url() {
     );
 }
 
+/// Opens a paged query of the seeded accounts (batches of 200) and answers its first
+/// `nextRecordsUrl`.
+async fn open_cursor(org: &Org) -> String {
+    let r = org
+        .call_with(
+            Method::GET,
+            &format!("{V}/query?q=SELECT+Name+FROM+Account+ORDER+BY+Name"),
+            None,
+            &[("Sforce-Query-Options", "batchSize=200")],
+        )
+        .await;
+    assert_eq!((r.status, r.body["done"].clone()), (200, json!(false)));
+    r.body["nextRecordsUrl"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn at_most_ten_cursors_are_open_and_the_oldest_is_released() {
+    let org = Org::start().await;
+    seed_accounts(&org, 450).await;
+    let mut locators = Vec::new();
+    for _ in 0..11 {
+        locators.push(open_cursor(&org).await);
+    }
+    // The eleventh released the first, as a Salesforce user's eleventh cursor does.
+    let r = org.call_with(Method::GET, &locators[0], None, &[]).await;
+    assert_eq!(
+        (r.status, error_code(&r.body)),
+        (400, "INVALID_QUERY_LOCATOR")
+    );
+    for locator in &locators[1..] {
+        let r = org.call_with(Method::GET, locator, None, &[]).await;
+        assert_eq!(r.status, 200, "{locator}: {}", r.body);
+        assert_eq!(names(&r)[0], "Acc 0200");
+    }
+}
+
+#[tokio::test]
+async fn later_pages_show_the_matched_records_as_they_are_when_read() {
+    let org = Org::start().await;
+    seed_accounts(&org, 450).await;
+    let next = open_cursor(&org).await;
+    // After the query ran: one record of the second page renamed, one deleted, one added.
+    let ids = org
+        .query("SELECT Id, Name FROM Account WHERE Name IN ('Acc 0200', 'Acc 0201')")
+        .await;
+    let id_of = |name: &str| {
+        ids.body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["Name"] == name)
+            .unwrap()["Id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (renamed, deleted) = (id_of("Acc 0200"), id_of("Acc 0201"));
+    let r = org
+        .patch(
+            &format!("/sobjects/Account/{renamed}"),
+            json!({"Name": "Acc 0200 renamed"}),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    let r = org.delete(&format!("/sobjects/Account/{deleted}")).await;
+    assert_eq!(r.status, 204, "{}", r.body);
+    seed_more(&org).await;
+    let r = org.call_with(Method::GET, &next, None, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["totalSize"], 450);
+    let page = names(&r);
+    assert_eq!(page.len(), 199);
+    assert_eq!(page[0], "Acc 0200 renamed");
+    assert_eq!(page[1], "Acc 0202");
+    assert!(!page.iter().any(|n| n.starts_with("Zed")));
+}
+
+async fn seed_more(org: &Org) {
+    let r = org
+        .post(
+            "/sobjects/Account",
+            json!({"Name": "Zed", "External_Id__c": "Z-1"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
 #[tokio::test]
 async fn query_errors() {
     let org = Org::start().await;

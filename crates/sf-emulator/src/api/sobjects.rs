@@ -15,7 +15,7 @@ use crate::store::render;
 
 fn platform_event(inner: &mut Inner, name: &str, req: &Req) -> Result<Reply, Reply> {
     let body = req.body_object()?.clone();
-    let id = inner.store.insert_raw(name, body);
+    let id = inner.store.insert_raw(name, body.into());
     Ok(Reply::json(
         201,
         json!({"id": id, "success": true, "errors": [{"statusCode": "OPERATION_ENQUEUED", "message": uuid::Uuid::new_v4().to_string(), "fields": []}]}),
@@ -33,7 +33,7 @@ fn known_platform_event(
     let body = req.body_object()?;
     crate::pubsub::platform::publish_rest(&ctx.shared.pubsub, name, body, &ctx.shared.user_id)
         .map_err(RecordError::into_reply)?;
-    let id = inner.store.insert_raw(name, body.clone());
+    let id = inner.store.insert_raw(name, body.clone().into());
     Ok(Reply::json(
         201,
         json!({"id": id, "success": true, "errors": []}),

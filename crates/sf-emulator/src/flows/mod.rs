@@ -217,6 +217,7 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap()
+            .into()
     }
 
     fn rule() -> Rule {

@@ -41,12 +41,11 @@ pub fn payload(
     commit: &Commit,
     sequence: i32,
 ) -> Result<Vec<u8>, apache_avro::Error> {
-    let (kind, values): (usize, Option<&serde_json::Map<String, Value>>) =
-        match (&change.old, &change.new) {
-            (None, Some(new)) => (0, Some(new)),
-            (Some(_), Some(new)) => (1, Some(new)),
-            _ => (2, None),
-        };
+    let (kind, values): (usize, Option<&crate::store::Record>) = match (&change.old, &change.new) {
+        (None, Some(new)) => (0, Some(new)),
+        (Some(_), Some(new)) => (1, Some(new)),
+        _ => (2, None),
+    };
     let mut changed = Vec::new();
     let mut nulled = Vec::new();
     let mut fields = Vec::with_capacity(schema.fields.len() + 1);

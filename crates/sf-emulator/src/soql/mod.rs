@@ -13,4 +13,4 @@ mod run;
 mod tests;
 
 pub use parse::{Query, parse};
-pub use run::{Outcome, run};
+pub use run::{Outcome, Rows, run};

@@ -5,7 +5,9 @@
 //! Field names are checked before any record is read, so a bad query fails the same way on an
 //! empty org as on a full one.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
+use std::ops::Range;
 
 use serde_json::{Map, Value, json};
 
@@ -84,6 +86,21 @@ fn value_at<'a>(store: &'a Store, rec: &'a Record, path: &Path) -> Option<&'a Va
     current.get(&path.field)
 }
 
+/// The text of a value, borrowed where it is text already.
+fn text_ref(v: &Value) -> Option<Cow<'_, str>> {
+    match v {
+        Value::String(s) => Some(Cow::Borrowed(s)),
+        other => text_of(other).map(Cow::Owned),
+    }
+}
+
+/// `text` lower-cased, compared with text already lower-case, without building the lower-cased
+/// copy: a filter over a large org compares every record.
+fn cmp_lowercase(text: &str, lower: &str) -> Ordering {
+    text.chars().flat_map(char::to_lowercase).cmp(lower.chars())
+}
+
+/// Compares a value with a literal whose text is lower-case (see [`Filter::compile`]).
 fn compare(v: Option<&Value>, lit: &Lit) -> Option<Ordering> {
     let v = v.filter(|v| !v.is_null());
     match (v, lit) {
@@ -94,19 +111,16 @@ fn compare(v: Option<&Value>, lit: &Lit) -> Option<Ordering> {
             .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
             .and_then(|x| x.partial_cmp(n)),
         (Some(v), Lit::Bool(b)) => v.as_bool().map(|x| x.cmp(b)),
-        (Some(v), Lit::Str(s) | Lit::Date(s)) => {
-            let x = text_of(v)?;
-            Some(x.to_lowercase().cmp(&s.to_lowercase()))
-        }
+        (Some(v), Lit::Str(s) | Lit::Date(s)) => Some(cmp_lowercase(&text_ref(v)?, s)),
     }
 }
 
 pub(super) fn like(v: Option<&Value>, pattern: &Lit) -> bool {
-    let (Some(text), Lit::Str(p)) = (v.and_then(text_of), pattern) else {
+    let (Some(text), Lit::Str(p)) = (v.and_then(text_ref), pattern) else {
         return false;
     };
-    let t: Vec<char> = text.to_lowercase().chars().collect();
-    let p: Vec<char> = p.to_lowercase().chars().collect();
+    let t: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
+    let p: Vec<char> = p.chars().flat_map(char::to_lowercase).collect();
     // Dynamic programming over (pattern prefix, text prefix): O(|p|·|t|), no backtracking blow-up
     // on patterns like '%a%a%a%b'.
     let mut row = vec![false; t.len() + 1];
@@ -132,42 +146,169 @@ pub(super) fn like(v: Option<&Value>, pattern: &Lit) -> bool {
     row[t.len()]
 }
 
-fn eval(store: &Store, def: &ObjectDef, rec: &Record, e: &Expr) -> Result<bool, RecordError> {
-    Ok(match e {
-        Expr::And(a, b) => eval(store, def, rec, a)? && eval(store, def, rec, b)?,
-        Expr::Or(a, b) => eval(store, def, rec, a)? || eval(store, def, rec, b)?,
-        Expr::Not(a) => !eval(store, def, rec, a)?,
-        Expr::Cmp(f, op, lit) => {
-            let path = resolve_path(store, def, f)?;
-            let v = value_at(store, rec, &path);
-            match op {
-                Op::Like => like(v, lit),
-                Op::Eq => compare(v, lit) == Some(Ordering::Equal),
-                Op::Ne => compare(v, lit) != Some(Ordering::Equal),
-                Op::Lt => compare(v, lit) == Some(Ordering::Less),
-                Op::Le => matches!(compare(v, lit), Some(Ordering::Less | Ordering::Equal)),
-                Op::Gt => compare(v, lit) == Some(Ordering::Greater),
-                Op::Ge => matches!(compare(v, lit), Some(Ordering::Greater | Ordering::Equal)),
+/// A `WHERE` clause checked against the schema once: field paths resolved, literals
+/// lower-cased, so evaluating it on a record looks nothing up but the record's fields.
+enum Filter {
+    And(Box<Filter>, Box<Filter>),
+    Or(Box<Filter>, Box<Filter>),
+    Not(Box<Filter>),
+    Cmp(Path, Op, Lit),
+    In(Path, Vec<Lit>, bool),
+}
+
+fn lower(lit: &Lit) -> Lit {
+    match lit {
+        Lit::Str(s) => Lit::Str(s.to_lowercase()),
+        Lit::Date(s) => Lit::Date(s.to_lowercase()),
+        other => other.clone(),
+    }
+}
+
+impl Filter {
+    /// Fails on an unknown field even when there is no record to evaluate it on, so a bad
+    /// query fails the same way on an empty org as on a full one.
+    fn compile(store: &Store, def: &ObjectDef, e: &Expr) -> Result<Self, RecordError> {
+        let sub = |e: &Expr| Self::compile(store, def, e).map(Box::new);
+        Ok(match e {
+            Expr::And(a, b) => Self::And(sub(a)?, sub(b)?),
+            Expr::Or(a, b) => Self::Or(sub(a)?, sub(b)?),
+            Expr::Not(a) => Self::Not(sub(a)?),
+            Expr::Cmp(f, op, lit) => Self::Cmp(resolve_path(store, def, f)?, *op, lower(lit)),
+            Expr::In(f, list, negated) => Self::In(
+                resolve_path(store, def, f)?,
+                list.iter().map(lower).collect(),
+                *negated,
+            ),
+        })
+    }
+
+    fn matches(&self, store: &Store, rec: &Record) -> bool {
+        match self {
+            Self::And(a, b) => a.matches(store, rec) && b.matches(store, rec),
+            Self::Or(a, b) => a.matches(store, rec) || b.matches(store, rec),
+            Self::Not(a) => !a.matches(store, rec),
+            Self::Cmp(path, op, lit) => {
+                let v = value_at(store, rec, path);
+                match op {
+                    Op::Like => like(v, lit),
+                    Op::Eq => compare(v, lit) == Some(Ordering::Equal),
+                    Op::Ne => compare(v, lit) != Some(Ordering::Equal),
+                    Op::Lt => compare(v, lit) == Some(Ordering::Less),
+                    Op::Le => matches!(compare(v, lit), Some(Ordering::Less | Ordering::Equal)),
+                    Op::Gt => compare(v, lit) == Some(Ordering::Greater),
+                    Op::Ge => {
+                        matches!(compare(v, lit), Some(Ordering::Greater | Ordering::Equal))
+                    }
+                }
+            }
+            Self::In(path, list, negated) => {
+                let v = value_at(store, rec, path);
+                let found = list.iter().any(|l| compare(v, l) == Some(Ordering::Equal));
+                found != *negated
             }
         }
-        Expr::In(f, list, negated) => {
-            let path = resolve_path(store, def, f)?;
-            let v = value_at(store, rec, &path);
-            let found = list.iter().any(|l| compare(v, l) == Some(Ordering::Equal));
-            found != *negated
-        }
-    })
+    }
 }
 
-/// Result of running a query: total count and the rendered records (all of them; the caller
-/// pages).
+/// One `ORDER BY` value of one record, computed once before sorting (not once per comparison).
+enum SortValue {
+    Null,
+    /// Numbers compare as numbers with each other; the text is for a number against text.
+    Num(f64, String),
+    Text(String),
+}
+
+impl SortValue {
+    fn of(v: Option<&Value>) -> Self {
+        match v.filter(|v| !v.is_null()) {
+            None => Self::Null,
+            Some(v) => {
+                let text = text_ref(v).map(|t| t.to_lowercase()).unwrap_or_default();
+                match v.as_f64() {
+                    Some(n) => Self::Num(n, text),
+                    None => Self::Text(text),
+                }
+            }
+        }
+    }
+
+    fn text(&self) -> &str {
+        match self {
+            Self::Null => "",
+            Self::Num(_, t) | Self::Text(t) => t,
+        }
+    }
+}
+
+/// SOQL's order of two values of one `ORDER BY` item.
+fn cmp_sort(a: &SortValue, b: &SortValue, asc: bool, nulls_first: Option<bool>) -> Ordering {
+    // SOQL default: NULLS FIRST for ASC, NULLS LAST for DESC.
+    let nf = nulls_first.unwrap_or(asc);
+    let null_side = if nf {
+        Ordering::Less
+    } else {
+        Ordering::Greater
+    };
+    match (a, b) {
+        (SortValue::Null, SortValue::Null) => Ordering::Equal,
+        (SortValue::Null, _) => null_side,
+        (_, SortValue::Null) => null_side.reverse(),
+        (x, y) => {
+            let o = match (x, y) {
+                (SortValue::Num(p, _), SortValue::Num(q, _)) => {
+                    p.partial_cmp(q).unwrap_or(Ordering::Equal)
+                }
+                _ => x.text().cmp(y.text()),
+            };
+            if asc { o } else { o.reverse() }
+        }
+    }
+}
+
+/// The records a query matched, in its order, by id: what a cursor keeps. Rendering a page
+/// from them costs a lookup per record; keeping rendered records would cost the whole result's
+/// JSON for as long as the cursor is open.
+pub struct Rows {
+    object: String,
+    ids: Vec<String>,
+    select: Vec<Path>,
+}
+
+impl Rows {
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The rows in `range`, rendered as the REST API answers them (`base` is
+    /// `/services/data/vNN.N` for record URLs). A record deleted since the query ran is left
+    /// out; one changed since is shown as it is now.
+    pub fn render(&self, store: &Store, range: Range<usize>, base: &str) -> Vec<Value> {
+        let Some(def) = store.schema().object(&self.object) else {
+            return Vec::new();
+        };
+        self.ids
+            .get(range)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|id| store.record(&self.object, id))
+            .map(|rec| render_row(store, def, rec, &self.select, base))
+            .collect()
+    }
+}
+
+/// Result of running a query: how many records it matched and which (`rows` is empty for
+/// `COUNT()`).
 pub struct Outcome {
     pub total: usize,
-    pub records: Vec<Value>,
+    pub rows: Rows,
 }
 
-/// Runs `q` against the store. `base` is `/services/data/vNN.N` for record URLs.
-pub fn run(store: &Store, q: &str, base: &str) -> Result<Outcome, RecordError> {
+/// Runs `q` against the store.
+pub fn run(store: &Store, q: &str) -> Result<Outcome, RecordError> {
     let query = parse(q)?;
     let def = store.schema().object(&query.object).ok_or_else(|| {
         RecordError::new(
@@ -178,102 +319,64 @@ pub fn run(store: &Store, q: &str, base: &str) -> Result<Outcome, RecordError> {
             ),
         )
     })?;
-    let select: Vec<(String, Path)> = query
+    let select: Vec<Path> = query
         .fields
         .iter()
-        .map(|f| resolve_path(store, def, f).map(|p| (f.clone(), p)))
+        .map(|f| resolve_path(store, def, f))
         .collect::<Result<_, _>>()?;
     let order: Vec<(Path, bool, Option<bool>)> = query
         .order
         .iter()
         .map(|(f, asc, nf)| resolve_path(store, def, f).map(|p| (p, *asc, *nf)))
         .collect::<Result<_, _>>()?;
-    if let Some(filter) = &query.filter {
-        // Validate field names even when there are no records to evaluate them on.
-        validate_expr(store, def, filter)?;
-    }
-    let mut matched: Vec<&Record> = Vec::new();
-    for (_, rec) in store.records(&def.name) {
-        let keep = match &query.filter {
-            Some(f) => eval(store, def, rec, f)?,
-            None => true,
-        };
-        if keep {
-            matched.push(rec);
-        }
-    }
-    if !order.is_empty() {
-        matched.sort_by(|a, b| {
-            for (path, asc, nulls_first) in &order {
-                let va = value_at(store, a, path).filter(|v| !v.is_null());
-                let vb = value_at(store, b, path).filter(|v| !v.is_null());
-                // SOQL default: NULLS FIRST for ASC, NULLS LAST for DESC.
-                let nf = nulls_first.unwrap_or(*asc);
-                let ord = match (va, vb) {
-                    (None, None) => Ordering::Equal,
-                    (None, Some(_)) => {
-                        if nf {
-                            Ordering::Less
-                        } else {
-                            Ordering::Greater
-                        }
-                    }
-                    (Some(_), None) => {
-                        if nf {
-                            Ordering::Greater
-                        } else {
-                            Ordering::Less
-                        }
-                    }
-                    (Some(x), Some(y)) => {
-                        let o = match (x.as_f64(), y.as_f64()) {
-                            (Some(p), Some(q)) => p.partial_cmp(&q).unwrap_or(Ordering::Equal),
-                            _ => text_of(x)
-                                .unwrap_or_default()
-                                .to_lowercase()
-                                .cmp(&text_of(y).unwrap_or_default().to_lowercase()),
-                        };
-                        if *asc { o } else { o.reverse() }
-                    }
-                };
-                if ord != Ordering::Equal {
-                    return ord;
-                }
-            }
-            Ordering::Equal
+    let filter = query
+        .filter
+        .as_ref()
+        .map(|f| Filter::compile(store, def, f))
+        .transpose()?;
+    let matched = store
+        .records(&def.name)
+        .filter(|(_, rec)| filter.as_ref().is_none_or(|f| f.matches(store, rec)));
+    let mut ids: Vec<&String> = if order.is_empty() {
+        matched.map(|(id, _)| id).collect()
+    } else {
+        let mut keyed: Vec<(Vec<SortValue>, &String)> = matched
+            .map(|(id, rec)| {
+                let key = order
+                    .iter()
+                    .map(|(path, _, _)| SortValue::of(value_at(store, rec, path)))
+                    .collect();
+                (key, id)
+            })
+            .collect();
+        // Stable: records equal on every ORDER BY item keep their creation order.
+        keyed.sort_by(|(a, _), (b, _)| {
+            order
+                .iter()
+                .zip(a.iter().zip(b))
+                .map(|((_, asc, nf), (x, y))| cmp_sort(x, y, *asc, *nf))
+                .find(|o| o.is_ne())
+                .unwrap_or(Ordering::Equal)
         });
-    }
-    let offset = query.offset.unwrap_or(0);
-    let limited: Vec<&Record> = matched
-        .into_iter()
-        .skip(offset)
-        .take(query.limit.unwrap_or(usize::MAX))
-        .collect();
-    if query.count_only {
-        return Ok(Outcome {
-            total: limited.len(),
-            records: Vec::new(),
-        });
-    }
-    let records = limited
-        .iter()
-        .map(|rec| render_row(store, def, rec, &select, base))
-        .collect();
+        keyed.into_iter().map(|(_, id)| id).collect()
+    };
+    let offset = query.offset.unwrap_or(0).min(ids.len());
+    ids.drain(..offset);
+    ids.truncate(query.limit.unwrap_or(usize::MAX));
+    let total = ids.len();
+    let ids = if query.count_only {
+        Vec::new()
+    } else {
+        ids.into_iter().cloned().collect()
+    };
     Ok(Outcome {
-        total: limited.len(),
-        records,
+        total,
+        rows: Rows {
+            object: def.name.clone(),
+            ids,
+            select,
+        },
     })
-}
-
-fn validate_expr(store: &Store, def: &ObjectDef, e: &Expr) -> Result<(), RecordError> {
-    match e {
-        Expr::And(a, b) | Expr::Or(a, b) => {
-            validate_expr(store, def, a)?;
-            validate_expr(store, def, b)
-        }
-        Expr::Not(a) => validate_expr(store, def, a),
-        Expr::Cmp(f, _, _) | Expr::In(f, _, _) => resolve_path(store, def, f).map(|_| ()),
-    }
 }
 
 fn attributes(obj: &str, id: &str, base: &str) -> Value {
@@ -315,17 +418,11 @@ fn insert_path(
     }
 }
 
-fn render_row(
-    store: &Store,
-    def: &ObjectDef,
-    rec: &Record,
-    select: &[(String, Path)],
-    base: &str,
-) -> Value {
+fn render_row(store: &Store, def: &ObjectDef, rec: &Record, select: &[Path], base: &str) -> Value {
     let id = rec.get("Id").and_then(Value::as_str).unwrap_or_default();
     let mut out = Map::new();
     out.insert("attributes".into(), attributes(&def.name, id, base));
-    for (_, path) in select {
+    for path in select {
         if path.hops.is_empty() {
             out.insert(
                 path.field.clone(),

@@ -52,11 +52,11 @@ impl Store {
         let mut rec = Record::new();
         for f in &def.fields {
             if let Some(d) = &f.default {
-                rec.insert(f.name.clone(), d.clone());
+                rec.insert(&f.name, d.clone());
             }
         }
         for (k, v) in &changes {
-            rec.insert(k.clone(), v.clone());
+            rec.insert(k, v.clone());
         }
         self.derive(def, &mut rec)?;
         self.validate(def, None, &rec, &changes, Mode::Insert)?;
@@ -71,7 +71,7 @@ impl Store {
                 .entry(format!("{}.{}", def.name, f.name))
                 .or_insert(99);
             *counter += 1;
-            rec.insert(f.name.clone(), json!(format!("{:08}", *counter)));
+            rec.insert(&f.name, json!(format!("{:08}", *counter)));
         }
         let total = line_total(&rec);
         let order = rec
@@ -129,14 +129,14 @@ impl Store {
         let old_total = line_total(&current);
         let mut rec = current;
         for (k, v) in &changes {
-            rec.insert(k.clone(), v.clone());
+            rec.insert(k, v.clone());
         }
         self.derive(def, &mut rec)?;
         self.validate(def, Some(&id), &rec, &changes, Mode::Update)?;
         check_lock(locks, &keys, &id)?;
         let now = json!(sf_datetime(Utc::now()));
-        rec.insert("LastModifiedDate".into(), now.clone());
-        rec.insert("SystemModstamp".into(), now);
+        rec.insert("LastModifiedDate", now.clone());
+        rec.insert("SystemModstamp", now);
         let delta = line_total(&rec) - old_total;
         let order = rec
             .get("OrderId")

@@ -26,6 +26,7 @@ mod dml;
 mod fields;
 mod locks;
 mod objects;
+mod record;
 mod records;
 mod render;
 mod transaction;

@@ -91,7 +91,7 @@ impl Store {
     pub(super) fn derive(&self, def: &ObjectDef, rec: &mut Record) -> Result<(), RecordError> {
         if def.name == "OrderItem" && def.field("TotalPrice").is_some() {
             let total = line_total(rec);
-            rec.insert("TotalPrice".into(), json!(total));
+            rec.insert("TotalPrice", json!(total));
         }
         if def.name == "OrderItem"
             && let Some(pbe) = rec.get("PricebookEntryId").and_then(Value::as_str)
@@ -107,7 +107,7 @@ impl Store {
                     .with_fields(vec!["Product2Id".into()]));
                 }
                 _ => {
-                    rec.insert("Product2Id".into(), product);
+                    rec.insert("Product2Id", product);
                 }
             }
         }
@@ -144,7 +144,7 @@ impl Store {
             .unwrap_or(0.0);
         // Currency: keep cents exact despite binary floating point.
         let total = ((current + delta) * 100.0).round() / 100.0;
-        order.insert("TotalAmount".into(), json!(total));
+        order.insert("TotalAmount", json!(total));
         if let Some(old) = old {
             self.journal.push(Undo::Replaced {
                 obj: "Order".to_owned(),

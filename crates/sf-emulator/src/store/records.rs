@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::ids;
 use crate::reply::RecordError;
@@ -19,8 +19,7 @@ use crate::schema::{ObjectDef, Schema};
 
 use super::changes::ChangeLog;
 
-/// A record: field name (schema spelling) → JSON value.
-pub type Record = Map<String, Value>;
+pub use super::record::Record;
 
 /// The mutable part of the store (what a snapshot copies and a data file holds).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -187,7 +186,8 @@ impl Store {
     }
 
     /// Writes a record (insert or replace), keeping the index and the undo log.
-    pub(super) fn put(&mut self, obj: &str, id: &str, rec: Record) {
+    pub(super) fn put(&mut self, obj: &str, id: &str, mut rec: Record) {
+        rec.shrink();
         let old = self.data.tables.get_mut(obj).and_then(|t| t.remove(id));
         if let Some(old) = &old {
             self.index_remove(obj, id, old);
@@ -236,9 +236,9 @@ impl Store {
             return;
         }
         let mut rec = Record::new();
-        rec.insert("Name".into(), json!("Standard Price Book"));
-        rec.insert("IsActive".into(), json!(true));
-        rec.insert("IsStandard".into(), json!(true));
+        rec.insert("Name", json!("Standard Price Book"));
+        rec.insert("IsActive", json!(true));
+        rec.insert("IsStandard", json!(true));
         self.insert_raw("Pricebook2", rec);
     }
 
@@ -267,6 +267,12 @@ impl Store {
         self.data.tables.get(obj).into_iter().flat_map(|t| t.iter())
     }
 
+    /// A live record by object and id as stored (no id normalization, no error detail): for
+    /// callers that hold ids the store gave them.
+    pub fn record(&self, obj: &str, id: &str) -> Option<&Record> {
+        self.data.tables.get(obj)?.get(id)
+    }
+
     fn new_id(&mut self, prefix: &str) -> String {
         self.data.next_id += 1;
         ids::make_id(prefix, self.data.next_id)
@@ -280,13 +286,13 @@ impl Store {
             .map_or_else(|| "e00".to_owned(), |o| o.key_prefix.clone());
         let id = self.new_id(&prefix);
         let now = json!(sf_datetime(Utc::now()));
-        rec.insert("Id".into(), json!(id));
-        rec.insert("IsDeleted".into(), json!(false));
-        rec.insert("CreatedDate".into(), now.clone());
-        rec.insert("LastModifiedDate".into(), now.clone());
-        rec.insert("SystemModstamp".into(), now);
-        rec.insert("CreatedById".into(), json!(self.user_id));
-        rec.insert("LastModifiedById".into(), json!(self.user_id));
+        rec.insert("Id", json!(id));
+        rec.insert("IsDeleted", json!(false));
+        rec.insert("CreatedDate", now.clone());
+        rec.insert("LastModifiedDate", now.clone());
+        rec.insert("SystemModstamp", now);
+        rec.insert("CreatedById", json!(self.user_id));
+        rec.insert("LastModifiedById", json!(self.user_id));
         self.put(obj, &id, rec);
         id
     }
