@@ -27,17 +27,83 @@ pub struct Baseline {
     pub pg: PgCounters,
     pub load: Option<[f64; 3]>,
     pub cpu: CpuSnapshot,
+    pub emulator: EmulatorMemory,
 }
 
 impl Baseline {
     pub async fn take(stack: &Stack) -> Result<Self> {
+        let stats = stack.emulator_stats().await?;
         Ok(Self {
             startup_calls: stack.api_calls().await?,
             pg: PgCounters::take(stack.pool()?).await?,
             load: procfs::loadavg(),
             cpu: CpuSnapshot::take(&stack.pids()),
+            emulator: EmulatorMemory::read(stack, &stats),
         })
     }
+}
+
+/// The emulator's resident memory and the records it holds, read together: their growth over
+/// a run is what a stored record costs (the figure issue 15 asks to be reported). Resident
+/// memory rather than live allocations, so freed blocks the allocator keeps count too: an
+/// upper bound.
+#[derive(Debug, Clone, Copy)]
+pub struct EmulatorMemory {
+    pub rss_kib: Option<u64>,
+    pub records: u64,
+}
+
+impl EmulatorMemory {
+    fn read(stack: &Stack, stats: &Value) -> Self {
+        Self {
+            rss_kib: stack.rss_kib_of(EMULATOR),
+            records: stored_records(stats),
+        }
+    }
+
+    /// Bytes of resident memory per record stored since `before`; `None` when nothing was
+    /// stored or a reading is missing.
+    pub fn bytes_per_record_since(&self, before: &Self) -> Option<f64> {
+        let grown = self.rss_kib?.saturating_sub(before.rss_kib?) as f64 * 1024.0;
+        let stored = self
+            .records
+            .checked_sub(before.records)
+            .filter(|n| *n > 0)?;
+        Some(grown / stored as f64)
+    }
+
+    fn row(&self, t: &mut Table, before: &Self) {
+        let mib =
+            |kib: Option<u64>| kib.map_or("?".to_owned(), |k| format!("{:.1}", k as f64 / 1024.0));
+        let stored = self.records.saturating_sub(before.records);
+        let per_record = self
+            .bytes_per_record_since(before)
+            .map_or("?".to_owned(), |b| format!("{b:.0} B"));
+        t.info(
+            "sf-emulator memory per stored record (stand-in)",
+            format!(
+                "{per_record}: RSS {} → {} MiB for {} records stored",
+                mib(before.rss_kib),
+                mib(self.rss_kib),
+                crate::report::thousands(stored as f64)
+            ),
+        );
+    }
+
+    fn to_json(self, before: &Self) -> Value {
+        json!({
+            "rss_kib_before": before.rss_kib, "rss_kib_after": self.rss_kib,
+            "records_before": before.records, "records_after": self.records,
+            "bytes_per_record": self.bytes_per_record_since(before),
+        })
+    }
+}
+
+/// Records the emulator holds, every object (its `/__admin/stats` `records`).
+fn stored_records(stats: &Value) -> u64 {
+    stats["records"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
 }
 
 /// The readings once the orders are through, against a [`Baseline`].
@@ -51,6 +117,7 @@ pub struct Totals {
     pub stats: Value,
     /// Salesforce calls after the start-up ones.
     pub calls: u64,
+    pub emulator: EmulatorMemory,
 }
 
 impl Totals {
@@ -60,6 +127,7 @@ impl Totals {
         let cpu = baseline.cpu.usage_until(&CpuSnapshot::take(&stack.pids()));
         let load = procfs::loadavg();
         let rss = stack.peak_rss_kib();
+        let emulator_rss_kib = stack.rss_kib_of(EMULATOR);
         let scraped = stack.scrape_metrics().await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let pg = PgCounters::take(stack.pool()?).await?;
@@ -68,6 +136,10 @@ impl Totals {
             .as_u64()
             .unwrap_or(0)
             .saturating_sub(baseline.startup_calls);
+        let emulator = EmulatorMemory {
+            rss_kib: emulator_rss_kib,
+            records: stored_records(&stats),
+        };
         Ok(Self {
             cpu,
             load,
@@ -76,6 +148,7 @@ impl Totals {
             pg,
             stats,
             calls,
+            emulator,
         })
     }
 
@@ -105,6 +178,7 @@ impl Totals {
                 cpu: &self.cpu,
             },
         );
+        self.emulator.row(t, &baseline.emulator);
         Closing {
             calls_per_1000,
             service_metrics,
@@ -130,6 +204,7 @@ impl Totals {
                 "per_1000_orders": closing.calls_per_1000, "stats_at_end": self.stats,
             },
             "peak_rss_mib": common::rss_json(&self.rss),
+            "emulator_memory": self.emulator.to_json(&baseline.emulator),
             "service_metrics": closing.service_metrics,
             "postgres_per_order": closing.pg,
             "verification": verification.to_json(),

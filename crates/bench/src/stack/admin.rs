@@ -97,6 +97,14 @@ impl Stack {
             .collect()
     }
 
+    /// Current resident set (VmRSS) of one service, in KiB; `None` if it is not running.
+    pub fn rss_kib_of(&self, name: &str) -> Option<u64> {
+        self.services
+            .iter()
+            .find(|s| s.name == name)
+            .and_then(|s| procfs::rss_kib(s.pid))
+    }
+
     /// Peak resident set (VmHWM) of each service so far, in KiB.
     pub fn peak_rss_kib(&self) -> Vec<(String, Option<u64>)> {
         self.services
