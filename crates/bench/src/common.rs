@@ -351,11 +351,16 @@ pub fn metric_mean(text: &str, name: &str) -> Option<f64> {
     (count > 0.0).then(|| sum / count)
 }
 
-fn metric_count(text: &str, name: &str) -> Option<f64> {
-    let key = format!("{name}_count ");
+/// An unlabelled gauge's value in an exposition text.
+fn metric_gauge(text: &str, name: &str) -> Option<f64> {
+    let key = format!("{name} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&key))
         .and_then(|v| v.trim().parse().ok())
+}
+
+fn metric_count(text: &str, name: &str) -> Option<f64> {
+    metric_gauge(text, &format!("{name}_count"))
 }
 
 /// What the services' own metrics say about batching and latency, as table rows and JSON.
@@ -370,16 +375,24 @@ pub fn metrics_rows(t: &mut Table, scraped: &[(String, String)], backlog: bool) 
                 let size = metric_mean(text, "sync_worker_batch_size");
                 let call = metric_mean(text, "sync_worker_salesforce_call_seconds");
                 let lag = metric_mean(text, "sync_worker_end_to_end_lag_seconds");
+                // The adaptive window's size when the run ended (it holds once the backlog
+                // is gone; each change is in the worker's log: "worker window changed").
+                let window = metric_gauge(text, "sync_worker_window");
                 if let (Some(b), Some(s), Some(c)) = (batches, size, call) {
                     t.info(
-                        "worker: batches, mean batch, mean Salesforce call",
-                        format!("{b:.0}, {s:.1} orders, {:.0} ms", c * 1e3),
+                        "worker: batches, mean batch, mean Salesforce call, window at the end",
+                        format!(
+                            "{b:.0}, {s:.1} orders, {:.0} ms, {}",
+                            c * 1e3,
+                            window.map_or("-".into(), |w| format!("{w:.0}"))
+                        ),
                     );
                 }
                 json.insert(
                     service.clone(),
                     json!({"batches": batches, "mean_batch_size": size,
-                           "mean_salesforce_call_s": call, "mean_event_to_synced_s": lag}),
+                           "mean_salesforce_call_s": call, "mean_event_to_synced_s": lag,
+                           "window_at_end": window}),
                 );
             }
             crate::stack::RELAY => {

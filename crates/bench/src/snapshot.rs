@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -30,11 +30,19 @@ pub struct Baseline {
     pub emulator: EmulatorMemory,
 }
 
+/// Salesforce API calls the emulator has counted, from its `/__admin/stats` answer.
+fn api_calls(stats: &Value) -> Result<u64> {
+    stats
+        .get("api_calls_total")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| anyhow!("emulator stats lack api_calls_total"))
+}
+
 impl Baseline {
     pub async fn take(stack: &Stack) -> Result<Self> {
         let stats = stack.emulator_stats().await?;
         Ok(Self {
-            startup_calls: stack.api_calls().await?,
+            startup_calls: api_calls(&stats)?,
             pg: PgCounters::take(stack.pool()?).await?,
             load: procfs::loadavg(),
             cpu: CpuSnapshot::take(&stack.pids()),
@@ -132,10 +140,7 @@ impl Totals {
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let pg = PgCounters::take(stack.pool()?).await?;
         let stats = stack.emulator_stats().await?;
-        let calls = stats["api_calls_total"]
-            .as_u64()
-            .unwrap_or(0)
-            .saturating_sub(baseline.startup_calls);
+        let calls = api_calls(&stats)?.saturating_sub(baseline.startup_calls);
         let emulator = EmulatorMemory {
             rss_kib: emulator_rss_kib,
             records: stored_records(&stats),

@@ -56,8 +56,7 @@ fn lowest_id(created_after: Option<DateTime<Utc>>) -> Uuid {
 
 /// The client's orders, newest first, at most `limit`.
 ///
-/// Paged by id (`orders_client_id_idx` (client_id, id DESC), or the primary key when the
-/// planner prefers it): ids are UUIDv7, so id order is creation order. `created_after` is also
+/// Paged by id: ids are UUIDv7, so id order is creation order. `created_after` is also
 /// turned into a lower id bound, so that a filter matching few orders reads only the orders of
 /// that span instead of the client's whole history. That rests on an invariant of the order writers: **an order's id carries a
 /// millisecond no earlier than its `created_at`'s** (`floor_ms(created_at)`). order-api's
@@ -65,9 +64,31 @@ fn lowest_id(created_after: Option<DateTime<Utc>>) -> Uuid {
 /// same clock, and `Uuid::now_v7` never goes back in time within a process. The bound is taken
 /// [`ID_CLOCK_MARGIN_MS`] (1 minute) earlier still, for any writer whose id and timestamp come
 /// from clocks a little apart; a writer that made ids older than that (a UUIDv4, an id chosen
-/// before the order's time) would have its orders missing from `created_after` lists. The
-/// bound is always bound (nil without the filter), so it is an index condition in a generic
-/// plan of the prepared statement too, not only in a custom one.
+/// before the order's time) would have its orders missing from `created_after` lists.
+///
+/// One prepared statement serves every combination of filters, so its text never changes and
+/// every parameter is always bound; Postgres may run it with a generic plan (after 5
+/// executions), which cannot look at which filters are set. Hence:
+/// - Both id bounds are always bound (`$7`: nil without `created_after`; `$5`: the max UUID
+///   without a cursor, which no UUIDv7 is), so they are index conditions in a generic plan too.
+///   (`$5 IS NULL OR id < $5` was only a filter there: a deep page walked the newer orders.)
+/// - It is a `UNION ALL` of four branches, exactly one of which runs: each is guarded by
+///   conditions on the parameters alone, which Postgres evaluates once ("One-Time Filter")
+///   and skips the branch's scan when false, in generic plans too (custom plans drop it).
+///   1. `client_ref` set: the `(client_id, client_ref)` unique key, at most one order.
+///   2. No `sync_state`: `orders_client_id_idx` or the primary key, backwards.
+///   3. `sync_state` without `created_after`: `orders_client_sync_state_idx`. The state is
+///      written as the range `>= $2 AND <= $2` and the order as `sync_state, id DESC` on
+///      purpose: with `sync_state = $2` Postgres drops `sync_state` from the ORDER BY
+///      (constant) and may then walk the primary key backwards, filtering, because it assumes
+///      the state's orders are spread evenly over time; with a backlog (the newest 60,000
+///      `pending`, the rest `synced`) a `synced` list read 60,000 orders for 50 (10–20 ms warm,
+///      far more from disk). The range is no equality, so only this index gives that order.
+///      Its cost: after the range, the id keys no longer stop the index scan, which is why
+///      `created_after` goes to branch 4.
+///   4. `sync_state` and `created_after`: plain equality, so the lower id bound ends the scan
+///      on whichever index the planner picks (the pkey is bounded by the same span).
+/// - The outer `ORDER BY` sorts at most `limit` rows.
 pub async fn list_orders(
     conn: &mut PgConnection,
     client_id: ClientId,
@@ -75,21 +96,46 @@ pub async fn list_orders(
     limit: i64,
 ) -> Result<Vec<Order>, sqlx::Error> {
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders
-         WHERE client_id = $1
-           AND ($2::text IS NULL OR sync_state = $2)
-           AND ($3::text IS NULL OR client_ref = $3)
-           AND ($4::timestamptz IS NULL OR created_at > $4)
-           AND id >= $7
-           AND ($5::uuid IS NULL OR id < $5)
-         ORDER BY id DESC
-         LIMIT $6"
+        "SELECT {ORDER_COLUMNS} FROM (
+            (SELECT {ORDER_COLUMNS} FROM orders
+              WHERE $3::text IS NOT NULL
+                AND client_id = $1 AND client_ref = $3
+                AND ($2::text IS NULL OR sync_state = $2)
+                AND ($4::timestamptz IS NULL OR created_at > $4)
+                AND id >= $7 AND id < $5
+              ORDER BY id DESC
+              LIMIT $6)
+            UNION ALL
+            (SELECT {ORDER_COLUMNS} FROM orders
+              WHERE $3::text IS NULL AND $2::text IS NULL
+                AND client_id = $1
+                AND ($4::timestamptz IS NULL OR created_at > $4)
+                AND id >= $7 AND id < $5
+              ORDER BY id DESC
+              LIMIT $6)
+            UNION ALL
+            (SELECT {ORDER_COLUMNS} FROM orders
+              WHERE $3::text IS NULL AND $2::text IS NOT NULL AND $4::timestamptz IS NULL
+                AND client_id = $1 AND sync_state >= $2 AND sync_state <= $2
+                AND id >= $7 AND id < $5
+              ORDER BY sync_state, id DESC
+              LIMIT $6)
+            UNION ALL
+            (SELECT {ORDER_COLUMNS} FROM orders
+              WHERE $3::text IS NULL AND $2::text IS NOT NULL AND $4::timestamptz IS NOT NULL
+                AND client_id = $1 AND sync_state = $2
+                AND created_at > $4
+                AND id >= $7 AND id < $5
+              ORDER BY id DESC
+              LIMIT $6)
+         ) o
+         ORDER BY id DESC"
     ))
     .bind(client_id.get())
     .bind(filter.sync_state.map(SyncState::as_str))
     .bind(filter.client_ref.as_deref())
     .bind(filter.created_after)
-    .bind(filter.before.map(OrderId::get))
+    .bind(filter.before.map_or(Uuid::max(), OrderId::get))
     .bind(limit)
     .bind(lowest_id(filter.created_after))
     .fetch_all(&mut *conn)

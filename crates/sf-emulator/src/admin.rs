@@ -70,6 +70,8 @@ struct FaultsPatch {
     bulk_fail_jobs: Option<u32>,
     /// Bulk ingest processing speed in rows per second (0: unthrottled).
     bulk_rows_per_second: Option<u64>,
+    /// Calls under `/services/data` served at once (0: no limit).
+    max_concurrent_calls: Option<u32>,
     /// Invalidates every access token now (clients must log in again).
     expire_sessions: Option<bool>,
     /// Sets the remaining daily API allocation (0 → REQUEST_LIMIT_EXCEEDED).
@@ -144,6 +146,9 @@ pub async fn set_faults(State(s): State<AppState>, body: Bytes) -> Response {
         }
         if let Some(v) = patch.bulk_rows_per_second {
             inner.faults.bulk_rows_per_second = v;
+        }
+        if let Some(v) = patch.max_concurrent_calls {
+            inner.faults.max_concurrent_calls = v;
         }
         if patch.expire_sessions == Some(true) {
             inner.sessions.clear();

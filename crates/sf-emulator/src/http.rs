@@ -2,7 +2,7 @@
 //! checks, API-call counting, the `Sforce-Limit-Info` header and injected errors.
 //!
 //! ```text
-//! request ─► latency/jitter ─► outage? 503 ─► token endpoint
+//! request ─► [/services/data: a call slot, if limited] ─► latency/jitter ─► outage? 503 ─► token endpoint
 //!                                      └────► /services/data/vNN.N/… ─► session? 401
 //!                                              ─► daily limit? 403 ─► count call
 //!                                              ─► injected error? ─► api::execute
@@ -228,6 +228,8 @@ async fn data(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    // Held to the end of the call: with `max_concurrent_calls` set, calls queue here.
+    let _slot = s.call_slot().await;
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }

@@ -45,6 +45,11 @@ pub struct Faults {
     /// Bulk ingest processing speed, rows per second (0: as fast as the store goes).
     #[serde(default)]
     pub bulk_rows_per_second: u64,
+    /// Calls under `/services/data` served at once (0: no limit); the others wait their turn,
+    /// injected latency included. A saturated org, or a CPU that cannot go faster: more calls
+    /// in flight only make each one slower.
+    #[serde(default)]
+    pub max_concurrent_calls: u32,
 }
 
 /// Call counters (see `GET /__admin/stats`).
@@ -161,6 +166,8 @@ pub struct Inner {
     pub flows: Flows,
     /// Bulk API 2.0 ingest jobs.
     pub bulk: crate::bulk::Jobs,
+    /// The slots behind `faults.max_concurrent_calls`, made for the limit they were made for.
+    pub call_slots: Option<(u32, Arc<tokio::sync::Semaphore>)>,
 }
 
 /// Everything a handler needs.
@@ -186,6 +193,29 @@ pub struct Shared {
 pub type AppState = Arc<Shared>;
 
 impl Shared {
+    /// Waits for a call slot while `max_concurrent_calls` is set; the slot is held until the
+    /// permit is dropped (the end of the call). Calls already holding a slot under an earlier
+    /// limit keep it.
+    pub async fn call_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slots = {
+            let mut inner = self.lock();
+            let limit = inner.faults.max_concurrent_calls;
+            if limit == 0 {
+                inner.call_slots = None;
+                return None;
+            }
+            match &inner.call_slots {
+                Some((made_for, slots)) if *made_for == limit => Arc::clone(slots),
+                _ => {
+                    let slots = Arc::new(tokio::sync::Semaphore::new(limit as usize));
+                    inner.call_slots = Some((limit, Arc::clone(&slots)));
+                    slots
+                }
+            }
+        };
+        slots.acquire_owned().await.ok()
+    }
+
     pub fn new(
         config: EmulatorConfig,
         instance_url: String,
@@ -210,6 +240,7 @@ impl Shared {
             next_cursor: 0,
             flows: Flows::new(flows.clone()),
             bulk: crate::bulk::Jobs::default(),
+            call_slots: None,
         };
         capture(&pubsub, &mut inner);
         Self {

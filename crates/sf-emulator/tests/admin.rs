@@ -48,6 +48,44 @@ async fn latency_with_jitter_delays_calls() {
 }
 
 #[tokio::test]
+async fn max_concurrent_calls_makes_calls_wait_their_turn() {
+    let org = Org::start().await;
+    org.faults(json!({"latency_ms": 200, "max_concurrent_calls": 1}))
+        .await;
+    let start = Instant::now();
+    let calls = async {
+        let (a, b, c) = tokio::join!(org.get("/limits"), org.get("/limits"), org.get("/limits"));
+        [a, b, c]
+    };
+    let watch = async {
+        // While the first call sits in its latency, the others have not reached it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        org.stats().await["delayed_requests"].as_u64()
+    };
+    let (answers, delayed) = tokio::join!(calls, watch);
+    assert!(answers.iter().all(|r| r.status == 200));
+    assert_eq!(delayed, Some(1));
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "one at a time: {took:?}"
+    );
+    assert_eq!(
+        org.admin(Method::GET, "/faults", None).await.body["max_concurrent_calls"],
+        1
+    );
+    // Cleared: all three are in their latency at once.
+    org.faults(json!({"max_concurrent_calls": 0})).await;
+    let calls = async { tokio::join!(org.get("/limits"), org.get("/limits"), org.get("/limits")) };
+    let watch = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        org.stats().await["delayed_requests"].as_u64()
+    };
+    let (_, delayed) = tokio::join!(calls, watch);
+    assert_eq!(delayed, Some(6));
+}
+
+#[tokio::test]
 async fn error_rates_and_fail_next_inject_salesforce_errors() {
     let org = Org::start().await;
     org.faults(json!({"error_rates": {"SERVER_UNAVAILABLE": 1.0}}))

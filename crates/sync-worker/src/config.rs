@@ -74,9 +74,16 @@ pub struct WorkerConfig {
     /// rates (API budget) at a bounded latency; `0s`: batches wait WORKER_BATCH_LINGER only.
     #[arg(long, env = "WORKER_LATENCY_TARGET", default_value = "700ms", value_parser = humantime::parse_duration, global = true)]
     pub latency_target: Duration,
-    /// Batches being written to Salesforce at once, so its latency does not cap throughput.
-    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
+    /// The most batches written to Salesforce at once, so its latency does not cap throughput.
+    /// With WORKER_ADAPTIVE_WINDOW the window starts at 4 (or this, if lower) and finds, while
+    /// a backlog lasts, how many pay off; each full batch in flight holds ~12 MiB, and each is
+    /// one concurrent request against the org's limits (see the README's sizing rule).
+    #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
     pub max_in_flight: u16,
+    /// Adapt the number of batches in flight (1 ..= WORKER_MAX_IN_FLIGHT) to what raises
+    /// throughput during a backlog; `false`: always WORKER_MAX_IN_FLIGHT.
+    #[arg(long, env = "WORKER_ADAPTIVE_WINDOW", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub adaptive_window: bool,
     /// Backlog batches through Bulk API 2.0 (0: off). A batch that fills to WORKER_BATCH_SIZE
     /// before its linger runs out is part of a backlog: it keeps filling up to this many orders
     /// for up to WORKER_BULK_LINGER, and goes out as Bulk jobs when it holds at least

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub requeued_total: AtomicU64,
     pub broker_reconnects_total: AtomicU64,
     pub breaker_trips_total: AtomicU64,
+    /// Batches that may be written at once now (the adaptive window, `worker::window`).
+    pub window: AtomicU64,
     pub salesforce_calls_total: AtomicU64,
     /// Bulk API 2.0 jobs run to the end (a job is several calls: create, upload, complete, polls,
     /// results), and how long each took.
@@ -72,6 +74,7 @@ impl Default for Metrics {
             requeued_total: AtomicU64::new(0),
             broker_reconnects_total: AtomicU64::new(0),
             breaker_trips_total: AtomicU64::new(0),
+            window: AtomicU64::new(0),
             salesforce_calls_total: AtomicU64::new(0),
             bulk_jobs_total: AtomicU64::new(0),
             bulk_job_seconds: Histogram::new(LAG_BUCKETS),
@@ -441,6 +444,13 @@ impl AdminState for Metrics {
             "sync_worker_salesforce_api_max",
             "Daily API request allocation, from the last Sforce-Limit-Info header.",
             n(&self.api_max) as f64,
+        );
+        gauge(
+            &mut out,
+            "sync_worker_window",
+            "Batches that may be written to Salesforce at once now (adapted during backlogs, \
+             at most WORKER_MAX_IN_FLIGHT).",
+            n(&self.window) as f64,
         );
         self.render_targets(&mut out);
         self.batch_size.render(

@@ -62,15 +62,6 @@ impl Stack {
             .await?)
     }
 
-    /// Salesforce API calls counted by the emulator so far.
-    pub async fn api_calls(&self) -> Result<u64> {
-        self.emulator_stats()
-            .await?
-            .get("api_calls_total")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| anyhow!("emulator stats lack api_calls_total"))
-    }
-
     /// Each running service's Prometheus metrics (every one with an admin port),
     /// also saved as `metrics-<service>.txt` in the output directory.
     pub async fn scrape_metrics(&self) -> Vec<(String, String)> {

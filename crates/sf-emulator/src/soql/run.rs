@@ -115,12 +115,14 @@ fn compare(v: Option<&Value>, lit: &Lit) -> Option<Ordering> {
     }
 }
 
+/// `LIKE`, case-insensitive. The pattern comes lower-cased (a compiled [`Filter`]'s literals
+/// are), so only the value is lower-cased per record.
 pub(super) fn like(v: Option<&Value>, pattern: &Lit) -> bool {
     let (Some(text), Lit::Str(p)) = (v.and_then(text_ref), pattern) else {
         return false;
     };
     let t: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
-    let p: Vec<char> = p.chars().flat_map(char::to_lowercase).collect();
+    let p: Vec<char> = p.chars().collect();
     // Dynamic programming over (pattern prefix, text prefix): O(|p|·|t|), no backtracking blow-up
     // on patterns like '%a%a%a%b'.
     let mut row = vec![false; t.len() + 1];

@@ -1,6 +1,7 @@
 //! Consuming into batches: a batch goes out when full, or when its linger (stretched by the
-//! latency target, see [`batch_deadline`]) runs out; at most `WORKER_MAX_IN_FLIGHT` batches
-//! are in flight. On the way out (shutdown, pause, lost session) nothing is left unsettled.
+//! latency target, see [`batch_deadline`]) runs out; at most the window's size (`window`, up
+//! to `WORKER_MAX_IN_FLIGHT`) batches are in flight. On the way out (shutdown, pause, lost
+//! session) nothing is left unsettled.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -135,9 +136,9 @@ impl Worker {
         // The current batch's size limit: WORKER_BATCH_SIZE, or the Bulk size once the batch
         // shows it is part of a backlog.
         let mut limit = batch_size;
-        let max_in_flight = usize::from(self.config.max_in_flight);
         let mut breaker = self.breaker.subscribe();
-        let mut in_flight: JoinSet<Result<(), BatchError>> = JoinSet::new();
+        // Each task answers with its batch's size, for the window.
+        let mut in_flight: JoinSet<(usize, Result<(), BatchError>)> = JoinSet::new();
         let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
         let mut bulk_batches = 0u64;
         let mut deadline: Option<tokio::time::Instant> = None;
@@ -151,7 +152,7 @@ impl Worker {
             if self.breaker.borrow().is_some() {
                 break Stop::Paused;
             }
-            let can_dispatch = in_flight.len() < max_in_flight;
+            let can_dispatch = in_flight.len() < self.window_size();
             let now = tokio::time::Instant::now();
             // Filled to WORKER_BATCH_SIZE before its deadline: messages are waiting (a
             // backlog), so with Bulk on the batch keeps filling, for a bounded while.
@@ -173,8 +174,10 @@ impl Worker {
                 let batch = std::mem::take(&mut buffer);
                 deadline = None;
                 limit = batch_size;
-                let span = tracing::info_span!("batch", size = batch.len());
-                in_flight.spawn(process(ctx.clone(), batch).instrument(span));
+                let orders = batch.len();
+                let span = tracing::info_span!("batch", size = orders);
+                let task = process(ctx.clone(), batch);
+                in_flight.spawn(async move { (orders, task.await) }.instrument(span));
                 continue;
             }
             let want_more = buffer.len() < limit;
@@ -191,8 +194,13 @@ impl Worker {
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => break Stop::Lost(e.to_string()),
+                        Ok((orders, Ok(()))) => {
+                            // A full Composite batch done while the next full one waits for
+                            // its slot: the window is what holds the backlog back.
+                            let backlog = orders == batch_size && buffer.len() >= batch_size;
+                            self.window_completed(orders, backlog);
+                        }
+                        Ok((_, Err(e))) => break Stop::Lost(e.to_string()),
                         Err(e) => break Stop::Lost(format!("batch task failed: {e}")),
                     }
                 }
@@ -264,8 +272,8 @@ impl Worker {
             let mut lost = None;
             while let Some(done) = in_flight.join_next().await {
                 match done {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => lost = Some(e.to_string()),
+                    Ok((_, Ok(()))) => {}
+                    Ok((_, Err(e))) => lost = Some(e.to_string()),
                     Err(e) => lost = Some(format!("batch task failed: {e}")),
                 }
             }
@@ -300,6 +308,21 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+impl Worker {
+    fn window_size(&self) -> usize {
+        self.window.lock().unwrap_or_else(|p| p.into_inner()).size()
+    }
+
+    /// Tells the window a batch of `orders` finished; shows its size in the metrics.
+    fn window_completed(&self, orders: usize, backlog: bool) {
+        let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        window.completed(std::time::Instant::now(), orders, backlog);
+        self.metrics
+            .window
+            .store(window.size() as u64, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

@@ -22,6 +22,7 @@
 //! - this module: the [`Worker`], its broker sessions and what a batch task shares ([`Ctx`]);
 //! - `breaker`: why consumption pauses ([`Pause`]) and the probing until Salesforce answers;
 //! - `batcher`: consuming into batches, when a batch goes out, and the shutdown hand-back;
+//! - `window`: how many batches may be in flight, adapted to what raises throughput;
 //! - `decision`: reading a batch and deciding each message's outcome ([`Action`]);
 //! - `settle`: publishing the outcomes with confirms, then acking or requeueing.
 
@@ -29,6 +30,7 @@ mod batcher;
 mod breaker;
 mod decision;
 mod settle;
+mod window;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +48,7 @@ use crate::writer::Router;
 use batcher::WriteTime;
 use breaker::HEALTHY_STRETCH;
 pub use breaker::Pause;
+use window::Window;
 
 /// The most a broker step may take on the way out (cancelling the consumer, closing the
 /// connection): past it the process exits anyway and the broker redelivers.
@@ -94,6 +97,8 @@ pub struct Worker {
     probe_backoff: Mutex<Backoff>,
     /// How long a batch takes from dispatch to settled, smoothed (see [`WriteTime`]).
     write_time: Arc<WriteTime>,
+    /// How many batches may be in flight; kept across sessions and pauses.
+    window: Mutex<Window>,
 }
 
 /// What a batch task needs.
@@ -118,6 +123,10 @@ impl Worker {
         metrics: Arc<Metrics>,
     ) -> Result<Self, WorkerError> {
         let writer = writer.into();
+        let window = Window::new(usize::from(config.max_in_flight), config.adaptive_window);
+        metrics
+            .window
+            .store(window.size() as u64, std::sync::atomic::Ordering::Relaxed);
         let keyring = broker.keyring()?;
         let supervisor = Supervisor::new(broker, "sync-worker")?;
         let (breaker, _) = watch::channel(None);
@@ -134,6 +143,7 @@ impl Worker {
             breaker,
             probe_backoff,
             write_time: Arc::default(),
+            window: Mutex::new(window),
         })
     }
 

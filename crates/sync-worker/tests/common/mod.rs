@@ -312,9 +312,11 @@ impl Harness {
         envelopes
     }
 
-    /// Publishes ready-made `order.submitted` envelopes as the relay does.
+    /// Publishes ready-made `order.submitted` envelopes as the relay does: in order, then
+    /// waits for every confirm (a backlog of thousands is published in a second or two).
     pub async fn publish_envelopes(&self, envelopes: &[Envelope<Value>]) {
         let (conn, ch) = self.channel().await;
+        let mut confirms = Vec::with_capacity(envelopes.len());
         for env in envelopes {
             let o = &env.data;
             let body = serde_json::to_vec(&env).unwrap();
@@ -330,20 +332,23 @@ impl Harness {
                         .into(),
                 );
             let props = keyring().sign(props, &body);
-            ch.basic_publish(
-                self.topology.events_exchange.as_str().into(),
-                "order.submitted".into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+            let confirm = ch
+                .basic_publish(
+                    self.topology.events_exchange.as_str().into(),
+                    "order.submitted".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &body,
+                    props,
+                )
+                .await
+                .unwrap();
+            confirms.push(confirm);
+        }
+        for confirm in confirms {
+            confirm.await.unwrap();
         }
         conn.close(200, "bye".into()).await.ok();
     }
