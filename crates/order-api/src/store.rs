@@ -77,17 +77,21 @@ fn lowest_id(created_after: Option<DateTime<Utc>>) -> Uuid {
 ///   and skips the branch's scan when false, in generic plans too (custom plans drop it).
 ///   1. `client_ref` set: the `(client_id, client_ref)` unique key, at most one order.
 ///   2. No `sync_state`: `orders_client_id_idx` or the primary key, backwards.
-///   3. `sync_state` without `created_after`: `orders_client_sync_state_idx`. The state is
+///   3. `sync_state`, the first page (no `created_after`, no cursor):
+///      `orders_client_sync_state_idx`. The state is
 ///      written as the range `>= $2 AND <= $2` and the order as `sync_state, id DESC` on
 ///      purpose: with `sync_state = $2` Postgres drops `sync_state` from the ORDER BY
 ///      (constant) and may then walk the primary key backwards, filtering, because it assumes
 ///      the state's orders are spread evenly over time; with a backlog (the newest 60,000
 ///      `pending`, the rest `synced`) a `synced` list read 60,000 orders for 50 (10–20 ms warm,
 ///      far more from disk). The range is no equality, so only this index gives that order.
-///      Its cost: after the range, the id keys no longer stop the index scan, which is why
-///      `created_after` goes to branch 4.
-///   4. `sync_state` and `created_after`: plain equality, so the lower id bound ends the scan
-///      on whichever index the planner picks (the pkey is bounded by the same span).
+///      Its cost: after the range, the id keys no longer bound the index scan (they filter
+///      index entries), which is why `created_after` and the cursor's later pages go to
+///      branch 4 (a deep page would read every newer entry of its state).
+///   4. `sync_state` with `created_after` or a cursor (`$8`): plain equality, so the id
+///      bounds end the scan on whichever index the planner picks. A later page of a state
+///      list during a backlog may again walk the primary key past the other state's orders
+///      (as the first page did before); the first page, what a portal polls, does not.
 /// - The outer `ORDER BY` sorts at most `limit` rows.
 pub async fn list_orders(
     conn: &mut PgConnection,
@@ -116,15 +120,17 @@ pub async fn list_orders(
             UNION ALL
             (SELECT {ORDER_COLUMNS} FROM orders
               WHERE $3::text IS NULL AND $2::text IS NOT NULL AND $4::timestamptz IS NULL
+                AND NOT $8::bool
                 AND client_id = $1 AND sync_state >= $2 AND sync_state <= $2
                 AND id >= $7 AND id < $5
               ORDER BY sync_state, id DESC
               LIMIT $6)
             UNION ALL
             (SELECT {ORDER_COLUMNS} FROM orders
-              WHERE $3::text IS NULL AND $2::text IS NOT NULL AND $4::timestamptz IS NOT NULL
+              WHERE $3::text IS NULL AND $2::text IS NOT NULL
+                AND ($4::timestamptz IS NOT NULL OR $8::bool)
                 AND client_id = $1 AND sync_state = $2
-                AND created_at > $4
+                AND ($4::timestamptz IS NULL OR created_at > $4)
                 AND id >= $7 AND id < $5
               ORDER BY id DESC
               LIMIT $6)
@@ -138,6 +144,7 @@ pub async fn list_orders(
     .bind(filter.before.map_or(Uuid::max(), OrderId::get))
     .bind(limit)
     .bind(lowest_id(filter.created_after))
+    .bind(filter.before.is_some())
     .fetch_all(&mut *conn)
     .await?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();

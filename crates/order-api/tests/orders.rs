@@ -371,6 +371,83 @@ async fn listing_filters() {
     );
 }
 
+#[tokio::test]
+async fn a_state_list_pages_and_combines_with_the_other_filters() {
+    let db = orderbridge_testkit::TestDatabase::new().await;
+    let app = TestApp::new(db.pool.clone());
+    let key = app.key("portal").await;
+    let mut all = Vec::new();
+    for i in 0..7 {
+        let o = app
+            .post_order(&key, &order_body(&format!("S-{i}")), None)
+            .await
+            .json();
+        all.push(o);
+    }
+    // Every other order failed: the list's state branch (first page), then its cursor pages.
+    sqlx::query(
+        "UPDATE orders SET sync_state = 'failed' WHERE client_ref IN ('S-0','S-2','S-4','S-6')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let failed: Vec<_> = [6, 4, 2, 0].iter().map(|i| all[*i]["id"].clone()).collect();
+    let mut seen = Vec::new();
+    let mut uri = "/v1/orders?sync_state=failed&limit=3".to_owned();
+    loop {
+        let page = app.get(&key, &uri).await.json();
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => uri = format!("/v1/orders?sync_state=failed&limit=3&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, failed);
+    let items = |uri: String| {
+        let (app, key) = (&app, &key);
+        async move {
+            app.get(key, &uri).await.json()["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].clone())
+                .collect::<Vec<_>>()
+        }
+    };
+    // State and created_after: the orders after the fourth, of that state.
+    let after = all[3]["created_at"].as_str().unwrap().replace('+', "%2B");
+    assert_eq!(
+        items(format!(
+            "/v1/orders?sync_state=pending&created_after={after}"
+        ))
+        .await,
+        vec![all[5]["id"].clone()]
+    );
+    assert_eq!(
+        items(format!(
+            "/v1/orders?sync_state=failed&created_after={after}"
+        ))
+        .await,
+        vec![all[6]["id"].clone(), all[4]["id"].clone()]
+    );
+    // client_ref with a state it is not in: nothing; with its own: the order.
+    assert!(
+        items("/v1/orders?client_ref=S-1&sync_state=failed".into())
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        items("/v1/orders?client_ref=S-1&sync_state=pending".into()).await,
+        vec![all[1]["id"].clone()]
+    );
+}
+
 /// An order stored as order-api stores it, but created at `created` with an id carrying the
 /// millisecond `id_ms` (UUIDv7), so the test decides both sides of the list's id bound.
 async fn insert_order_at(

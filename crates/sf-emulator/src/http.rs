@@ -228,8 +228,8 @@ async fn data(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    // Held to the end of the call: with `max_concurrent_calls` set, calls queue here.
-    let _slot = s.call_slot().await;
+    // Held to the end of the call: counted, and with `max_concurrent_calls` set, queued here.
+    let _call = s.enter_call().await;
     if let Some(r) = preflight(&s).await {
         return to_response(r, None);
     }

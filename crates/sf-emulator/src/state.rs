@@ -76,6 +76,8 @@ pub struct Stats {
     /// Requests held by injected latency, counted when they arrive (before the delay), so a
     /// test can tell that a call is in flight before it is answered or counted.
     pub delayed_requests: u64,
+    /// The most calls under `/services/data` ever served at once (a client's concurrency).
+    pub peak_concurrent_calls: u64,
 }
 
 /// Daily API usage over a rolling 24 hours, in one-minute buckets (at most 1,440 of them, so
@@ -187,16 +189,48 @@ pub struct Shared {
     /// The Flow rules the org starts with (and gets back on reset).
     pub flows_at_start: Vec<Rule>,
     inner: Mutex<Inner>,
+    /// Calls under `/services/data` being served now (see [`CallGuard`]).
+    calls_in_flight: std::sync::atomic::AtomicU64,
+}
+
+/// A call under `/services/data` being served: counted for `peak_concurrent_calls`, and
+/// holding its slot while `max_concurrent_calls` limits them, until dropped (the end of the
+/// call, or the client going away).
+pub struct CallGuard<'a> {
+    shared: &'a Shared,
+    _slot: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .calls_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Cheap handle to the shared state.
 pub type AppState = Arc<Shared>;
 
 impl Shared {
-    /// Waits for a call slot while `max_concurrent_calls` is set; the slot is held until the
-    /// permit is dropped (the end of the call). Calls already holding a slot under an earlier
-    /// limit keep it.
-    pub async fn call_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    /// Starts serving a call: waits for a slot while `max_concurrent_calls` is set, then
+    /// counts it. Calls that hold or wait for a slot under an earlier limit keep to that one
+    /// (a change of the limit is exact for the calls that arrive after it).
+    pub async fn enter_call(&self) -> CallGuard<'_> {
+        let slot = self.call_slot().await;
+        let now = self
+            .calls_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut inner = self.lock();
+        inner.stats.peak_concurrent_calls = inner.stats.peak_concurrent_calls.max(now);
+        CallGuard {
+            shared: self,
+            _slot: slot,
+        }
+    }
+
+    async fn call_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         let slots = {
             let mut inner = self.lock();
             let limit = inner.faults.max_concurrent_calls;
@@ -255,6 +289,7 @@ impl Shared {
             outbound,
             flows_at_start: flows,
             inner: Mutex::new(inner),
+            calls_in_flight: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

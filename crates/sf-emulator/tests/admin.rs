@@ -50,7 +50,7 @@ async fn latency_with_jitter_delays_calls() {
 #[tokio::test]
 async fn max_concurrent_calls_makes_calls_wait_their_turn() {
     let org = Org::start().await;
-    org.faults(json!({"latency_ms": 200, "max_concurrent_calls": 1}))
+    org.faults(json!({"latency_ms": 500, "max_concurrent_calls": 1}))
         .await;
     let start = Instant::now();
     let calls = async {
@@ -59,7 +59,7 @@ async fn max_concurrent_calls_makes_calls_wait_their_turn() {
     };
     let watch = async {
         // While the first call sits in its latency, the others have not reached it.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         org.stats().await["delayed_requests"].as_u64()
     };
     let (answers, delayed) = tokio::join!(calls, watch);
@@ -67,22 +67,24 @@ async fn max_concurrent_calls_makes_calls_wait_their_turn() {
     assert_eq!(delayed, Some(1));
     let took = start.elapsed();
     assert!(
-        took >= Duration::from_millis(600),
+        took >= Duration::from_millis(1500),
         "one at a time: {took:?}"
     );
+    assert_eq!(org.stats().await["peak_concurrent_calls"], 1);
     assert_eq!(
         org.admin(Method::GET, "/faults", None).await.body["max_concurrent_calls"],
         1
     );
-    // Cleared: all three are in their latency at once.
+    // Cleared: all three are served at once.
     org.faults(json!({"max_concurrent_calls": 0})).await;
     let calls = async { tokio::join!(org.get("/limits"), org.get("/limits"), org.get("/limits")) };
     let watch = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
         org.stats().await["delayed_requests"].as_u64()
     };
     let (_, delayed) = tokio::join!(calls, watch);
     assert_eq!(delayed, Some(6));
+    assert_eq!(org.stats().await["peak_concurrent_calls"], 3);
 }
 
 #[tokio::test]

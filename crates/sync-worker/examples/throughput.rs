@@ -175,7 +175,7 @@ async fn main() {
         .unwrap();
     let calls = stats["api_calls_total"].as_u64().unwrap_or(0);
     println!(
-        "{n} orders of {lines} lines, emulator latency {latency} ms (+0-{} ms jitter), batch {} in-flight {}",
+        "{n} orders of {lines} lines, emulator latency {latency} ms (+0-{} ms jitter), batch {} in-flight at most {}",
         latency / 5,
         cli.worker.batch_size,
         cli.worker.max_in_flight

@@ -58,6 +58,12 @@ async fn a_backlog_widens_the_window_while_salesforce_keeps_up() {
     let widest = seen.iter().copied().max().unwrap();
     assert!(widest >= 6, "widened towards the ceiling of 8: {seen:?}");
     assert!(widest <= 8, "never past WORKER_MAX_IN_FLIGHT: {seen:?}");
+    // What Salesforce saw: as many calls at once as the window allowed, never more.
+    let peak = h.stats().await["peak_concurrent_calls"].as_u64().unwrap();
+    assert!(
+        peak >= 6 && peak <= widest,
+        "peak {peak} calls at once, window {seen:?}"
+    );
     h.cleanup().await;
 }
 
@@ -71,8 +77,8 @@ async fn a_saturated_salesforce_keeps_the_window_narrow() {
     // ~20 batches a second: two epochs at 4 and 5, the hold, then the steps down.
     let seen = drain_backlog(&mut h, 5_000).await;
     assert!(
-        seen.iter().all(|s| *s <= 5),
-        "one probe above the start at most: {seen:?}"
+        seen.iter().all(|s| *s <= 6),
+        "a probe or two above the start at most: {seen:?}"
     );
     assert!(
         seen.iter().skip(1).any(|s| *s <= 3),
@@ -99,6 +105,8 @@ async fn a_fixed_window_stays_where_it_is_set() {
         .await;
     h.wait_synced(&orders, Duration::from_secs(60)).await;
     assert_eq!(metrics.window.load(Ordering::Relaxed), 3);
+    // Twenty batches waiting, three written at a time.
+    assert_eq!(h.stats().await["peak_concurrent_calls"], 3);
     assert_exactly_once(&h, &orders).await;
     h.cleanup().await;
 }

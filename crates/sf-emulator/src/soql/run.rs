@@ -121,7 +121,9 @@ pub(super) fn like(v: Option<&Value>, pattern: &Lit) -> bool {
     let (Some(text), Lit::Str(p)) = (v.and_then(text_ref), pattern) else {
         return false;
     };
-    let t: Vec<char> = text.chars().flat_map(char::to_lowercase).collect();
+    // `str::to_lowercase`, as the pattern was (it differs from lower-casing char by char
+    // for a final sigma).
+    let t: Vec<char> = text.to_lowercase().chars().collect();
     let p: Vec<char> = p.chars().collect();
     // Dynamic programming over (pattern prefix, text prefix): O(|p|·|t|), no backtracking blow-up
     // on patterns like '%a%a%a%b'.

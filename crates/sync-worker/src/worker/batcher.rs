@@ -130,6 +130,11 @@ impl Worker {
             Err(e) => return Stop::Lost(e.to_string()),
         };
         tracing::info!(queue, "consuming");
+        // Whatever was being measured before a pause or a lost session says nothing now.
+        self.window
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .interrupted();
 
         let batch_size = usize::from(self.config.batch_size);
         let bulk_size = self.config.bulk_batch_size as usize;
@@ -137,10 +142,12 @@ impl Worker {
         // shows it is part of a backlog.
         let mut limit = batch_size;
         let mut breaker = self.breaker.subscribe();
-        // Each task answers with its batch's size, for the window.
-        let mut in_flight: JoinSet<(usize, Result<(), BatchError>)> = JoinSet::new();
+        // Each task answers with whether it went out into a full window, for the window.
+        let mut in_flight: JoinSet<(bool, Result<usize, BatchError>)> = JoinSet::new();
         let mut buffer: Vec<Delivery> = Vec::with_capacity(batch_size);
         let mut bulk_batches = 0u64;
+        // Whether a full batch has waited for a slot since the last dispatch.
+        let mut waited = false;
         let mut deadline: Option<tokio::time::Instant> = None;
         let mut first_at = tokio::time::Instant::now();
         let mut oldest: Option<DateTime<Utc>> = None;
@@ -153,6 +160,10 @@ impl Worker {
                 break Stop::Paused;
             }
             let can_dispatch = in_flight.len() < self.window_size();
+            if !can_dispatch && buffer.len() >= limit {
+                // A full batch waits for a slot.
+                waited = true;
+            }
             let now = tokio::time::Instant::now();
             // Filled to WORKER_BATCH_SIZE before its deadline: messages are waiting (a
             // backlog), so with Bulk on the batch keeps filling, for a bounded while.
@@ -173,11 +184,18 @@ impl Worker {
             {
                 let batch = std::mem::take(&mut buffer);
                 deadline = None;
+                // A full Composite batch that waited for its slot or fills the window: the
+                // work is there and the window is what holds it back (a backlog), so its
+                // completion is a measure of the window. A batch sent on its deadline, or
+                // into a window with room, or a Bulk batch (the window adapts for Composite
+                // only) is not.
+                let backlog = limit == batch_size
+                    && batch.len() >= batch_size
+                    && (std::mem::take(&mut waited) || in_flight.len() + 1 >= self.window_size());
                 limit = batch_size;
-                let orders = batch.len();
-                let span = tracing::info_span!("batch", size = orders);
+                let span = tracing::info_span!("batch", size = batch.len());
                 let task = process(ctx.clone(), batch);
-                in_flight.spawn(async move { (orders, task.await) }.instrument(span));
+                in_flight.spawn(async move { (backlog, task.await) }.instrument(span));
                 continue;
             }
             let want_more = buffer.len() < limit;
@@ -194,12 +212,7 @@ impl Worker {
                 }
                 Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
                     match done {
-                        Ok((orders, Ok(()))) => {
-                            // A full Composite batch done while the next full one waits for
-                            // its slot: the window is what holds the backlog back.
-                            let backlog = orders == batch_size && buffer.len() >= batch_size;
-                            self.window_completed(orders, backlog);
-                        }
+                        Ok((backlog, Ok(synced))) => self.window_completed(synced, backlog),
                         Ok((_, Err(e))) => break Stop::Lost(e.to_string()),
                         Err(e) => break Stop::Lost(format!("batch task failed: {e}")),
                     }
@@ -272,7 +285,7 @@ impl Worker {
             let mut lost = None;
             while let Some(done) = in_flight.join_next().await {
                 match done {
-                    Ok((_, Ok(()))) => {}
+                    Ok((_, Ok(_))) => {}
                     Ok((_, Err(e))) => lost = Some(e.to_string()),
                     Err(e) => lost = Some(format!("batch task failed: {e}")),
                 }
@@ -316,10 +329,10 @@ impl Worker {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).size()
     }
 
-    /// Tells the window a batch of `orders` finished; shows its size in the metrics.
-    fn window_completed(&self, orders: usize, backlog: bool) {
+    /// Tells the window a batch finished with `synced` orders; shows its size in the metrics.
+    fn window_completed(&self, synced: usize, backlog: bool) {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        window.completed(std::time::Instant::now(), orders, backlog);
+        window.completed(std::time::Instant::now(), synced, backlog);
         self.metrics
             .window
             .store(window.size() as u64, std::sync::atomic::Ordering::Relaxed);

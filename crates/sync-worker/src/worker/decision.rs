@@ -45,16 +45,18 @@ pub(super) enum Action {
     Requeue,
 }
 
-/// Processes one batch. `Err` means the broker session is unusable (the caller reconnects;
-/// unacked messages are redelivered).
-pub(super) async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), BatchError> {
+/// Processes one batch; `Ok` with how many of its orders were written and reported synced
+/// (what the window measures: a saturated org that answers quickly with errors is no
+/// throughput). `Err` means the broker session is unusable (the caller reconnects; unacked
+/// messages are redelivered).
+pub(super) async fn process(ctx: Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<usize, BatchError> {
     let started = Instant::now();
     let result = process_batch(&ctx, deliveries).await;
     ctx.write_time.observe(started.elapsed());
     result
 }
 
-async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), BatchError> {
+async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<usize, BatchError> {
     ctx.metrics.batch_size.observe(deliveries.len() as f64);
 
     let messages: Vec<Message> = deliveries
@@ -94,7 +96,7 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
     };
     let mut result_of: HashMap<usize, OrderResult> = writes.into_iter().zip(results).collect();
 
-    let actions = messages
+    let actions: Vec<Action> = messages
         .iter()
         .enumerate()
         .map(|(i, m)| {
@@ -115,8 +117,12 @@ async fn process_batch(ctx: &Arc<Ctx>, deliveries: Vec<Delivery>) -> Result<(), 
         );
         tokio::time::sleep(pause).await;
     }
+    let synced = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Synced(_)))
+        .count();
     let settle_started = Instant::now();
-    let settled = settle(ctx, &messages, actions).await;
+    let settled = settle(ctx, &messages, actions).await.map(|()| synced);
     if bulk {
         tracing::info!(
             messages = messages.len(),

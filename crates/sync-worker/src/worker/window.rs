@@ -17,6 +17,9 @@
 //!
 //! While held, an epoch whose rate moved by more than a quarter from the one before ends the
 //! hold (Salesforce got slower or faster: look again now, first towards fewer if slower).
+//! Only full Composite batches sent into a full window count (Bulk batches and batches sent
+//! on their deadline end a measurement), and only orders written and synced count: a
+//! saturated org that answers quickly with errors is no throughput.
 //! An epoch skips the completions of batches sent under the previous size, then counts orders
 //! written over at least [`MIN_EPOCH`] and three windows' worth of batches. Without a backlog
 //! nothing is measured and the window holds: at a modest rate the window is not what limits,
@@ -104,14 +107,14 @@ impl Window {
         self.size
     }
 
-    /// A batch of `orders` finished. `backlog`: it was a full batch and another full one was
-    /// waiting for a slot, i.e. the window was what held the work back.
+    /// A batch finished, `orders` of it written. `backlog`: it was a full batch sent into a
+    /// full window, i.e. the window was what held the work back.
     pub fn completed(&mut self, now: Instant, orders: usize, backlog: bool) {
         if !self.adaptive {
             return;
         }
         if !backlog {
-            self.end_of_backlog();
+            self.interrupted();
             return;
         }
         let size = self.size;
@@ -142,9 +145,10 @@ impl Window {
         self.decide(rate);
     }
 
-    /// No backlog: nothing to measure. A probe under way is abandoned (back to where it
-    /// started, since nothing showed the new size is better).
-    fn end_of_backlog(&mut self) {
+    /// No backlog, or consumption resumes after a pause or a lost session: nothing to
+    /// measure, and an epoch under way would count the gap. A probe under way is abandoned
+    /// (back to where it started, since nothing showed the new size is better).
+    pub fn interrupted(&mut self) {
         self.epoch = None;
         self.held_rate = None;
         if let Phase::Probe {
