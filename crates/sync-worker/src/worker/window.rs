@@ -206,6 +206,13 @@ impl Window {
                     );
                     self.probe(rate, direction);
                 } else {
+                    tracing::debug!(
+                        tried = self.size,
+                        back_to = from,
+                        rate_before = before as u64,
+                        rate = rate as u64,
+                        "worker window probe did not pay off"
+                    );
                     self.set_size(from);
                     // Back at `from`: its rate is what the hold compares with.
                     self.held_rate = Some(before);
@@ -242,6 +249,7 @@ impl Window {
             };
             return;
         }
+        tracing::debug!(from, to, rate = rate as u64, "worker window probe");
         self.set_size(to);
         self.phase = Phase::Probe {
             from,
