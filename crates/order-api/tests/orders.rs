@@ -331,16 +331,8 @@ async fn listing_filters() {
         .unwrap();
 
     let ids = |uri: String| {
-        let app = &app;
-        let key = &key;
-        async move {
-            app.get(key, &uri).await.json()["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].clone())
-                .collect::<Vec<_>>()
-        }
+        let (app, key) = (&app, &key);
+        async move { app.list_ids(key, &uri).await }
     };
     assert_eq!(
         ids("/v1/orders?sync_state=failed".into()).await,
@@ -411,14 +403,7 @@ async fn a_state_list_pages_and_combines_with_the_other_filters() {
     assert_eq!(seen, failed);
     let items = |uri: String| {
         let (app, key) = (&app, &key);
-        async move {
-            app.get(key, &uri).await.json()["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].clone())
-                .collect::<Vec<_>>()
-        }
+        async move { app.list_ids(key, &uri).await }
     };
     // State and created_after: the orders after the fourth, of that state.
     let after = all[3]["created_at"].as_str().unwrap().replace('+', "%2B");

@@ -116,6 +116,16 @@ impl TestApp {
         .await
     }
 
+    /// The ids of the orders a list request answers with, in its order.
+    pub async fn list_ids(&self, key: &str, uri: &str) -> Vec<Value> {
+        self.get(key, uri).await.json()["items"]
+            .as_array()
+            .expect("a list answer has items")
+            .iter()
+            .map(|o| o["id"].clone())
+            .collect()
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)

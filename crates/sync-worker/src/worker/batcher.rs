@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use super::decision::{Action, Message, process, read};
 use super::settle::settle;
+use super::window::Window;
 use super::{BatchError, Ctx, Stop, Worker};
 use crate::metrics::Metrics;
 
@@ -131,10 +132,7 @@ impl Worker {
         };
         tracing::info!(queue, "consuming");
         // Whatever was being measured before a pause or a lost session says nothing now.
-        self.window
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .interrupted();
+        self.with_window(Window::interrupted);
 
         let batch_size = usize::from(self.config.batch_size);
         let bulk_size = self.config.bulk_batch_size as usize;
@@ -329,10 +327,15 @@ impl Worker {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).size()
     }
 
-    /// Tells the window a batch finished with `synced` orders; shows its size in the metrics.
+    /// Tells the window a batch finished with `synced` orders.
     fn window_completed(&self, synced: usize, backlog: bool) {
+        self.with_window(|w| w.completed(std::time::Instant::now(), synced, backlog));
+    }
+
+    /// Tells the window something; its size then shows in the metrics.
+    fn with_window(&self, f: impl FnOnce(&mut Window)) {
         let mut window = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        window.completed(std::time::Instant::now(), synced, backlog);
+        f(&mut window);
         self.metrics
             .window
             .store(window.size() as u64, std::sync::atomic::Ordering::Relaxed);
