@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use orderbridge_salesforce::Client;
-use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -327,7 +326,7 @@ async fn read_pages(
         object: object.clone(),
         source: Box::new(source),
     };
-    let mut page = match client.query::<Box<RawValue>>(&soql).await {
+    let mut page = match client.query::<Map<String, Value>>(&soql).await {
         Ok(page) => page,
         Err(e) => {
             let _ = tx.send(Err(err(e))).await;
@@ -335,49 +334,22 @@ async fn read_pages(
         }
     };
     for _ in 0..MAX_PAGES {
-        // The next page is asked for before this one is parsed: Salesforce answers a query's
-        // pages one after another, so whatever happens between two requests lengthens the
-        // whole read (BENCHMARKS.md, "Reconcile at scale": ~30 ms of parsing a page).
-        let next = match (page.done, page.next_records_url.take()) {
-            (true, _) => None,
-            (false, Some(url)) => {
-                let client = client.clone();
-                Some(AbortOnDrop(tokio::spawn(async move {
-                    client.query_more::<Box<RawValue>>(&url).await
-                })))
-            }
-            (false, None) => {
-                let _ = tx
-                    .send(Err(err(invalid(
-                        "done is false but there is no nextRecordsUrl",
-                    ))))
-                    .await;
-                return;
-            }
-        };
-        let rows = match rows(&page.records, &field, &fields) {
-            Ok(rows) => rows,
-            Err(detail) => {
-                let _ = tx.send(Err(err(invalid(&detail)))).await;
-                return;
-            }
-        };
-        if tx.send(Ok((page.total_size, rows))).await.is_err() {
+        let rows = rows(std::mem::take(&mut page.records), &field, &fields);
+        if tx.send(Ok((page.total_size, rows))).await.is_err() || page.done {
             return;
         }
-        let Some(mut next) = next else {
+        let Some(next) = page.next_records_url.take() else {
+            let _ = tx
+                .send(Err(err(invalid(
+                    "done is false but there is no nextRecordsUrl",
+                ))))
+                .await;
             return;
         };
-        page = match (&mut next.0).await {
-            Ok(Ok(page)) => page,
-            Ok(Err(e)) => {
-                let _ = tx.send(Err(err(e))).await;
-                return;
-            }
+        page = match client.query_more(&next).await {
+            Ok(page) => page,
             Err(e) => {
-                let _ = tx
-                    .send(Err(err(invalid(&format!("the page's reader failed: {e}")))))
-                    .await;
+                let _ = tx.send(Err(err(e))).await;
                 return;
             }
         };
@@ -389,44 +361,31 @@ async fn read_pages(
         .await;
 }
 
-/// A task aborted when its handle is dropped: the page asked for ahead is not read on after
-/// the run stopped wanting it.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// (external id, record id, values of `fields`) of each record with both ids; `Err` when a
-/// record is not a JSON object.
-fn rows(records: &[Box<RawValue>], field: &str, fields: &[String]) -> Result<Vec<Row>, String> {
+/// (external id, record id, values of `fields`) of each record with both ids.
+fn rows(records: Vec<Map<String, Value>>, field: &str, fields: &[String]) -> Vec<Row> {
     let mut out = Vec::with_capacity(records.len());
-    for raw in records {
-        let record: Map<String, Value> = serde_json::from_str(raw.get())
-            .map_err(|e| format!("a record is not a JSON object: {e}"))?;
+    for record in records {
         // Salesforce answers with the field's canonical spelling, which the mapping may not
         // use (API names are case-insensitive).
-        let get = |name: &str| {
-            record.get(name).or_else(|| {
-                record
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-        };
-        let ext = get(field).and_then(Value::as_str);
+        let ext = record
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(field))
+            .and_then(|(_, v)| v.as_str());
         let id = record.get("Id").and_then(Value::as_str);
         if let (Some(ext), Some(id)) = (ext, id) {
             let values = fields
                 .iter()
-                .map(|f| get(f).cloned().unwrap_or(Value::Null))
+                .map(|f| {
+                    record
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(f))
+                        .map_or(Value::Null, |(_, v)| v.clone())
+                })
                 .collect();
             out.push((ext.to_owned(), id.to_owned(), values));
         }
     }
-    Ok(out)
+    out
 }
 
 fn invalid(detail: &str) -> orderbridge_salesforce::Error {
