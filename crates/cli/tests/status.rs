@@ -331,6 +331,10 @@ async fn status_names_exactly_the_problems_of_the_moment() {
     );
     assert!(text.contains("breaker closed"), "{text}");
     assert!(
+        text.contains("4 batches in flight at most"),
+        "the worker's window: {text}"
+    );
+    assert!(
         text.ends_with(&format!(
             "problems\n  - 1 dead letter(s) in {}.dead-letters: `orderbridge dlq list`\n",
             env.ns

@@ -76,7 +76,7 @@ pub struct WorkerConfig {
     pub latency_target: Duration,
     /// The most batches written to Salesforce at once, so its latency does not cap throughput.
     /// With WORKER_ADAPTIVE_WINDOW the window starts at 4 (or this, if lower) and finds, while
-    /// a backlog lasts, how many pay off; each full batch in flight holds ~12 MiB, and each is
+    /// a backlog lasts, how many pay off; each full batch in flight holds ~5–12 MiB, and each is
     /// one concurrent request against the org's limits (see the README's sizing rule).
     #[arg(long, env = "WORKER_MAX_IN_FLIGHT", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64), global = true)]
     pub max_in_flight: u16,

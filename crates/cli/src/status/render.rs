@@ -123,6 +123,9 @@ fn reading(r: &Reading) -> String {
             "breaker closed".to_owned()
         });
     }
+    if let Some(w) = r.window {
+        parts.push(format!("{w} batches in flight at most"));
+    }
     if let (Some(used), Some(max)) = (r.api_used, r.api_max)
         && max > 0.0
     {

@@ -82,6 +82,9 @@ pub struct Reading {
     pub paused: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<String>,
+    /// A worker: batches it may write at once now (its adaptive window).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<f64>,
     /// A worker: Salesforce API requests used and allowed in the org's 24 h window.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub api_used: Option<f64>,
@@ -243,6 +246,7 @@ pub fn read(samples: &[Sample]) -> Reading {
         partitions: one("outbox_relay_partitions").map(|v| v as u32),
         published_total: one("outbox_relay_published_total"),
         paused: one("sync_worker_paused").map(|v| v > 0.0),
+        window: one("sync_worker_window"),
         api_used: one("sync_worker_salesforce_api_used"),
         api_max: one("sync_worker_salesforce_api_max"),
         lag_seconds: one("sf_subscriber_lag_seconds"),
@@ -292,6 +296,7 @@ mod tests {
             sync_worker_paused 1\nsync_worker_pause_reason{reason=\"outage\"} 0\n\
             sync_worker_pause_reason{reason=\"budget\"} 1\n\
             sync_worker_salesforce_api_used 900\nsync_worker_salesforce_api_max 1000\n\
+            sync_worker_window 6\n\
             sf_subscriber_subscribed{topic=\"/data/OrderChangeEvent\"} 1\n\
             sf_subscriber_subscribed{topic=\"/event/Provision__e\"} 0\n\
             sf_subscriber_lag_seconds 2.5\norder_api_orders_created_total 17\n\
@@ -303,6 +308,7 @@ mod tests {
         assert_eq!(r.broker_up, Some(true));
         assert_eq!(r.paused, Some(true));
         assert_eq!(r.pause_reason.as_deref(), Some("budget"));
+        assert_eq!(r.window, Some(6.0));
         assert_eq!((r.api_used, r.api_max), (Some(900.0), Some(1000.0)));
         assert_eq!(r.topics_subscribed, Some((1, 2)));
         assert_eq!(r.lag_seconds, Some(2.5));
