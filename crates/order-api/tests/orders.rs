@@ -384,22 +384,9 @@ async fn a_state_list_pages_and_combines_with_the_other_filters() {
     .await
     .unwrap();
     let failed: Vec<_> = [6, 4, 2, 0].iter().map(|i| all[*i]["id"].clone()).collect();
-    let mut seen = Vec::new();
-    let mut uri = "/v1/orders?sync_state=failed&limit=3".to_owned();
-    loop {
-        let page = app.get(&key, &uri).await.json();
-        seen.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].clone()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => uri = format!("/v1/orders?sync_state=failed&limit=3&cursor={c}"),
-            None => break,
-        }
-    }
+    let seen = app
+        .list_all_ids(&key, "/v1/orders?sync_state=failed&limit=3")
+        .await;
     assert_eq!(seen, failed);
     let items = |uri: String| {
         let (app, key) = (&app, &key);
@@ -528,22 +515,12 @@ async fn created_after_returns_exactly_the_orders_created_after_the_instant() {
     assert!(page["next_cursor"].is_null());
 
     // Page by page (the cursor's upper bound with the filter's lower one): the same orders.
-    let mut paged = Vec::new();
-    let mut uri = format!("/v1/orders?created_after={after}&limit=1");
-    loop {
-        let page = app.get(&key, &uri).await.json();
-        paged.extend(
-            page["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].as_str().unwrap().to_owned()),
-        );
-        match page["next_cursor"].as_str() {
-            Some(c) => uri = format!("/v1/orders?created_after={after}&limit=1&cursor={c}"),
-            None => break,
-        }
-    }
+    let paged: Vec<String> = app
+        .list_all_ids(&key, &format!("/v1/orders?created_after={after}&limit=1"))
+        .await
+        .iter()
+        .map(|id| id.as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(paged, expected);
 
     // One microsecond earlier takes in the order created at the instant, and no other.

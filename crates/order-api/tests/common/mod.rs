@@ -126,6 +126,27 @@ impl TestApp {
             .collect()
     }
 
+    /// The ids of every order a list request leads to, following `next_cursor` page by page
+    /// (`uri` must already carry a query string).
+    pub async fn list_all_ids(&self, key: &str, uri: &str) -> Vec<Value> {
+        let mut ids = Vec::new();
+        let mut next = uri.to_owned();
+        loop {
+            let page = self.get(key, &next).await.json();
+            ids.extend(
+                page["items"]
+                    .as_array()
+                    .expect("a list answer has items")
+                    .iter()
+                    .map(|o| o["id"].clone()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(c) => next = format!("{uri}&cursor={c}"),
+                None => return ids,
+            }
+        }
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
             .fetch_one(&self.pool)

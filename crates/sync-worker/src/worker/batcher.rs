@@ -320,9 +320,7 @@ impl Worker {
             }
         }
     }
-}
 
-impl Worker {
     fn window_size(&self) -> usize {
         self.window.lock().unwrap_or_else(|p| p.into_inner()).size()
     }
