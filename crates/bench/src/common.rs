@@ -197,9 +197,14 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
     t.info(
         "reconcile: orders compared, time, bench RSS before → peak during",
         format!(
-            "{}, {:.1} s, {} → {}",
+            "{}, {:.1} s{}, {} → {}",
             v.orders,
             v.reconcile_secs,
+            if v.reconcile_bulk {
+                " (Bulk query)"
+            } else {
+                ""
+            },
             mib(v.rss_before_kib),
             mib(v.peak_rss_during_kib)
         ),

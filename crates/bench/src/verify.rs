@@ -13,7 +13,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use orderbridge_cli::reconcile::{ObjectKind, Problem, Report, Scope, reconcile};
+use orderbridge_cli::progress::NoProgress;
+use orderbridge_cli::reconcile::{
+    ObjectKind, Paging, Problem, Report, Scope, reconcile_with_progress,
+};
 use orderbridge_mapping::Mapping;
 use orderbridge_salesforce::{Client, SalesforceConfig};
 use serde_json::{Value, json};
@@ -44,6 +47,8 @@ pub struct Verification {
     /// peak during it (the peak is reset first; `None` where the kernel refused): reconcile
     /// runs in this process, so what the peak adds to "before" is its own.
     pub reconcile_secs: f64,
+    /// Whether reconcile read Salesforce through Bulk query jobs (`--reconcile-bulk`).
+    pub reconcile_bulk: bool,
     pub rss_before_kib: Option<u64>,
     pub peak_rss_during_kib: Option<u64>,
 }
@@ -141,8 +146,9 @@ impl Verification {
 }
 
 /// Runs `orderbridge_cli::reconcile` over every order of the run's database against its
-/// emulator, with the worker's mapping (`--env WORKER_MAPPING_FILE`, or the built-in one).
-pub async fn reconcile_run(stack: &Stack) -> Result<Report> {
+/// emulator, with the worker's mapping (`--env WORKER_MAPPING_FILE`, or the built-in one);
+/// `bulk`: reading Salesforce through Bulk query jobs (`orderbridge reconcile --bulk`).
+pub async fn reconcile_run(stack: &Stack, bulk: bool) -> Result<Report> {
     let mapping = Mapping::load(stack.setting("WORKER_MAPPING_FILE").map(Path::new))
         .context("cannot load the worker's mapping")?;
     // The emulator's dev credentials are the client's defaults, as for the worker.
@@ -152,18 +158,29 @@ pub async fn reconcile_run(stack: &Stack) -> Result<Report> {
         ..SalesforceConfig::default()
     };
     let client = Client::new(&config).context("cannot build the Salesforce client")?;
-    reconcile(stack.pool()?, &client, &mapping, Scope::all())
-        .await
-        .context("reconcile failed")
+    let paging = Paging {
+        bulk,
+        ..Paging::default()
+    };
+    reconcile_with_progress(
+        stack.pool()?,
+        &client,
+        &mapping,
+        Scope::all(),
+        paging,
+        &NoProgress,
+    )
+    .await
+    .context("reconcile failed")
 }
 
 /// [`reconcile_run`], as the bench's classes.
-pub async fn verify(stack: &Stack) -> Result<Verification> {
+pub async fn verify(stack: &Stack, bulk: bool) -> Result<Verification> {
     let me = std::process::id();
     let reset = crate::procfs::reset_peak_rss(me);
     let rss_before_kib = crate::procfs::rss_kib(me);
     let started = std::time::Instant::now();
-    let report = reconcile_run(stack).await?;
+    let report = reconcile_run(stack, bulk).await?;
     let reconcile_secs = started.elapsed().as_secs_f64();
     let peak_rss_during_kib = crate::procfs::peak_rss_kib(me).filter(|_| reset);
     let lines: i64 = sqlx::query_scalar("SELECT count(*) FROM order_lines")
@@ -171,6 +188,7 @@ pub async fn verify(stack: &Stack) -> Result<Verification> {
         .await?;
     Ok(Verification {
         reconcile_secs,
+        reconcile_bulk: bulk,
         rss_before_kib,
         peak_rss_during_kib,
         ..Verification::from_report(report, usize::try_from(lines).unwrap_or(0))

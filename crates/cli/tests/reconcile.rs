@@ -213,10 +213,29 @@ impl Env {
         orders.len()
     }
 
+    /// A run over `scope`, read through the REST query, checked to say exactly what a run
+    /// reading Salesforce through Bulk query jobs (`--bulk`) says: every test of a report
+    /// holds for both ways of reading.
     async fn reconcile(&self, scope: Scope) -> Report {
-        reconcile(&self.db.pool, &self.client, &self.mapping, scope)
+        let report = reconcile(&self.db.pool, &self.client, &self.mapping, scope)
             .await
-            .unwrap()
+            .unwrap();
+        let paging = Paging {
+            bulk: true,
+            ..Paging::default()
+        };
+        let bulk = reconcile_with_progress(
+            &self.db.pool,
+            &self.client,
+            &self.mapping,
+            scope,
+            paging,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
+        same_report(&report, &bulk, "REST and Bulk");
+        report
     }
 
     async fn item_ids(&self, order_id: Uuid) -> Vec<String> {
@@ -500,10 +519,22 @@ async fn the_report_does_not_depend_on_the_page_sizes() {
     })
     .unwrap();
     let mut reports = Vec::new();
-    for (page_size, parallel) in [(1, 1), (3, 1), (7, 2), (5_000, 1), (5_000, 5), (2, 3)] {
+    let runs = [
+        (1, 1, false),
+        (3, 1, false),
+        (7, 2, false),
+        (5_000, 1, false),
+        (5_000, 5, false),
+        (2, 3, false),
+        (1, 1, true),
+        (7, 2, true),
+        (5_000, 5, true),
+    ];
+    for (page_size, parallel, bulk) in runs {
         let paging = Paging {
             page_size,
             parallel,
+            bulk,
         };
         let report = reconcile_with_progress(
             &env.db.pool,
@@ -541,13 +572,19 @@ async fn the_report_does_not_depend_on_the_page_sizes() {
         .map(|o| (o.object, o.external_id.clone()))
         .collect();
     assert_eq!(orphans, want);
-    for (page_size, report) in &reports[1..] {
-        assert_eq!(report.counts, first.counts, "{page_size:?}");
-        assert_eq!(report.missing, first.missing, "{page_size:?}");
-        assert_eq!(report.orphaned, first.orphaned, "{page_size:?}");
-        assert_eq!(report.mismatched, first.mismatched, "{page_size:?}");
-        assert_eq!(report.duplicated, first.duplicated, "{page_size:?}");
+    for (paging, report) in &reports[1..] {
+        same_report(first, report, &format!("{paging:?}"));
     }
+}
+
+/// Two runs found the same: counts and every class, problem by problem.
+fn same_report(a: &Report, b: &Report, what: &str) {
+    assert_eq!(a.counts, b.counts, "{what}");
+    assert_eq!(a.missing, b.missing, "{what}");
+    assert_eq!(a.missing_failed, b.missing_failed, "{what}");
+    assert_eq!(a.orphaned, b.orphaned, "{what}");
+    assert_eq!(a.mismatched, b.mismatched, "{what}");
+    assert_eq!(a.duplicated, b.duplicated, "{what}");
 }
 
 #[tokio::test]
@@ -902,6 +939,27 @@ async fn the_binary_exits_by_outcome_and_prints_json() {
     assert!(
         out.contains(&lost.id.to_string()) && out.contains("NOT CLEAN"),
         "{out}"
+    );
+
+    // Read through Bulk query jobs: the same verdict; a job Salesforce fails is an error
+    // (exit 2) that says which object and why, not a report of everything missing.
+    let (code, out, err) = run(base, &["reconcile", "--bulk", "--json"], url).await;
+    assert_eq!(code, Some(1), "stderr: {err}");
+    let bulk: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(bulk["missing"], doc["missing"]);
+    assert_eq!(bulk["counts"], doc["counts"]);
+    let faults = reqwest::Client::new()
+        .post(format!("{base}/__admin/faults"))
+        .json(&json!({"bulk_fail_query_jobs": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(faults.status().is_success());
+    let (code, out, err) = run(base, &["reconcile", "--bulk"], url).await;
+    assert_eq!(code, Some(2), "stdout: {out}\nstderr: {err}");
+    assert!(
+        err.contains("Bulk query job") && err.contains("Failed"),
+        "{err}"
     );
 
     let (code, out, err) = run(base, &["reconcile", "--fix", "--json"], url).await;

@@ -335,10 +335,25 @@ impl Client {
     /// Polls until the job is final, with backoff; a job still running after `poll.timeout`
     /// is an [`Error::BulkJobTimeout`] (the job goes on; its id is in the error).
     pub async fn wait_for_job(&self, id: &str, poll: Poll) -> Result<JobInfo, Error> {
+        self.wait_until_final(id, poll, |id| self.ingest_job(id))
+            .await
+    }
+
+    /// Polls a job (`get`: ingest or query) until it is final, as [`Client::wait_for_job`] says.
+    pub(crate) async fn wait_until_final<'a, F, Fut>(
+        &self,
+        id: &'a str,
+        poll: Poll,
+        get: F,
+    ) -> Result<JobInfo, Error>
+    where
+        F: Fn(&'a str) -> Fut,
+        Fut: std::future::Future<Output = Result<JobInfo, Error>>,
+    {
         let started = Instant::now();
         let mut delay = poll.first;
         loop {
-            let info = self.ingest_job(id).await?;
+            let info = get(id).await?;
             if info.state.is_final() {
                 return Ok(info);
             }
@@ -364,13 +379,8 @@ impl Client {
         let get = |which: &'static str| {
             let id = job.id.clone();
             async move {
-                self.request(
-                    Method::GET,
-                    Target::Data(&["jobs", "ingest", &id, which]),
-                    &[],
-                    None,
-                )
-                .await
+                self.request_csv(Target::Data(&["jobs", "ingest", &id, which]), &[])
+                    .await
             }
         };
         let successful = if successful {

@@ -150,6 +150,8 @@ pub(crate) struct RawResponse {
     pub(crate) body: Vec<u8>,
     pub(crate) method: Method,
     pub(crate) path: String,
+    /// Read where an answer says something in a header (Bulk query's `Sforce-Locator`).
+    pub(crate) headers: HeaderMap,
 }
 
 impl RawResponse {
@@ -380,7 +382,13 @@ impl Client {
     /// Salesforce had long since answered again.
     pub async fn limits(&self) -> Result<Limits, Error> {
         let response = self
-            .send(Method::GET, Target::Data(&["limits"]), &[], None)
+            .send(
+                Method::GET,
+                Target::Data(&["limits"]),
+                &[],
+                None,
+                Accept::Json,
+            )
             .await?;
         let limits: Limits = response.json()?;
         if let Some(usage) = limits.daily_api_requests() {
@@ -526,7 +534,18 @@ impl Client {
         body: Option<Body<'_>>,
     ) -> Result<RawResponse, Error> {
         let _permit = self.inner.usage.admit().await?;
-        self.send(method, target, query, body).await
+        self.send(method, target, query, body, Accept::Json).await
+    }
+
+    /// A `GET` whose answer is CSV (Bulk API result files), with the usage guard.
+    pub(crate) async fn request_csv(
+        &self,
+        target: Target<'_>,
+        query: &[(&str, &str)],
+    ) -> Result<RawResponse, Error> {
+        let _permit = self.inner.usage.admit().await?;
+        self.send(Method::GET, target, query, None, Accept::Csv)
+            .await
     }
 
     /// [`Client::request`] without the usage guard.
@@ -536,6 +555,7 @@ impl Client {
         target: Target<'_>,
         query: &[(&str, &str)],
         body: Option<Body<'_>>,
+        accept: Accept,
     ) -> Result<RawResponse, Error> {
         let mut slot = self.session().await?;
         let mut replayed = false;
@@ -546,7 +566,12 @@ impl Client {
             }
             let path = url.path().to_owned();
             let (status, headers, bytes) = self
-                .send_once(&method, url, &path, &slot.session.access_token, body)
+                .send_once(
+                    (&method, url, &path),
+                    &slot.session.access_token,
+                    body,
+                    accept,
+                )
                 .await?;
             if let Some(usage) = headers
                 .get(LIMIT_INFO)
@@ -573,6 +598,7 @@ impl Client {
                     body: bytes,
                     method,
                     path,
+                    headers,
                 });
             }
             let errors = parse_error_body(status, &bytes);
@@ -587,11 +613,10 @@ impl Client {
 
     async fn send_once(
         &self,
-        method: &Method,
-        url: Url,
-        path: &str,
+        (method, url, path): (&Method, Url, &str),
         token: &SecretString,
         body: Option<Body<'_>>,
+        accept: Accept,
     ) -> Result<(u16, HeaderMap, Vec<u8>), Error> {
         let started = Instant::now();
         let host = url.host_str().unwrap_or_default().to_owned();
@@ -601,7 +626,13 @@ impl Client {
             .request(method.clone(), url)
             .timeout(self.inner.timeout)
             .header(AUTHORIZATION, format!("Bearer {}", token.expose_secret()))
-            .header(ACCEPT, "application/json")
+            .header(
+                ACCEPT,
+                match accept {
+                    Accept::Json => "application/json",
+                    Accept::Csv => "text/csv",
+                },
+            )
             .header(CALL_OPTIONS, self.inner.call_options.clone());
         if let Some(options) = &self.inner.query_options
             && (path.ends_with("/query") || path.contains("/query/"))
@@ -651,6 +682,14 @@ impl Client {
         tracing::debug!(%method, path, status, elapsed = ?started.elapsed(), "salesforce call");
         Ok((status, headers, bytes))
     }
+}
+
+/// What a request asks the answer to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Accept {
+    Json,
+    /// Bulk API result files.
+    Csv,
 }
 
 /// A request body: a JSON value, or JSON already serialised (a large request is written once,

@@ -277,6 +277,14 @@ pub enum Error {
     /// Salesforce.
     #[error("Bulk job {id} was still running after {waited:?}")]
     BulkJobTimeout { id: String, waited: Duration },
+    /// A Bulk query job ended without its results (`Failed` or `Aborted`); `message` is the
+    /// job's `errorMessage`.
+    #[error("Bulk query job {id} ended {state}: {message}")]
+    BulkQueryFailed {
+        id: String,
+        state: String,
+        message: String,
+    },
     /// The caller asked for something the API does not allow (checked before sending).
     #[error("invalid request: {0}")]
     InvalidRequest(String),
@@ -302,7 +310,9 @@ impl Error {
         match self {
             Self::Auth(e) => e.class(),
             Self::Api { status, errors, .. } => classify_api(*status, errors),
-            Self::MultipleMatches { .. } | Self::InvalidRequest(_) => ErrorClass::Permanent,
+            Self::MultipleMatches { .. }
+            | Self::InvalidRequest(_)
+            | Self::BulkQueryFailed { .. } => ErrorClass::Permanent,
             Self::Record { errors } => errors
                 .iter()
                 .map(ApiError::class)

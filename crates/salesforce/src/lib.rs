@@ -9,7 +9,8 @@
 //!     └──REST──▶ {instance_url}/services/data/v62.0/…
 //!                 sobjects (create/get/update/delete/upsert), composite/sobjects (chunks of 200),
 //!                 query (+nextRecordsUrl), composite (≤25 subrequests), limits, platform events,
-//!                 Bulk API 2.0 ingest jobs (CSV; create, upload, poll, results)
+//!                 Bulk API 2.0 ingest jobs (CSV; create, upload, poll, results),
+//!                 Bulk API 2.0 query jobs (create, poll, CSV result pages by locator)
 //!                 every response: Sforce-Limit-Info ─▶ usage guard (SF_MAX_API_USAGE_SHARE)
 //! ```
 //!
@@ -30,6 +31,7 @@
 
 mod auth;
 pub mod bulk;
+pub mod bulk_query;
 mod client;
 pub mod collections;
 pub mod composite;

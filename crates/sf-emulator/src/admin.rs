@@ -68,7 +68,9 @@ struct FaultsPatch {
     outage: Option<bool>,
     /// The next this many Bulk ingest jobs fail half-way.
     bulk_fail_jobs: Option<u32>,
-    /// Bulk ingest processing speed in rows per second (0: unthrottled).
+    /// The next this many Bulk query jobs fail.
+    bulk_fail_query_jobs: Option<u32>,
+    /// Bulk processing speed in rows per second (0: unthrottled).
     bulk_rows_per_second: Option<u64>,
     /// Calls under `/services/data` served at once (0: no limit).
     max_concurrent_calls: Option<u32>,
@@ -143,6 +145,9 @@ pub async fn set_faults(State(s): State<AppState>, body: Bytes) -> Response {
         }
         if let Some(v) = patch.bulk_fail_jobs {
             inner.faults.bulk_fail_jobs = v;
+        }
+        if let Some(v) = patch.bulk_fail_query_jobs {
+            inner.faults.bulk_fail_query_jobs = v;
         }
         if let Some(v) = patch.bulk_rows_per_second {
             inner.faults.bulk_rows_per_second = v;

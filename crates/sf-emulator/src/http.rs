@@ -6,6 +6,8 @@
 //!                                      └────► /services/data/vNN.N/… ─► session? 401
 //!                                              ─► daily limit? 403 ─► count call
 //!                                              ─► injected error? ─► api::execute
+//!                                                 (Bulk: bulk::handle; a query results page
+//!                                                  is written after, a chunk per lock turn)
 //!                                              ─► + Sforce-Limit-Info
 //!                                              ─► committed changes ─► Pub/Sub (CDC)
 //!                                                 └► Flow rules ─► platform events,
@@ -289,110 +291,132 @@ async fn data(
     // An upload's CSV is read under the lock (the job keeps its rows), other bodies are done.
     let csv = if upload { body } else { Bytes::new() };
 
-    let mut inner = s.lock();
-    let max = s.config.daily_api_limit;
-    let limit_info = |used: u64| Some(format!("api-usage={used}/{max}"));
-    if !auth::check_session(&s, &mut inner, auth_header) {
+    let (page, limit_info) = {
+        let mut inner = s.lock();
+        let max = s.config.daily_api_limit;
+        let limit_info = |used: u64| Some(format!("api-usage={used}/{max}"));
+        if !auth::check_session(&s, &mut inner, auth_header) {
+            *inner
+                .stats
+                .rejected
+                .entry("INVALID_SESSION_ID".into())
+                .or_default() += 1;
+            return to_response(Reply::invalid_session(), None);
+        }
+        if inner.usage.used() >= max {
+            *inner
+                .stats
+                .rejected
+                .entry("REQUEST_LIMIT_EXCEEDED".into())
+                .or_default() += 1;
+            let used = inner.usage.used();
+            return to_response(fault_reply("REQUEST_LIMIT_EXCEEDED"), limit_info(used));
+        }
+        inner.usage.record();
+        inner.stats.api_calls_total += 1;
         *inner
             .stats
-            .rejected
-            .entry("INVALID_SESSION_ID".into())
-            .or_default() += 1;
-        return to_response(Reply::invalid_session(), None);
-    }
-    if inner.usage.used() >= max {
-        *inner
-            .stats
-            .rejected
-            .entry("REQUEST_LIMIT_EXCEEDED".into())
+            .api_calls_by_route
+            .entry(route.label(&method_name))
             .or_default() += 1;
         let used = inner.usage.used();
-        return to_response(fault_reply("REQUEST_LIMIT_EXCEEDED"), limit_info(used));
-    }
-    inner.usage.record();
-    inner.stats.api_calls_total += 1;
-    *inner
-        .stats
-        .api_calls_by_route
-        .entry(route.label(&method_name))
-        .or_default() += 1;
-    let used = inner.usage.used();
-    if !matches!(method, Method::GET | Method::HEAD) {
-        inner.dirty = true;
-    }
-    if let Some(client) = call_options_client(&headers) {
-        *inner.stats.api_calls_by_client.entry(client).or_default() += 1;
-    }
+        if !matches!(method, Method::GET | Method::HEAD) {
+            inner.dirty = true;
+        }
+        if let Some(client) = call_options_client(&headers) {
+            *inner.stats.api_calls_by_client.entry(client).or_default() += 1;
+        }
 
-    if let Some(code) = pick_fault(&mut inner.faults) {
-        *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;
-        return to_response(fault_reply(&code), limit_info(used));
-    }
-    let parsed_body = match parsed_body {
-        Ok(v) => v,
-        Err(e) => {
-            return to_response(
-                Reply::error(
-                    400,
-                    "JSON_PARSER_ERROR",
-                    format!("Unexpected character in the request body: {e}"),
-                ),
-                limit_info(used),
-            );
+        if let Some(code) = pick_fault(&mut inner.faults) {
+            *inner.stats.faults_injected.entry(code.clone()).or_default() += 1;
+            return to_response(fault_reply(&code), limit_info(used));
+        }
+        let parsed_body = match parsed_body {
+            Ok(v) => v,
+            Err(e) => {
+                return to_response(
+                    Reply::error(
+                        400,
+                        "JSON_PARSER_ERROR",
+                        format!("Unexpected character in the request body: {e}"),
+                    ),
+                    limit_info(used),
+                );
+            }
+        };
+        let client = call_options_client(&headers);
+        if route.is_bulk() {
+            let call = crate::bulk::Call {
+                route: &route,
+                method: &method_name,
+                version,
+                query: uri.query().unwrap_or_default(),
+                body: parsed_body.as_ref(),
+                csv: &csv,
+                client: client.as_deref(),
+            };
+            let answer = crate::bulk::handle(&s, &mut inner, &call);
+            drop(inner);
+            drop(csv);
+            match answer {
+                crate::bulk::Answer::Reply(r) => return to_response(r, limit_info(used)),
+                crate::bulk::Answer::Start(r, id) => {
+                    crate::bulk::process::spawn(s.clone(), id);
+                    return to_response(r, limit_info(used));
+                }
+                crate::bulk::Answer::StartQuery(r, id) => {
+                    crate::bulk::query::spawn(s.clone(), id);
+                    return to_response(r, limit_info(used));
+                }
+                crate::bulk::Answer::Csv(text) => {
+                    return csv_response(text, &[], limit_info(used));
+                }
+                // Written below, once the lock guard is out of scope (it cannot be held across
+                // an await).
+                crate::bulk::Answer::Page(page) => (page, limit_info(used)),
+            }
+        } else {
+            let ctx = Ctx {
+                shared: &s,
+                base: format!("/services/data/v{version}"),
+            };
+            let mut req = Req {
+                method: method_name,
+                path,
+                query: uri.query().unwrap_or_default().to_owned(),
+                body: parsed_body,
+                batch_size: batch_size(&headers),
+                spent: Vec::new(),
+            };
+            let reply = api::execute(&ctx, &mut inner, &route, &mut req);
+            // Whatever the call committed (single, Collections, Composite, upsert, cascades)
+            // becomes change events and sets off Flow rules; both are carried out after the
+            // lock is released.
+            let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
+            after_commit(&s, inner, origin);
+            // Freed outside the lock too.
+            drop(req);
+            tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
+            if method == Method::HEAD {
+                return to_response(
+                    Reply {
+                        body: None,
+                        ..reply
+                    },
+                    limit_info(used),
+                );
+            }
+            return to_response(reply, limit_info(used));
         }
     };
-    let client = call_options_client(&headers);
-    if route.is_bulk() {
-        let call = crate::bulk::Call {
-            route: &route,
-            method: &method_name,
-            version,
-            body: parsed_body.as_ref(),
-            csv: &csv,
-            client: client.as_deref(),
-        };
-        let answer = crate::bulk::handle(&s, &mut inner, &call);
-        drop(inner);
-        drop(csv);
-        return match answer {
-            crate::bulk::Answer::Reply(r) => to_response(r, limit_info(used)),
-            crate::bulk::Answer::Start(r, id) => {
-                crate::bulk::process::spawn(s.clone(), id);
-                to_response(r, limit_info(used))
-            }
-            crate::bulk::Answer::Csv(text) => csv_response(text, limit_info(used)),
-        };
-    }
-    let ctx = Ctx {
-        shared: &s,
-        base: format!("/services/data/v{version}"),
-    };
-    let mut req = Req {
-        method: method_name,
-        path,
-        query: uri.query().unwrap_or_default().to_owned(),
-        body: parsed_body,
-        batch_size: batch_size(&headers),
-        spent: Vec::new(),
-    };
-    let reply = api::execute(&ctx, &mut inner, &route, &mut req);
-    // Whatever the call committed (single, Collections, Composite, upsert, cascades) becomes
-    // change events and sets off Flow rules; both are carried out after the lock is released.
-    let origin = crate::pubsub::cdc::change_origin(version, client.as_deref());
-    after_commit(&s, inner, origin);
-    // Freed outside the lock too.
-    drop(req);
-    tracing::debug!(method = %method, path = %uri.path(), status = reply.status, used, "data API call");
-    if method == Method::HEAD {
-        return to_response(
-            Reply {
-                body: None,
-                ..reply
-            },
-            limit_info(used),
-        );
-    }
-    to_response(reply, limit_info(used))
+    // A Bulk query results page: rendered a chunk per turn of the lock.
+    let next = page.next.clone();
+    let (text, records) = crate::bulk::query::render(&s, page).await;
+    let headers = [
+        ("Sforce-NumberOfRecords", records.to_string()),
+        ("Sforce-Locator", next),
+    ];
+    csv_response(text, &headers, limit_info)
 }
 
 /// Publishes what a call (or a chunk of a Bulk job) committed: its change events, and the
@@ -416,11 +440,14 @@ pub(crate) fn after_commit(s: &Shared, mut inner: MutexGuard<'_, Inner>, origin:
     }
 }
 
-/// A Bulk result file.
-fn csv_response(text: String, limit_info: Option<String>) -> Response {
+/// A Bulk result file or query results page, with its own headers.
+fn csv_response(text: String, headers: &[(&str, String)], limit_info: Option<String>) -> Response {
     let mut builder = Response::builder()
         .status(200)
         .header(header::CONTENT_TYPE, "text/csv");
+    for (name, value) in headers {
+        builder = builder.header(*name, value.as_str());
+    }
     if let Some(info) = limit_info {
         builder = builder.header("Sforce-Limit-Info", info);
     }

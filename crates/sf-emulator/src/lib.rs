@@ -8,8 +8,8 @@
 //!                   ├► /services/data/             versions (not counted)
 //!                   ├► /services/data/vNN.N/…      sObjects, upsert by external id,
 //!                   │                              Collections, Composite, SOQL, /limits,
-//!                   │                              Bulk API 2.0 ingest jobs (`bulk`, processed
-//!                   │                              in the background)
+//!                   │                              Bulk API 2.0 ingest and query jobs (`bulk`,
+//!                   │                              processed in the background)
 //!                   │                              (counted; Sforce-Limit-Info on every reply)
 //!  tests/demos ───► /__admin/…                     stats, records, faults, reset, seed,
 //!                          │                      pubsub (stats, faults, schema changes)

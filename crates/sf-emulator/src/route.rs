@@ -157,6 +157,10 @@ pub enum Route {
     IngestJob(String),
     IngestBatches(String),
     IngestResults(String, String),
+    /// Bulk API 2.0 query: the jobs, one job, its results.
+    QueryJobs,
+    QueryJob(String),
+    QueryResults(String),
     Unknown,
 }
 
@@ -191,6 +195,9 @@ impl Route {
             ["jobs", "ingest", id, which] => {
                 Self::IngestResults((*id).to_owned(), (*which).to_owned())
             }
+            ["jobs", "query"] => Self::QueryJobs,
+            ["jobs", "query", id] => Self::QueryJob((*id).to_owned()),
+            ["jobs", "query", id, "results"] => Self::QueryResults((*id).to_owned()),
             _ => Self::Unknown,
         }
     }
@@ -215,6 +222,9 @@ impl Route {
             Self::IngestJob(_) => "/jobs/ingest/{id}",
             Self::IngestBatches(_) => "/jobs/ingest/{id}/batches",
             Self::IngestResults(..) => "/jobs/ingest/{id}/{results}",
+            Self::QueryJobs => "/jobs/query",
+            Self::QueryJob(_) => "/jobs/query/{id}",
+            Self::QueryResults(_) => "/jobs/query/{id}/results",
             Self::Unknown => "(unknown)",
         };
         format!("{method} {t}")
@@ -222,12 +232,21 @@ impl Route {
 
     /// A Bulk API 2.0 route (served outside Composite, which does not carry them).
     pub fn is_bulk(&self) -> bool {
+        self.is_bulk_query()
+            || matches!(
+                self,
+                Self::IngestJobs
+                    | Self::IngestJob(_)
+                    | Self::IngestBatches(_)
+                    | Self::IngestResults(..)
+            )
+    }
+
+    /// A Bulk API 2.0 query-job route.
+    pub fn is_bulk_query(&self) -> bool {
         matches!(
             self,
-            Self::IngestJobs
-                | Self::IngestJob(_)
-                | Self::IngestBatches(_)
-                | Self::IngestResults(..)
+            Self::QueryJobs | Self::QueryJob(_) | Self::QueryResults(_)
         )
     }
 

@@ -42,7 +42,11 @@ pub struct Faults {
     /// The next this many Bulk ingest jobs fail half-way (the rest of their rows unprocessed).
     #[serde(default)]
     pub bulk_fail_jobs: u32,
-    /// Bulk ingest processing speed, rows per second (0: as fast as the store goes).
+    /// The next this many Bulk query jobs fail (`Failed`, with an `errorMessage`).
+    #[serde(default)]
+    pub bulk_fail_query_jobs: u32,
+    /// Bulk processing speed, rows per second (0: as fast as the store goes): ingest jobs write
+    /// at this pace; a query job stays `InProgress` for its rows ÷ this many seconds.
     #[serde(default)]
     pub bulk_rows_per_second: u64,
     /// Calls under `/services/data` served at once (0: no limit); the others wait their turn,
@@ -69,6 +73,8 @@ pub struct Stats {
     pub composite_subrequests: u64,
     /// Records written through sObject Collections.
     pub collection_records: u64,
+    /// Bulk API 2.0 query jobs created.
+    pub bulk_query_jobs: u64,
     /// Requests refused before counting, by error code (INVALID_SESSION_ID, REQUEST_LIMIT_EXCEEDED…).
     pub rejected: BTreeMap<String, u64>,
     /// Injected faults served, by error code.
@@ -166,7 +172,7 @@ pub struct Inner {
     pub next_cursor: u64,
     /// Flow rules, evaluated against each request's committed changes.
     pub flows: Flows,
-    /// Bulk API 2.0 ingest jobs.
+    /// Bulk API 2.0 ingest and query jobs.
     pub bulk: crate::bulk::Jobs,
     /// The slots behind `faults.max_concurrent_calls`, made for the limit they were made for.
     pub call_slots: Option<(u32, Arc<tokio::sync::Semaphore>)>,

@@ -1,7 +1,7 @@
 //! The emulator driven by simple-salesforce (Python, from PyPI), a client nobody here wrote:
 //! HTTPS with a generated CA, the password, client-credentials and JWT flows, CRUD, upsert,
 //! relationship references, queries with paging, Composite, Bulk API 2.0 ingest jobs and their
-//! result files, errors and session renewal.
+//! result files, Bulk API 2.0 query jobs paged by locator, errors and session renewal.
 //!
 //! simple-salesforce comes pinned from `tools/requirements-test.txt`, installed on first use into
 //! `target/py-venv` by orderbridge-testkit; `SF_EMULATOR_PYTHON` may point at another Python that

@@ -369,7 +369,7 @@ async fn classify_run(
     salesforce: &orderbridge_salesforce::Client,
 ) -> Result<Found> {
     tracing::info!("classifying: reconcile against Salesforce, dead letters, Postgres");
-    let report = verify::reconcile_run(stack).await?;
+    let report = verify::reconcile_run(stack, false).await?;
     let letters = settle::dead_letters(stack).await?;
     let rows = settle::order_rows(stack).await?;
     let postgres: HashMap<Uuid, _> = settle::stored(&rows);

@@ -46,6 +46,10 @@ pub struct DrainArgs {
     /// WORKER_MAX_IN_FLIGHT=2; `--env` settings still win).
     #[arg(long)]
     pub bulk: bool,
+    /// The closing reconcile reads Salesforce through Bulk API 2.0 query jobs
+    /// (`orderbridge reconcile --bulk`) instead of REST query pages.
+    #[arg(long)]
+    pub reconcile_bulk: bool,
     #[command(flatten)]
     pub stack: StackArgs,
 }
@@ -109,7 +113,7 @@ async fn measure(stack: &mut Stack, args: &DrainArgs) -> Result<bool> {
         synced = figures.synced.len(),
         "drained; checking Salesforce"
     );
-    let verification = verify::verify(stack).await?;
+    let verification = verify::verify(stack, args.reconcile_bulk).await?;
     let measured = Measured {
         args,
         set_up,

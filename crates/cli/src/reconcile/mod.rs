@@ -8,7 +8,10 @@
 //! 3. Salesforce, both objects at once: `SELECT Id, <ext>, <compared fields> FROM <object> WHERE
 //!    <ext> != null AND <ext> >= '<from>' AND <ext> < '<to>' ORDER BY <ext>` (plus
 //!    `CreatedDate >= since - 1 h` with a lower bound), followed by `nextRecordsUrl` a few pages
-//!    ahead of the comparison.
+//!    ahead of the comparison. With [`Paging::bulk`] instead: one Bulk API 2.0 query job per
+//!    object for the whole scope (no range, no `ORDER BY`: Salesforce keeps no order in a
+//!    job's results), its result pages sorted on local disk into each range's order, all of it
+//!    before step 4; the ranges then take their records from the sorted files.
 //! 4. Postgres, in keyset pages of ids. An external id sorts as the order id it names, so for
 //!    each page the records up to its last id are taken from both streams, each order of the
 //!    page is compared with its records, and the records left over name no order compared.
@@ -31,6 +34,8 @@
 //!   worker's mapping;
 //! - `orders`: the [`Scope`], the ranges and reading the orders from Postgres (steps 1, 2, 4, 5);
 //! - `salesforce`: the SOQL reads (step 3), sorted streams taken into a [`SalesforceSide`];
+//! - `bulk`: step 3 through Bulk query jobs, and the streams over their sorted results;
+//! - `spill`: the external sort behind `bulk` (memory bounded, anonymous temporary files);
 //! - `keys`: the shapes of our external ids;
 //! - `classify`: the comparison rules, free of I/O ([`Classifier`]);
 //! - `report`: what a run returns ([`Report`] and its classes);
@@ -38,6 +43,7 @@
 //!
 //! Everything public is re-exported here: callers name `reconcile::X`, never the submodule.
 
+mod bulk;
 mod classify;
 mod fix;
 mod keys;
@@ -45,6 +51,7 @@ mod orders;
 mod report;
 mod run;
 mod salesforce;
+mod spill;
 
 use orderbridge_db::orders::ResyncError;
 
@@ -71,4 +78,8 @@ pub enum ReconcileError {
     Db(#[from] sqlx::Error),
     #[error("queueing a resync failed: {0}")]
     Resync(#[from] ResyncError),
+    /// Sorting a Bulk query's results on local disk (`--bulk`) failed: the temporary
+    /// directory (`TMPDIR`) is full or unwritable.
+    #[error("sorting Salesforce records in a temporary file failed: {0}")]
+    Spill(std::io::Error),
 }

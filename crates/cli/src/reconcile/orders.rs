@@ -19,11 +19,13 @@ use super::salesforce::SharedBar;
 /// How a run walks the orders: `page_size` orders a keyset page (what a range holds at a time,
 /// with the Salesforce records sorting among them), in `parallel` ranges of ids merged at once
 /// (each with its own two Salesforce queries: Salesforce answers one query's pages one after
-/// another, so ranges are what makes a large org's read faster).
+/// another, so ranges are what makes a large org's read faster). With `bulk`, Salesforce is
+/// read by Bulk API 2.0 query jobs instead, sorted on local disk (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Paging {
     pub page_size: u32,
     pub parallel: u32,
+    pub bulk: bool,
 }
 
 /// Orders per page unless the run says otherwise (`--page-size`).
@@ -37,6 +39,7 @@ impl Default for Paging {
         Self {
             page_size: DEFAULT_PAGE_SIZE,
             parallel: DEFAULT_PARALLEL,
+            bulk: false,
         }
     }
 }

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use super::ReconcileError;
+use super::bulk::{self, Staged};
 use super::classify::{Classes, Classifier, Expected, FieldKind, Fields};
 use super::orders::{self, Bounds, OrderPages, Paging, Scope};
 use super::report::Report;
@@ -237,6 +238,19 @@ async fn compare(
             .map(|(object, _)| SharedBar::new(progress.phase(&format!("Salesforce {object}")))),
     };
     bars.orders.add_total(u64::try_from(total).unwrap_or(0));
+    let staged = if paging.bulk {
+        Some(
+            bulk::download(
+                client,
+                &objects,
+                (&fields(mapping), &scope, &ranges),
+                (&bars.sf_orders, bars.sf_items.as_ref()),
+            )
+            .await?,
+        )
+    } else {
+        None
+    };
     let merge = Merge {
         pool,
         client,
@@ -248,8 +262,12 @@ async fn compare(
         objects: &objects,
         fields: fields(mapping),
         bars: &bars,
+        staged: staged.as_ref(),
     };
-    let parts = futures_util::future::try_join_all(ranges.iter().map(|r| merge.range(*r))).await?;
+    let parts = futures_util::future::try_join_all(
+        ranges.iter().enumerate().map(|(n, r)| merge.range(n, *r)),
+    )
+    .await?;
     for bar in [
         Some(&bars.orders),
         Some(&bars.sf_orders),
@@ -309,34 +327,48 @@ struct Merge<'a> {
     objects: &'a Objects,
     fields: Fields,
     bars: &'a Bars,
+    /// With `--bulk`: Salesforce's records, read and sorted before the merge.
+    staged: Option<&'a Staged>,
 }
 
 impl Merge<'_> {
     /// Merges one range of order ids: its Salesforce queries (started first, see the module
     /// documentation) with its Postgres pages. Returns its classes and how many orders it
     /// compared (with several targets, those routed to this one).
-    async fn range(&self, range: Range) -> Result<(Classes, u64), ReconcileError> {
+    async fn range(&self, n: usize, range: Range) -> Result<(Classes, u64), ReconcileError> {
         let objects = self.objects;
-        let mut sf_orders = RecordStream::open(
-            self.client,
-            Kind::Order,
-            (
-                &objects.order_object,
-                &objects.order_field,
-                &objects.order_fields,
+        let (mut sf_orders, mut sf_items) = match self.staged {
+            Some(staged) => (
+                bulk::stream(&staged.orders, Kind::Order, &objects.order_object, n),
+                staged
+                    .items
+                    .as_ref()
+                    .zip(objects.items.as_ref())
+                    .map(|(sorted, (object, _))| bulk::stream(sorted, Kind::Item, object, n)),
             ),
-            (&self.scope, range),
-            self.bars.sf_orders.clone(),
-        );
-        let mut sf_items = match (&objects.items, &self.bars.sf_items) {
-            (Some((object, field)), Some(bar)) => Some(RecordStream::open(
-                self.client,
-                Kind::Item,
-                (object, field, &objects.item_fields),
-                (&self.scope, range),
-                bar.clone(),
-            )),
-            _ => None,
+            None => (
+                RecordStream::open(
+                    self.client,
+                    Kind::Order,
+                    (
+                        &objects.order_object,
+                        &objects.order_field,
+                        &objects.order_fields,
+                    ),
+                    (&self.scope, range),
+                    self.bars.sf_orders.clone(),
+                ),
+                match (&objects.items, &self.bars.sf_items) {
+                    (Some((object, field)), Some(bar)) => Some(RecordStream::open(
+                        self.client,
+                        Kind::Item,
+                        (object, field, &objects.item_fields),
+                        (&self.scope, range),
+                        bar.clone(),
+                    )),
+                    _ => None,
+                },
+            ),
         };
 
         let compare = !objects.order_fields.is_empty() || !objects.item_fields.is_empty();

@@ -89,7 +89,7 @@ impl SalesforceSide {
 }
 
 /// One record as read: external id, record id, compared values.
-type Row = (String, String, Vec<Value>);
+pub(crate) type Row = (String, String, Vec<Value>);
 
 /// Pages read ahead of the comparison per object: the memory a stream holds is this many pages
 /// (2,000 records each) plus the one being taken from.
@@ -104,7 +104,7 @@ pub(crate) enum Kind {
 
 impl Kind {
     /// The order id a record's external id names, `None` when it is not one of ours.
-    fn order_of(self, external_id: &str) -> Option<Uuid> {
+    pub(crate) fn order_of(self, external_id: &str) -> Option<Uuid> {
         match self {
             Kind::Order => parse_order_key(external_id),
             Kind::Item => parse_item_key(external_id).map(|(order, _)| order),
@@ -145,6 +145,11 @@ impl SharedBar {
         }
     }
 
+    /// A bar that shows nothing (what is counted elsewhere).
+    pub(crate) fn silent() -> Self {
+        Self::new(Box::new(crate::progress::NoProgress))
+    }
+
     pub(crate) fn add_total(&self, n: u64) {
         let total = self.total.fetch_add(n, Ordering::Relaxed) + n;
         self.bar.set_total(total);
@@ -162,8 +167,7 @@ impl SharedBar {
 impl RecordStream {
     /// Starts reading `object` (`field` its external id, `fields` the compared ones) sorted by
     /// the external id, only the records naming an order in `range` (`[from, to)`, open where
-    /// `None`). Salesforce cannot filter by our `created_at`, so with a lower bound only
-    /// `CreatedDate` narrows the read; the scope itself is applied by the comparison.
+    /// `None`), with the scope's pre-filter ([`select`]).
     pub(crate) fn open(
         client: &Client,
         kind: Kind,
@@ -171,13 +175,6 @@ impl RecordStream {
         (scope, range): (&Scope, Range),
         bar: SharedBar,
     ) -> Self {
-        let since = scope
-            .created_after
-            .map(|t| {
-                let from = t - chrono::Duration::seconds(CREATED_DATE_MARGIN_SECS);
-                format!(" AND CreatedDate >= {}", from.format("%Y-%m-%dT%H:%M:%SZ"))
-            })
-            .unwrap_or_default();
         // An item's external id starts with its order's: `>= 'from'` takes the items of `from`
         // and `< 'to'` leaves those of `to` to the next range. Uuids are safe in SOQL text.
         let from = range
@@ -188,10 +185,9 @@ impl RecordStream {
             .1
             .map(|id| format!(" AND {field} < '{id}'"))
             .unwrap_or_default();
-        let extra: String = fields.iter().map(|f| format!(", {f}")).collect();
         let soql = format!(
-            "SELECT Id, {field}{extra} FROM {object} WHERE {field} != null{since}{from}{to} \
-             ORDER BY {field}"
+            "{}{from}{to} ORDER BY {field}",
+            select((object, field, fields), scope)
         );
         let (tx, pages) = mpsc::channel(PAGES_AHEAD);
         tokio::spawn(read_pages(
@@ -205,7 +201,7 @@ impl RecordStream {
         Self::from_pages(kind, object, pages, bar)
     }
 
-    fn from_pages(
+    pub(crate) fn from_pages(
         kind: Kind,
         object: &str,
         pages: mpsc::Receiver<Result<(u64, Vec<Row>), ReconcileError>>,
@@ -310,6 +306,21 @@ impl RecordStream {
         }
         Ok(())
     }
+}
+
+/// `SELECT Id, <ext>, <fields> FROM <object> WHERE <ext> != null`, with the `CreatedDate`
+/// pre-filter when the scope has a lower bound: Salesforce cannot filter by our `created_at`,
+/// so only `CreatedDate` narrows the read; the scope itself is applied by the comparison.
+pub(crate) fn select((object, field, fields): (&str, &str, &[String]), scope: &Scope) -> String {
+    let since = scope
+        .created_after
+        .map(|t| {
+            let from = t - chrono::Duration::seconds(CREATED_DATE_MARGIN_SECS);
+            format!(" AND CreatedDate >= {}", from.format("%Y-%m-%dT%H:%M:%SZ"))
+        })
+        .unwrap_or_default();
+    let extra: String = fields.iter().map(|f| format!(", {f}")).collect();
+    format!("SELECT Id, {field}{extra} FROM {object} WHERE {field} != null{since}")
 }
 
 /// The read-ahead task: the query's pages (with its total size), reduced to [`Row`]s, sent as

@@ -92,6 +92,9 @@ pub fn execute(ctx: &Ctx<'_>, inner: &mut Inner, route: &Route, req: &mut Req) -
             | Route::IngestJob(_)
             | Route::IngestBatches(_)
             | Route::IngestResults(..)
+            | Route::QueryJobs
+            | Route::QueryJob(_)
+            | Route::QueryResults(_)
             | Route::Unknown,
             _,
         ) => Err(Reply::not_found()),

@@ -1,5 +1,6 @@
-//! Bulk API 2.0 ingest: jobs that write many records from one CSV upload, processed in the
-//! background while the client polls.
+//! Bulk API 2.0: ingest jobs, which write many records from one CSV upload, and query jobs
+//! (`query`, `query_job`), which read many records as CSV pages; both processed in the
+//! background while the client polls. Ingest:
 //!
 //! ```text
 //!  POST  /jobs/ingest                 {object, operation, externalIdFieldName} ─► job (Open)
@@ -12,13 +13,26 @@
 //!  DELETE /jobs/ingest/{id}
 //! ```
 //!
-//! Each call counts against the daily API allocation like any REST call; the rows do not.
-//! Faults (`POST /__admin/faults`): `bulk_fail_jobs` fails the next jobs half-way (the rest
-//! unprocessed), `bulk_rows_per_second` slows processing down.
+//! Query jobs (see `query`):
+//!
+//! ```text
+//!  POST  /jobs/query                  {operation, query} ─► SOQL checked ─► job (UploadComplete)
+//!                                      └► query::spawn ─► InProgress ─► JobComplete (ids kept)
+//!  GET   /jobs/query/{id}/results     ?maxRecords&locator ─► CSV page, Sforce-Locator
+//!  GET | PATCH (Aborted) | DELETE /jobs/query/{id}, GET /jobs/query
+//! ```
+//!
+//! Job ids of both kinds come from one counter, so they never collide. Each call counts
+//! against the daily API allocation like any REST call; the rows do not. Faults
+//! (`POST /__admin/faults`): `bulk_fail_jobs` fails the next ingest jobs half-way (the rest
+//! unprocessed), `bulk_fail_query_jobs` the next query jobs; `bulk_rows_per_second` slows
+//! both down.
 
 pub mod csv_data;
 pub mod job;
 pub mod process;
+pub mod query;
+pub mod query_job;
 
 use std::collections::BTreeMap;
 
@@ -39,16 +53,24 @@ const MAX_JOBS: usize = 200;
 /// Job ids start with this key prefix, as Salesforce's do.
 const JOB_PREFIX: &str = "750";
 
-/// The org's ingest jobs.
+/// The org's Bulk jobs: ingest jobs here, query jobs in `queries`.
 #[derive(Debug, Default)]
 pub struct Jobs {
     jobs: BTreeMap<String, Job>,
     next: u64,
+    /// Query jobs.
+    pub queries: query_job::QueryJobs,
 }
 
 impl Jobs {
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Job> {
         self.jobs.get_mut(id)
+    }
+
+    /// A new job id (`750…`), for either kind of job.
+    fn new_id(&mut self) -> String {
+        self.next += 1;
+        ids::make_id(JOB_PREFIX, self.next)
     }
 
     fn insert(&mut self, job: Job) {
@@ -73,19 +95,23 @@ pub enum Answer {
     Reply(Reply),
     /// A result file.
     Csv(String),
-    /// The reply, and the job whose processing starts now.
+    /// The reply, and the ingest job whose processing starts now.
     Start(Reply, String),
+    /// The reply, and the query job whose evaluation starts now (`query::spawn`).
+    StartQuery(Reply, String),
+    /// A query job's results page, written once the state lock is released (`query::render`).
+    Page(query::Page),
+}
+
+fn invalid_state_message(id: &str, state: JobState, wanted: &str) -> String {
+    format!("Job {id} is in state {}; {wanted}", state.as_str())
 }
 
 fn invalid_state(job: &Job, wanted: &str) -> Reply {
     Reply::error(
         400,
         "INVALIDJOBSTATE",
-        format!(
-            "Job {} is in state {}; {wanted}",
-            job.id,
-            job.state.as_str()
-        ),
+        invalid_state_message(&job.id, job.state, wanted),
     )
 }
 
@@ -97,12 +123,14 @@ fn job_not_found(id: &str) -> Reply {
     )
 }
 
-/// One Bulk ingest call, as `http` read it.
+/// One Bulk call, as `http` read it.
 pub struct Call<'a> {
     pub route: &'a Route,
     pub method: &'a str,
     /// The API version of the path, e.g. `62.0`.
     pub version: &'a str,
+    /// The raw query string (without `?`).
+    pub query: &'a str,
     pub body: Option<&'a Value>,
     /// The raw body of an upload.
     pub csv: &'a [u8],
@@ -110,8 +138,11 @@ pub struct Call<'a> {
     pub client: Option<&'a str>,
 }
 
-/// Runs one Bulk ingest call under the state lock.
+/// Runs one Bulk call under the state lock.
 pub fn handle(shared: &Shared, inner: &mut Inner, call: &Call<'_>) -> Answer {
+    if call.route.is_bulk_query() {
+        return query::handle(shared, inner, call);
+    }
     let Call {
         route,
         method,
@@ -119,6 +150,7 @@ pub fn handle(shared: &Shared, inner: &mut Inner, call: &Call<'_>) -> Answer {
         body,
         csv,
         client,
+        ..
     } = *call;
     let reply = match (route, method) {
         (Route::IngestJobs, "POST") => create(shared, inner, version, body, client),
@@ -251,10 +283,9 @@ fn create(
         },
         (_, _) => None,
     };
-    inner.bulk.next += 1;
     let now = Utc::now();
     let job = Job {
-        id: ids::make_id(JOB_PREFIX, inner.bulk.next),
+        id: inner.bulk.new_id(),
         object: def.name.clone(),
         operation,
         external_id_field,

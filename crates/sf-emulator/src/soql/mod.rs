@@ -3,14 +3,18 @@
 //! `IN`, `NOT IN`, `AND`, `OR`, `NOT`, parentheses) `ORDER BY` fields `ASC|DESC`
 //! `NULLS FIRST|LAST`, `LIMIT`, `OFFSET`. String comparisons are case-insensitive, as in SOQL.
 //!
-//! Two stages, one file each: `parse` turns the text into a [`Query`] without looking at the
-//! schema; `run` checks it against the schema and evaluates it over the store.
+//! Three stages, one file each: `parse` turns the text into a [`Query`] without looking at the
+//! schema; `run` checks it against the schema ([`prepare`]) and evaluates it over the store;
+//! `rows` keeps the matched records by id and renders them (REST JSON, or flat values for
+//! Bulk API 2.0 CSV).
 
 mod parse;
+mod rows;
 mod run;
 
 #[cfg(test)]
 mod tests;
 
 pub use parse::{Query, parse};
-pub use run::{Outcome, Rows, run};
+pub use rows::Rows;
+pub use run::{Outcome, Prepared, prepare, run};

@@ -1,27 +1,28 @@
-//! A parsed [`Query`](super::Query) against the store: field paths resolved through lookups (`Account.Name`),
-//! the filter, ordering, `LIMIT`/`OFFSET`, and the records rendered with parent fields nested
-//! under their relationship, as the REST API answers.
+//! A parsed [`Query`](super::Query) against the store: field paths resolved through lookups
+//! (`Account.Name`), the filter, ordering and `LIMIT`/`OFFSET`. The matched records come out as
+//! [`Rows`] (see `rows` for how they are rendered).
 //!
-//! Field names are checked before any record is read, so a bad query fails the same way on an
-//! empty org as on a full one.
+//! Two steps, so a query can be checked when it is submitted and evaluated later (Bulk API 2.0
+//! query jobs): [`prepare`] checks field names before any record is read, so a bad query fails
+//! the same way on an empty org as on a full one; [`Prepared::run`] evaluates it.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
-use std::ops::Range;
 
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::reply::RecordError;
 use crate::schema::ObjectDef;
 use crate::store::{Record, Store, text_of};
 
 use super::parse::{Expr, Lit, Op, malformed, parse};
+use super::rows::Rows;
 
 /// A field path resolved against the schema: lookups to follow, then the final field.
-struct Path {
+pub(super) struct Path {
     /// (lookup field name, relationship name) per hop.
-    hops: Vec<(String, String)>,
-    field: String,
+    pub(super) hops: Vec<(String, String)>,
+    pub(super) field: String,
 }
 
 fn resolve_path(store: &Store, def: &ObjectDef, path: &str) -> Result<Path, RecordError> {
@@ -77,7 +78,7 @@ fn no_column(path: &str, obj: &str) -> RecordError {
     )
 }
 
-fn value_at<'a>(store: &'a Store, rec: &'a Record, path: &Path) -> Option<&'a Value> {
+pub(super) fn value_at<'a>(store: &'a Store, rec: &'a Record, path: &Path) -> Option<&'a Value> {
     let mut current = rec;
     for (lookup, _) in &path.hops {
         let id = current.get(lookup)?.as_str()?;
@@ -269,41 +270,6 @@ fn cmp_sort(a: &SortValue, b: &SortValue, asc: bool, nulls_first: Option<bool>) 
     }
 }
 
-/// The records a query matched, in its order, by id: what a cursor keeps. Rendering a page
-/// from them costs a lookup per record; keeping rendered records would cost the whole result's
-/// JSON for as long as the cursor is open.
-pub struct Rows {
-    object: String,
-    ids: Vec<String>,
-    select: Vec<Path>,
-}
-
-impl Rows {
-    pub fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// The rows in `range`, rendered as the REST API answers them (`base` is
-    /// `/services/data/vNN.N` for record URLs). A record deleted since the query ran is left
-    /// out; one changed since is shown as it is now.
-    pub fn render(&self, store: &Store, range: Range<usize>, base: &str) -> Vec<Value> {
-        let Some(def) = store.schema().object(&self.object) else {
-            return Vec::new();
-        };
-        self.ids
-            .get(range)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|id| store.record(&self.object, id))
-            .map(|rec| render_row(store, def, rec, &self.select, base))
-            .collect()
-    }
-}
-
 /// Result of running a query: how many records it matched and which (`rows` is empty for
 /// `COUNT()`).
 pub struct Outcome {
@@ -311,8 +277,23 @@ pub struct Outcome {
     pub rows: Rows,
 }
 
-/// Runs `q` against the store.
-pub fn run(store: &Store, q: &str) -> Result<Outcome, RecordError> {
+/// A query checked against the schema but not evaluated yet: names resolved, filter compiled.
+/// Bulk API 2.0 query jobs check their query when the job is created and evaluate it later, in
+/// the background.
+pub struct Prepared {
+    object: String,
+    /// The selected fields as written (`Account.Name`), for CSV headers.
+    columns: Vec<String>,
+    select: Vec<Path>,
+    order: Vec<(Path, bool, Option<bool>)>,
+    filter: Option<Filter>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+    count_only: bool,
+}
+
+/// Parses `q` and checks it against the schema, without reading a record.
+pub fn prepare(store: &Store, q: &str) -> Result<Prepared, RecordError> {
     let query = parse(q)?;
     let def = store.schema().object(&query.object).ok_or_else(|| {
         RecordError::new(
@@ -338,103 +319,90 @@ pub fn run(store: &Store, q: &str) -> Result<Outcome, RecordError> {
         .as_ref()
         .map(|f| Filter::compile(store, def, f))
         .transpose()?;
-    let matched = store
-        .records(&def.name)
-        .filter(|(_, rec)| filter.as_ref().is_none_or(|f| f.matches(store, rec)));
-    let mut ids: Vec<&String> = if order.is_empty() {
-        matched.map(|(id, _)| id).collect()
-    } else {
-        let mut keyed: Vec<(Vec<SortValue>, &String)> = matched
-            .map(|(id, rec)| {
-                let key = order
-                    .iter()
-                    .map(|(path, _, _)| SortValue::of(value_at(store, rec, path)))
-                    .collect();
-                (key, id)
-            })
-            .collect();
-        // Stable: records equal on every ORDER BY item keep their creation order.
-        keyed.sort_by(|(a, _), (b, _)| {
-            order
-                .iter()
-                .zip(a.iter().zip(b))
-                .map(|((_, asc, nf), (x, y))| cmp_sort(x, y, *asc, *nf))
-                .find(|o| o.is_ne())
-                .unwrap_or(Ordering::Equal)
-        });
-        keyed.into_iter().map(|(_, id)| id).collect()
-    };
-    let offset = query.offset.unwrap_or(0).min(ids.len());
-    ids.drain(..offset);
-    ids.truncate(query.limit.unwrap_or(usize::MAX));
-    let total = ids.len();
-    let ids = if query.count_only {
-        Vec::new()
-    } else {
-        ids.into_iter().cloned().collect()
-    };
-    Ok(Outcome {
-        total,
-        rows: Rows {
-            object: def.name.clone(),
-            ids,
-            select,
-        },
+    Ok(Prepared {
+        object: def.name.clone(),
+        columns: query.fields,
+        select,
+        order,
+        filter,
+        limit: query.limit,
+        offset: query.offset,
+        count_only: query.count_only,
     })
 }
 
-fn attributes(obj: &str, id: &str, base: &str) -> Value {
-    json!({"type": obj, "url": format!("{base}/sobjects/{obj}/{id}")})
-}
+impl Prepared {
+    /// The queried object, in its schema spelling.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
 
-/// Inserts a parent field nested under its relationship name:
-/// `{"Account": {"attributes": …, "Name": "Acme"}}`; a missing parent is `null`.
-fn insert_path(
-    slot: &mut Map<String, Value>,
-    store: &Store,
-    rec: &Record,
-    hops: &[(String, String)],
-    field: &str,
-    base: &str,
-) {
-    let Some(((lookup, rel), rest)) = hops.split_first() else {
-        slot.insert(
-            field.to_owned(),
-            rec.get(field).cloned().unwrap_or(Value::Null),
-        );
-        return;
-    };
-    let parent = rec
-        .get(lookup)
-        .and_then(Value::as_str)
-        .and_then(|pid| store.get(None, pid).ok());
-    let entry = slot.entry(rel.clone()).or_insert_with(|| match parent {
-        Some((pdef, prec)) => {
-            let pid = prec.get("Id").and_then(Value::as_str).unwrap_or_default();
-            let mut m = Map::new();
-            m.insert("attributes".into(), attributes(&pdef.name, pid, base));
-            Value::Object(m)
+    /// `SELECT COUNT() …`.
+    pub fn is_count(&self) -> bool {
+        self.count_only
+    }
+
+    /// Whether the query has an `OFFSET` clause.
+    pub fn has_offset(&self) -> bool {
+        self.offset.is_some()
+    }
+
+    /// Evaluates the query over the store as it is now.
+    pub fn run(self, store: &Store) -> Outcome {
+        let Self {
+            object,
+            columns,
+            select,
+            order,
+            filter,
+            limit,
+            offset,
+            count_only,
+        } = self;
+        let matched = store
+            .records(&object)
+            .filter(|(_, rec)| filter.as_ref().is_none_or(|f| f.matches(store, rec)));
+        // Without ORDER BY: the store's order, which is creation order (by record id).
+        let mut ids: Vec<&String> = if order.is_empty() {
+            matched.map(|(id, _)| id).collect()
+        } else {
+            let mut keyed: Vec<(Vec<SortValue>, &String)> = matched
+                .map(|(id, rec)| {
+                    let key = order
+                        .iter()
+                        .map(|(path, _, _)| SortValue::of(value_at(store, rec, path)))
+                        .collect();
+                    (key, id)
+                })
+                .collect();
+            // Stable: records equal on every ORDER BY item keep their creation order.
+            keyed.sort_by(|(a, _), (b, _)| {
+                order
+                    .iter()
+                    .zip(a.iter().zip(b))
+                    .map(|((_, asc, nf), (x, y))| cmp_sort(x, y, *asc, *nf))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal)
+            });
+            keyed.into_iter().map(|(_, id)| id).collect()
+        };
+        let offset = offset.unwrap_or(0).min(ids.len());
+        ids.drain(..offset);
+        ids.truncate(limit.unwrap_or(usize::MAX));
+        let total = ids.len();
+        let ids = if count_only {
+            Vec::new()
+        } else {
+            ids.into_iter().cloned().collect()
+        };
+        Outcome {
+            total,
+            rows: Rows::new(object, ids, select, columns),
         }
-        None => Value::Null,
-    });
-    if let (Value::Object(m), Some((_, prec))) = (entry, parent) {
-        insert_path(m, store, prec, rest, field, base);
     }
 }
 
-fn render_row(store: &Store, def: &ObjectDef, rec: &Record, select: &[Path], base: &str) -> Value {
-    let id = rec.get("Id").and_then(Value::as_str).unwrap_or_default();
-    let mut out = Map::new();
-    out.insert("attributes".into(), attributes(&def.name, id, base));
-    for path in select {
-        if path.hops.is_empty() {
-            out.insert(
-                path.field.clone(),
-                rec.get(&path.field).cloned().unwrap_or(Value::Null),
-            );
-            continue;
-        }
-        insert_path(&mut out, store, rec, &path.hops, &path.field, base);
-    }
-    Value::Object(out)
+/// Runs `q` against the store.
+pub fn run(store: &Store, q: &str) -> Result<Outcome, RecordError> {
+    Ok(prepare(store, q)?.run(store))
 }

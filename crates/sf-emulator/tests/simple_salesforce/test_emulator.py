@@ -11,6 +11,8 @@ simple-salesforce always talks to https://{domain}.salesforce.com and https://{i
 HTTP adapter sends *.salesforce.com to the emulator, as a DNS override would.
 """
 
+import csv
+import io
 import os
 import unittest
 from urllib.parse import urlsplit, urlunsplit
@@ -114,6 +116,43 @@ class EmulatorTest(unittest.TestCase):
         self.assertIn('"true"', created)  # B-NEW created
         self.assertEqual(sf.Account.get_by_custom_id("External_Id__c", "B-1")["Phone"], "+1 555")
         self.assertEqual(sf.query("SELECT COUNT() FROM Account")["totalSize"], 251)
+
+    def test_bulk2_query_pages_with_locators(self):
+        sf = login()
+        # Created in one order while the external ids follow another.
+        records = [{"Name": f"Q {i}", "External_Id__c": f"Q-{(i * 37) % 250:03}"} for i in range(250)]
+        records.append({"Name": 'Acme, "Big"\nCorp', "External_Id__c": "Q-TRICKY"})
+        [loaded] = sf.bulk2.Account.insert(records=records, wait=0.1)
+        self.assertEqual(loaded["numberRecordsFailed"], 0)
+        # simple-salesforce follows Sforce-Locator until "null", one CSV text per page.
+        chunks = list(
+            sf.bulk2.Account.query(
+                "SELECT Id, Name, External_Id__c, Phone FROM Account", max_records=100, wait=0.1
+            )
+        )
+        self.assertEqual(len(chunks), 3)
+        rows = []
+        for chunk in chunks:
+            self.assertTrue(chunk.startswith('"Id","Name","External_Id__c","Phone"\n'), chunk[:60])
+            reader = csv.DictReader(io.StringIO(chunk))
+            self.assertEqual(reader.fieldnames, ["Id", "Name", "External_Id__c", "Phone"])
+            rows.extend(reader)
+        self.assertEqual([len(list(csv.DictReader(io.StringIO(c)))) for c in chunks], [100, 100, 51])
+        ids = [r["Id"] for r in rows]
+        self.assertEqual(len(set(ids)), 251)
+        rest_ids = {r["Id"] for r in sf.query_all("SELECT Id FROM Account")["records"]}
+        self.assertEqual(set(ids), rest_ids)
+        exts = [r["External_Id__c"] for r in rows]
+        self.assertNotEqual(exts, sorted(exts), "no ORDER BY: not sorted by external id")
+        tricky = next(r for r in rows if r["External_Id__c"] == "Q-TRICKY")
+        self.assertEqual(tricky["Name"], 'Acme, "Big"\nCorp')
+        self.assertEqual(tricky["Phone"], "")
+        # queryAll: one page when it fits.
+        [whole] = list(sf.bulk2.Account.query_all("SELECT Id FROM Account", max_records=1000, wait=0.1))
+        self.assertEqual(len(list(csv.DictReader(io.StringIO(whole)))), 251)
+        stats = admin("GET", "/stats")
+        self.assertEqual(stats["api_calls_by_route"]["GET /jobs/query/{id}/results"], 4)
+        self.assertEqual(stats["bulk_query_jobs"], 2)
 
     def test_password_flow_crud_and_upsert(self):
         sf = login()
