@@ -46,6 +46,7 @@ pub(crate) async fn download(
     (fields, scope, ranges): (&Fields, &Scope, &[Range]),
     (orders_bar, items_bar): (&SharedBar, Option<&SharedBar>),
 ) -> Result<Staged, ReconcileError> {
+    let started = std::time::Instant::now();
     let kinds = |f: &[(String, FieldKind)]| f.iter().map(|(_, k)| *k).collect::<Vec<_>>();
     let (order_kinds, item_kinds) = (kinds(&fields.order), kinds(&fields.item));
     let orders = read_object(
@@ -75,6 +76,10 @@ pub(crate) async fn download(
         }
     };
     let (orders, items) = tokio::try_join!(orders, items)?;
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "Salesforce read through Bulk query jobs and sorted; merging with Postgres"
+    );
     Ok(Staged { orders, items })
 }
 
@@ -98,7 +103,7 @@ async fn read_object(
         .map_err(err)?;
     let total = job.number_records_processed;
     bar.add_total(total);
-    tracing::debug!(job = %job.id, object, records = total, "bulk query job complete");
+    tracing::info!(job = %job.id, object, records = total, "Bulk query job complete");
 
     let mut sorter = Sorter::new(kind, ranges.to_vec());
     let mut page = client

@@ -356,5 +356,6 @@ async fn run(state: AppState, id: String) {
         .processing_started
         .map(|t| t.elapsed().as_millis() as u64)
         .unwrap_or_default();
-    inner.bulk.queries.trim(&id);
+    let org_records = inner.store.record_count();
+    inner.bulk.queries.trim(&id, org_records);
 }

@@ -214,9 +214,17 @@ impl QueryJob {
 
 /// Query jobs kept; beyond it the oldest finished ones are forgotten.
 const MAX_JOBS: usize = 200;
-/// Matched ids kept over all finished query jobs; beyond it the oldest finished jobs (but the
-/// newest) are forgotten, so memory stays bounded however large the results.
-const MAX_KEPT_IDS: usize = 2_000_000;
+/// Matched ids kept over all query jobs, at least; beyond the bound the oldest finished jobs
+/// (but the newest) are forgotten, so memory stays bounded however many jobs are run.
+const MIN_KEPT_IDS: usize = 2_000_000;
+/// The bound grows with the org: this many times its records. A client that reads a whole
+/// org in one pass (`orderbridge reconcile --bulk`: every Order and every OrderItem, one job
+/// each, their results read side by side) must find its first job still there when the last
+/// one completes: Salesforce keeps results for days. With the bound at a fixed 2,000,000 a
+/// reconcile of 1,000,000 orders (4,000,000 records) lost its Order job to its OrderItem job
+/// and failed with NOT_FOUND. Twice the org leaves room for two such passes; an id kept costs
+/// ~56 bytes against a stored record's ~1,800.
+const KEPT_IDS_PER_RECORD: usize = 2;
 
 /// The org's query jobs.
 #[derive(Debug, Default)]
@@ -255,9 +263,11 @@ impl QueryJobs {
         self.jobs.insert(job.id.clone(), job);
     }
 
-    /// Forgets the oldest finished jobs but `keep` while the kept ids are over the bound.
-    pub(super) fn trim(&mut self, keep: &str) {
-        while self.jobs.values().map(QueryJob::records).sum::<usize>() > MAX_KEPT_IDS
+    /// Forgets the oldest finished jobs but `keep` while the kept ids are over the bound for
+    /// an org of `org_records` records.
+    pub(super) fn trim(&mut self, keep: &str, org_records: usize) {
+        let bound = kept_ids_bound(org_records);
+        while self.jobs.values().map(QueryJob::records).sum::<usize>() > bound
             && self.forget_oldest_finished(Some(keep))
         {}
     }
@@ -271,6 +281,13 @@ impl QueryJobs {
             .map(|j| j.id.clone());
         oldest.is_some_and(|id| self.jobs.remove(&id).is_some())
     }
+}
+
+/// How many matched ids the org's query jobs may hold together.
+fn kept_ids_bound(org_records: usize) -> usize {
+    org_records
+        .saturating_mul(KEPT_IDS_PER_RECORD)
+        .max(MIN_KEPT_IDS)
 }
 
 /// The locator of the results page starting at row `offset`: the offset's digits in base64
@@ -370,5 +387,48 @@ mod tests {
         assert_eq!(page.finish(), "\"Id\",\"Name\"\n");
         let page = CsvPage::new(&["A".into(), "B".into()], Delimiter::Pipe, LineEnding::Crlf);
         assert_eq!(page.finish(), "\"A\"|\"B\"\r\n");
+    }
+
+    fn finished(id: &str, object: &str, records: usize, age_s: i64) -> QueryJob {
+        let at = Utc::now() - chrono::Duration::seconds(age_s);
+        QueryJob {
+            id: id.into(),
+            operation: QueryOperation::Query,
+            object: object.into(),
+            api_version: "62.0".into(),
+            delimiter: Delimiter::Comma,
+            line_ending: LineEnding::Lf,
+            state: JobState::JobComplete,
+            created: at,
+            modified: at,
+            error_message: None,
+            query: None,
+            rows: Some(Arc::new(Rows::of_len(object, records))),
+            processing_started: None,
+            processing_ms: 0,
+        }
+    }
+
+    /// A whole-org read (one job per object, read side by side) keeps its first job when its
+    /// last completes, however large the org; beyond twice the org the oldest goes.
+    #[test]
+    fn an_org_read_in_one_pass_keeps_every_job_of_it() {
+        let mut jobs = QueryJobs::default();
+        jobs.insert(finished("orders", "Order", 1_000_000, 10));
+        jobs.insert(finished("items", "OrderItem", 1_500_000, 5));
+        // 2,500,000 ids kept, over the fixed floor, within twice an org of 1,250,000 records.
+        jobs.trim("items", 1_250_000);
+        assert!(
+            jobs.get("orders").is_some(),
+            "the job still being read was forgotten"
+        );
+        assert_eq!(jobs.len(), 2);
+        // An org of 1,000,000 records bounds them at the floor (2,000,000): the oldest goes,
+        // never the job that just completed.
+        jobs.trim("items", 1_000_000);
+        assert!(jobs.get("orders").is_none());
+        assert!(jobs.get("items").is_some());
+        assert_eq!(kept_ids_bound(0), MIN_KEPT_IDS);
+        assert_eq!(kept_ids_bound(3_000_000), 6_000_000);
     }
 }

@@ -41,6 +41,17 @@ impl Rows {
         }
     }
 
+    /// `n` matches of `object` with nothing selected: what a job's bookkeeping sees.
+    #[cfg(test)]
+    pub fn of_len(object: &str, n: usize) -> Self {
+        Self::new(
+            object.to_owned(),
+            vec![String::new(); n],
+            Vec::new(),
+            Vec::new(),
+        )
+    }
+
     pub fn len(&self) -> usize {
         self.ids.len()
     }

@@ -250,6 +250,11 @@ impl Store {
         &self.data
     }
 
+    /// Live records held, over every object.
+    pub fn record_count(&self) -> usize {
+        self.data.tables.values().map(BTreeMap::len).sum()
+    }
+
     /// A copy of the data (for the data file).
     pub fn snapshot(&self) -> StoreData {
         self.data.clone()
