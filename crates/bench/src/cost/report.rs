@@ -74,7 +74,7 @@ fn table(stack: &Stack, m: &Measured<'_>) -> Table {
         m.preloaded.to.format("%Y-%m-%d %H:%M")
     ));
     t.context(format!(
-        "each phase starts settled: VACUUM (ANALYZE){}; only order-api runs (DB_MAX_CONNECTIONS={})",
+        "each phase starts settled: VACUUM (ANALYZE) unless `orders` is empty{}; only order-api runs (DB_MAX_CONNECTIONS={})",
         if m.superuser {
             " and CHECKPOINT"
         } else {
