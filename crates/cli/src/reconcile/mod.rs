@@ -4,7 +4,8 @@
 //! How it reads, and why in this order:
 //! 1. Postgres's clock (`now()`): orders created after it are out of this run.
 //! 2. Postgres splits the orders into [`Paging::parallel`] ranges of ids of about equal size
-//!    (the first open below, the last above); each range is merged on its own, all at once.
+//!    (the first open below, the last above); the ranges are merged all at once, each by a
+//!    task of its own (the comparison is CPU: so the ranges use every core).
 //! 3. Salesforce, both objects at once: `SELECT Id, <ext>, <compared fields> FROM <object> WHERE
 //!    <ext> != null AND <ext> >= '<from>' AND <ext> < '<to>' ORDER BY <ext>` (plus
 //!    `CreatedDate >= since - 1 h` with a lower bound), followed by `nextRecordsUrl` a few pages
@@ -82,4 +83,7 @@ pub enum ReconcileError {
     /// directory (`TMPDIR`) is full or unwritable.
     #[error("sorting Salesforce records in a temporary file failed: {0}")]
     Spill(std::io::Error),
+    /// A range's task was cancelled (the runtime is shutting down).
+    #[error("the comparison stopped before it finished: {0}")]
+    Interrupted(String),
 }

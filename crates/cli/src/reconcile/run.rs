@@ -3,6 +3,7 @@
 //! mapping (`orderbridge_mapping`, shared with the worker that writes the records).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use orderbridge_mapping::{Expr, Format, Mapping, ObjectMapping, Scope as MappingScope, Targets};
 use orderbridge_salesforce::Client;
@@ -251,23 +252,38 @@ async fn compare(
     } else {
         None
     };
-    let merge = Merge {
-        pool,
-        client,
-        mapping,
-        route,
+    // Each range is its own task so that the ranges' comparisons (CPU: decoding, evaluating the
+    // mapping, comparing) use every core; joined on one task they used one (BENCHMARKS.md,
+    // "Reconcile at scale"). Dropping the set (on the first error) aborts the others.
+    let merge = Arc::new(Merge {
+        pool: pool.clone(),
+        client: client.clone(),
+        mapping: mapping.clone(),
+        route: route.map(|(targets, target)| (targets.clone(), target)),
         scope,
         bounds,
         page_size: paging.page_size,
-        objects: &objects,
         fields: fields(mapping),
-        bars: &bars,
-        staged: staged.as_ref(),
-    };
-    let parts = futures_util::future::try_join_all(
-        ranges.iter().enumerate().map(|(n, r)| merge.range(n, *r)),
-    )
-    .await?;
+        objects,
+        bars,
+        staged,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (n, range) in ranges.iter().copied().enumerate() {
+        let merge = Arc::clone(&merge);
+        tasks.spawn(async move { merge.range(n, range).await.map(|part| (n, part)) });
+    }
+    let mut parts = Vec::with_capacity(ranges.len());
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(part) => parts.push(part?),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(ReconcileError::Interrupted(e.to_string())),
+        }
+    }
+    // In range order, as the report lists problems by order id.
+    parts.sort_unstable_by_key(|(n, _)| *n);
+    let Merge { objects, bars, .. } = &*merge;
     for bar in [
         Some(&bars.orders),
         Some(&bars.sf_orders),
@@ -280,7 +296,7 @@ async fn compare(
     }
     let mut classes = Classes::default();
     let mut compared = 0;
-    for (part, n) in parts {
+    for (_, (part, n)) in parts {
         classes.extend(part);
         compared += n;
     }
@@ -297,8 +313,8 @@ async fn compare(
         scope,
         target: None,
         started_at,
-        order_object: objects.order_object,
-        item_object: objects.items.map(|(o, _)| o),
+        order_object: objects.order_object.clone(),
+        item_object: objects.items.as_ref().map(|(o, _)| o.clone()),
         counts: classes.counts,
         missing: classes.missing,
         missing_failed: classes.missing_failed,
@@ -315,29 +331,29 @@ struct Bars {
     sf_items: Option<SharedBar>,
 }
 
-/// What every range of a run shares.
-struct Merge<'a> {
-    pool: &'a PgPool,
-    client: &'a Client,
-    mapping: &'a Mapping,
-    route: Option<(&'a Targets, usize)>,
+/// What every range of a run shares (owned: each range runs as its own task).
+struct Merge {
+    pool: PgPool,
+    client: Client,
+    mapping: Mapping,
+    route: Option<(Targets, usize)>,
     scope: Scope,
     bounds: Bounds,
     page_size: u32,
-    objects: &'a Objects,
+    objects: Objects,
     fields: Fields,
-    bars: &'a Bars,
+    bars: Bars,
     /// With `--bulk`: Salesforce's records, read and sorted before the merge.
-    staged: Option<&'a Staged>,
+    staged: Option<Staged>,
 }
 
-impl Merge<'_> {
+impl Merge {
     /// Merges one range of order ids: its Salesforce queries (started first, see the module
     /// documentation) with its Postgres pages. Returns its classes and how many orders it
     /// compared (with several targets, those routed to this one).
     async fn range(&self, n: usize, range: Range) -> Result<(Classes, u64), ReconcileError> {
-        let objects = self.objects;
-        let (mut sf_orders, mut sf_items) = match self.staged {
+        let objects = &self.objects;
+        let (mut sf_orders, mut sf_items) = match &self.staged {
             Some(staged) => (
                 bulk::stream(&staged.orders, Kind::Order, &objects.order_object, n),
                 staged
@@ -348,7 +364,7 @@ impl Merge<'_> {
             ),
             None => (
                 RecordStream::open(
-                    self.client,
+                    &self.client,
                     Kind::Order,
                     (
                         &objects.order_object,
@@ -360,7 +376,7 @@ impl Merge<'_> {
                 ),
                 match (&objects.items, &self.bars.sf_items) {
                     (Some((object, field)), Some(bar)) => Some(RecordStream::open(
-                        self.client,
+                        &self.client,
                         Kind::Item,
                         (object, field, &objects.item_fields),
                         (&self.scope, range),
@@ -383,7 +399,7 @@ impl Merge<'_> {
             orders::Details::None
         };
         let mut pages = OrderPages::open(
-            self.pool,
+            &self.pool,
             self.bounds,
             range,
             details,
@@ -402,20 +418,20 @@ impl Merge<'_> {
                 items.take_through(through, classifier.side_mut()).await?;
             }
             for (o, full) in page {
-                if let Some((targets, target)) = self.route {
+                if let Some((targets, target)) = &self.route {
                     let routed = full.as_ref().map(|order| targets.route_index(order));
-                    if !matches!(routed, Some(Ok(t)) if t == target) {
+                    if !matches!(routed, Some(Ok(t)) if t == *target) {
                         continue;
                     }
                 }
                 compared += 1;
                 let expected = match (compare, full) {
-                    (true, Some(order)) => Some(expected(self.mapping, &order)),
+                    (true, Some(order)) => Some(expected(&self.mapping, &order)),
                     _ => None,
                 };
                 classifier.order_with(o, expected.as_ref());
             }
-            settle(self.pool, &mut classifier, &self.scope).await?;
+            settle(&self.pool, &mut classifier, &self.scope).await?;
         }
 
         // Records after the range's last order name no order in scope: taken a page at a time,
@@ -436,7 +452,7 @@ impl Merge<'_> {
             if let Some(items) = &mut sf_items {
                 items.take_through(through, classifier.side_mut()).await?;
             }
-            settle(self.pool, &mut classifier, &self.scope).await?;
+            settle(&self.pool, &mut classifier, &self.scope).await?;
         }
         Ok((classifier.finish(&HashSet::new(), &self.scope), compared))
     }
