@@ -239,12 +239,13 @@ async fn compare(
             .map(|(object, _)| SharedBar::new(progress.phase(&format!("Salesforce {object}")))),
     };
     bars.orders.add_total(u64::try_from(total).unwrap_or(0));
+    let fields = fields(mapping);
     let staged = if paging.bulk {
         Some(
             bulk::download(
                 client,
                 &objects,
-                (&fields(mapping), &scope, &ranges),
+                (&fields, &scope, &ranges),
                 (&bars.sf_orders, bars.sf_items.as_ref()),
             )
             .await?,
@@ -263,7 +264,7 @@ async fn compare(
         scope,
         bounds,
         page_size: paging.page_size,
-        fields: fields(mapping),
+        fields,
         objects,
         bars,
         staged,
