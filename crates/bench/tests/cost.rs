@@ -20,7 +20,13 @@ async fn cost_small_preload_measures_every_figure_before_and_after() {
         .args(["cost", "--preload", &PRELOAD.to_string(), "--chunk", "3000"])
         .args(["--duration", "2s", "--warmup", "300ms", "--rounds", "1"])
         .args(["--connections", "4", "--read-connections", "2"])
-        .args(["--read-duration", "1s", "--read-warmup", "200ms"])
+        .args([
+            "--read-duration",
+            "2s",
+            "--read-warmup",
+            "200ms",
+            "--prewarm",
+        ])
         .arg("--bin-dir")
         .arg(service_bins())
         .arg("--out")
@@ -45,6 +51,10 @@ async fn cost_small_preload_measures_every_figure_before_and_after() {
     assert_eq!(preload["lines"].as_u64(), Some(PRELOAD * 3), "{preload}");
     assert!(preload["written_s"].as_f64().unwrap() > 0.0, "{preload}");
     assert!(preload["orders_per_s"].as_f64().unwrap() > 0.0, "{preload}");
+    assert!(
+        preload["prewarmed_pages"].as_i64().unwrap() > 0,
+        "{preload}"
+    );
 
     let positive = |v: &Value, what: &str| {
         assert!(v.as_f64().is_some_and(|x| x > 0.0), "{what}: {v}");
@@ -70,6 +80,17 @@ async fn cost_small_preload_measures_every_figure_before_and_after() {
             positive(&r["latency_ms"]["p50"], &format!("{set} {read} p50"));
             positive(&r["latency_ms"]["p99"], &format!("{set} {read} p99"));
             assert_eq!(r["failed_in_window"].as_u64(), Some(0), "{set} {read}: {r}");
+            // Where the time went: every read costs order-api CPU and Postgres pages. (A
+            // window of 2 s, as Postgres publishes a busy backend's counters once a second.)
+            let profile = &r["profile"];
+            positive(
+                &profile["cpu_ms_per_request"]["order-api"],
+                &format!("{set} {read} order-api CPU per request"),
+            );
+            positive(
+                &profile["pages_hit_per_request"],
+                &format!("{set} {read} pages per request"),
+            );
         }
         assert_eq!(s["verification"]["ok"], Value::Bool(true), "{set}: {s}");
         for table in ["orders", "order_lines", "order_status_history"] {

@@ -24,17 +24,24 @@
 //! Only order-api runs. The checks: every order the API accepted (201) in either set is in
 //! Postgres with its lines, event and key (as `intake` checks), and every read answered 200.
 //!
+//! Each read phase is profiled over its measured window (`profile.rs`: CPU per request of each
+//! process, Postgres pages per request found in `shared_buffers` or read into them), which is
+//! what explains a read that grows with the table. `--prewarm` reads the tables and indexes
+//! into `shared_buffers` after the preload, to measure a server sized for the history.
+//!
 //! In stages: [`measure`] runs the two sets around the preload, `reads.rs` the read phases,
-//! `preload.rs` the bulk writes and the table sizes, `report.rs` the table, JSON and chart.
+//! `profile.rs` their CPU and pages, `preload.rs` the bulk writes, the prewarm and the table
+//! sizes, `report.rs` the table, JSON and chart.
 
 mod preload;
+mod profile;
 mod reads;
 mod report;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use clap::Args;
 use sqlx::postgres::PgPoolOptions;
 use uuid::Uuid;
@@ -63,6 +70,11 @@ pub struct CostArgs {
     /// The preloaded orders' `created_at` spread evenly over this many days before the run.
     #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub history_days: u32,
+    /// After the preload, read the orders' tables and indexes into `shared_buffers`
+    /// (`pg_prewarm`; a superuser, and a server with the extension): the second set then
+    /// measures a server whose buffers hold the history, i.e. one sized for it.
+    #[arg(long)]
+    pub prewarm: bool,
     /// Intake: measured time of each phase (API, direct Postgres) over all rounds, per set.
     #[arg(long, default_value = "20s", value_parser = orderbridge_runtime::parse_interval)]
     pub duration: Duration,
@@ -131,6 +143,9 @@ async fn measure(stack: &mut Stack, args: &CostArgs) -> Result<bool> {
         .clone()
         .ok_or_else(|| anyhow!("order-api has no URL"))?;
     let superuser = preload::is_superuser(stack.pool()?).await?;
+    if args.prewarm && !superuser {
+        bail!("--prewarm needs a Postgres superuser (it creates the pg_prewarm extension)");
+    }
     if !superuser {
         tracing::warn!(
             "not a Postgres superuser: no CHECKPOINT between phases, and the preload fires the orders' triggers"

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::CostArgs;
+use super::profile::{self, Profile};
 use crate::load::{self, LoadResult, Outcome, Window};
 use crate::stack::Stack;
 
@@ -59,9 +60,16 @@ pub struct Read {
     /// Orders returned by the lists (0 for GET), over every answered request.
     pub items: usize,
     pub answered: usize,
+    /// CPU and Postgres pages over the measured window.
+    pub profile: Profile,
 }
 
 impl Read {
+    /// Requests that ended in the measured window, answered or not.
+    pub fn requests_in_window(&self) -> usize {
+        self.result.accepted_in_window + self.result.failed_in_window
+    }
+
     pub fn items_per_page(&self) -> Option<f64> {
         (self.kind != Kind::Get && self.answered > 0)
             .then(|| self.items as f64 / self.answered as f64)
@@ -75,6 +83,10 @@ impl Read {
             m.insert("requests_per_s".into(), json!(self.result.per_second()));
             m.insert("items_per_page".into(), json!(self.items_per_page()));
             m.remove("accepted_total");
+            m.insert(
+                "profile".into(),
+                self.profile.to_json(self.requests_in_window()),
+            );
         }
         v
     }
@@ -103,7 +115,7 @@ struct Page {
     items: Vec<IgnoredAny>,
 }
 
-/// Runs the four phases one after another.
+/// Runs the four phases one after another, each profiled over its measured window.
 pub async fn measure(
     stack: &Stack,
     args: &CostArgs,
@@ -123,6 +135,8 @@ pub async fn measure(
         .timeout(Duration::from_secs(60))
         .build()?;
     let ids = Arc::new(ids);
+    let services = stack.pids();
+    let pool = stack.pool()?;
     let mut phases = Vec::new();
     for kind in Kind::ALL {
         tracing::info!(phase = kind.key(), connections, "reads");
@@ -143,12 +157,16 @@ pub async fn measure(
             async move { shared.request(i).await }
         });
         let window = Window::new(Instant::now(), args.read_warmup, args.read_duration);
-        let result = load::drive(connections, window, op, Arc::new(AtomicUsize::new(0))).await;
+        let (result, profile) = tokio::join!(
+            load::drive(connections, window, op, Arc::new(AtomicUsize::new(0))),
+            profile::window(pool, &services, window.from, window.to),
+        );
         phases.push(Read {
             kind,
             result,
             items: items.load(Ordering::Relaxed),
             answered: answered.load(Ordering::Relaxed),
+            profile: profile?,
         });
     }
     Ok(Reads {

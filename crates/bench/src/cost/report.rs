@@ -108,6 +108,16 @@ fn preload_rows(t: &mut Table, m: &Measured<'_>) {
         "preload: VACUUM (ANALYZE) after it",
         format!("{:.1} s", p.vacuumed_in),
     );
+    if let Some((pages, seconds)) = p.prewarmed {
+        t.info(
+            "preload: pg_prewarm of the tables and indexes (--prewarm)",
+            format!(
+                "{} pages ({}) in {seconds:.1} s",
+                thousands(pages as f64),
+                mib(pages * 8192)
+            ),
+        );
+    }
     let (b, a) = (&m.before.sizes, &m.after.sizes);
     for ((name, tb, ib), (_, ta, ia)) in b.tables.iter().zip(&a.tables) {
         t.info(
@@ -220,6 +230,12 @@ fn read_rows(t: &mut Table, m: &Measured<'_>) {
             );
         } else {
             t.info(format!("{label}: p99"), shown);
+        }
+        for (set, r) in [("before", rb), ("after", ra)] {
+            t.info(
+                format!("{label}: {set}"),
+                r.profile.summary(r.requests_in_window()),
+            );
         }
         if let (Some(ib), Some(ia)) = (rb.items_per_page(), ra.items_per_page()) {
             t.info(
