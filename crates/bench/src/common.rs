@@ -250,8 +250,9 @@ pub fn verification_rows(t: &mut Table, v: &Verification) {
 /// readiness check); `writes` counts the transactions that wrote, i.e. were given a
 /// transaction id: the next id to be assigned (`pg_current_snapshot()`'s xmax, which reading
 /// does not advance) before and after. Transaction ids are server-wide, so `writes` also counts
-/// other databases' writes: meaningful on a machine where only the bench runs.
-#[derive(Debug, Clone, Copy, Default)]
+/// other databases' writes: meaningful on a machine where only the bench runs. `pages_hit` and
+/// `pages_read` are the pages found in `shared_buffers` and those read into them (from the OS).
+#[derive(Debug, Clone, Copy, Default, sqlx::FromRow)]
 pub struct PgCounters {
     commits: i64,
     writes: i64,
@@ -260,35 +261,22 @@ pub struct PgCounters {
     inserted: i64,
     updated: i64,
     deleted: i64,
+    pages_hit: i64,
+    pages_read: i64,
 }
 
 impl PgCounters {
     pub async fn take(pool: &sqlx::PgPool) -> Result<Self> {
-        let (commits, writes, returned, fetched, inserted, updated, deleted): (
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-            i64,
-        ) = sqlx::query_as(
-            "SELECT xact_commit,
-                        pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
-                        tup_returned, tup_fetched, tup_inserted, tup_updated, tup_deleted
-                 FROM pg_stat_database WHERE datname = current_database()",
+        Ok(sqlx::query_as(
+            "SELECT xact_commit AS commits,
+                    pg_snapshot_xmax(pg_current_snapshot())::text::bigint AS writes,
+                    tup_returned AS returned, tup_fetched AS fetched, tup_inserted AS inserted,
+                    tup_updated AS updated, tup_deleted AS deleted,
+                    blks_hit AS pages_hit, blks_read AS pages_read
+             FROM pg_stat_database WHERE datname = current_database()",
         )
         .fetch_one(pool)
-        .await?;
-        Ok(Self {
-            commits,
-            writes,
-            returned,
-            fetched,
-            inserted,
-            updated,
-            deleted,
-        })
+        .await?)
     }
 
     /// `later` − `self`: what happened in between.
@@ -301,7 +289,14 @@ impl PgCounters {
             inserted: later.inserted - self.inserted,
             updated: later.updated - self.updated,
             deleted: later.deleted - self.deleted,
+            pages_hit: later.pages_hit - self.pages_hit,
+            pages_read: later.pages_read - self.pages_read,
         }
+    }
+
+    /// Pages found in `shared_buffers` and pages read into them (of a delta: in between).
+    pub fn pages(&self) -> (i64, i64) {
+        (self.pages_hit, self.pages_read)
     }
 
     /// Sums two deltas.
@@ -313,6 +308,8 @@ impl PgCounters {
         self.inserted += other.inserted;
         self.updated += other.updated;
         self.deleted += other.deleted;
+        self.pages_hit += other.pages_hit;
+        self.pages_read += other.pages_read;
     }
 
     /// Per-order deltas from `self` to `later`, as a row and JSON.

@@ -52,7 +52,7 @@ async fn cost_small_preload_measures_every_figure_before_and_after() {
     assert!(preload["written_s"].as_f64().unwrap() > 0.0, "{preload}");
     assert!(preload["orders_per_s"].as_f64().unwrap() > 0.0, "{preload}");
     assert!(
-        preload["prewarmed_pages"].as_i64().unwrap() > 0,
+        preload["prewarmed_bytes"].as_i64().unwrap() > 0,
         "{preload}"
     );
 

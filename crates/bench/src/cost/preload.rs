@@ -33,7 +33,7 @@ pub struct Preloaded {
     /// The span of the preloaded `created_at`s.
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
-    /// With `--prewarm`: pages read into `shared_buffers`, and how long it took (s).
+    /// With `--prewarm`: bytes read into `shared_buffers`, and how long it took (s).
     pub prewarmed: Option<(i64, f64)>,
 }
 
@@ -51,7 +51,7 @@ impl Preloaded {
             "vacuum_analyze_s": self.vacuumed_in,
             "created_from": self.from,
             "created_to": self.to,
-            "prewarmed_pages": self.prewarmed.map(|(pages, _)| pages),
+            "prewarmed_bytes": self.prewarmed.map(|(bytes, _)| bytes),
             "prewarm_s": self.prewarmed.map(|(_, s)| s),
         })
     }
@@ -153,8 +153,8 @@ pub async fn preload(
     let vacuumed_in = vacuuming.elapsed().as_secs_f64();
     let prewarmed = if args.prewarm {
         let started = Instant::now();
-        let pages = prewarm(pool).await?;
-        Some((pages, started.elapsed().as_secs_f64()))
+        let bytes = prewarm(pool).await?;
+        Some((bytes, started.elapsed().as_secs_f64()))
     } else {
         None
     };
@@ -168,17 +168,18 @@ pub async fn preload(
     })
 }
 
-/// Reads the three order tables and all their indexes into `shared_buffers`; returns the pages
+/// Reads the three order tables and all their indexes into `shared_buffers`; returns the bytes
 /// read. What does not fit is simply evicted again (the newest reads win).
 async fn prewarm(pool: &PgPool) -> Result<i64> {
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
         .execute(pool)
         .await?;
-    let pages: i64 = sqlx::query_scalar(
+    let bytes: i64 = sqlx::query_scalar(
         "WITH tables(rel) AS (
              VALUES ('orders'::regclass), ('order_lines'::regclass),
                     ('order_status_history'::regclass))
-         SELECT coalesce(sum(pg_prewarm(rel)), 0)::bigint FROM (
+         SELECT coalesce(sum(pg_prewarm(rel)), 0)::bigint
+                * current_setting('block_size')::bigint FROM (
              SELECT rel FROM tables
              UNION ALL
              SELECT indexrelid::regclass FROM pg_index WHERE indrelid IN (SELECT rel FROM tables)
@@ -186,7 +187,7 @@ async fn prewarm(pool: &PgPool) -> Result<i64> {
     )
     .fetch_one(pool)
     .await?;
-    Ok(pages)
+    Ok(bytes)
 }
 
 /// One chunk: orders, lines, first status-history rows, from the arrays.

@@ -16,52 +16,11 @@ use anyhow::Result;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
+use crate::common::PgCounters;
 use crate::procfs::{CpuSnapshot, CpuUsage};
 
-/// The database's shared-buffer counters at one instant.
-#[derive(Debug, Clone, Copy)]
-struct Buffers {
-    hit: i64,
-    read: i64,
-}
-
-impl Buffers {
-    async fn take(pool: &PgPool) -> Result<Self> {
-        let (hit, read): (i64, i64) = sqlx::query_as(
-            "SELECT blks_hit, blks_read FROM pg_stat_database WHERE datname = current_database()",
-        )
-        .fetch_one(pool)
-        .await?;
-        Ok(Self { hit, read })
-    }
-}
-
-/// Counters at the start of a window.
-pub struct Probe {
-    cpu: CpuSnapshot,
-    buffers: Buffers,
-}
-
-impl Probe {
-    pub async fn take(pool: &PgPool, services: &[(String, u32)]) -> Result<Self> {
-        Ok(Self {
-            cpu: CpuSnapshot::take(services),
-            buffers: Buffers::take(pool).await?,
-        })
-    }
-
-    /// What was used from this probe until now.
-    pub async fn until_now(&self, pool: &PgPool, services: &[(String, u32)]) -> Result<Profile> {
-        let buffers = Buffers::take(pool).await?;
-        Ok(Profile {
-            cpu: self.cpu.usage_until(&CpuSnapshot::take(services)),
-            hit: buffers.hit - self.buffers.hit,
-            read: buffers.read - self.buffers.read,
-        })
-    }
-}
-
-/// Sleeps until `from`, probes, sleeps until `to` and returns what was used in between.
+/// Sleeps until `from`, takes the counters, sleeps until `to` and returns what was used in
+/// between.
 pub async fn window(
     pool: &PgPool,
     services: &[(String, u32)],
@@ -69,9 +28,14 @@ pub async fn window(
     to: Instant,
 ) -> Result<Profile> {
     tokio::time::sleep_until(from.into()).await;
-    let probe = Probe::take(pool, services).await?;
+    let (cpu, pg) = (CpuSnapshot::take(services), PgCounters::take(pool).await?);
     tokio::time::sleep_until(to.into()).await;
-    probe.until_now(pool, services).await
+    let (hit, read) = pg.delta(&PgCounters::take(pool).await?).pages();
+    Ok(Profile {
+        cpu: cpu.usage_until(&CpuSnapshot::take(services)),
+        hit,
+        read,
+    })
 }
 
 /// One window's usage.

@@ -108,14 +108,10 @@ fn preload_rows(t: &mut Table, m: &Measured<'_>) {
         "preload: VACUUM (ANALYZE) after it",
         format!("{:.1} s", p.vacuumed_in),
     );
-    if let Some((pages, seconds)) = p.prewarmed {
+    if let Some((bytes, seconds)) = p.prewarmed {
         t.info(
             "preload: pg_prewarm of the tables and indexes (--prewarm)",
-            format!(
-                "{} pages ({}) in {seconds:.1} s",
-                thousands(pages as f64),
-                mib(pages * 8192)
-            ),
+            format!("{} in {seconds:.1} s", mib(bytes)),
         );
     }
     let (b, a) = (&m.before.sizes, &m.after.sizes);
