@@ -173,6 +173,11 @@ async fn a_backlog_is_drained_through_bulk_each_order_once() {
     // A job that fails half-way: its unprocessed rows come back as retryable failures and go
     // through the retry tiers; nothing is lost or written twice.
     h.faults(json!({"bulk_fail_jobs": 1})).await;
+    // A batch becomes a Bulk batch once it fills to 200 before its deadline. The orders were
+    // stamped before the worker started, so the latency target gives no slack and the deadline
+    // is the linger: at the default 50 ms a loaded CI machine delivered fewer than 200 in time,
+    // the backlog went through Composite and no job failed. A second's linger makes the switch
+    // certain without changing what is tested.
     let metrics = h
         .start_worker(&[
             "--bulk-batch-size",
@@ -180,6 +185,8 @@ async fn a_backlog_is_drained_through_bulk_each_order_once() {
             "--bulk-min-orders",
             "1000",
             "--bulk-linger",
+            "1s",
+            "--batch-linger",
             "1s",
         ])
         .await;
