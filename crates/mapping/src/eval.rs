@@ -1,7 +1,7 @@
 //! Evaluating a mapping against one order: external id keys, record bodies, references.
 
 use orderbridge_domain::text;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use crate::model::{Expr, Format, KeyScope, ObjectMapping, Part, Scope, Source};
 
@@ -103,25 +103,16 @@ impl ObjectMapping {
         Ok(key)
     }
 
-    /// The record body: mapped fields plus the external id field. Absent values are left out.
-    pub fn record(&self, scope: Scope<'_>, key: &str) -> Map<String, Value> {
-        let mut record = Map::with_capacity(self.fields.len() + 3);
-        for (name, expr) in &self.fields {
-            if let Some(v) = expr.eval(scope) {
-                record.insert(name.clone(), v);
-            }
-        }
-        record.insert(
-            self.external_id_field.clone(),
-            Value::String(key.to_owned()),
-        );
-        record
-    }
-
-    /// `{"<relationship>": {"<external id field>": key}}`: a lookup by external id, so a child can
-    /// reference a parent written in the same request without knowing its Salesforce id.
-    pub fn reference(&self, key: &str) -> Value {
-        json!({ self.external_id_field.as_str(): key })
+    /// The record's values in [`ObjectMapping::field_names`] order: the external id (`key`)
+    /// first, then each mapped field's (`None`: no value, left out). The names are the
+    /// caller's to hold once for all records (`orderbridge_salesforce::rows`).
+    pub fn values<'a>(
+        &'a self,
+        scope: Scope<'a>,
+        key: &str,
+    ) -> impl Iterator<Item = Option<Value>> + use<'a> {
+        std::iter::once(Some(Value::String(key.to_owned())))
+            .chain(self.fields.iter().map(move |(_, expr)| expr.eval(scope)))
     }
 }
 

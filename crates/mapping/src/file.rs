@@ -300,6 +300,27 @@ fn compile_object(
     })
 }
 
+/// A mapped field named like one the worker sets (`what`: the setting naming it) is refused.
+fn set_by_the_worker(
+    place: &str,
+    object: &ObjectMapping,
+    set: &[(&str, Option<&str>)],
+    problems: &mut Problems,
+) {
+    for (what, name) in set {
+        let Some(name) = name else { continue };
+        if object
+            .fields
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            problems.0.push(format!(
+                "{place}.fields.{name}: set by the worker from `{place}.{what}`; leave it out of `fields`"
+            ));
+        }
+    }
+}
+
 fn unexpected(place: &str, what: &str, present: bool, problems: &mut Problems) {
     if present {
         problems.0.push(format!("{place}.{what}: not allowed here"));
@@ -416,6 +437,34 @@ pub(crate) fn compile(file: MappingFile, problems: &mut Problems) -> Option<Mapp
         }
         None => None,
     };
+
+    // Fields the worker sets itself (references, price book ids), after the mapped ones: a
+    // mapped field of the same name would be written twice, one value silently winning.
+    if let Some(o) = &order_object {
+        set_by_the_worker(
+            "order",
+            o,
+            &[
+                (
+                    "account_relationship",
+                    account.as_ref().map(|a| a.relationship.as_str()),
+                ),
+                ("pricebook_field", pricebook_field.as_deref()),
+            ],
+            problems,
+        );
+    }
+    if let Some(i) = &items {
+        set_by_the_worker(
+            "items",
+            &i.object,
+            &[
+                ("order_relationship", Some(i.order_relationship.as_str())),
+                ("pricebook_entry_field", i.pricebook_entry_field.as_deref()),
+            ],
+            problems,
+        );
+    }
 
     Some(Mapping {
         pricebook,

@@ -332,7 +332,7 @@ mod tests {
             order: &order,
             line: None,
         };
-        let rec = m.order.object.record(scope, "o1");
+        let rec = record(&m.order.object, scope, "o1");
         assert_eq!(rec["Subject"], json!("Order  / Acm"));
         assert_eq!(rec["Origin"], json!("Web"));
         assert_eq!(rec["Day__c"], json!("2026-11-24"));
@@ -347,9 +347,26 @@ mod tests {
             line: Some(&line),
         };
         assert_eq!(items.object.key(scope).unwrap(), "o1-2");
-        let rec = items.object.record(scope, "o1-2");
+        let rec = record(&items.object, scope, "o1-2");
         assert_eq!(rec["Price__c"], json!(12.5));
         assert_eq!(rec["Qty__c"], json!(3));
+    }
+
+    /// The record by field name: `values` are in `field_names` order, one each.
+    fn record<'a>(
+        object: &'a ObjectMapping,
+        scope: Scope<'a>,
+        key: &str,
+    ) -> std::collections::BTreeMap<&'a str, Value> {
+        assert_eq!(
+            object.values(scope, key).count(),
+            object.field_names().count()
+        );
+        object
+            .field_names()
+            .zip(object.values(scope, key))
+            .filter_map(|(name, value)| Some((name, value?)))
+            .collect()
     }
 
     #[test]
@@ -386,6 +403,38 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("external_id_field"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_field_the_worker_sets_itself() {
+        let err = Mapping::parse(
+            r#"{"account": {"sobject": "Account", "external_id_field": "Ext__c",
+                  "key": {"template": "{client.external_id_prefix}{customer.external_id}"}},
+                "order": {"sobject": "Order", "external_id_field": "Ext__c", "key": "id",
+                  "account_relationship": "Account", "pricebook_field": "Pricebook2Id",
+                  "fields": {"account": "client_ref", "Pricebook2Id": "client_ref", "Name": "client_ref"}},
+                "items": {"sobject": "OrderItem", "external_id_field": "Ext__c",
+                  "key": {"template": "{order.id}-{line_number}"}, "order_relationship": "Order",
+                  "pricebook_entry_field": "PricebookEntryId",
+                  "fields": {"Order": "sku", "PricebookEntryId": "sku", "Quantity": "quantity"}}}"#,
+            "m.json",
+        )
+        .unwrap_err()
+        .to_string();
+        for (place, field, setting) in [
+            ("order", "Account", "account_relationship"),
+            ("order", "Pricebook2Id", "pricebook_field"),
+            ("items", "Order", "order_relationship"),
+            ("items", "PricebookEntryId", "pricebook_entry_field"),
+        ] {
+            assert!(
+                err.contains(&format!(
+                    "{place}.fields.{field}: set by the worker from `{place}.{setting}`"
+                )),
+                "{err}"
+            );
+        }
+        assert!(!err.contains("Name") && !err.contains("Quantity"), "{err}");
     }
 
     /// Every key must keep two API clients' records apart: the order id or the client's prefix

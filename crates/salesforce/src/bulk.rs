@@ -11,6 +11,7 @@
 //! a column it wrote (an external id). About 7 calls per job however many rows it carries,
 //! against one call per 200 records for sObject Collections.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -137,7 +138,8 @@ impl Default for Poll {
 /// record come in the map's order); a nested
 /// object is a relationship by external id (`"Account": {"Ext__c": "C-1"}` becomes the
 /// column `Account.Ext__c`); `attributes` is left out; null is `#N/A` (clears the field);
-/// a missing value is an empty cell (left as it is).
+/// a missing value is an empty cell (left as it is). Many records of one object are cheaper
+/// as rows ([`crate::rows::rows_to_csv`]).
 pub fn to_csv(records: &[&Map<String, Value>]) -> Result<Vec<u8>, Error> {
     let mut columns: Vec<(String, Option<String>)> = Vec::new();
     let mut index: HashMap<String, usize> = HashMap::new();
@@ -163,26 +165,48 @@ pub fn to_csv(records: &[&Map<String, Value>]) -> Result<Vec<u8>, Error> {
             }
         }
     }
+    let header: Vec<String> = columns
+        .iter()
+        .map(|(k, f)| column_name(k, f.as_deref()))
+        .collect();
+    write_csv(
+        &header,
+        records.iter().map(|record| {
+            columns.iter().map(|(key, field)| match field {
+                Some(f) => record.get(key).and_then(|r| r.get(f)),
+                None => record.get(key),
+            })
+        }),
+    )
+}
+
+/// Writes a CSV of `header` and one line per row; a row yields one value per header column, in
+/// header order (`None`: an empty cell).
+pub(crate) fn write_csv<'v, H, R, C>(header: &[H], rows: R) -> Result<Vec<u8>, Error>
+where
+    H: AsRef<str>,
+    R: IntoIterator<Item = C>,
+    C: IntoIterator<Item = Option<&'v Value>>,
+{
     let invalid = |e: csv::Error| Error::InvalidRequest(format!("cannot write the CSV: {e}"));
     let mut writer = csv::Writer::from_writer(Vec::new());
     writer
-        .write_record(columns.iter().map(|(k, f)| column_name(k, f.as_deref())))
+        .write_record(header.iter().map(|h| h.as_ref()))
         .map_err(invalid)?;
-    for (n, record) in records.iter().enumerate() {
-        let mut row = Vec::with_capacity(columns.len());
-        for (key, field) in &columns {
-            let value = match field {
-                Some(f) => record.get(key).and_then(|r| r.get(f)),
-                None => record.get(key),
-            };
-            row.push(cell(value).ok_or_else(|| {
+    let mut line: Vec<Cow<'v, str>> = Vec::with_capacity(header.len());
+    for (n, row) in rows.into_iter().enumerate() {
+        line.clear();
+        for (value, name) in row.into_iter().zip(header) {
+            line.push(cell(value).ok_or_else(|| {
                 Error::InvalidRequest(format!(
                     "record {n}: {} cannot be written to CSV (arrays and nested objects have no CSV form)",
-                    column_name(key, field.as_deref())
+                    name.as_ref()
                 ))
             })?);
         }
-        writer.write_record(&row).map_err(invalid)?;
+        writer
+            .write_record(line.iter().map(|c| c.as_bytes()))
+            .map_err(invalid)?;
     }
     writer
         .into_inner()
@@ -196,13 +220,13 @@ fn column_name(key: &str, field: Option<&str>) -> String {
     }
 }
 
-fn cell(value: Option<&Value>) -> Option<String> {
+fn cell(value: Option<&Value>) -> Option<Cow<'_, str>> {
     Some(match value {
-        None => String::new(),
-        Some(Value::Null) => "#N/A".to_owned(),
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Bool(b)) => b.to_string(),
-        Some(Value::Number(n)) => n.to_string(),
+        None => Cow::Borrowed(""),
+        Some(Value::Null) => Cow::Borrowed("#N/A"),
+        Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+        Some(Value::Bool(b)) => Cow::Owned(b.to_string()),
+        Some(Value::Number(n)) => Cow::Owned(n.to_string()),
         Some(Value::Array(_) | Value::Object(_)) => return None,
     })
 }

@@ -39,6 +39,7 @@ pub mod config;
 pub mod error;
 pub mod limits;
 pub mod query;
+pub mod rows;
 pub mod sobjects;
 
 pub use auth::JwtClaims;
@@ -51,6 +52,7 @@ pub use config::{AuthFlowKind, SalesforceConfig, TargetSettingsError, UsagePolic
 pub use error::{ApiError, AuthError, AuthErrorKind, Error, ErrorClass, RecordResult};
 pub use limits::{ApiUsage, AppUsage, Limit, Limits, parse_limit_info};
 pub use query::QueryResult;
+pub use rows::{Column, Row, rows_to_csv};
 pub use sobjects::{FieldDescribe, PublishResult, SObjectDescribe, UpsertResult};
 
 /// Compiles the README's Rust example so it cannot drift from the API.

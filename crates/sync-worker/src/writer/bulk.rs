@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use orderbridge_domain::SubmittedOrder;
 use orderbridge_mapping::{ObjectMapping, WriteMode};
-use orderbridge_salesforce::bulk::{IngestJob, Operation, Poll, to_csv};
-use orderbridge_salesforce::{ApiError, ErrorClass, RecordResult};
-use serde_json::{Map, Value};
+use orderbridge_salesforce::bulk::{IngestJob, Operation, Poll};
+use orderbridge_salesforce::{ApiError, Column, ErrorClass, RecordResult, rows_to_csv};
+use serde_json::Value;
 
 use super::outcome::{decide, record_fate};
 use super::{CallFailure, OrderResult, Prepared, RecordFate, Writer, all_failed};
@@ -83,36 +83,43 @@ impl Writer {
                     }
                 }
             }
-            let records: Vec<&Map<String, Value>> = keys
+            let records: Vec<&[Option<Value>]> = keys
                 .iter()
-                .filter_map(|k| newest.get(k)?.account.as_ref().map(|(_, r)| r))
+                .filter_map(|k| newest.get(k)?.account.as_ref().map(|(_, r)| r.as_slice()))
                 .collect();
             if !records.is_empty() {
-                account_fate = self.run_job(&a.object, &records, false).await?;
+                account_fate = self
+                    .run_job(&a.object, &self.layouts.account, &records, false)
+                    .await?;
             }
         }
 
-        let orders: Vec<&Map<String, Value>> =
-            prepared.iter().map(|(_, p)| &p.order_record).collect();
+        let orders: Vec<&[Option<Value>]> = prepared
+            .iter()
+            .map(|(_, p)| p.order_record.as_slice())
+            .collect();
         let order_fate = if orders.is_empty() {
             HashMap::new()
         } else {
-            self.run_job(&m.order.object, &orders, true).await?
+            self.run_job(&m.order.object, &self.layouts.order, &orders, true)
+                .await?
         };
 
         // Items only of the orders that were written: the others' outcome is already decided
         // by their order, and their items could only fail as a consequence.
         let mut item_fate: HashMap<String, RecordFate> = HashMap::new();
         if let Some(im) = &m.items {
-            let records: Vec<&Map<String, Value>> = prepared
+            let records: Vec<&[Option<Value>]> = prepared
                 .iter()
                 .filter(|(_, p)| {
                     matches!(order_fate.get(&p.order_key), Some(RecordFate::Written(_)))
                 })
-                .flat_map(|(_, p)| p.items.iter().map(|(_, r)| r))
+                .flat_map(|(_, p)| p.items.iter().map(|(_, r)| r.as_slice()))
                 .collect();
             if !records.is_empty() {
-                item_fate = self.run_job(&im.object, &records, false).await?;
+                item_fate = self
+                    .run_job(&im.object, &self.layouts.item, &records, false)
+                    .await?;
             }
         }
 
@@ -136,14 +143,16 @@ impl Writer {
         Ok(())
     }
 
-    /// Runs one job over `records` and returns each record's fate by its external id.
+    /// Runs one job over `records` (values in `columns` order, the external id first) and
+    /// returns each record's fate by its external id.
     async fn run_job(
         &self,
         object: &ObjectMapping,
-        records: &[&Map<String, Value>],
+        columns: &[Column],
+        records: &[&[Option<Value>]],
         want_ids: bool,
     ) -> Result<HashMap<String, RecordFate>, CallFailure> {
-        let csv = to_csv(records).map_err(|e| CallFailure::from_error(&e))?;
+        let csv = rows_to_csv(columns, records).map_err(|e| CallFailure::from_error(&e))?;
         let operation = match object.write {
             WriteMode::Create => Operation::Insert,
             WriteMode::Upsert => Operation::Upsert,
@@ -184,7 +193,7 @@ impl Writer {
         // A row in neither failed nor unprocessed was written (its id read only if asked for).
         let mut fates: HashMap<String, RecordFate> = records
             .iter()
-            .filter_map(|r| r.get(key_field)?.as_str())
+            .filter_map(|r| r.first()?.as_ref()?.as_str())
             .map(|k| (k.to_owned(), RecordFate::Written(None)))
             .collect();
         for row in results.successful {

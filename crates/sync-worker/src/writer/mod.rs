@@ -41,10 +41,11 @@ use std::time::Duration;
 
 use orderbridge_domain::SubmittedOrder;
 use orderbridge_salesforce::{ApiError, Client, Error, ErrorClass};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::pricebook::PriceBook;
-use orderbridge_mapping::Mapping;
+use orderbridge_mapping::{Mapping, ObjectMapping};
+use orderbridge_salesforce::Column;
 use prepare::{pack, pricebook_failure};
 pub use route::Router;
 
@@ -136,20 +137,78 @@ pub trait CallObserver: Send + Sync {
 pub struct Writer {
     client: Client,
     mapping: Arc<Mapping>,
+    layouts: Arc<Layouts>,
     pricebook: Arc<PriceBook>,
     observer: Arc<dyn CallObserver>,
 }
 
+/// A record's values, in its kind's [`Layouts`] column order; the external id first.
+type Values = Vec<Option<Value>>;
+
 /// One order's records, ready to send.
 struct Prepared {
     order_key: String,
-    order_record: Map<String, Value>,
+    order_record: Values,
     /// The account's external id and record, when the mapping has an account.
-    account: Option<(String, Map<String, Value>)>,
+    account: Option<(String, Values)>,
     /// When the order was accepted: of several orders of one customer in a call, the newest
     /// one's account values are written.
     created_at: chrono::DateTime<chrono::Utc>,
-    items: Vec<(String, Map<String, Value>)>,
+    items: Vec<(String, Values)>,
+}
+
+/// The columns of each kind of record, held once for all of them (a record is only its
+/// values: see `orderbridge_salesforce::rows`). Each is its object's `field_names` (the
+/// external id first), then what `prepare` adds after the mapped values, in this order:
+///
+/// ```text
+///  account  ext id, fields…
+///  order    ext id, fields…, [account relationship → account ext id], [price book field]
+///  item     ext id, fields…, order relationship → order ext id, [price book entry field]
+/// ```
+struct Layouts {
+    account: Vec<Column>,
+    order: Vec<Column>,
+    item: Vec<Column>,
+}
+
+impl Layouts {
+    fn new(m: &Mapping) -> Self {
+        let fields = |o: &ObjectMapping| -> Vec<Column> {
+            o.field_names()
+                .map(|n| Column::Field(n.to_owned()))
+                .collect()
+        };
+        let mut order = fields(&m.order.object);
+        if let Some(a) = &m.account {
+            order.push(Column::Reference {
+                relationship: a.relationship.clone(),
+                field: a.object.external_id_field.clone(),
+            });
+        }
+        if let Some(f) = &m.order.pricebook_field {
+            order.push(Column::Field(f.clone()));
+        }
+        let item = m.items.as_ref().map_or_else(Vec::new, |im| {
+            let mut item = fields(&im.object);
+            item.push(Column::Reference {
+                relationship: im.order_relationship.clone(),
+                field: m.order.object.external_id_field.clone(),
+            });
+            if let Some(f) = &im.pricebook_entry_field {
+                item.push(Column::Field(f.clone()));
+            }
+            item
+        });
+        Self {
+            account: m
+                .account
+                .as_ref()
+                .map_or_else(Vec::new, |a| fields(&a.object)),
+            order,
+            item,
+        }
+    }
 }
 
 /// A record's fate inside a call.
@@ -168,6 +227,7 @@ impl Writer {
     ) -> Self {
         Self {
             client,
+            layouts: Arc::new(Layouts::new(&mapping)),
             mapping,
             pricebook,
             observer,

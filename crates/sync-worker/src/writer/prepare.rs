@@ -78,18 +78,24 @@ impl Writer {
                     .join("; "),
             });
         }
-        let mut order_record = m.order.object.record(scope, &order_key);
+        // Values in the `Layouts` column order: the mapped ones, then the references and
+        // price book ids in the order `Layouts::new` appends their columns.
+        let l = &self.layouts;
+        let mut order_record = Vec::with_capacity(l.order.len());
+        order_record.extend(m.order.object.values(scope, &order_key));
         let account = match (&m.account, account_key) {
             (Some(a), Some(key)) => {
-                order_record.insert(a.relationship.clone(), a.object.reference(&key));
-                let record = a.object.record(scope, &key);
+                order_record.push(Some(Value::String(key.clone())));
+                let mut record = Vec::with_capacity(l.account.len());
+                record.extend(a.object.values(scope, &key));
                 Some((key, record))
             }
             _ => None,
         };
-        if let (Some(field), Some(pb)) = (&m.order.pricebook_field, pricebook) {
-            order_record.insert(field.clone(), Value::String(pb.id.clone()));
+        if m.order.pricebook_field.is_some() {
+            order_record.push(pricebook.map(|pb| Value::String(pb.id.clone())));
         }
+        debug_assert_eq!(order_record.len(), l.order.len());
         let mut items = Vec::new();
         if let Some(im) = &m.items {
             let lines = json.get("lines").and_then(Value::as_array);
@@ -99,12 +105,10 @@ impl Writer {
                     line: Some(value),
                 };
                 let key = im.object.key(scope).map_err(key_failure)?;
-                let mut record = im.object.record(scope, &key);
-                record.insert(
-                    im.order_relationship.clone(),
-                    m.order.object.reference(&order_key),
-                );
-                if let Some(field) = &im.pricebook_entry_field {
+                let mut record = Vec::with_capacity(l.item.len());
+                record.extend(im.object.values(scope, &key));
+                record.push(Some(Value::String(order_key.clone())));
+                if im.pricebook_entry_field.is_some() {
                     let entry = entries
                         .and_then(|e| e.get(&line.sku))
                         .cloned()
@@ -121,8 +125,9 @@ impl Writer {
                                     .unwrap_or_else(|| "(none)".into())
                             ),
                         })?;
-                    record.insert(field.clone(), Value::String(entry));
+                    record.push(Some(Value::String(entry)));
                 }
+                debug_assert_eq!(record.len(), l.item.len());
                 items.push((key, record));
             }
         }

@@ -5,11 +5,15 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use orderbridge_mapping::{ObjectMapping, WriteMode};
-use orderbridge_salesforce::{Composite, CompositeResponse, Error, ErrorClass, SubrequestOutcome};
+use orderbridge_salesforce::{
+    Composite, CompositeResponse, Error, ErrorClass, Row, SubrequestOutcome,
+};
 use serde_json::{Map, Value};
 
 use super::outcome::{decide, record_fate};
-use super::{COLLECTION, CallFailure, Failure, NO_ID, OrderResult, Prepared, RecordFate, Writer};
+use super::{
+    COLLECTION, CallFailure, Failure, NO_ID, OrderResult, Prepared, RecordFate, Values, Writer,
+};
 use crate::pricebook::soql_literal;
 
 impl Writer {
@@ -68,30 +72,30 @@ impl Writer {
         // acceptance time, not delivery order: a retried or replayed old order must not
         // overwrite a newer address within the call).
         let mut account_keys: Vec<String> = Vec::new();
-        let mut account_records: HashMap<
-            String,
-            (chrono::DateTime<chrono::Utc>, Map<String, Value>),
-        > = HashMap::new();
+        let mut account_records: HashMap<&str, (chrono::DateTime<chrono::Utc>, &Values)> =
+            HashMap::new();
         for (_, p) in call {
             if let Some((key, record)) = &p.account {
-                match account_records.get(key) {
+                match account_records.get(key.as_str()) {
                     None => {
                         account_keys.push(key.clone());
-                        account_records.insert(key.clone(), (p.created_at, record.clone()));
+                        account_records.insert(key, (p.created_at, record));
                     }
                     Some((at, _)) if *at < p.created_at => {
-                        account_records.insert(key.clone(), (p.created_at, record.clone()));
+                        account_records.insert(key, (p.created_at, record));
                     }
                     Some(_) => {}
                 }
             }
         }
+        let l = &self.layouts;
         let mut refs: Vec<(String, Kind, Vec<usize>)> = Vec::new();
         if let Some(a) = &m.account {
             for (n, chunk) in account_keys.chunks(COLLECTION).enumerate() {
-                let records: Vec<&Map<String, Value>> = chunk
+                let records: Vec<Row> = chunk
                     .iter()
-                    .filter_map(|k| account_records.get(k).map(|(_, r)| r))
+                    .filter_map(|k| account_records.get(k.as_str()))
+                    .map(|(_, r)| Row::new(&l.account, r))
                     .collect();
                 let r = format!("acc{n}");
                 add_collection(&mut composite, &r, &a.object, &records).map_err(build_err)?;
@@ -103,8 +107,10 @@ impl Writer {
             }
         }
         for (n, chunk) in call.chunks(COLLECTION).enumerate() {
-            let records: Vec<&Map<String, Value>> =
-                chunk.iter().map(|(_, p)| &p.order_record).collect();
+            let records: Vec<Row> = chunk
+                .iter()
+                .map(|(_, p)| Row::new(&l.order, &p.order_record))
+                .collect();
             let r = format!("ord{n}");
             add_collection(&mut composite, &r, &m.order.object, &records).map_err(build_err)?;
             refs.push((
@@ -113,12 +119,10 @@ impl Writer {
                 (0..chunk.len()).map(|i| n * COLLECTION + i).collect(),
             ));
         }
-        let mut item_owner: Vec<usize> = Vec::new(); // item index → position in `call`
-        let mut item_records: Vec<&Map<String, Value>> = Vec::new();
-        for (pos, (_, p)) in call.iter().enumerate() {
+        let mut item_records: Vec<Row> = Vec::new();
+        for (_, p) in call {
             for (_, record) in &p.items {
-                item_owner.push(pos);
-                item_records.push(record);
+                item_records.push(Row::new(&l.item, record));
             }
         }
         if let Some(im) = &m.items {
@@ -251,7 +255,7 @@ fn add_collection(
     composite: &mut Composite,
     reference: &str,
     object: &ObjectMapping,
-    records: &[&Map<String, Value>],
+    records: &[Row],
 ) -> Result<(), Error> {
     match object.write {
         WriteMode::Create => composite
