@@ -158,8 +158,8 @@ impl Totals {
     }
 
     /// The rows `e2e` and `drain` close their table with: Salesforce calls per 1,000 of the
-    /// `synced` orders, then the shared footer (per order of `orders`; `backlog`: the relay
-    /// read a backlog, see [`common::metrics_rows`]).
+    /// `synced` orders (against `calls_target`), then the shared footer (per order of `orders`;
+    /// `backlog`: the relay read a backlog, see [`common::metrics_rows`]).
     pub fn closing_rows(
         &self,
         t: &mut Table,
@@ -167,9 +167,15 @@ impl Totals {
         synced: usize,
         orders: usize,
         backlog: bool,
+        calls_target: f64,
     ) -> Closing {
-        let calls_per_1000 =
-            common::salesforce_call_rows(t, self.calls, baseline.startup_calls, synced);
+        let calls_per_1000 = common::salesforce_call_rows(
+            t,
+            self.calls,
+            baseline.startup_calls,
+            synced,
+            calls_target,
+        );
         let (service_metrics, pg) = common::footer_rows(
             t,
             &Footer {

@@ -37,9 +37,14 @@ fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Closing) {
     t.context("clock: from starting the relay; times are the server's (published_at, updated_at)");
     t.context(format!("output: {}", stack.out.display()));
     rate_rows(&mut t, m);
-    let closing = m
-        .totals
-        .closing_rows(&mut t, &m.baseline, f.synced.len(), orders, true);
+    let closing = m.totals.closing_rows(
+        &mut t,
+        &m.baseline,
+        f.synced.len(),
+        orders,
+        true,
+        common::TARGET_DRAIN_CALLS_PER_1000,
+    );
     t.check(
         "orders not synced by the end",
         format!(

@@ -41,9 +41,14 @@ fn table(stack: &Stack, m: &Measured<'_>) -> (Table, Closing) {
     throughput_rows(&mut t, m);
     latency_rows(&mut t, m);
     let f = &m.figures;
-    let closing = m
-        .totals
-        .closing_rows(&mut t, &m.baseline, f.accepted, f.accepted, false);
+    let closing = m.totals.closing_rows(
+        &mut t,
+        &m.baseline,
+        f.accepted,
+        f.accepted,
+        false,
+        common::TARGET_CALLS_PER_1000,
+    );
     check_rows(&mut t, m);
     (t, closing)
 }
