@@ -1,4 +1,4 @@
-//! Evaluating a mapping against one order: external id keys, record bodies, references.
+//! Evaluating a mapping against one order: external id keys and record values.
 
 use orderbridge_domain::text;
 use serde_json::{Value, json};

@@ -300,7 +300,8 @@ fn compile_object(
     })
 }
 
-/// A mapped field named like one the worker sets (`what`: the setting naming it) is refused.
+/// A mapped field (or the external id field) named like one the worker sets (`what`: the
+/// setting naming it) is refused: it would be written twice.
 fn set_by_the_worker(
     place: &str,
     object: &ObjectMapping,
@@ -309,7 +310,11 @@ fn set_by_the_worker(
 ) {
     for (what, name) in set {
         let Some(name) = name else { continue };
-        if object
+        if name.eq_ignore_ascii_case(&object.external_id_field) {
+            problems.0.push(format!(
+                "{place}.{what}: `{name}` is the external id field, which is set from `key`"
+            ));
+        } else if object
             .fields
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case(name))

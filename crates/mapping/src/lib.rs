@@ -435,6 +435,18 @@ mod tests {
             );
         }
         assert!(!err.contains("Name") && !err.contains("Quantity"), "{err}");
+
+        let err = Mapping::parse(
+            r#"{"order": {"sobject": "Order", "external_id_field": "Ext__c", "key": "id",
+                  "pricebook_field": "ext__c", "fields": {"Name": "client_ref"}}}"#,
+            "m.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("order.pricebook_field: `ext__c` is the external id field"),
+            "{err}"
+        );
     }
 
     /// Every key must keep two API clients' records apart: the order id or the client's prefix
@@ -591,5 +603,33 @@ mod tests {
         assert_eq!(overflows.len(), 1, "{overflows:?}");
         assert_eq!(overflows[0].pointer, "/lines/0/unit_price");
         assert!(overflows[0].detail.contains("exactly"), "{overflows:?}");
+    }
+
+    /// A path that leads to a list or an object fails the order (one value per field), so it
+    /// can never reach a Composite record or a Bulk CSV, where it would fail the whole batch.
+    #[test]
+    fn check_order_refuses_a_list_or_an_object_for_a_field() {
+        let m = Mapping::parse(
+            r#"{"order": {"sobject": "Order", "external_id_field": "Ext__c", "key": "id",
+                "fields": {"Description": "notes", "Name": "client_ref"}}}"#,
+            "m.json",
+        )
+        .unwrap();
+        let mut order = sample_order();
+        assert_eq!(m.check_order(&order), vec![]);
+        order["notes"] = json!({"nested": "object"});
+        order["client_ref"] = json!(["a", "list"]);
+        let got: Vec<(String, &str)> = m
+            .check_order(&order)
+            .into_iter()
+            .map(|o| (o.pointer, o.code))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("/notes".to_owned(), "not_a_value"),
+                ("/client_ref".to_owned(), "not_a_value"),
+            ]
+        );
     }
 }

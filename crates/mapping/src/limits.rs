@@ -159,6 +159,15 @@ fn check_value(expr: &Expr, scope: Scope<'_>, field: &str) -> Option<Overflow> {
     }
     let text = match expr.format(&raw)? {
         Value::String(s) => s,
+        // A path that leads to a list or an object (a mapping pointing at `billing_address`
+        // instead of one of its fields): a field holds one value, and in a Bulk CSV such a
+        // value has no cell at all, so it must fail its own order, not the batch it is in.
+        Value::Array(_) | Value::Object(_) => {
+            return overflow(
+                "not_a_value",
+                format!("is a list or an object; Salesforce {field} holds one value"),
+            );
+        }
         _ => return None,
     };
     let len = text.chars().count();

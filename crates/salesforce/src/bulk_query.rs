@@ -92,8 +92,10 @@ impl Client {
 
     /// Polls a query job until it is final (see [`Client::wait_for_job`]).
     pub async fn wait_for_query_job(&self, id: &str, poll: Poll) -> Result<JobInfo, Error> {
-        self.wait_until_final(id, poll, |id| self.query_job(id))
-            .await
+        let (info, _) = self
+            .wait_until_final(id, poll, |id| self.query_job(id))
+            .await?;
+        Ok(info)
     }
 
     /// Aborts a query job that is not final yet.

@@ -17,6 +17,7 @@ const POLL: Poll = Poll {
     growth: 2.0,
     max: Duration::from_millis(200),
     timeout: Duration::from_secs(60),
+    expected: None,
 };
 
 async fn start() -> (RunningEmulator, Client) {
@@ -396,4 +397,70 @@ async fn waiting_gives_up_with_a_retryable_error_naming_the_job() {
     let stored = admin(&emulator, "GET", "records/Account", Value::Null).await;
     let written = stored["totalSize"].as_u64().unwrap();
     assert!(written < 1_000, "the aborted job went on: {written} rows");
+}
+
+/// Polls of one job, from the emulator's count by route.
+async fn job_polls(emulator: &RunningEmulator) -> u64 {
+    admin(emulator, "GET", "stats", Value::Null).await["api_calls_by_route"]
+        ["GET /jobs/ingest/{id}"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// A job expected to take as long as the last one is polled once or twice, however long it
+/// runs; backoff alone polls it all along.
+#[tokio::test]
+async fn a_job_with_an_expected_time_is_polled_once_or_twice() {
+    let (emulator, client) = start().await;
+    // 2,000 rows at 2,000 a second: about a second of processing each.
+    admin(
+        &emulator,
+        "POST",
+        "faults",
+        json!({"bulk_rows_per_second": 2_000}),
+    )
+    .await;
+    let job = IngestJob {
+        object: "Account",
+        operation: Operation::Insert,
+        external_id_field: None,
+    };
+    let first = client
+        .bulk_ingest(
+            &job,
+            &to_csv(&refs(&accounts(2_000, "PACE-A"))).unwrap(),
+            POLL,
+            false,
+        )
+        .await
+        .unwrap();
+    let by_backoff = job_polls(&emulator).await;
+    assert_eq!(first.job.state, JobState::JobComplete);
+    assert!(
+        first.waited >= Duration::from_millis(800),
+        "waited {:?} for a second of processing",
+        first.waited
+    );
+
+    let expecting = Poll {
+        expected: Some(first.waited),
+        ..POLL
+    };
+    let second = client
+        .bulk_ingest(
+            &job,
+            &to_csv(&refs(&accounts(2_000, "PACE-B"))).unwrap(),
+            expecting,
+            false,
+        )
+        .await
+        .unwrap();
+    let by_expectation = job_polls(&emulator).await - by_backoff;
+    assert_eq!(second.job.state, JobState::JobComplete);
+    assert_eq!(second.job.number_records_processed, 2_000);
+    assert!(
+        by_backoff >= 6 && by_expectation <= 3,
+        "polls: {by_backoff} by backoff, {by_expectation} expecting {:?}",
+        first.waited
+    );
 }

@@ -14,11 +14,12 @@
 //! is a failure of the whole call, as a Composite call's would be.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use orderbridge_domain::SubmittedOrder;
 use orderbridge_mapping::{ObjectMapping, WriteMode};
-use orderbridge_salesforce::bulk::{IngestJob, Operation, Poll};
+use orderbridge_salesforce::bulk::{IngestJob, JobState, Operation, Poll};
 use orderbridge_salesforce::{ApiError, Column, ErrorClass, RecordResult, rows_to_csv};
 use serde_json::Value;
 
@@ -27,7 +28,8 @@ use super::{CallFailure, OrderResult, Prepared, RecordFate, Writer, all_failed};
 
 /// How a job is waited for: Salesforce takes seconds to minutes, polled with backoff. Growth
 /// 1.5 sees a job done at most half its run time late (doubling wasted ~3 s of a 5.5 s batch
-/// of 10,000 orders in `drain --bulk`) for a poll or two more per job.
+/// of 10,000 orders in `drain --bulk`) for a poll or two more per job. Once a job of the
+/// object has run, the next one is first looked at when it should be done ([`Pace`]).
 const POLL: Poll = Poll {
     first: Duration::from_millis(100),
     growth: 1.5,
@@ -36,7 +38,41 @@ const POLL: Poll = Poll {
     // timeout (`consumer_timeout`, 30 min by default), or the broker closes the channel and
     // redelivers the batch while its jobs still run (harmless, by external id, but wasted).
     timeout: Duration::from_secs(8 * 60),
+    expected: None,
 };
+
+/// What each object's jobs took per row, from `UploadComplete` until seen done, so the next
+/// job is first polled when it should be done: backoff alone costs ~19 polls for a job of a
+/// minute, this one or two. Each finished job moves the figure halfway to its own; since the
+/// first poll comes a little early ([`orderbridge_salesforce::bulk::EXPECTED_EARLY`]), a job
+/// seen done then lowers it, so the figure follows a Salesforce that got faster as well as
+/// one that got slower.
+#[derive(Debug, Default)]
+pub(super) struct Pace(Mutex<HashMap<String, f64>>);
+
+impl Pace {
+    /// How long a job of `rows` rows of `sobject` should take; `None` before the first one.
+    pub(super) fn expected(&self, sobject: &str, rows: usize) -> Option<Duration> {
+        let per_row = *self.lock().get(sobject)?;
+        Duration::try_from_secs_f64(per_row * rows as f64).ok()
+    }
+
+    /// A job of `rows` rows of `sobject` completed after `waited`.
+    pub(super) fn observe(&self, sobject: &str, rows: usize, waited: Duration) {
+        if rows == 0 {
+            return;
+        }
+        let per_row = waited.as_secs_f64() / rows as f64;
+        self.lock()
+            .entry(sobject.to_owned())
+            .and_modify(|p| *p = (*p + per_row) / 2.0)
+            .or_insert(per_row);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, f64>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 impl Writer {
     /// Writes `orders` (distinct ids) with Bulk API 2.0 jobs; one result per order, in order,
@@ -163,11 +199,18 @@ impl Writer {
             external_id_field: (operation == Operation::Upsert)
                 .then_some(object.external_id_field.as_str()),
         };
+        let poll = Poll {
+            expected: self.pace.expected(&object.sobject, records.len()),
+            ..POLL
+        };
         let started = Instant::now();
-        let outcome = self.client.bulk_ingest(&job, &csv, POLL, want_ids).await;
+        let outcome = self.client.bulk_ingest(&job, &csv, poll, want_ids).await;
         drop(csv);
         let results = match outcome {
             Ok(r) => {
+                if r.job.state == JobState::JobComplete {
+                    self.pace.observe(&object.sobject, records.len(), r.waited);
+                }
                 self.observer.call("bulk_job", started.elapsed(), None);
                 tracing::info!(
                     object = %object.sobject,
@@ -175,6 +218,8 @@ impl Writer {
                     state = ?r.job.state,
                     rows = records.len(),
                     failed = r.job.number_records_failed,
+                    expected_ms = poll.expected.map(|d| d.as_millis() as u64),
+                    waited_ms = r.waited.as_millis() as u64,
                     took_ms = started.elapsed().as_millis() as u64,
                     "bulk job done"
                 );
@@ -237,5 +282,30 @@ impl Writer {
             }
         }
         Ok(fates)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_pace_expects_by_rows_and_moves_halfway_to_each_job() {
+        let pace = Pace::default();
+        assert_eq!(pace.expected("Order", 1_000), None, "nothing seen yet");
+        pace.observe("Order", 1_000, 2 * S);
+        assert_eq!(pace.expected("Order", 500), Some(S));
+        assert_eq!(pace.expected("OrderItem", 500), None, "per object");
+        // Faster now (seen done at the early poll): halfway down.
+        pace.observe("Order", 1_000, S);
+        assert_eq!(pace.expected("Order", 1_000), Some(S + S / 2));
+        pace.observe("Order", 0, 100 * S);
+        assert_eq!(
+            pace.expected("Order", 1_000),
+            Some(S + S / 2),
+            "an empty job says nothing"
+        );
     }
 }

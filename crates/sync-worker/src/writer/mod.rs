@@ -17,7 +17,7 @@
 //! item rejected because its order could not be written reports the order's error.
 //!
 //! A large batch (a backlog) can go through Bulk API 2.0 instead ([`Writer::write_bulk`]):
-//! three jobs, accounts then orders then items, about 20 calls however many orders, with the
+//! three jobs, accounts then orders then items, about 17 calls however many orders, with the
 //! same per-order outcomes.
 //!
 //! With several targets (divisions), a [`Router`] holds one writer per target and gives each
@@ -138,6 +138,8 @@ pub struct Writer {
     client: Client,
     mapping: Arc<Mapping>,
     layouts: Arc<Layouts>,
+    /// What each object's Bulk jobs took, for polling the next one.
+    pace: Arc<bulk::Pace>,
     pricebook: Arc<PriceBook>,
     observer: Arc<dyn CallObserver>,
 }
@@ -228,6 +230,7 @@ impl Writer {
         Self {
             client,
             layouts: Arc::new(Layouts::new(&mapping)),
+            pace: Arc::default(),
             mapping,
             pricebook,
             observer,
