@@ -110,9 +110,9 @@ pub struct IngestResults {
     pub failed: Vec<ResultRow>,
     /// Rows the job never reached (it failed or was aborted): nothing is known of them.
     pub unprocessed: Vec<HashMap<String, String>>,
-    /// From `UploadComplete` until the poll that saw the job final was sent ([`Client::bulk_ingest`]; zero
-    /// from [`Client::job_results`], which does not wait): what the next job of its kind may
-    /// be expected to take ([`Poll::expected`]).
+    /// From `UploadComplete` until the poll that saw the job final was sent
+    /// ([`Client::bulk_ingest`]; zero from [`Client::job_results`], which does not wait): what
+    /// the next job of its kind may be expected to take ([`Poll::expected`]).
     pub waited: Duration,
 }
 

@@ -46,15 +46,28 @@ const POLL: Poll = Poll {
 /// minute, this one or two. Each finished job moves the figure halfway to its own; since the
 /// first poll comes a little early ([`orderbridge_salesforce::bulk::EXPECTED_EARLY`]), a job
 /// seen done then lowers it, so the figure follows a Salesforce that got faster as well as
-/// one that got slower.
+/// one that got slower. A job far larger than any seen is expected to take at most
+/// [`Pace::STRETCH`] times the longest one: a job's time is not all per row (a 200-row job is
+/// mostly queueing), and an expectation scaled from a small job must not keep the worker from
+/// looking at a large one for minutes.
 #[derive(Debug, Default)]
-pub(super) struct Pace(Mutex<HashMap<String, f64>>);
+pub(super) struct Pace(Mutex<HashMap<String, Seen>>);
+
+/// What an object's jobs took: per row (moving halfway each job), and the longest.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    per_row: f64,
+    longest: Duration,
+}
 
 impl Pace {
+    const STRETCH: u32 = 2;
+
     /// How long a job of `rows` rows of `sobject` should take; `None` before the first one.
     pub(super) fn expected(&self, sobject: &str, rows: usize) -> Option<Duration> {
-        let per_row = *self.lock().get(sobject)?;
-        Duration::try_from_secs_f64(per_row * rows as f64).ok()
+        let seen = *self.lock().get(sobject)?;
+        let by_rows = Duration::try_from_secs_f64(seen.per_row * rows as f64).ok()?;
+        Some(by_rows.min(seen.longest * Self::STRETCH))
     }
 
     /// A job of `rows` rows of `sobject` completed after `waited`.
@@ -65,11 +78,17 @@ impl Pace {
         let per_row = waited.as_secs_f64() / rows as f64;
         self.lock()
             .entry(sobject.to_owned())
-            .and_modify(|p| *p = (*p + per_row) / 2.0)
-            .or_insert(per_row);
+            .and_modify(|s| {
+                s.per_row = (s.per_row + per_row) / 2.0;
+                s.longest = s.longest.max(waited);
+            })
+            .or_insert(Seen {
+                per_row,
+                longest: waited,
+            });
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, f64>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Seen>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -307,5 +326,7 @@ mod tests {
             Some(S + S / 2),
             "an empty job says nothing"
         );
+        // A job far larger than any seen: at most twice the longest (2 s), not 150 s.
+        assert_eq!(pace.expected("Order", 100_000), Some(4 * S));
     }
 }
