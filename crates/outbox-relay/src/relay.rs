@@ -30,6 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use lapin::Channel;
+use lapin::options::ConfirmSelectOptions;
 use orderbridge_broker::{Backoff, BrokerConfig, Keyring, Session, Supervisor};
 use sqlx::PgPool;
 use sqlx::postgres::PgConnectOptions;
@@ -135,6 +137,8 @@ impl Relay {
         )?;
         let exchange = supervisor.topology().events_exchange.clone();
         let mut session: Option<Session> = None;
+        // The session's second publishing channel, for a pipelined batch (`batch::Run::channels`).
+        let mut spare: Option<Channel> = None;
         let mut session_started = Instant::now();
         // The connection that holds (or keeps trying for) the partition locks.
         let mut lead = Leadership::new(self.config.partitions);
@@ -154,7 +158,9 @@ impl Relay {
 
         while !*shutdown.borrow() {
             // 1. A healthy broker session in confirm mode.
-            if !session.as_ref().is_some_and(Session::is_healthy) {
+            if !session.as_ref().is_some_and(Session::is_healthy)
+                || !spare.as_ref().is_some_and(|c| c.status().connected())
+            {
                 m.broker_up.store(false, Ordering::Relaxed);
                 if lead.joined() {
                     // Hand publishing to a relay that may still reach the broker, and leave the
@@ -166,6 +172,7 @@ impl Relay {
                         "released the outbox partitions while the broker is unreachable"
                     );
                 }
+                spare = None; // closed with its connection
                 if let Some(old) = session.take() {
                     m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
                     supervisor.session_lost();
@@ -175,11 +182,28 @@ impl Relay {
                     s = supervisor.connect() => s,
                     () = wait_shutdown(&mut shutdown) => break,
                 };
-                if let Err(e) = s.enable_confirms(&self.broker).await {
-                    tracing::warn!(error = %e, "cannot enable publisher confirms");
-                    supervisor.session_lost();
-                    s.close(&self.broker).await;
-                    continue;
+                let second = async {
+                    s.enable_confirms(&self.broker).await?;
+                    let ch = self
+                        .broker
+                        .op("channel.open", s.connection.create_channel())
+                        .await?;
+                    self.broker
+                        .op(
+                            "confirm.select",
+                            ch.confirm_select(ConfirmSelectOptions::default()),
+                        )
+                        .await?;
+                    Ok::<_, orderbridge_broker::BrokerError>(ch)
+                };
+                match second.await {
+                    Ok(ch) => spare = Some(ch),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot enable publisher confirms");
+                        supervisor.session_lost();
+                        s.close(&self.broker).await;
+                        continue;
+                    }
                 }
                 session = Some(s);
                 session_started = Instant::now();
@@ -220,14 +244,16 @@ impl Relay {
             let mine: Vec<u16> = lead.held().iter().copied().collect();
             // Batches run until the next rebalancing is due, then hand the connection back.
             let until = lead.next_due(self.config.standby_interval);
-            let (Some(conn), Some(s)) = (lead.conn(), session.as_ref()) else {
+            let (Some(conn), Some(s), Some(second)) =
+                (lead.conn(), session.as_ref(), spare.as_ref())
+            else {
                 continue;
             };
 
             // 3. Batches; while a backlog lasts, the next read while the current one's
             //    confirms come in.
             let run = Run {
-                session: s,
+                channels: [&s.channel, second],
                 exchange: &exchange,
                 mine: &mine,
                 until,
@@ -244,6 +270,7 @@ impl Relay {
                     if outcome.broker_failed {
                         // Force a fresh session: a timed-out confirm may mean a wedged channel
                         // that lapin still reports as connected.
+                        spare = None; // closed with its connection
                         if let Some(old) = session.take() {
                             m.broker_up.store(false, Ordering::Relaxed);
                             m.broker_reconnects_total.fetch_add(1, Ordering::Relaxed);
@@ -279,6 +306,14 @@ impl Relay {
 
         m.set_leadership(&Default::default());
         lead.close(self.db_timeout).await;
+        // The spare channel first: one merely dropped is left half-closed, and closing the
+        // connection over it makes lapin log an error on a clean shutdown.
+        if let Some(ch) = spare.filter(|c| c.status().connected()) {
+            let _ = self
+                .broker
+                .op("channel.close", ch.close(200, "bye".into()))
+                .await;
+        }
         if let Some(s) = session {
             s.close(&self.broker).await;
         }

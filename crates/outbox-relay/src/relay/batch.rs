@@ -8,6 +8,7 @@
 //!  settle: collect every confirm ─► attribute returns by message_id ─► mark_published
 //!
 //!  pipelined:  send A (full) ─► (A's confirms pending) send B ─► settle A ─► settle B …
+//!              (A and B on the session's two channels, so each keeps its own returns)
 //! ```
 //!
 //! Why two batches in flight: with one, the relay idles for a broker round trip (~5–40 ms) per
@@ -31,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use lapin::options::BasicPublishOptions;
-use lapin::{Confirmation, PublisherConfirm};
-use orderbridge_broker::{BrokerConfig, BrokerError, Keyring, Session, with_timeout};
+use lapin::{Channel, Confirmation, PublisherConfirm};
+use orderbridge_broker::{BrokerConfig, BrokerError, Keyring, with_timeout};
 use sqlx::PgConnection;
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -79,6 +80,8 @@ type Confirms = Vec<(usize, Instant, Result<Confirmation, BrokerError>)>;
 
 /// A batch read and published whose confirms are still coming in.
 struct Sent {
+    /// Which of [`Run::channels`] it went out on.
+    channel: usize,
     rows: Vec<OutboxRow>,
     /// Aggregates with a row in this batch (sent, deferred or refused): the next batch, read
     /// while this one is in flight, leaves them out.
@@ -98,7 +101,13 @@ pub(crate) struct Publisher<'a> {
 
 /// Where a run of batches publishes, and when it must hand the connection back.
 pub(crate) struct Run<'a> {
-    pub(crate) session: &'a Session,
+    /// Two publishing channels of the session, both in confirm mode: a batch goes out on the
+    /// other one than the batch still in flight. lapin hands a returned (unroutable) message to
+    /// whichever pending confirm *of its channel* a (coalesced) ack completes first, so with
+    /// both batches on one channel a row's return could ride on the other batch's confirm, and
+    /// the row's own batch would mark it published (`settle` attributes returns by message id,
+    /// within the batch). On its own channel a batch's returns stay with its confirms.
+    pub(crate) channels: [&'a Channel; 2],
     pub(crate) exchange: &'a str,
     /// The partitions whose locks the leader connection holds.
     pub(crate) mine: &'a [u16],
@@ -126,7 +135,7 @@ impl Publisher<'_> {
     ) -> Result<Outcome, DbFault> {
         let no_aggregates = HashSet::new();
         let Some(mut current) = self
-            .send(conn, run, parked, &no_aggregates, shutdown)
+            .send(conn, run, 0, parked, &no_aggregates, shutdown)
             .await?
         else {
             return Ok(Outcome::default());
@@ -143,8 +152,9 @@ impl Publisher<'_> {
                 && Instant::now() < run.until;
             // While a backlog lasts, send the next batch before waiting for the confirms.
             let (next, confirms) = if may_pipeline && more_waiting {
+                let other = 1 - current.channel;
                 let next = self
-                    .send(conn, run, parked, &current.aggregates, shutdown)
+                    .send(conn, run, other, parked, &current.aggregates, shutdown)
                     .await?;
                 (next, (&mut current.confirms).await)
             } else {
@@ -174,6 +184,7 @@ impl Publisher<'_> {
         &self,
         conn: &mut PgConnection,
         run: &Run<'_>,
+        channel: usize,
         parked: &mut HashMap<Uuid, Instant>,
         in_flight: &HashSet<Uuid>,
         shutdown: &watch::Receiver<bool>,
@@ -230,7 +241,7 @@ impl Publisher<'_> {
                 }
             };
             let at = Instant::now();
-            let publish = run.session.channel.basic_publish(
+            let publish = run.channels[channel].basic_publish(
                 run.exchange.into(),
                 routing_key,
                 BasicPublishOptions {
@@ -257,6 +268,7 @@ impl Publisher<'_> {
             self.config.shutdown_grace,
         ));
         Ok(Some(Sent {
+            channel,
             rows,
             aggregates,
             outcome,
